@@ -1,0 +1,300 @@
+//! Engine parameters: everything that decides what one render produces.
+//!
+//! The same struct travels in a manifest, in a job spec on the wire and in an output's
+//! JSON sidecar, so it is plain serde data with a [`RenderParams::validate`] that names
+//! the field at fault.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::InvalidField;
+
+/// Longest side accepted for an output, in pixels.
+pub const MAX_SIZE: u32 = 8192;
+/// Smallest output side accepted before the network's own limit is checked.
+pub const MIN_SIZE: u32 = 16;
+/// Most iterations one job may ask for.
+pub const MAX_ITERATIONS: u32 = 100_000;
+
+/// Which optimizer moves the pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// L-BFGS as torch.optim.LBFGS (no line search), one iteration per evaluation.
+    #[default]
+    Lbfgs,
+    /// Adam as torch.optim.Adam.
+    Adam,
+}
+
+/// Where the optimized image starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InitKind {
+    /// The content photo itself.
+    #[default]
+    Content,
+    /// Seeded uniform noise in [0, 1].
+    Noise,
+    /// A given image, resized to the output size; its reference is in `RenderParams::init_image`.
+    Image,
+}
+
+/// Pooling used between VGG blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// 2x2 max pooling, as the network was trained.
+    #[default]
+    Max,
+    /// 2x2 average pooling (Gatys et al. found it gives smoother results).
+    Avg,
+}
+
+/// A network layer with the weight of its term in the loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightedLayer {
+    /// A layer name such as `relu3_1` or `conv2_1`.
+    pub layer: String,
+    /// Its weight in the sum; finite and non-negative.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Every parameter of one style-transfer optimization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenderParams {
+    /// Long side of the output in pixels; the content photo is resized to it.
+    pub size: u32,
+    /// Optimizer iterations (one loss and gradient evaluation each).
+    pub iterations: u32,
+    /// L-BFGS or Adam.
+    pub optimizer: OptimizerKind,
+    /// Learning rate: L-BFGS step scale (torch default 1.0) or Adam's rate on [0,1] pixels.
+    pub learning_rate: f64,
+    /// L-BFGS history size (torch.optim.LBFGS's `history_size`).
+    pub lbfgs_history: u32,
+    /// Weight of the content term.
+    pub content_weight: f64,
+    /// Weight of the style term.
+    pub style_weight: f64,
+    /// Weight of the total-variation term (on [0,1] pixels).
+    pub tv_weight: f64,
+    /// Layers whose features the output should share with the content photo.
+    pub content_layers: Vec<WeightedLayer>,
+    /// Layers whose Gram matrices the output should share with the style(s).
+    pub style_layers: Vec<WeightedLayer>,
+    /// Style images are resized to `size * style_scale` on their long side.
+    pub style_scale: f64,
+    /// Seed for noise initialisation.
+    pub seed: u64,
+    /// Where the optimization starts.
+    pub init: InitKind,
+    /// Transfer luminance only and keep the content's colours.
+    pub preserve_colors: bool,
+    /// Max or average pooling.
+    pub pooling: Pooling,
+    /// 8 or 16 bits per channel in the output PNG.
+    pub output_bit_depth: u8,
+}
+
+impl Default for RenderParams {
+    fn default() -> Self {
+        Self {
+            size: 512,
+            iterations: 500,
+            optimizer: OptimizerKind::Lbfgs,
+            learning_rate: 1.0,
+            lbfgs_history: 100,
+            content_weight: 1.0,
+            style_weight: 1.0e3,
+            tv_weight: 1.0,
+            content_layers: layers(&["relu3_2"]),
+            style_layers: layers(&["relu1_1", "relu2_1", "relu3_1"]),
+            style_scale: 1.0,
+            seed: 0,
+            init: InitKind::Content,
+            preserve_colors: false,
+            pooling: Pooling::Max,
+            output_bit_depth: 8,
+        }
+    }
+}
+
+/// Layers with weight 1 each.
+pub fn layers(names: &[&str]) -> Vec<WeightedLayer> {
+    names
+        .iter()
+        .map(|n| WeightedLayer {
+            layer: (*n).to_owned(),
+            weight: 1.0,
+        })
+        .collect()
+}
+
+/// Default Adam learning rate on [0,1] pixels, used when `--optimizer adam` is chosen
+/// without a rate of its own.
+pub const DEFAULT_ADAM_LR: f64 = 0.02;
+
+impl RenderParams {
+    /// Checks every field's range; the error names the first field at fault.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        if !(MIN_SIZE..=MAX_SIZE).contains(&self.size) {
+            return Err(InvalidField::new(
+                "size",
+                format!("{} is outside {MIN_SIZE}..={MAX_SIZE}", self.size),
+            ));
+        }
+        if !(1..=MAX_ITERATIONS).contains(&self.iterations) {
+            return Err(InvalidField::new(
+                "iterations",
+                format!("{} is outside 1..={MAX_ITERATIONS}", self.iterations),
+            ));
+        }
+        positive("learning_rate", self.learning_rate)?;
+        if !(1..=1000).contains(&self.lbfgs_history) {
+            return Err(InvalidField::new(
+                "lbfgs_history",
+                format!("{} is outside 1..=1000", self.lbfgs_history),
+            ));
+        }
+        non_negative("content_weight", self.content_weight)?;
+        non_negative("style_weight", self.style_weight)?;
+        non_negative("tv_weight", self.tv_weight)?;
+        positive("style_scale", self.style_scale)?;
+        if self.style_scale > 8.0 {
+            return Err(InvalidField::new(
+                "style_scale",
+                format!("{} is above 8", self.style_scale),
+            ));
+        }
+        check_layers("content_layers", &self.content_layers)?;
+        check_layers("style_layers", &self.style_layers)?;
+        if self.content_layers.is_empty() && self.style_layers.is_empty() {
+            return Err(InvalidField::new(
+                "style_layers",
+                "no content or style layer is given",
+            ));
+        }
+        if !matches!(self.output_bit_depth, 8 | 16) {
+            return Err(InvalidField::new(
+                "output_bit_depth",
+                format!("{} is not 8 or 16", self.output_bit_depth),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn non_negative(field: &str, v: f64) -> Result<(), InvalidField> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(InvalidField::new(
+            field,
+            format!("{v} is not a finite number >= 0"),
+        ))
+    }
+}
+
+fn positive(field: &str, v: f64) -> Result<(), InvalidField> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(InvalidField::new(
+            field,
+            format!("{v} is not a finite number > 0"),
+        ))
+    }
+}
+
+fn check_layers(field: &str, layers: &[WeightedLayer]) -> Result<(), InvalidField> {
+    for (i, l) in layers.iter().enumerate() {
+        if l.layer.trim().is_empty() {
+            return Err(InvalidField::new(format!("{field}[{i}]"), "empty layer name"));
+        }
+        non_negative(&format!("{field}[{i}].weight"), l.weight)?;
+        if layers[..i].iter().any(|o| o.layer == l.layer) {
+            return Err(InvalidField::new(
+                format!("{field}[{i}]"),
+                format!("layer {} is listed twice", l.layer),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `relu1_1,relu2_1:0.5` into weighted layers (weight 1 where none is given).
+pub fn parse_layer_list(s: &str) -> Result<Vec<WeightedLayer>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| match part.split_once(':') {
+            None => Ok(WeightedLayer {
+                layer: part.to_owned(),
+                weight: 1.0,
+            }),
+            Some((name, w)) => {
+                let weight: f64 = w
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("layer weight {w:?} of {name} is not a number"))?;
+                Ok(WeightedLayer {
+                    layer: name.trim().to_owned(),
+                    weight,
+                })
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        RenderParams::default().validate().expect("defaults valid");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut RenderParams)>)> = vec![
+            ("size", Box::new(|p| p.size = 4)),
+            ("iterations", Box::new(|p| p.iterations = 0)),
+            ("style_weight", Box::new(|p| p.style_weight = f64::NAN)),
+            ("tv_weight", Box::new(|p| p.tv_weight = -1.0)),
+            ("style_scale", Box::new(|p| p.style_scale = f64::INFINITY)),
+            (
+                "style_layers[0].weight",
+                Box::new(|p| p.style_layers[0].weight = -2.0),
+            ),
+            ("output_bit_depth", Box::new(|p| p.output_bit_depth = 12)),
+        ];
+        for (field, mutate) in cases {
+            let mut p = RenderParams::default();
+            mutate(&mut p);
+            let err = p.validate().expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn layer_lists_parse_with_weights() {
+        let l = parse_layer_list("relu1_1, relu2_1:0.5").expect("parses");
+        assert_eq!(l[0].layer, "relu1_1");
+        assert_eq!(l[0].weight, 1.0);
+        assert_eq!(l[1].weight, 0.5);
+        assert!(parse_layer_list("relu1_1:x").is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<RenderParams>(r#"{"sise": 3}"#).expect_err("unknown");
+        assert!(err.to_string().contains("sise"), "{err}");
+    }
+}

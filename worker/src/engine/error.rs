@@ -1,0 +1,119 @@
+//! Typed errors of the engine. Every message names the input or parameter at fault.
+
+use stylefarm_core::InvalidField;
+use stylefarm_weights::WeightsError;
+
+/// A problem with one input image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The file could not be read.
+    #[error("cannot read image {name}: {source}")]
+    Unreadable {
+        /// Which image.
+        name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Zero bytes.
+    #[error("image {name} is empty (0 bytes)")]
+    Empty {
+        /// Which image.
+        name: String,
+    },
+    /// Not a format the engine reads.
+    #[error("{name} is not an image in a supported format (JPEG, PNG, WebP, TIFF)")]
+    UnknownFormat {
+        /// Which image.
+        name: String,
+    },
+    /// Recognised but undecodable: corrupt or truncated.
+    #[error("image {name} is corrupt or truncated: {reason}")]
+    Corrupt {
+        /// Which image.
+        name: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// Over the pixel budget (refused before decoding).
+    #[error("image {name} is {width}x{height}, over the budget of {max_pixels} pixels")]
+    TooLarge {
+        /// Which image.
+        name: String,
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+        /// The budget.
+        max_pixels: u64,
+    },
+    /// Encoding the output failed.
+    #[error("cannot encode the output PNG: {reason}")]
+    Encode {
+        /// The encoder's message.
+        reason: String,
+    },
+}
+
+/// Any failure of a render.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A parameter is out of range.
+    #[error("invalid parameter {0}")]
+    Param(#[from] InvalidField),
+    /// The weights file cannot serve this job.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// An input image is bad.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// An image is too small for the deepest layer used.
+    #[error("{what} is {width}x{height} px; layer {layer} comes after {pools} poolings and needs at least {min}x{min}")]
+    TooSmall {
+        /// Which image (content, style N).
+        what: String,
+        /// Its width after resizing.
+        width: u32,
+        /// Its height after resizing.
+        height: u32,
+        /// The deepest layer used.
+        layer: String,
+        /// Poolings before it.
+        pools: u32,
+        /// The smallest side accepted.
+        min: u32,
+    },
+    /// A job without a style image, or with mismatched blend weights.
+    #[error("invalid styles: {reason}")]
+    Styles {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A checkpoint that cannot be resumed by this job.
+    #[error("cannot resume from checkpoint: {reason}")]
+    Checkpoint {
+        /// What is wrong.
+        reason: String,
+    },
+    /// libtorch reported an error (out of memory, device failure).
+    #[error("libtorch error: {reason}")]
+    Torch {
+        /// libtorch's message.
+        reason: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error("loss diverged to {value} at iteration {iteration}; lower the learning rate or weights")]
+    Diverged {
+        /// The iteration.
+        iteration: u32,
+        /// The loss value.
+        value: f64,
+    },
+}
+
+impl From<tch::TchError> for EngineError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch {
+            reason: e.to_string(),
+        }
+    }
+}

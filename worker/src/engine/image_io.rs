@@ -1,0 +1,158 @@
+//! Image decoding, resizing and encoding for the engine.
+//!
+//! Everything is decoded to linear-in-file RGB `f32` in [0, 1]: grayscale is replicated,
+//! alpha is composited over white, 16-bit and CMYK are converted, EXIF orientation is
+//! applied. Dimensions are checked against a pixel budget before any pixel is decoded.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, Rgb32FImage};
+use tch::{Device, Kind, Tensor};
+
+use super::error::ImageError;
+
+/// Default largest input accepted, in pixels (8K x 8K).
+pub const DEFAULT_MAX_PIXELS: u64 = 8192 * 8192;
+
+/// Reads and decodes an image file; `what` names it in errors ("content image").
+pub fn load(path: &Path, max_pixels: u64) -> Result<Rgb32FImage, ImageError> {
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Unreadable {
+        name: path.display().to_string(),
+        source,
+    })?;
+    decode(&bytes, &path.display().to_string(), max_pixels)
+}
+
+/// Decodes image bytes; `name` identifies them in errors.
+pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb32FImage, ImageError> {
+    let corrupt = |e: image::ImageError| ImageError::Corrupt {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    };
+    if bytes.is_empty() {
+        return Err(ImageError::Empty {
+            name: name.to_owned(),
+        });
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|source| ImageError::Unreadable {
+            name: name.to_owned(),
+            source,
+        })?;
+    let Some(format) = reader.format() else {
+        return Err(ImageError::UnknownFormat {
+            name: name.to_owned(),
+        });
+    };
+    // Dimensions come from the header alone: refuse a bomb before allocating for it.
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(corrupt)?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels || width == 0 || height == 0 {
+        return Err(ImageError::TooLarge {
+            name: name.to_owned(),
+            width,
+            height,
+            max_pixels,
+        });
+    }
+    let mut reader = reader;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    // RGBA16 with room for one conversion copy.
+    limits.max_alloc = Some(pixels * 8 * 3 + (64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let orientation = decoder.orientation().map_err(corrupt)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb(img))
+}
+
+/// Converts any decoded layout to RGB f32, compositing alpha over white.
+fn to_rgb(img: DynamicImage) -> Rgb32FImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb32f();
+    }
+    let rgba = img.into_rgba32f();
+    let (w, h) = rgba.dimensions();
+    Rgb32FImage::from_fn(w, h, |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let a = p[3].clamp(0.0, 1.0);
+        image::Rgb([
+            p[0] * a + (1.0 - a),
+            p[1] * a + (1.0 - a),
+            p[2] * a + (1.0 - a),
+        ])
+    })
+}
+
+/// Dimensions with the long side scaled to `long_side`, keeping the aspect ratio.
+pub fn fit_long_side(width: u32, height: u32, long_side: u32) -> (u32, u32) {
+    let long = width.max(height) as f64;
+    let scale = long_side as f64 / long;
+    let w = ((width as f64 * scale).round() as u32).max(1);
+    let h = ((height as f64 * scale).round() as u32).max(1);
+    (w, h)
+}
+
+/// Resizes to exactly `width` x `height` (Lanczos3), clamped back to [0, 1].
+pub fn resize(img: &Rgb32FImage, width: u32, height: u32) -> Rgb32FImage {
+    if img.dimensions() == (width, height) {
+        return img.clone();
+    }
+    let mut out = image::imageops::resize(img, width, height, image::imageops::FilterType::Lanczos3);
+    for v in out.iter_mut() {
+        *v = v.clamp(0.0, 1.0);
+    }
+    out
+}
+
+/// An image as a `[1, 3, H, W]` float tensor on `device`.
+pub fn to_tensor(img: &Rgb32FImage, device: Device) -> Tensor {
+    let (w, h) = img.dimensions();
+    Tensor::from_slice(img.as_raw())
+        .view([h as i64, w as i64, 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0)
+        .contiguous()
+        .to_device(device)
+}
+
+/// A `[1, 3, H, W]` tensor as an image, clamped to [0, 1].
+pub fn from_tensor(t: &Tensor) -> Rgb32FImage {
+    let t = t
+        .detach()
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .clamp(0.0, 1.0)
+        .squeeze_dim(0)
+        .permute([1, 2, 0])
+        .contiguous();
+    let (h, w) = (t.size()[0] as u32, t.size()[1] as u32);
+    let mut data = vec![0f32; (w * h * 3) as usize];
+    let n = data.len();
+    t.copy_data(&mut data, n);
+    Rgb32FImage::from_raw(w, h, data).unwrap_or_else(|| Rgb32FImage::new(w, h))
+}
+
+/// Encodes as PNG with 8 or 16 bits per channel.
+pub fn encode_png(img: &Rgb32FImage, bit_depth: u8) -> Result<Vec<u8>, ImageError> {
+    let dynamic = DynamicImage::ImageRgb32F(img.clone());
+    let converted = if bit_depth == 16 {
+        DynamicImage::ImageRgb16(dynamic.into_rgb16())
+    } else {
+        DynamicImage::ImageRgb8(dynamic.into_rgb8())
+    };
+    let mut out = Cursor::new(Vec::new());
+    converted
+        .write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| ImageError::Encode {
+            reason: e.to_string(),
+        })?;
+    Ok(out.into_inner())
+}

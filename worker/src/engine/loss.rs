@@ -1,0 +1,156 @@
+//! The objective: content, style and total-variation terms over VGG activations.
+//!
+//! - content: `content_weight * sum_l w_l * mean((F_l - P_l)^2)`
+//! - style: `style_weight * sum_l w_l * mean((G(F_l) - A_l)^2)` with the normalised Gram
+//!   `G(F) = F F^T / (C H W)` and `A_l` the blend-weighted sum of the styles' Grams
+//! - tv: `tv_weight * (mean(dx^2) + mean(dy^2))` on the [0, 1] pixels
+//!
+//! Targets are computed once, without gradients, when the objective is built.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::vgg::Vgg;
+
+/// Loss values at one point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Losses {
+    /// Weighted content term.
+    pub content: f64,
+    /// Weighted style term.
+    pub style: f64,
+    /// Weighted total-variation term.
+    pub tv: f64,
+    /// Their sum.
+    pub total: f64,
+}
+
+/// The normalised Gram matrix of `[1, C, H, W]` activations.
+pub fn gram(f: &Tensor) -> Tensor {
+    let size = f.size();
+    let (c, hw) = (size[1], size[2] * size[3]);
+    let f = f.view([c, hw]);
+    f.matmul(&f.tr()) / ((c * hw) as f64)
+}
+
+/// A tapped layer and its target.
+struct Term {
+    slot: usize,
+    weight: f64,
+    target: Tensor,
+}
+
+/// Content, style and TV terms with their targets.
+pub struct Objective {
+    net: Vgg,
+    taps: Vec<usize>,
+    content: Vec<Term>,
+    style: Vec<Term>,
+    content_weight: f64,
+    style_weight: f64,
+    tv_weight: f64,
+}
+
+/// A layer's index in `features` and its weight.
+pub type Tap = (usize, f64);
+
+impl Objective {
+    /// Builds the objective; `styles` are `(pixels, blend weight)` with weights summing to 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        net: Vgg,
+        content_layers: &[Tap],
+        style_layers: &[Tap],
+        content: &Tensor,
+        styles: &[(Tensor, f64)],
+        content_weight: f64,
+        style_weight: f64,
+        tv_weight: f64,
+    ) -> Self {
+        let mut taps: Vec<usize> = content_layers
+            .iter()
+            .chain(style_layers)
+            .map(|&(i, _)| i)
+            .collect();
+        taps.sort_unstable();
+        taps.dedup();
+        let slot = |i: usize| taps.iter().position(|&t| t == i).unwrap_or(0);
+        let (content_terms, style_terms) = tch::no_grad(|| {
+            let feats = net.forward(content, &taps);
+            let content_terms = content_layers
+                .iter()
+                .map(|&(i, weight)| Term {
+                    slot: slot(i),
+                    weight,
+                    target: feats[slot(i)].detach(),
+                })
+                .collect::<Vec<_>>();
+            let mut grams: Vec<Option<Tensor>> = style_layers.iter().map(|_| None).collect();
+            for (pixels, blend) in styles {
+                let feats = net.forward(pixels, &taps);
+                for (acc, &(i, _)) in grams.iter_mut().zip(style_layers) {
+                    let g = gram(&feats[slot(i)]) * *blend;
+                    *acc = Some(match acc.take() {
+                        Some(a) => a + g,
+                        None => g,
+                    });
+                }
+            }
+            let style_terms = style_layers
+                .iter()
+                .zip(grams)
+                .filter_map(|(&(i, weight), g)| {
+                    g.map(|target| Term {
+                        slot: slot(i),
+                        weight,
+                        target: target.detach(),
+                    })
+                })
+                .collect::<Vec<_>>();
+            (content_terms, style_terms)
+        });
+        Self {
+            net,
+            taps,
+            content: content_terms,
+            style: style_terms,
+            content_weight,
+            style_weight,
+            tv_weight,
+        }
+    }
+
+    /// The total loss as a graph (for backward) and the values of each term.
+    pub fn evaluate(&self, x: &Tensor) -> (Tensor, Losses) {
+        let feats = self.net.forward(x, &self.taps);
+        let zero = || Tensor::zeros([], (Kind::Float, x.device()));
+        let mut content = zero();
+        for t in &self.content {
+            content = content + (&feats[t.slot] - &t.target).square().mean(Kind::Float) * t.weight;
+        }
+        let mut style = zero();
+        for t in &self.style {
+            style = style + (gram(&feats[t.slot]) - &t.target).square().mean(Kind::Float) * t.weight;
+        }
+        let content = content * self.content_weight;
+        let style = style * self.style_weight;
+        let tv = total_variation(x) * self.tv_weight;
+        let total = &content + &style + &tv;
+        let losses = Losses {
+            content: content.double_value(&[]),
+            style: style.double_value(&[]),
+            tv: tv.double_value(&[]),
+            total: total.double_value(&[]),
+        };
+        (total, losses)
+    }
+}
+
+/// `mean(dx^2) + mean(dy^2)` of a `[1, C, H, W]` image.
+pub fn total_variation(x: &Tensor) -> Tensor {
+    let h = x.size()[2];
+    let w = x.size()[3];
+    let dy = x.narrow(2, 1, h - 1) - x.narrow(2, 0, h - 1);
+    let dx = x.narrow(3, 1, w - 1) - x.narrow(3, 0, w - 1);
+    dy.square().mean(Kind::Float) + dx.square().mean(Kind::Float)
+}

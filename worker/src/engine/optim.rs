@@ -1,0 +1,320 @@
+//! Optimizers on the image's pixels, with state that round-trips through checkpoints.
+//!
+//! [`Lbfgs`] is torch.optim.LBFGS without line search, called with `max_iter=1` once per
+//! iteration: the same two-loop recursion, curvature test, `H_diag` scaling and step
+//! rule (`t = min(1, 1/|g|_1) * lr` on the first iteration, `lr` after). [`Adam`] is
+//! torch.optim.Adam's single-tensor update.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+/// torch.optim.LBFGS's default `tolerance_grad`.
+const TOLERANCE_GRAD: f64 = 1e-7;
+/// torch.optim.LBFGS's default `tolerance_change`.
+const TOLERANCE_CHANGE: f64 = 1e-9;
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The image moved.
+    Moved,
+    /// The gradient (or the directional derivative) vanished: nothing left to do.
+    Converged,
+}
+
+/// Tensors and scalars of an optimizer's state, as stored in a checkpoint.
+#[derive(Default)]
+pub struct SavedState {
+    /// Named tensors.
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Scalars as JSON.
+    pub scalars: serde_json::Value,
+}
+
+/// Either optimizer.
+pub enum Optimizer {
+    /// L-BFGS.
+    Lbfgs(Lbfgs),
+    /// Adam.
+    Adam(Adam),
+}
+
+impl Optimizer {
+    /// One update of `x` (flat view of the pixels) given the loss and gradient at `x`.
+    pub fn step(&mut self, x: &mut Tensor, loss: f64, grad: &Tensor) -> Step {
+        match self {
+            Self::Lbfgs(o) => o.step(x, loss, grad),
+            Self::Adam(o) => o.step(x, grad),
+        }
+    }
+
+    /// The state for a checkpoint.
+    pub fn save(&self) -> SavedState {
+        match self {
+            Self::Lbfgs(o) => o.save(),
+            Self::Adam(o) => o.save(),
+        }
+    }
+
+    /// Restores state saved by [`Optimizer::save`] of the same kind.
+    pub fn restore(&mut self, mut saved: SavedState) -> Result<(), String> {
+        match self {
+            Self::Lbfgs(o) => o.restore(&mut saved),
+            Self::Adam(o) => o.restore(&mut saved),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LbfgsScalars {
+    n_iter: u64,
+    t: f64,
+    h_diag: f64,
+    ro: Vec<f64>,
+    prev_loss: f64,
+    history: usize,
+}
+
+/// torch.optim.LBFGS (no line search).
+pub struct Lbfgs {
+    lr: f64,
+    history: usize,
+    n_iter: u64,
+    d: Option<Tensor>,
+    t: f64,
+    old_dirs: VecDeque<Tensor>,
+    old_stps: VecDeque<Tensor>,
+    ro: VecDeque<f64>,
+    h_diag: f64,
+    prev_flat_grad: Option<Tensor>,
+    prev_loss: f64,
+}
+
+/// A 0-dim float tensor's value.
+fn scalar(t: &Tensor) -> f64 {
+    t.double_value(&[])
+}
+
+/// Rounds to f32, as torch keeps these scalars as float32 tensors.
+fn f32r(v: f64) -> f64 {
+    v as f32 as f64
+}
+
+impl Lbfgs {
+    /// A fresh optimizer.
+    pub fn new(lr: f64, history: usize) -> Self {
+        Self {
+            lr,
+            history,
+            n_iter: 0,
+            d: None,
+            t: 0.0,
+            old_dirs: VecDeque::new(),
+            old_stps: VecDeque::new(),
+            ro: VecDeque::new(),
+            h_diag: 1.0,
+            prev_flat_grad: None,
+            prev_loss: 0.0,
+        }
+    }
+
+    fn step(&mut self, x: &mut Tensor, loss: f64, flat_grad: &Tensor) -> Step {
+        if scalar(&flat_grad.abs().max()) <= TOLERANCE_GRAD {
+            return Step::Converged;
+        }
+        self.n_iter += 1;
+        let d = if self.n_iter == 1 {
+            self.old_dirs.clear();
+            self.old_stps.clear();
+            self.ro.clear();
+            self.h_diag = 1.0;
+            flat_grad.neg()
+        } else {
+            let (Some(prev_grad), Some(prev_d)) = (&self.prev_flat_grad, &self.d) else {
+                return Step::Converged;
+            };
+            let y = flat_grad - prev_grad;
+            let s = prev_d * self.t;
+            let ys = scalar(&y.dot(&s));
+            if ys > 1e-10 {
+                if self.old_dirs.len() == self.history {
+                    self.old_dirs.pop_front();
+                    self.old_stps.pop_front();
+                    self.ro.pop_front();
+                }
+                self.ro.push_back(f32r(1.0 / ys));
+                self.h_diag = f32r(ys / scalar(&y.dot(&y)));
+                self.old_dirs.push_back(y);
+                self.old_stps.push_back(s);
+            }
+            let num_old = self.old_dirs.len();
+            let mut al = vec![0.0f64; num_old];
+            let mut q = flat_grad.neg();
+            for i in (0..num_old).rev() {
+                al[i] = f32r(scalar(&self.old_stps[i].dot(&q)) * self.ro[i]);
+                q = q - &self.old_dirs[i] * al[i];
+            }
+            let mut r = q * self.h_diag;
+            for i in 0..num_old {
+                let be_i = f32r(scalar(&self.old_dirs[i].dot(&r)) * self.ro[i]);
+                r = r + &self.old_stps[i] * f32r(al[i] - be_i);
+            }
+            r
+        };
+        self.prev_flat_grad = Some(flat_grad.copy());
+        self.prev_loss = loss;
+        self.t = if self.n_iter == 1 {
+            f32r(1.0f64.min(f32r(1.0 / scalar(&flat_grad.abs().sum(None)))) * self.lr)
+        } else {
+            self.lr
+        };
+        let gtd = scalar(&flat_grad.dot(&d));
+        self.d = Some(d);
+        if gtd > -TOLERANCE_CHANGE {
+            return Step::Converged;
+        }
+        if let Some(d) = &self.d {
+            tch::no_grad(|| {
+                let _ = x.g_add_(&(d * self.t).view_as(x));
+            });
+        }
+        Step::Moved
+    }
+
+    fn save(&self) -> SavedState {
+        let mut tensors = BTreeMap::new();
+        if let Some(d) = &self.d {
+            tensors.insert("lbfgs.d".to_owned(), d.shallow_clone());
+        }
+        if let Some(g) = &self.prev_flat_grad {
+            tensors.insert("lbfgs.prev_flat_grad".to_owned(), g.shallow_clone());
+        }
+        for (i, (y, s)) in self.old_dirs.iter().zip(&self.old_stps).enumerate() {
+            tensors.insert(format!("lbfgs.old_dirs.{i:05}"), y.shallow_clone());
+            tensors.insert(format!("lbfgs.old_stps.{i:05}"), s.shallow_clone());
+        }
+        let scalars = LbfgsScalars {
+            n_iter: self.n_iter,
+            t: self.t,
+            h_diag: self.h_diag,
+            ro: self.ro.iter().copied().collect(),
+            prev_loss: self.prev_loss,
+            history: self.history,
+        };
+        SavedState {
+            tensors,
+            scalars: serde_json::to_value(scalars).unwrap_or_default(),
+        }
+    }
+
+    fn restore(&mut self, saved: &mut SavedState) -> Result<(), String> {
+        let s: LbfgsScalars = serde_json::from_value(saved.scalars.take())
+            .map_err(|e| format!("L-BFGS state: {e}"))?;
+        if s.history != self.history {
+            return Err(format!(
+                "checkpoint has L-BFGS history {}, the job asks for {}",
+                s.history, self.history
+            ));
+        }
+        self.n_iter = s.n_iter;
+        self.t = s.t;
+        self.h_diag = s.h_diag;
+        self.prev_loss = s.prev_loss;
+        self.ro = s.ro.into_iter().collect();
+        self.d = saved.tensors.remove("lbfgs.d");
+        self.prev_flat_grad = saved.tensors.remove("lbfgs.prev_flat_grad");
+        self.old_dirs.clear();
+        self.old_stps.clear();
+        for i in 0..self.ro.len() {
+            let y = saved.tensors.remove(&format!("lbfgs.old_dirs.{i:05}"));
+            let st = saved.tensors.remove(&format!("lbfgs.old_stps.{i:05}"));
+            let (Some(y), Some(st)) = (y, st) else {
+                return Err(format!("L-BFGS history entry {i} is missing"));
+            };
+            self.old_dirs.push_back(y);
+            self.old_stps.push_back(st);
+        }
+        if self.n_iter > 0 && (self.d.is_none() || self.prev_flat_grad.is_none()) {
+            return Err("L-BFGS direction or previous gradient is missing".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AdamScalars {
+    step: u64,
+}
+
+/// torch.optim.Adam (betas 0.9/0.999, eps 1e-8, no weight decay).
+pub struct Adam {
+    lr: f64,
+    step: u64,
+    exp_avg: Option<Tensor>,
+    exp_avg_sq: Option<Tensor>,
+}
+
+impl Adam {
+    const BETA1: f64 = 0.9;
+    const BETA2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    /// A fresh optimizer.
+    pub fn new(lr: f64) -> Self {
+        Self {
+            lr,
+            step: 0,
+            exp_avg: None,
+            exp_avg_sq: None,
+        }
+    }
+
+    fn step(&mut self, x: &mut Tensor, grad: &Tensor) -> Step {
+        self.step += 1;
+        let m = match &self.exp_avg {
+            Some(m) => m + (grad - m) * (1.0 - Self::BETA1),
+            None => grad * (1.0 - Self::BETA1),
+        };
+        let v = match &self.exp_avg_sq {
+            Some(v) => v * Self::BETA2 + grad * grad * (1.0 - Self::BETA2),
+            None => grad * grad * (1.0 - Self::BETA2),
+        };
+        let bias1 = 1.0 - Self::BETA1.powi(self.step as i32);
+        let bias2 = 1.0 - Self::BETA2.powi(self.step as i32);
+        let step_size = self.lr / bias1;
+        let denom = (v.sqrt() / bias2.sqrt()) + Self::EPS;
+        let update = (&m / denom * (-step_size)).view_as(x);
+        tch::no_grad(|| {
+            let _ = x.g_add_(&update);
+        });
+        self.exp_avg = Some(m);
+        self.exp_avg_sq = Some(v);
+        Step::Moved
+    }
+
+    fn save(&self) -> SavedState {
+        let mut tensors = BTreeMap::new();
+        if let (Some(m), Some(v)) = (&self.exp_avg, &self.exp_avg_sq) {
+            tensors.insert("adam.exp_avg".to_owned(), m.shallow_clone());
+            tensors.insert("adam.exp_avg_sq".to_owned(), v.shallow_clone());
+        }
+        SavedState {
+            tensors,
+            scalars: serde_json::to_value(AdamScalars { step: self.step }).unwrap_or_default(),
+        }
+    }
+
+    fn restore(&mut self, saved: &mut SavedState) -> Result<(), String> {
+        let s: AdamScalars = serde_json::from_value(saved.scalars.take())
+            .map_err(|e| format!("Adam state: {e}"))?;
+        self.step = s.step;
+        self.exp_avg = saved.tensors.remove("adam.exp_avg");
+        self.exp_avg_sq = saved.tensors.remove("adam.exp_avg_sq");
+        if self.step > 0 && (self.exp_avg.is_none() || self.exp_avg_sq.is_none()) {
+            return Err("Adam moments are missing".into());
+        }
+        Ok(())
+    }
+}

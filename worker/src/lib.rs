@@ -1,0 +1,7 @@
+//! The stylefarm worker: the style-transfer engine and, around it, the node that leases
+//! jobs from the coordinator.
+//!
+//! - [`engine`]: Gatys-style neural style transfer on libtorch (VGG features, losses,
+//!   L-BFGS/Adam, checkpoints). The CLI's local modes use it directly.
+
+pub mod engine;
