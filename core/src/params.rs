@@ -74,7 +74,7 @@ pub struct RenderParams {
     pub iterations: u32,
     /// L-BFGS or Adam.
     pub optimizer: OptimizerKind,
-    /// Learning rate: L-BFGS step scale (torch default 1.0) or Adam's rate on [0,1] pixels.
+    /// Learning rate: L-BFGS step scale (torch default 1.0) or Adam's rate in grey levels.
     pub learning_rate: f64,
     /// L-BFGS history size (torch.optim.LBFGS's `history_size`).
     pub lbfgs_history: u32,
@@ -136,9 +136,9 @@ pub fn layers(names: &[&str]) -> Vec<WeightedLayer> {
         .collect()
 }
 
-/// Default Adam learning rate on [0,1] pixels, used when `--optimizer adam` is chosen
-/// without a rate of its own.
-pub const DEFAULT_ADAM_LR: f64 = 0.02;
+/// Default Adam learning rate (grey levels on a 0-255 scale per step), used when
+/// `--optimizer adam` is chosen without a rate of its own.
+pub const DEFAULT_ADAM_LR: f64 = 2.0;
 
 impl RenderParams {
     /// Checks every field's range; the error names the first field at fault.

@@ -69,6 +69,11 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// The optimized variable holds pixels on a 0-255 scale: L-BFGS's first step
+/// (`min(1, 1/|g|_1)`) and Adam's rate are then in grey levels, as in Gatys et al.'s
+/// and Johnson's Caffe-space implementations, whatever the network's convention.
+pub const PIXEL_SCALE: f64 = 255.0;
+
 /// One style-transfer optimization in progress.
 pub struct Render {
     params: RenderParams,
@@ -240,7 +245,7 @@ impl Render {
                 params.style_weight,
                 params.tv_weight,
             );
-            let x = image_io::to_tensor(&start, device).set_requires_grad(true);
+            let x = (image_io::to_tensor(&start, device) * PIXEL_SCALE).set_requires_grad(true);
             let optimizer = match params.optimizer {
                 OptimizerKind::Lbfgs => Optimizer::Lbfgs(Lbfgs::new(
                     params.learning_rate,
@@ -380,7 +385,7 @@ impl Render {
 
     /// The losses and their gradient with respect to the pixels, at the current image.
     pub fn evaluate_with_grad(&self) -> Result<(Losses, Tensor), EngineError> {
-        let (total, losses) = self.objective.evaluate(&self.x);
+        let (total, losses) = self.objective.evaluate(&(&self.x / PIXEL_SCALE));
         if !losses.total.is_finite() {
             return Err(EngineError::Diverged {
                 iteration: self.iteration,
@@ -397,12 +402,12 @@ impl Render {
 
     /// The losses at the current image.
     pub fn losses(&self) -> Result<Losses, EngineError> {
-        guarded(|| Ok(tch::no_grad(|| self.objective.evaluate(&self.x)).1))
+        guarded(|| Ok(tch::no_grad(|| self.objective.evaluate(&(&self.x / PIXEL_SCALE))).1))
     }
 
     /// The current image (with the content's colours when colour preservation is on).
     pub fn output(&self) -> Rgb32FImage {
-        let img = image_io::from_tensor(&self.x);
+        let img = image_io::from_tensor(&(&self.x / PIXEL_SCALE));
         if self.params.preserve_colors {
             color::recolor(&img, &self.content)
         } else {

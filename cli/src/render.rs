@@ -1,0 +1,315 @@
+//! `stylefarm render`: one style transfer on this machine, with a progress bar, the final
+//! losses on stdout, and `OUT.json` beside the output.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use stylefarm_core::params::{parse_layer_list, DEFAULT_ADAM_LR};
+use stylefarm_core::{InitKind, OptimizerKind, Pooling, RenderParams, WeightedLayer};
+use stylefarm_weights::WeightsInfo;
+use stylefarm_worker::engine::{image_io, Outcome, Render};
+use stylefarm_worker::job::{self, JobInputs, NamedBytes, PreparedJob};
+use tch::Device;
+
+/// Where the computation runs.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA when available, else CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The first CUDA device.
+    Cuda,
+}
+
+impl DeviceArg {
+    /// The tch device, or an error when CUDA is asked for and absent.
+    pub fn resolve(self) -> anyhow::Result<Device> {
+        match self {
+            Self::Auto => Ok(Device::cuda_if_available()),
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            Self::Cuda => bail!("--device cuda: no CUDA device is available to libtorch"),
+        }
+    }
+}
+
+/// Arguments of `stylefarm render`.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The content photo (JPEG, PNG, WebP or TIFF).
+    #[arg(long, value_name = "IMAGE")]
+    pub content: PathBuf,
+    /// A style image; repeat to blend several.
+    #[arg(long = "style", value_name = "IMAGE", required = true)]
+    pub styles: Vec<PathBuf>,
+    /// Blend weights, one per style, e.g. 0.7,0.3 (default: equal).
+    #[arg(long, value_delimiter = ',', value_name = "W,..")]
+    pub style_weights: Vec<f64>,
+    /// The output PNG; its sidecar goes to OUT.json.
+    #[arg(long, value_name = "PNG")]
+    pub out: PathBuf,
+    /// VGG weights (safetensors); see `README.md` for where to get them.
+    #[arg(long, env = "STYLEFARM_WEIGHTS", value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Long side of the output in pixels.
+    #[arg(long, default_value_t = RenderParams::default().size)]
+    pub size: u32,
+    /// Optimizer iterations.
+    #[arg(long, default_value_t = RenderParams::default().iterations)]
+    pub iterations: u32,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value = "lbfgs")]
+    pub optimizer: OptimizerArg,
+    /// Learning rate (default: 1.0 for L-BFGS, 0.02 for Adam).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Seed for noise initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start from the content, noise, or --init-image.
+    #[arg(long, value_enum, default_value = "content")]
+    pub init: InitArg,
+    /// Start image for --init image.
+    #[arg(long, value_name = "IMAGE")]
+    pub init_image: Option<PathBuf>,
+    /// Keep the content's colours (luminance-only transfer).
+    #[arg(long)]
+    pub preserve_colors: bool,
+    /// Content layers, e.g. relu3_2 or relu4_2:1.0.
+    #[arg(long, value_name = "L[:W],..")]
+    pub content_layers: Option<String>,
+    /// Style layers with optional weights, e.g. relu1_1,relu2_1:0.5.
+    #[arg(long, value_name = "L[:W],..")]
+    pub style_layers: Option<String>,
+    /// Weight of the content term.
+    #[arg(long, default_value_t = RenderParams::default().content_weight)]
+    pub content_weight: f64,
+    /// Weight of the style term.
+    #[arg(long, default_value_t = RenderParams::default().style_weight)]
+    pub style_weight: f64,
+    /// Weight of the total-variation term.
+    #[arg(long, default_value_t = RenderParams::default().tv_weight)]
+    pub tv_weight: f64,
+    /// Style images are resized to size * style-scale.
+    #[arg(long, default_value_t = 1.0)]
+    pub style_scale: f64,
+    /// Max or average pooling.
+    #[arg(long, value_enum, default_value = "max")]
+    pub pooling: PoolingArg,
+    /// Bits per channel of the output PNG (8 or 16).
+    #[arg(long, default_value_t = 8)]
+    pub bit_depth: u8,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long, env = "STYLEFARM_THREADS")]
+    pub threads: Option<i32>,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value = "auto", env = "STYLEFARM_DEVICE")]
+    pub device: DeviceArg,
+    /// Largest input accepted, in pixels; larger files are refused before decoding.
+    #[arg(long, default_value_t = image_io::DEFAULT_MAX_PIXELS)]
+    pub max_input_pixels: u64,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Optimizer choice.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OptimizerArg {
+    /// L-BFGS (torch.optim.LBFGS).
+    Lbfgs,
+    /// Adam.
+    Adam,
+}
+
+/// Initialisation choice.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InitArg {
+    /// The content photo.
+    Content,
+    /// Seeded noise.
+    Noise,
+    /// --init-image.
+    Image,
+}
+
+/// Pooling choice.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PoolingArg {
+    /// Max pooling.
+    Max,
+    /// Average pooling.
+    Avg,
+}
+
+fn layers(flag: &str, value: &Option<String>, default: Vec<WeightedLayer>) -> anyhow::Result<Vec<WeightedLayer>> {
+    match value {
+        None => Ok(default),
+        Some(s) => parse_layer_list(s).map_err(|e| anyhow::anyhow!("{flag}: {e}")),
+    }
+}
+
+impl RenderArgs {
+    /// The engine parameters these flags ask for, validated.
+    pub fn params(&self) -> anyhow::Result<RenderParams> {
+        let defaults = RenderParams::default();
+        let optimizer = match self.optimizer {
+            OptimizerArg::Lbfgs => OptimizerKind::Lbfgs,
+            OptimizerArg::Adam => OptimizerKind::Adam,
+        };
+        let params = RenderParams {
+            size: self.size,
+            iterations: self.iterations,
+            optimizer,
+            learning_rate: self.learning_rate.unwrap_or(match optimizer {
+                OptimizerKind::Lbfgs => defaults.learning_rate,
+                OptimizerKind::Adam => DEFAULT_ADAM_LR,
+            }),
+            content_weight: self.content_weight,
+            style_weight: self.style_weight,
+            tv_weight: self.tv_weight,
+            content_layers: layers("--content-layers", &self.content_layers, defaults.content_layers.clone())?,
+            style_layers: layers("--style-layers", &self.style_layers, defaults.style_layers.clone())?,
+            style_scale: self.style_scale,
+            seed: self.seed,
+            init: match self.init {
+                InitArg::Content => InitKind::Content,
+                InitArg::Noise => InitKind::Noise,
+                InitArg::Image => InitKind::Image,
+            },
+            preserve_colors: self.preserve_colors,
+            pooling: match self.pooling {
+                PoolingArg::Max => Pooling::Max,
+                PoolingArg::Avg => Pooling::Avg,
+            },
+            output_bit_depth: self.bit_depth,
+            ..defaults
+        };
+        params
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid parameter --{}", e.to_string().replace('_', "-")))?;
+        if matches!(params.init, InitKind::Image) != self.init_image.is_some() {
+            bail!("--init image and --init-image go together");
+        }
+        if !self.style_weights.is_empty() && self.style_weights.len() != self.styles.len() {
+            bail!(
+                "--style-weights has {} values for {} --style images",
+                self.style_weights.len(),
+                self.styles.len()
+            );
+        }
+        Ok(params)
+    }
+}
+
+/// Finds the weights file or says how to supply one.
+pub fn weights_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    given.map(Path::to_path_buf).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no VGG weights given: pass --weights FILE or set STYLEFARM_WEIGHTS \
+             (a safetensors file of torchvision's VGG16/VGG19 `features`, see README.md)"
+        )
+    })
+}
+
+/// Sidecar path for an output: `OUT.json` beside it.
+pub fn sidecar_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".json");
+    PathBuf::from(s)
+}
+
+/// Runs `stylefarm render`.
+pub fn run(args: RenderArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let params = args.params()?;
+    let device = args.device.resolve()?;
+    if let Some(n) = args.threads {
+        if n < 1 {
+            bail!("--threads must be at least 1");
+        }
+        tch::set_num_threads(n);
+    }
+    let weights_file = weights_path(args.weights.as_deref())?;
+    let weights = WeightsInfo::inspect(&weights_file)?;
+
+    let equal = 1.0 / args.styles.len() as f64;
+    let inputs = JobInputs {
+        content: NamedBytes::read(&args.content)?,
+        styles: args
+            .styles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Ok((NamedBytes::read(p)?, args.style_weights.get(i).copied().unwrap_or(equal))))
+            .collect::<anyhow::Result<_>>()?,
+        init_image: args.init_image.as_deref().map(NamedBytes::read).transpose()?,
+    };
+    let prepared = PreparedJob::decode(&inputs, &params, args.max_input_pixels)?;
+    let mut render = Render::new(&weights, &params, &prepared.inputs, device)?;
+    let setup_s = started.elapsed().as_secs_f64();
+    let (w, h) = render.output_size();
+    tracing::info!(width = w, height = h, ?device, "rendering");
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(u64::from(params.iterations))
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:32}] {pos}/{len} it  {per_sec}  eta {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    let cancel = AtomicBool::new(false);
+    let outcome = render.run(&cancel, &mut |p| {
+        bar.set_position(u64::from(p.iteration));
+        bar.set_message(format!(
+            "loss {:.4e} (content {:.3e} style {:.3e} tv {:.3e})",
+            p.losses.total, p.losses.content, p.losses.style, p.losses.tv
+        ));
+    })?;
+    bar.finish_and_clear();
+
+    let out_name = args.out.display().to_string();
+    let rendered = job::finish(&render, &prepared, &params, &weights, device, &out_name, started, setup_s)?;
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&args.out, &rendered.png).with_context(|| format!("writing {}", args.out.display()))?;
+    let sidecar = sidecar_path(&args.out);
+    let json = serde_json::to_vec_pretty(&rendered.sidecar)?;
+    std::fs::write(&sidecar, json).with_context(|| format!("writing {}", sidecar.display()))?;
+
+    let s = &rendered.sidecar;
+    let first = s.loss_curve.first().copied().unwrap_or_default();
+    println!(
+        "{} ({}x{}, {} iterations{} in {:.1}s, {:.3}s/it)",
+        args.out.display(),
+        s.width,
+        s.height,
+        s.iterations_done,
+        if outcome == Outcome::Converged { ", converged" } else { "" },
+        s.timings.optimize_s,
+        s.timings.per_iteration_s
+    );
+    println!(
+        "final losses: total {:.4e}  content {:.4e}  style {:.4e}  tv {:.4e}",
+        s.final_losses.total, s.final_losses.content, s.final_losses.style, s.final_losses.tv
+    );
+    println!(
+        "style loss: {:.4e} -> {:.4e} ({:.1}x lower)",
+        first.style,
+        s.final_losses.style,
+        first.style / s.final_losses.style.max(f64::MIN_POSITIVE)
+    );
+    println!("sidecar: {}", sidecar.display());
+    Ok(())
+}

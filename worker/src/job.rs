@@ -1,0 +1,147 @@
+//! One render from input bytes to output bytes: decode and fingerprint the inputs, run
+//! the engine, encode the PNG and its sidecar. The CLI's `render` and the worker node
+//! share this path; they differ only in where bytes come from and go to.
+
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use stylefarm_core::{InitKind, RenderParams};
+use stylefarm_weights::WeightsInfo;
+use tch::Device;
+
+use crate::engine::{image_io, EngineError, Render, RenderInputs};
+use crate::report::{InputRecord, Sidecar, Timings, WeightsRecord};
+
+/// An input's bytes and where they came from.
+pub struct NamedBytes {
+    /// Path or URL, for messages and the sidecar.
+    pub source: String,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl NamedBytes {
+    /// Reads a local file.
+    pub fn read(path: &std::path::Path) -> Result<Self, EngineError> {
+        let bytes = std::fs::read(path).map_err(|source| crate::engine::ImageError::Unreadable {
+            name: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            source: path.display().to_string(),
+            bytes,
+        })
+    }
+}
+
+/// The inputs of one job.
+pub struct JobInputs {
+    /// Content photo.
+    pub content: NamedBytes,
+    /// Style images with blend weights.
+    pub styles: Vec<(NamedBytes, f64)>,
+    /// Start image for `init: image`.
+    pub init_image: Option<NamedBytes>,
+}
+
+/// A job ready to run: decoded inputs and the records for its sidecar.
+pub struct PreparedJob {
+    /// The engine's view of the inputs.
+    pub inputs: RenderInputs,
+    content: InputRecord,
+    styles: Vec<InputRecord>,
+}
+
+fn record(n: &NamedBytes, img: &image::Rgb32FImage, weight: Option<f64>) -> InputRecord {
+    InputRecord {
+        source: n.source.clone(),
+        sha256: hex::encode(Sha256::digest(&n.bytes)),
+        width: img.width(),
+        height: img.height(),
+        weight,
+    }
+}
+
+impl PreparedJob {
+    /// Decodes every input; the first bad one fails the job with its name in the error.
+    pub fn decode(job: &JobInputs, params: &RenderParams, max_pixels: u64) -> Result<Self, EngineError> {
+        let decode = |n: &NamedBytes| image_io::decode(&n.bytes, &n.source, max_pixels);
+        let content = decode(&job.content)?;
+        let mut styles = Vec::new();
+        let mut records = Vec::new();
+        for (n, w) in &job.styles {
+            let img = decode(n)?;
+            records.push(record(n, &img, Some(*w)));
+            styles.push(img);
+        }
+        let init_image = match (&params.init, &job.init_image) {
+            (InitKind::Image, Some(n)) => Some(decode(n)?),
+            _ => None,
+        };
+        Ok(Self {
+            content: record(&job.content, &content, None),
+            inputs: RenderInputs {
+                content,
+                styles,
+                style_weights: job.styles.iter().map(|(_, w)| *w).collect(),
+                init_image,
+            },
+            styles: records,
+        })
+    }
+}
+
+/// A finished render's files.
+pub struct Rendered {
+    /// The PNG.
+    pub png: Vec<u8>,
+    /// The sidecar.
+    pub sidecar: Sidecar,
+}
+
+/// Encodes the current image and writes the sidecar record for it.
+#[allow(clippy::too_many_arguments)]
+pub fn finish(
+    render: &Render,
+    job: &PreparedJob,
+    params: &RenderParams,
+    weights: &WeightsInfo,
+    device: Device,
+    output_name: &str,
+    started: Instant,
+    setup_s: f64,
+) -> Result<Rendered, EngineError> {
+    let image = render.output();
+    let png = image_io::encode_png(&image, params.output_bit_depth)?;
+    let final_losses = render.losses()?;
+    let optimize_s = render.elapsed().as_secs_f64();
+    let done = render.iteration();
+    let sidecar = Sidecar {
+        stylefarm_version: env!("CARGO_PKG_VERSION").to_owned(),
+        output: output_name.to_owned(),
+        width: image.width(),
+        height: image.height(),
+        params: params.clone(),
+        content: job.content.clone(),
+        styles: job.styles.clone(),
+        weights: WeightsRecord {
+            path: weights.path.display().to_string(),
+            sha256: weights.sha256.clone(),
+            architecture: weights.architecture.name().to_owned(),
+            convention: weights.convention.name().to_owned(),
+        },
+        device: format!("{device:?}").to_lowercase(),
+        threads: tch::get_num_threads(),
+        iterations_done: done,
+        converged: render.converged(),
+        final_losses,
+        loss_curve: render.history().to_vec(),
+        timings: Timings {
+            setup_s,
+            optimize_s,
+            per_iteration_s: if done > 0 { optimize_s / done as f64 } else { 0.0 },
+            total_s: started.elapsed().as_secs_f64(),
+        },
+    };
+    Ok(Rendered { png, sidecar })
+}

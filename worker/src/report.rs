@@ -1,0 +1,84 @@
+//! The JSON sidecar written next to every output image: what was asked, what was used,
+//! how long it took and how the loss went.
+
+use serde::{Deserialize, Serialize};
+use stylefarm_core::RenderParams;
+
+use crate::engine::Losses;
+
+/// One input file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputRecord {
+    /// Where it came from (path or URL).
+    pub source: String,
+    /// Hex sha256 of its bytes.
+    pub sha256: String,
+    /// Pixel size as decoded.
+    pub width: u32,
+    /// Pixel size as decoded.
+    pub height: u32,
+    /// Blend weight (styles only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+}
+
+/// The weights used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WeightsRecord {
+    /// Where they were read from.
+    pub path: String,
+    /// Hex sha256 of the file.
+    pub sha256: String,
+    /// vgg16 / vgg19.
+    pub architecture: String,
+    /// caffe / torchvision.
+    pub convention: String,
+}
+
+/// Timings in seconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    /// Decoding inputs, loading the network, computing targets.
+    pub setup_s: f64,
+    /// The optimization (all attempts, for resumed jobs).
+    pub optimize_s: f64,
+    /// Mean seconds per iteration.
+    pub per_iteration_s: f64,
+    /// Wall time of this run, start to written output.
+    pub total_s: f64,
+}
+
+/// The sidecar.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sidecar {
+    /// stylefarm version that wrote it.
+    pub stylefarm_version: String,
+    /// The output image.
+    pub output: String,
+    /// Output width.
+    pub width: u32,
+    /// Output height.
+    pub height: u32,
+    /// Every engine parameter.
+    pub params: RenderParams,
+    /// The content photo.
+    pub content: InputRecord,
+    /// The style images.
+    pub styles: Vec<InputRecord>,
+    /// The weights.
+    pub weights: WeightsRecord,
+    /// cpu / cuda:N and the thread count.
+    pub device: String,
+    /// CPU threads libtorch used.
+    pub threads: i32,
+    /// Iterations done.
+    pub iterations_done: u32,
+    /// True when the optimizer converged before the last iteration.
+    pub converged: bool,
+    /// Losses at the output.
+    pub final_losses: Losses,
+    /// Losses at each iteration.
+    pub loss_curve: Vec<Losses>,
+    /// Timings.
+    pub timings: Timings,
+}
