@@ -59,6 +59,12 @@ pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb32FImage, 
             max_pixels,
         });
     }
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(ImageError::Corrupt {
+            name: name.to_owned(),
+            reason: "the JPEG stream ends before its end-of-image marker (truncated file)".into(),
+        });
+    }
     let mut reader = reader;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(width);
@@ -71,6 +77,15 @@ pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb32FImage, 
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
     Ok(to_rgb(img))
+}
+
+/// True when an end-of-image marker follows the last start-of-scan. The JPEG decoder
+/// fills a truncated scan with grey instead of failing; entropy-coded data escapes 0xFF,
+/// so the marker cannot occur inside a scan.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let last_eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
+    matches!((last_sos, last_eoi), (Some(s), Some(e)) if e > s)
 }
 
 /// Converts any decoded layout to RGB f32, compositing alpha over white.

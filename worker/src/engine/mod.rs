@@ -325,6 +325,11 @@ impl Render {
         self.converged
     }
 
+    /// A copy of the optimized variable: `[1, 3, H, W]` pixels on a 0-255 scale.
+    pub fn variable(&self) -> Tensor {
+        self.x.detach().copy()
+    }
+
     /// Output size (width, height).
     pub fn output_size(&self) -> (u32, u32) {
         self.content.dimensions()

@@ -1,0 +1,166 @@
+"""PyTorch reference for stylefarm's engine, used by the parity tests and the benchmark.
+
+It computes, in plain eager PyTorch, exactly what the engine documents: the VGG
+`features` prefix (torchvision layout, loaded from safetensors), the preprocessing
+convention from the file's metadata, content MSE, normalised Gram style loss with
+blended targets, total variation on [0,1] pixels, and torch.optim.LBFGS(max_iter=1)
+stepped once per iteration on a variable holding pixels on a 0-255 scale.
+
+    python nst_reference.py eval   --case case.json --out result.safetensors
+    python nst_reference.py lbfgs  --case case.json --iterations 10 --out result.json
+    python nst_reference.py bench  --case case.json --repeat 3
+
+case.json names the weights file, an inputs safetensors file (content, style.N, x) and
+the loss parameters.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+PIXEL_SCALE = 255.0
+VGG_BLOCKS = {"vgg16": [2, 2, 3, 3, 3], "vgg19": [2, 2, 4, 4, 4]}
+
+
+def layer_table(arch):
+    """name -> (index, kind) in torchvision's `features`."""
+    table, index = {}, 0
+    for b, convs in enumerate(VGG_BLOCKS[arch]):
+        for c in range(convs):
+            table[f"conv{b + 1}_{c + 1}"] = (index, "conv")
+            table[f"relu{b + 1}_{c + 1}"] = (index + 1, "relu")
+            index += 2
+        table[f"pool{b + 1}"] = (index, "pool")
+        index += 1
+    return table
+
+
+class Reference:
+    def __init__(self, case, device="cpu"):
+        with safe_open(case["weights"], "pt") as f:
+            meta = f.metadata() or {}
+        self.arch = meta.get("architecture", "vgg19")
+        self.convention = meta.get("preprocessing", "torchvision")
+        self.weights = {k: v.to(device) for k, v in load_file(case["weights"]).items()}
+        table = layer_table(self.arch)
+        self.kinds = {i: k for (i, k) in table.values()}
+        self.content_layers = [(table[l][0], w) for l, w in case["content_layers"]]
+        self.style_layers = [(table[l][0], w) for l, w in case["style_layers"]]
+        self.taps = sorted({i for i, _ in self.content_layers + self.style_layers})
+        self.pooling = case.get("pooling", "max")
+        self.cw, self.sw, self.tw = case["content_weight"], case["style_weight"], case["tv_weight"]
+        inputs = {k: v.to(device) for k, v in load_file(case["inputs"]).items()}
+        self.x0 = inputs["x"]
+        blend = case["blend"]
+        with torch.no_grad():
+            feats = self.forward(inputs["content"])
+            self.content_targets = [feats[i] for i, _ in self.content_layers]
+            grams = None
+            for n, b in enumerate(blend):
+                feats = self.forward(inputs[f"style.{n}"])
+                g = [gram(feats[i]) * b for i, _ in self.style_layers]
+                grams = g if grams is None else [a + c for a, c in zip(grams, g)]
+            self.style_targets = grams
+
+    def preprocess(self, rgb):
+        if self.convention == "caffe":
+            mean = torch.tensor([103.939, 116.779, 123.68], device=rgb.device).view(1, 3, 1, 1)
+            return rgb.flip(1) * 255.0 - mean
+        mean = torch.tensor([0.485, 0.456, 0.406], device=rgb.device).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], device=rgb.device).view(1, 3, 1, 1)
+        return (rgb - mean) / std
+
+    def forward(self, rgb):
+        x, out = self.preprocess(rgb), {}
+        for i in range(max(self.taps) + 1):
+            kind = self.kinds[i]
+            if kind == "conv":
+                x = F.conv2d(x, self.weights[f"features.{i}.weight"], self.weights[f"features.{i}.bias"], padding=1)
+            elif kind == "relu":
+                x = F.relu(x)
+            elif self.pooling == "avg":
+                x = F.avg_pool2d(x, 2, 2)
+            else:
+                x = F.max_pool2d(x, 2, 2)
+            if i in self.taps:
+                out[i] = x
+        return out
+
+    def losses(self, y):
+        x = y / PIXEL_SCALE
+        feats = self.forward(x)
+        content = sum(((feats[i] - t) ** 2).mean() * w for (i, w), t in zip(self.content_layers, self.content_targets))
+        style = sum(((gram(feats[i]) - t) ** 2).mean() * w for (i, w), t in zip(self.style_layers, self.style_targets))
+        content, style = content * self.cw, style * self.sw
+        tv = (((x[:, :, 1:, :] - x[:, :, :-1, :]) ** 2).mean() + ((x[:, :, :, 1:] - x[:, :, :, :-1]) ** 2).mean()) * self.tw
+        return content + style + tv, {"content": float(content), "style": float(style), "tv": float(tv)}
+
+
+def gram(f):
+    _, c, h, w = f.shape
+    f = f.reshape(c, h * w)
+    return f @ f.t() / (c * h * w)
+
+
+def cmd_eval(case, args):
+    ref = Reference(case)
+    y = ref.x0.clone().requires_grad_(True)
+    total, parts = ref.losses(y)
+    (grad,) = torch.autograd.grad(total, [y])
+    save_file({"grad": grad.contiguous()}, args.out, metadata={"losses": json.dumps({**parts, "total": float(total)})})
+
+
+def cmd_lbfgs(case, args):
+    ref = Reference(case)
+    y = ref.x0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([y], lr=case.get("learning_rate", 1.0), max_iter=1, history_size=case.get("lbfgs_history", 100))
+
+    def closure():
+        opt.zero_grad()
+        total, _ = ref.losses(y)
+        total.backward()
+        return total
+
+    history = [float(opt.step(closure)) for _ in range(args.iterations)]
+    with torch.no_grad():
+        total, parts = ref.losses(y)
+    with open(args.out, "w") as f:
+        json.dump({**parts, "total": float(total), "history": history}, f)
+
+
+def cmd_bench(case, args):
+    torch.set_num_threads(args.threads) if args.threads else None
+    ref = Reference(case)
+    y = ref.x0.clone().requires_grad_(True)
+    times = []
+    for _ in range(args.warmup + args.repeat):
+        t0 = time.perf_counter()
+        total, _ = ref.losses(y)
+        torch.autograd.grad(total, [y])
+        times.append(time.perf_counter() - t0)
+    best = sorted(times[args.warmup:])
+    print(json.dumps({"median_s": best[len(best) // 2], "min_s": best[0], "threads": torch.get_num_threads()}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["eval", "lbfgs", "bench"])
+    p.add_argument("--case", required=True)
+    p.add_argument("--out")
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    with open(args.case) as f:
+        case = json.load(f)
+    {"eval": cmd_eval, "lbfgs": cmd_lbfgs, "bench": cmd_bench}[args.command](case, args)
+
+
+if __name__ == "__main__":
+    main()
