@@ -147,7 +147,11 @@ pub enum PoolingArg {
     Avg,
 }
 
-fn layers(flag: &str, value: &Option<String>, default: Vec<WeightedLayer>) -> anyhow::Result<Vec<WeightedLayer>> {
+fn layers(
+    flag: &str,
+    value: &Option<String>,
+    default: Vec<WeightedLayer>,
+) -> anyhow::Result<Vec<WeightedLayer>> {
     match value {
         None => Ok(default),
         Some(s) => parse_layer_list(s).map_err(|e| anyhow::anyhow!("{flag}: {e}")),
@@ -173,8 +177,16 @@ impl RenderArgs {
             content_weight: self.content_weight,
             style_weight: self.style_weight,
             tv_weight: self.tv_weight,
-            content_layers: layers("--content-layers", &self.content_layers, defaults.content_layers.clone())?,
-            style_layers: layers("--style-layers", &self.style_layers, defaults.style_layers.clone())?,
+            content_layers: layers(
+                "--content-layers",
+                &self.content_layers,
+                defaults.content_layers.clone(),
+            )?,
+            style_layers: layers(
+                "--style-layers",
+                &self.style_layers,
+                defaults.style_layers.clone(),
+            )?,
             style_scale: self.style_scale,
             seed: self.seed,
             init: match self.init {
@@ -190,9 +202,9 @@ impl RenderArgs {
             output_bit_depth: self.bit_depth,
             ..defaults
         };
-        params
-            .validate()
-            .map_err(|e| anyhow::anyhow!("invalid parameter --{}", e.to_string().replace('_', "-")))?;
+        params.validate().map_err(|e| {
+            anyhow::anyhow!("invalid parameter --{}", e.to_string().replace('_', "-"))
+        })?;
         if matches!(params.init, InitKind::Image) != self.init_image.is_some() {
             bail!("--init image and --init-image go together");
         }
@@ -245,9 +257,18 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             .styles
             .iter()
             .enumerate()
-            .map(|(i, p)| Ok((NamedBytes::read(p)?, args.style_weights.get(i).copied().unwrap_or(equal))))
+            .map(|(i, p)| {
+                Ok((
+                    NamedBytes::read(p)?,
+                    args.style_weights.get(i).copied().unwrap_or(equal),
+                ))
+            })
             .collect::<anyhow::Result<_>>()?,
-        init_image: args.init_image.as_deref().map(NamedBytes::read).transpose()?,
+        init_image: args
+            .init_image
+            .as_deref()
+            .map(NamedBytes::read)
+            .transpose()?,
     };
     let prepared = PreparedJob::decode(&inputs, &params, args.max_input_pixels)?;
     let mut render = Render::new(&weights, &params, &prepared.inputs, device)?;
@@ -279,11 +300,14 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
 
     let out_name = args.out.display().to_string();
-    let rendered = job::finish(&render, &prepared, &params, &weights, device, &out_name, started, setup_s)?;
+    let rendered = job::finish(
+        &render, &prepared, &params, &weights, device, &out_name, started, setup_s,
+    )?;
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&args.out, &rendered.png).with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(&args.out, &rendered.png)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     let sidecar = sidecar_path(&args.out);
     let json = serde_json::to_vec_pretty(&rendered.sidecar)?;
     std::fs::write(&sidecar, json).with_context(|| format!("writing {}", sidecar.display()))?;
@@ -296,7 +320,11 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         s.width,
         s.height,
         s.iterations_done,
-        if outcome == Outcome::Converged { ", converged" } else { "" },
+        if outcome == Outcome::Converged {
+            ", converged"
+        } else {
+            ""
+        },
         s.timings.optimize_s,
         s.timings.per_iteration_s
     );

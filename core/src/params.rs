@@ -215,7 +215,10 @@ fn positive(field: &str, v: f64) -> Result<(), InvalidField> {
 fn check_layers(field: &str, layers: &[WeightedLayer]) -> Result<(), InvalidField> {
     for (i, l) in layers.iter().enumerate() {
         if l.layer.trim().is_empty() {
-            return Err(InvalidField::new(format!("{field}[{i}]"), "empty layer name"));
+            return Err(InvalidField::new(
+                format!("{field}[{i}]"),
+                "empty layer name",
+            ));
         }
         non_negative(&format!("{field}[{i}].weight"), l.weight)?;
         if layers[..i].iter().any(|o| o.layer == l.layer) {

@@ -34,11 +34,17 @@ mod tests {
 
     #[test]
     fn same_seed_same_numbers_in_range() {
-        let a: Vec<f32> = (0..100).scan(SplitMix64::new(7), |r, _| Some(r.next_f32())).collect();
-        let b: Vec<f32> = (0..100).scan(SplitMix64::new(7), |r, _| Some(r.next_f32())).collect();
+        let a: Vec<f32> = (0..100)
+            .scan(SplitMix64::new(7), |r, _| Some(r.next_f32()))
+            .collect();
+        let b: Vec<f32> = (0..100)
+            .scan(SplitMix64::new(7), |r, _| Some(r.next_f32()))
+            .collect();
         assert_eq!(a, b);
         assert!(a.iter().all(|v| (0.0..1.0).contains(v)));
-        let c: Vec<f32> = (0..100).scan(SplitMix64::new(8), |r, _| Some(r.next_f32())).collect();
+        let c: Vec<f32> = (0..100)
+            .scan(SplitMix64::new(8), |r, _| Some(r.next_f32()))
+            .collect();
         assert_ne!(a, c);
     }
 }

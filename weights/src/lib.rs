@@ -166,8 +166,8 @@ impl WeightsInfo {
                 metadata = serde_json::from_value(v)
                     .map_err(|e| format(format!("__metadata__ is not a string map: {e}")))?;
             } else {
-                let entry: TensorEntry = serde_json::from_value(v)
-                    .map_err(|e| format(format!("tensor {k}: {e}")))?;
+                let entry: TensorEntry =
+                    serde_json::from_value(v).map_err(|e| format(format!("tensor {k}: {e}")))?;
                 tensors.insert(k, entry);
             }
         }

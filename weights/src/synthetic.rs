@@ -38,7 +38,11 @@ pub fn write_random_vgg(
             .flat_map(|_| ((rng.next_f32() * 2.0 - 1.0) * 0.01).to_le_bytes())
             .collect();
         let (o, i) = (out_channels as usize, in_channels as usize);
-        raw.push((format!("features.{}.weight", layer.index), vec![o, i, 3, 3], weight));
+        raw.push((
+            format!("features.{}.weight", layer.index),
+            vec![o, i, 3, 3],
+            weight,
+        ));
         raw.push((format!("features.{}.bias", layer.index), vec![o], bias));
         if layer.name == last_conv {
             break;

@@ -23,10 +23,11 @@ pub struct NamedBytes {
 impl NamedBytes {
     /// Reads a local file.
     pub fn read(path: &std::path::Path) -> Result<Self, EngineError> {
-        let bytes = std::fs::read(path).map_err(|source| crate::engine::ImageError::Unreadable {
-            name: path.display().to_string(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| crate::engine::ImageError::Unreadable {
+                name: path.display().to_string(),
+                source,
+            })?;
         Ok(Self {
             source: path.display().to_string(),
             bytes,
@@ -64,7 +65,11 @@ fn record(n: &NamedBytes, img: &image::Rgb32FImage, weight: Option<f64>) -> Inpu
 
 impl PreparedJob {
     /// Decodes every input; the first bad one fails the job with its name in the error.
-    pub fn decode(job: &JobInputs, params: &RenderParams, max_pixels: u64) -> Result<Self, EngineError> {
+    pub fn decode(
+        job: &JobInputs,
+        params: &RenderParams,
+        max_pixels: u64,
+    ) -> Result<Self, EngineError> {
         let decode = |n: &NamedBytes| image_io::decode(&n.bytes, &n.source, max_pixels);
         let content = decode(&job.content)?;
         let mut styles = Vec::new();
@@ -139,7 +144,11 @@ pub fn finish(
         timings: Timings {
             setup_s,
             optimize_s,
-            per_iteration_s: if done > 0 { optimize_s / done as f64 } else { 0.0 },
+            per_iteration_s: if done > 0 {
+                optimize_s / done as f64
+            } else {
+                0.0
+            },
             total_s: started.elapsed().as_secs_f64(),
         },
     };

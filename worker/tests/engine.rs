@@ -14,9 +14,16 @@ use stylefarm_worker::engine::{EngineError, ImageError, Outcome, Render};
 use tch::Device;
 
 fn run(params: &RenderParams, stop_at: Option<u32>) -> Render {
-    let mut r = Render::new(&common::real_weights(), params, &common::small_inputs(), Device::Cpu).expect("render");
+    let mut r = Render::new(
+        &common::real_weights(),
+        params,
+        &common::small_inputs(),
+        Device::Cpu,
+    )
+    .expect("render");
     let cancel = AtomicBool::new(false);
-    r.run_until(stop_at.unwrap_or(params.iterations), &cancel, &mut |_| {}).expect("run");
+    r.run_until(stop_at.unwrap_or(params.iterations), &cancel, &mut |_| {})
+        .expect("run");
     r
 }
 
@@ -32,14 +39,24 @@ fn same_inputs_give_bit_identical_images() {
             optimizer,
             init: InitKind::Noise,
             seed: 5,
-            learning_rate: if optimizer == OptimizerKind::Adam { 2.0 } else { 1.0 },
+            learning_rate: if optimizer == OptimizerKind::Adam {
+                2.0
+            } else {
+                1.0
+            },
             ..common::small_params(6)
         };
         let a = run(&params, None);
         let b = run(&params, None);
         assert!(same_bits(&a, &b), "{optimizer:?}: two runs differ");
         assert_eq!(a.history(), b.history());
-        let c = run(&RenderParams { seed: 6, ..params.clone() }, None);
+        let c = run(
+            &RenderParams {
+                seed: 6,
+                ..params.clone()
+            },
+            None,
+        );
         assert!(!same_bits(&a, &c), "{optimizer:?}: the seed has no effect");
     }
 }
@@ -49,7 +66,11 @@ fn resume_from_checkpoint_is_bit_identical() {
     for optimizer in [OptimizerKind::Lbfgs, OptimizerKind::Adam] {
         let params = RenderParams {
             optimizer,
-            learning_rate: if optimizer == OptimizerKind::Adam { 2.0 } else { 1.0 },
+            learning_rate: if optimizer == OptimizerKind::Adam {
+                2.0
+            } else {
+                1.0
+            },
             ..common::small_params(9)
         };
         let straight = run(&params, None);
@@ -57,8 +78,14 @@ fn resume_from_checkpoint_is_bit_identical() {
         assert_eq!(stopped.iteration(), 4);
         let bytes = stopped.checkpoint().expect("checkpoint");
         drop(stopped);
-        let mut resumed = Render::resume(&common::real_weights(), &params, &common::small_inputs(), Device::Cpu, &bytes)
-            .expect("resume");
+        let mut resumed = Render::resume(
+            &common::real_weights(),
+            &params,
+            &common::small_inputs(),
+            Device::Cpu,
+            &bytes,
+        )
+        .expect("resume");
         assert_eq!(resumed.iteration(), 4);
         let mut first = None;
         resumed
@@ -67,7 +94,10 @@ fn resume_from_checkpoint_is_bit_identical() {
             })
             .expect("run");
         assert_eq!(first, Some(5), "resumed run starts after the checkpoint");
-        assert!(same_bits(&straight, &resumed), "{optimizer:?}: resumed image differs");
+        assert!(
+            same_bits(&straight, &resumed),
+            "{optimizer:?}: resumed image differs"
+        );
         assert_eq!(straight.history(), resumed.history());
         let a = image_io::encode_png(&straight.output(), 16).expect("png");
         let b = image_io::encode_png(&resumed.output(), 16).expect("png");
@@ -79,21 +109,42 @@ fn resume_from_checkpoint_is_bit_identical() {
 fn checkpoint_of_another_job_is_refused() {
     let params = common::small_params(4);
     let bytes = run(&params, Some(2)).checkpoint().expect("checkpoint");
-    let other = RenderParams { style_weight: 7.0, ..params };
-    let err = Render::resume(&common::real_weights(), &other, &common::small_inputs(), Device::Cpu, &bytes)
-        .err()
-        .expect("refused");
+    let other = RenderParams {
+        style_weight: 7.0,
+        ..params
+    };
+    let err = Render::resume(
+        &common::real_weights(),
+        &other,
+        &common::small_inputs(),
+        Device::Cpu,
+        &bytes,
+    )
+    .err()
+    .expect("refused");
     assert!(matches!(err, EngineError::Checkpoint { .. }), "{err}");
-    let err = Render::resume(&common::real_weights(), &other, &common::small_inputs(), Device::Cpu, b"garbage")
-        .err()
-        .expect("refused");
+    let err = Render::resume(
+        &common::real_weights(),
+        &other,
+        &common::small_inputs(),
+        Device::Cpu,
+        b"garbage",
+    )
+    .err()
+    .expect("refused");
     assert!(err.to_string().contains("checkpoint"), "{err}");
 }
 
 #[test]
 fn cancel_stops_within_one_iteration_and_progress_reports_each() {
     let params = common::small_params(50);
-    let mut r = Render::new(&common::real_weights(), &params, &common::small_inputs(), Device::Cpu).expect("render");
+    let mut r = Render::new(
+        &common::real_weights(),
+        &params,
+        &common::small_inputs(),
+        Device::Cpu,
+    )
+    .expect("render");
     let cancel = AtomicBool::new(false);
     let mut seen = Vec::new();
     let outcome = r
@@ -116,10 +167,15 @@ fn a_layer_the_file_lacks_is_named_with_those_it_has() {
         style_layers: layers(&["relu1_1", "relu4_1"]),
         ..common::small_params(1)
     };
-    let err = Render::new(&common::real_weights(), &params, &common::small_inputs(), Device::Cpu)
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = Render::new(
+        &common::real_weights(),
+        &params,
+        &common::small_inputs(),
+        Device::Cpu,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
     assert!(err.contains("relu4_1"), "{err}");
     assert!(err.contains("relu3_1") && err.contains("conv3_4"), "{err}");
 }
@@ -128,9 +184,14 @@ fn a_layer_the_file_lacks_is_named_with_those_it_has() {
 fn too_small_for_the_pooling_is_refused() {
     let mut inputs = common::small_inputs();
     inputs.content = common::image("content/tubingen.jpg", 64, 2);
-    let err = Render::new(&common::real_weights(), &common::small_params(1), &inputs, Device::Cpu)
-        .err()
-        .expect("refused");
+    let err = Render::new(
+        &common::real_weights(),
+        &common::small_params(1),
+        &inputs,
+        Device::Cpu,
+    )
+    .err()
+    .expect("refused");
     assert!(matches!(err, EngineError::TooSmall { .. }), "{err}");
     assert!(err.to_string().contains("content"), "{err}");
 }
@@ -139,18 +200,39 @@ fn too_small_for_the_pooling_is_refused() {
 fn style_blend_weights_are_checked() {
     let mut inputs = common::small_inputs();
     inputs.style_weights = vec![0.5, 0.5];
-    let err = Render::new(&common::real_weights(), &common::small_params(1), &inputs, Device::Cpu)
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("2 blend weights for 1 style"), "{err}");
+    let err = Render::new(
+        &common::real_weights(),
+        &common::small_params(1),
+        &inputs,
+        Device::Cpu,
+    )
+    .err()
+    .expect("refused");
+    assert!(
+        err.to_string().contains("2 blend weights for 1 style"),
+        "{err}"
+    );
     inputs.style_weights = vec![f64::NAN];
-    assert!(Render::new(&common::real_weights(), &common::small_params(1), &inputs, Device::Cpu).is_err());
+    assert!(Render::new(
+        &common::real_weights(),
+        &common::small_params(1),
+        &inputs,
+        Device::Cpu
+    )
+    .is_err());
 }
 
 #[test]
 fn preserve_colors_keeps_the_content_chroma() {
     let plain = run(&common::small_params(8), None).output();
-    let kept = run(&RenderParams { preserve_colors: true, ..common::small_params(8) }, None).output();
+    let kept = run(
+        &RenderParams {
+            preserve_colors: true,
+            ..common::small_params(8)
+        },
+        None,
+    )
+    .output();
     let content = image_io::resize(&common::small_inputs().content, 64, 48);
     let chroma = |img: &Rgb32FImage| -> f64 {
         img.pixels()
@@ -161,7 +243,12 @@ fn preserve_colors_keeps_the_content_chroma() {
             })
             .sum::<f64>()
     };
-    assert!(chroma(&kept) < chroma(&plain) * 0.5, "kept {} plain {}", chroma(&kept), chroma(&plain));
+    assert!(
+        chroma(&kept) < chroma(&plain) * 0.5,
+        "kept {} plain {}",
+        chroma(&kept),
+        chroma(&plain)
+    );
 }
 
 // --- image inputs -------------------------------------------------------------------
@@ -173,12 +260,19 @@ fn encode(img: &DynamicImage, format: image::ImageFormat) -> Vec<u8> {
 }
 
 fn sample() -> DynamicImage {
-    DynamicImage::ImageRgb8(image::RgbImage::from_fn(40, 20, |x, y| image::Rgb([(x * 6) as u8, (y * 12) as u8, 128])))
+    DynamicImage::ImageRgb8(image::RgbImage::from_fn(40, 20, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 12) as u8, 128])
+    }))
 }
 
 #[test]
 fn reads_jpeg_png_webp_tiff() {
-    for format in [image::ImageFormat::Jpeg, image::ImageFormat::Png, image::ImageFormat::WebP, image::ImageFormat::Tiff] {
+    for format in [
+        image::ImageFormat::Jpeg,
+        image::ImageFormat::Png,
+        image::ImageFormat::WebP,
+        image::ImageFormat::Tiff,
+    ] {
         let bytes = encode(&sample(), format);
         let img = image_io::decode(&bytes, "sample", DEFAULT_MAX_PIXELS).expect("decodes");
         assert_eq!(img.dimensions(), (40, 20), "{format:?}");
@@ -190,15 +284,46 @@ fn reads_jpeg_png_webp_tiff() {
 #[test]
 fn grayscale_alpha_sixteen_bit_and_cmyk_become_rgb() {
     let gray = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(8, 8, image::Luma([200])));
-    let g = image_io::decode(&encode(&gray, image::ImageFormat::Png), "gray", DEFAULT_MAX_PIXELS).expect("gray");
-    assert!(g.get_pixel(0, 0).0.iter().all(|v| (v - 200.0 / 255.0).abs() < 1e-6));
+    let g = image_io::decode(
+        &encode(&gray, image::ImageFormat::Png),
+        "gray",
+        DEFAULT_MAX_PIXELS,
+    )
+    .expect("gray");
+    assert!(g
+        .get_pixel(0, 0)
+        .0
+        .iter()
+        .all(|v| (v - 200.0 / 255.0).abs() < 1e-6));
 
-    let clear = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(8, 8, image::Rgba([0, 0, 0, 0])));
-    let a = image_io::decode(&encode(&clear, image::ImageFormat::Png), "alpha", DEFAULT_MAX_PIXELS).expect("alpha");
-    assert_eq!(a.get_pixel(3, 3).0, [1.0; 3], "transparent is composited over white");
+    let clear = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+        8,
+        8,
+        image::Rgba([0, 0, 0, 0]),
+    ));
+    let a = image_io::decode(
+        &encode(&clear, image::ImageFormat::Png),
+        "alpha",
+        DEFAULT_MAX_PIXELS,
+    )
+    .expect("alpha");
+    assert_eq!(
+        a.get_pixel(3, 3).0,
+        [1.0; 3],
+        "transparent is composited over white"
+    );
 
-    let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(8, 8, image::Rgb([65535u16, 0, 32768])));
-    let d = image_io::decode(&encode(&deep, image::ImageFormat::Png), "16-bit", DEFAULT_MAX_PIXELS).expect("16-bit");
+    let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+        8,
+        8,
+        image::Rgb([65535u16, 0, 32768]),
+    ));
+    let d = image_io::decode(
+        &encode(&deep, image::ImageFormat::Png),
+        "16-bit",
+        DEFAULT_MAX_PIXELS,
+    )
+    .expect("16-bit");
     assert!((d.get_pixel(0, 0).0[2] - 0.5).abs() < 1e-3);
 
     let mut cmyk = Cursor::new(Vec::new());
@@ -209,7 +334,10 @@ fn grayscale_alpha_sixteen_bit_and_cmyk_become_rgb() {
         .expect("write cmyk");
     let c = image_io::decode(cmyk.get_ref(), "cmyk", DEFAULT_MAX_PIXELS).expect("cmyk");
     let p = c.get_pixel(0, 0).0;
-    assert!(p[0] > 0.9 && p[1] < 0.1 && p[2] < 0.1, "CMYK red became {p:?}");
+    assert!(
+        p[0] > 0.9 && p[1] < 0.1 && p[2] < 0.1,
+        "CMYK red became {p:?}"
+    );
 }
 
 #[test]
@@ -223,14 +351,18 @@ fn exif_orientation_is_applied() {
     let mut out = Vec::new();
     let mut enc = image::codecs::jpeg::JpegEncoder::new(&mut out);
     enc.set_exif_metadata(exif).expect("exif");
-    enc.write_image(sample().as_bytes(), 40, 20, image::ExtendedColorType::Rgb8).expect("jpeg");
+    enc.write_image(sample().as_bytes(), 40, 20, image::ExtendedColorType::Rgb8)
+        .expect("jpeg");
     let img = image_io::decode(&out, "rotated", DEFAULT_MAX_PIXELS).expect("decodes");
     assert_eq!(img.dimensions(), (20, 40));
 }
 
 /// A 1x1 PNG whose header claims `w` x `h`, with a valid CRC: a decompression bomb's header.
 fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-    let mut png = encode(&DynamicImage::ImageRgb8(image::RgbImage::new(1, 1)), image::ImageFormat::Png);
+    let mut png = encode(
+        &DynamicImage::ImageRgb8(image::RgbImage::new(1, 1)),
+        image::ImageFormat::Png,
+    );
     png[16..20].copy_from_slice(&w.to_be_bytes());
     png[20..24].copy_from_slice(&h.to_be_bytes());
     let crc = crc32(&png[12..29]);
@@ -243,7 +375,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -260,18 +396,35 @@ fn bad_images_get_typed_errors() {
     }
     let cases: Vec<(&str, Vec<u8>, fn(&ImageError) -> bool)> = vec![
         ("empty", vec![], |e| matches!(e, ImageError::Empty { .. })),
-        ("text", b"this is not an image at all".to_vec(), |e| matches!(e, ImageError::UnknownFormat { .. })),
-        ("truncated jpeg", jpeg[..jpeg.len() / 3].to_vec(), |e| matches!(e, ImageError::Corrupt { .. })),
-        ("truncated png", png[..png.len() / 2].to_vec(), |e| matches!(e, ImageError::Corrupt { .. })),
-        ("corrupt png", corrupt_png, |e| matches!(e, ImageError::Corrupt { .. })),
-        ("bomb", png_claiming(100_000, 100_000), |e| matches!(e, ImageError::TooLarge { width: 100_000, .. })),
+        ("text", b"this is not an image at all".to_vec(), |e| {
+            matches!(e, ImageError::UnknownFormat { .. })
+        }),
+        ("truncated jpeg", jpeg[..jpeg.len() / 3].to_vec(), |e| {
+            matches!(e, ImageError::Corrupt { .. })
+        }),
+        ("truncated png", png[..png.len() / 2].to_vec(), |e| {
+            matches!(e, ImageError::Corrupt { .. })
+        }),
+        ("corrupt png", corrupt_png, |e| {
+            matches!(e, ImageError::Corrupt { .. })
+        }),
+        ("bomb", png_claiming(100_000, 100_000), |e| {
+            matches!(e, ImageError::TooLarge { width: 100_000, .. })
+        }),
     ];
     for (name, bytes, expected) in cases {
         let err = image_io::decode(&bytes, name, DEFAULT_MAX_PIXELS).expect_err(name);
         assert!(expected(&err), "{name}: unexpected {err:?}");
-        assert!(err.to_string().contains(name), "{name}: message does not name the input: {err}");
+        assert!(
+            err.to_string().contains(name),
+            "{name}: message does not name the input: {err}"
+        );
     }
-    let err = image_io::load(std::path::Path::new("/nonexistent/x.jpg"), DEFAULT_MAX_PIXELS).expect_err("missing");
+    let err = image_io::load(
+        std::path::Path::new("/nonexistent/x.jpg"),
+        DEFAULT_MAX_PIXELS,
+    )
+    .expect_err("missing");
     assert!(err.to_string().contains("/nonexistent/x.jpg"), "{err}");
 }
 
@@ -282,5 +435,8 @@ fn sixteen_bit_png_output_round_trips() {
     let back = image::load_from_memory(&png).expect("decodes");
     assert_eq!(back.color(), image::ColorType::Rgb16);
     let png8 = image_io::encode_png(&img, 8).expect("png");
-    assert_eq!(image::load_from_memory(&png8).expect("decodes").color(), image::ColorType::Rgb8);
+    assert_eq!(
+        image::load_from_memory(&png8).expect("decodes").color(),
+        image::ColorType::Rgb8
+    );
 }

@@ -5,13 +5,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
 
 use stylefarm_core::params::WeightedLayer;
 use stylefarm_core::{InitKind, Pooling, RenderParams};
 use stylefarm_weights::{Architecture, Convention, WeightsInfo};
-use stylefarm_worker::engine::{image_io, Render, RenderInputs};
+use stylefarm_worker::engine::{Render, RenderInputs};
 use tch::{Device, Tensor};
 
 fn weighted(spec: &[(&str, f64)]) -> Vec<WeightedLayer> {
@@ -27,78 +25,54 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-12)
 }
 
-/// Writes the case files the reference reads and returns the case path.
-fn write_case(dir: &Path, weights: &WeightsInfo, params: &RenderParams, inputs: &RenderInputs, render: &Render) -> std::path::PathBuf {
-    let mut tensors: Vec<(String, Tensor)> = vec![
-        ("content".into(), image_io::to_tensor(&inputs.content, Device::Cpu)),
-        ("x".into(), render.variable()),
-    ];
-    for (i, s) in inputs.styles.iter().enumerate() {
-        tensors.push((format!("style.{i}"), image_io::to_tensor(s, Device::Cpu)));
-    }
-    let inputs_path = dir.join("inputs.safetensors");
-    Tensor::write_safetensors(&tensors, &inputs_path).expect("write inputs");
-    let n = inputs.styles.len() as f64;
-    let blend: Vec<f64> = if inputs.style_weights.is_empty() {
-        vec![1.0 / n; inputs.styles.len()]
-    } else {
-        let s: f64 = inputs.style_weights.iter().sum();
-        inputs.style_weights.iter().map(|w| w / s).collect()
-    };
-    let case = serde_json::json!({
-        "weights": weights.path,
-        "inputs": inputs_path,
-        "content_layers": params.content_layers.iter().map(|l| (l.layer.clone(), l.weight)).collect::<Vec<_>>(),
-        "style_layers": params.style_layers.iter().map(|l| (l.layer.clone(), l.weight)).collect::<Vec<_>>(),
-        "content_weight": params.content_weight,
-        "style_weight": params.style_weight,
-        "tv_weight": params.tv_weight,
-        "pooling": match params.pooling { Pooling::Max => "max", Pooling::Avg => "avg" },
-        "blend": blend,
-        "learning_rate": params.learning_rate,
-        "lbfgs_history": params.lbfgs_history,
-    });
-    let case_path = dir.join("case.json");
-    std::fs::write(&case_path, serde_json::to_vec_pretty(&case).expect("json")).expect("write case");
-    case_path
-}
-
-fn reference(args: &[&str]) {
-    let out = Command::new(common::python())
-        .arg(common::root().join("tests/reference/nst_reference.py"))
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn check_eval(weights: &WeightsInfo, params: RenderParams, inputs: RenderInputs) {
     let dir = tempfile::tempdir().expect("tempdir");
     let render = Render::new(weights, &params, &inputs, Device::Cpu).expect("render");
     let (losses, grad) = render.evaluate_with_grad().expect("evaluate");
-    let case = write_case(dir.path(), weights, &params, &inputs, &render);
+    let case = common::reference::write_case(dir.path(), weights, &params, &inputs, &render);
     let out = dir.path().join("result.safetensors");
-    reference(&["eval", "--case", case.to_str().expect("utf8"), "--out", out.to_str().expect("utf8")]);
+    common::reference::run(&[
+        "eval",
+        "--case",
+        case.to_str().expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
 
-    let st: HashMap<String, Tensor> = Tensor::read_safetensors(&out).expect("read result").into_iter().collect();
+    let st: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
+        .expect("read result")
+        .into_iter()
+        .collect();
     let bytes = std::fs::read(&out).expect("result");
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
     let meta = header.metadata().as_ref().expect("metadata");
     let want: HashMap<String, f64> = serde_json::from_str(&meta["losses"]).expect("losses json");
-    for (name, got) in [("content", losses.content), ("style", losses.style), ("tv", losses.tv), ("total", losses.total)] {
+    for (name, got) in [
+        ("content", losses.content),
+        ("style", losses.style),
+        ("tv", losses.tv),
+        ("total", losses.total),
+    ] {
         let r = rel(got, want[name]);
-        assert!(r <= 1e-4, "{name}: engine {got} vs reference {} (relative error {r:.2e})", want[name]);
+        assert!(
+            r <= 1e-4,
+            "{name}: engine {got} vs reference {} (relative error {r:.2e})",
+            want[name]
+        );
     }
-    assert!(losses.style > 0.0 && losses.content > 0.0, "degenerate case: {losses:?}");
+    assert!(
+        losses.style > 0.0 && losses.content > 0.0,
+        "degenerate case: {losses:?}"
+    );
     let ref_grad = &st["grad"];
     let diff = (&grad - ref_grad).norm().double_value(&[]);
     let norm = ref_grad.norm().double_value(&[]);
     assert!(norm > 0.0, "reference gradient is zero");
-    assert!(diff / norm <= 1e-4, "gradient relative error {:.2e}", diff / norm);
+    assert!(
+        diff / norm <= 1e-4,
+        "gradient relative error {:.2e}",
+        diff / norm
+    );
 }
 
 #[test]
@@ -111,13 +85,21 @@ fn vgg19_torchvision_random_weights_match_pytorch() {
         init: InitKind::Noise,
         seed: 3,
         content_layers: weighted(&[("relu4_2", 1.0)]),
-        style_layers: weighted(&[("relu1_1", 1.0), ("relu2_1", 0.5), ("relu3_1", 2.0), ("relu4_1", 1.0), ("relu5_1", 0.25)]),
+        style_layers: weighted(&[
+            ("relu1_1", 1.0),
+            ("relu2_1", 0.5),
+            ("relu3_1", 2.0),
+            ("relu4_1", 1.0),
+            ("relu5_1", 0.25),
+        ]),
         style_weight: 1e6,
         tv_weight: 10.0,
         ..RenderParams::default()
     };
     let mut inputs = common::small_inputs();
-    inputs.styles.push(common::image("styles/the_scream.jpg", 64, 48));
+    inputs
+        .styles
+        .push(common::image("styles/the_scream.jpg", 64, 48));
     inputs.style_weights = vec![0.7, 0.3];
     check_eval(&weights, params, inputs);
 }
@@ -125,7 +107,13 @@ fn vgg19_torchvision_random_weights_match_pytorch() {
 #[test]
 fn vgg16_random_weights_with_avg_pooling_match_pytorch() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let weights = common::random_weights(dir.path(), Architecture::Vgg16, "conv5_3", Some(Convention::Torchvision), 11);
+    let weights = common::random_weights(
+        dir.path(),
+        Architecture::Vgg16,
+        "conv5_3",
+        Some(Convention::Torchvision),
+        11,
+    );
     let params = RenderParams {
         size: 64,
         init: InitKind::Noise,
@@ -159,19 +147,32 @@ fn ten_lbfgs_iterations_end_at_torch_optim_lbfgs_loss() {
     };
     let inputs = common::small_inputs();
     let mut render = Render::new(&weights, &params, &inputs, Device::Cpu).expect("render");
-    let case = write_case(dir.path(), &weights, &params, &inputs, &render);
+    let case = common::reference::write_case(dir.path(), &weights, &params, &inputs, &render);
     let cancel = std::sync::atomic::AtomicBool::new(false);
     render.run(&cancel, &mut |_| {}).expect("run");
     assert_eq!(render.iteration(), 10);
     let got = render.losses().expect("losses");
     let out = dir.path().join("lbfgs.json");
-    reference(&["lbfgs", "--case", case.to_str().expect("utf8"), "--iterations", "10", "--out", out.to_str().expect("utf8")]);
-    let want: HashMap<String, serde_json::Value> = serde_json::from_slice(&std::fs::read(&out).expect("read")).expect("json");
+    common::reference::run(&[
+        "lbfgs",
+        "--case",
+        case.to_str().expect("utf8"),
+        "--iterations",
+        "10",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    let want: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&out).expect("read")).expect("json");
     let ref_history: Vec<f64> = serde_json::from_value(want["history"].clone()).expect("history");
     let engine_history: Vec<f64> = render.history().iter().map(|l| l.total).collect();
     let want_total = want["total"].as_f64().expect("total");
     let start = render.history()[0].total;
-    assert!(got.total < start * 0.99, "10 iterations did not move: {start} -> {}", got.total);
+    assert!(
+        got.total < start * 0.99,
+        "10 iterations did not move: {start} -> {}",
+        got.total
+    );
     let r = rel(got.total, want_total);
     assert!(
         r <= 1e-3,

@@ -45,7 +45,11 @@ fn checkpoint_err(reason: impl Into<String>) -> EngineError {
 }
 
 fn to_bytes(t: &Tensor) -> (Vec<usize>, Vec<u8>) {
-    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let t = t
+        .detach()
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let n = t.numel();
     let mut floats = vec![0f32; n];
@@ -105,7 +109,12 @@ pub fn decode(bytes: &[u8], device: Device) -> Result<(Tensor, SavedState, Meta)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        tensors.insert(name, Tensor::from_slice(&floats).view(shape.as_slice()).to_device(device));
+        tensors.insert(
+            name,
+            Tensor::from_slice(&floats)
+                .view(shape.as_slice())
+                .to_device(device),
+        );
     }
     let image = tensors
         .remove(IMAGE)

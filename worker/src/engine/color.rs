@@ -78,6 +78,9 @@ mod tests {
         let gray = luminance(&content);
         let out = recolor(&gray, &content);
         let p = out.get_pixel(1, 1).0;
-        assert!((p[0] - 0.8).abs() < 5e-3 && (p[2] - 0.1).abs() < 5e-3, "{p:?}");
+        assert!(
+            (p[0] - 0.8).abs() < 5e-3 && (p[2] - 0.1).abs() < 5e-3,
+            "{p:?}"
+        );
     }
 }

@@ -101,7 +101,9 @@ pub enum EngineError {
         reason: String,
     },
     /// The loss became NaN or infinite.
-    #[error("loss diverged to {value} at iteration {iteration}; lower the learning rate or weights")]
+    #[error(
+        "loss diverged to {value} at iteration {iteration}; lower the learning rate or weights"
+    )]
     Diverged {
         /// The iteration.
         iteration: u32,

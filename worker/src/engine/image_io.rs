@@ -120,7 +120,8 @@ pub fn resize(img: &Rgb32FImage, width: u32, height: u32) -> Rgb32FImage {
     if img.dimensions() == (width, height) {
         return img.clone();
     }
-    let mut out = image::imageops::resize(img, width, height, image::imageops::FilterType::Lanczos3);
+    let mut out =
+        image::imageops::resize(img, width, height, image::imageops::FilterType::Lanczos3);
     for v in out.iter_mut() {
         *v = v.clamp(0.0, 1.0);
     }

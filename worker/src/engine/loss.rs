@@ -121,6 +121,7 @@ impl Objective {
     }
 
     /// The total loss as a graph (for backward) and the values of each term.
+    #[allow(clippy::assign_op_pattern)]
     pub fn evaluate(&self, x: &Tensor) -> (Tensor, Losses) {
         let feats = self.net.forward(x, &self.taps);
         let zero = || Tensor::zeros([], (Kind::Float, x.device()));
@@ -130,7 +131,11 @@ impl Objective {
         }
         let mut style = zero();
         for t in &self.style {
-            style = style + (gram(&feats[t.slot]) - &t.target).square().mean(Kind::Float) * t.weight;
+            style = style
+                + (gram(&feats[t.slot]) - &t.target)
+                    .square()
+                    .mean(Kind::Float)
+                    * t.weight;
         }
         let content = content * self.content_weight;
         let style = style * self.style_weight;

@@ -127,7 +127,9 @@ fn blend_weights(n: usize, given: &[f64]) -> Result<Vec<f64>, EngineError> {
         )));
     }
     if let Some(w) = given.iter().find(|w| !w.is_finite() || **w < 0.0) {
-        return Err(styles_err(format!("blend weight {w} is not a finite number >= 0")));
+        return Err(styles_err(format!(
+            "blend weight {w} is not a finite number >= 0"
+        )));
     }
     let sum: f64 = given.iter().sum();
     if sum <= 0.0 {
@@ -199,16 +201,24 @@ impl Render {
         for (i, s) in inputs.styles.iter().enumerate() {
             let (sw, sh) = image_io::fit_long_side(s.width(), s.height(), style_side);
             let resized = image_io::resize(s, sw, sh);
-            check_size(&format!("style image {}", i + 1), &resized, pools, &deepest_name)?;
+            check_size(
+                &format!("style image {}", i + 1),
+                &resized,
+                pools,
+                &deepest_name,
+            )?;
             styles.push(resized);
         }
         let init = match params.init {
             InitKind::Content => None,
             InitKind::Noise => Some(noise(w, h, params.seed)),
             InitKind::Image => {
-                let img = inputs.init_image.as_ref().ok_or_else(|| EngineError::Styles {
-                    reason: "init is `image` but no init image was given".into(),
-                })?;
+                let img = inputs
+                    .init_image
+                    .as_ref()
+                    .ok_or_else(|| EngineError::Styles {
+                        reason: "init is `image` but no init image was given".into(),
+                    })?;
                 Some(image_io::resize(img, w, h))
             }
         };
@@ -363,7 +373,9 @@ impl Render {
                 }
                 let started = Instant::now();
                 let (losses, grad) = self.evaluate_with_grad()?;
-                let step = self.optimizer.step(&mut self.x, losses.total, &grad.view([-1]));
+                let step = self
+                    .optimizer
+                    .step(&mut self.x, losses.total, &grad.view([-1]));
                 self.history.push(losses);
                 self.elapsed += started.elapsed();
                 if step == Step::Converged {

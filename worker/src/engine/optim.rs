@@ -120,6 +120,8 @@ impl Lbfgs {
         }
     }
 
+    // Written as torch/optim/lbfgs.py reads, index for index.
+    #[allow(clippy::assign_op_pattern, clippy::needless_range_loop)]
     fn step(&mut self, x: &mut Tensor, loss: f64, flat_grad: &Tensor) -> Step {
         if scalar(&flat_grad.abs().max()) <= TOLERANCE_GRAD {
             return Step::Converged;
@@ -307,8 +309,8 @@ impl Adam {
     }
 
     fn restore(&mut self, saved: &mut SavedState) -> Result<(), String> {
-        let s: AdamScalars = serde_json::from_value(saved.scalars.take())
-            .map_err(|e| format!("Adam state: {e}"))?;
+        let s: AdamScalars =
+            serde_json::from_value(saved.scalars.take()).map_err(|e| format!("Adam state: {e}"))?;
         self.step = s.step;
         self.exp_avg = saved.tensors.remove("adam.exp_avg");
         self.exp_avg_sq = saved.tensors.remove("adam.exp_avg_sq");

@@ -38,9 +38,8 @@ impl Vgg {
         pooling: Pooling,
         device: Device,
     ) -> Result<Self, EngineError> {
-        let mut tensors: HashMap<String, Tensor> = Tensor::read_safetensors(&info.path)?
-            .into_iter()
-            .collect();
+        let mut tensors: HashMap<String, Tensor> =
+            Tensor::read_safetensors(&info.path)?.into_iter().collect();
         let mut ops = Vec::new();
         for layer in info.architecture.layers().into_iter().take(last + 1) {
             ops.push(match layer.kind {
@@ -98,7 +97,9 @@ impl Vgg {
         let mut x = self.preprocess(rgb);
         for (i, op) in self.ops.iter().enumerate().take(deepest + 1) {
             x = match op {
-                Op::Conv { weight, bias } => x.conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1),
+                Op::Conv { weight, bias } => {
+                    x.conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1)
+                }
                 Op::Relu => x.relu(),
                 Op::Pool => match self.pooling {
                     Pooling::Max => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),

@@ -2,6 +2,8 @@
 //! virtualenv's Python, synthetic weights, small images.
 #![allow(dead_code)]
 
+pub mod reference;
+
 use std::path::{Path, PathBuf};
 
 use image::Rgb32FImage;

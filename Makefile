@@ -1,0 +1,59 @@
+# stylefarm: `make demo` renders on this machine, `make test` runs every test.
+# Both install what is missing (PyTorch's libtorch into .venv) and skip what is there.
+
+SHELL := /bin/bash
+TORCH_VERSION := 2.13.0
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stylefarm-torch-$(TORCH_VERSION)
+SHARED ?= $(abspath $(CURDIR)/../shared)
+STYLEFARM_WEIGHTS ?= $(SHARED)/weights/vgg19-caffe-conv1_1-conv3_4.safetensors
+DEMO_OUT ?= demo-out
+
+# torch-sys finds libtorch through the `python` on PATH (LIBTORCH_USE_PYTORCH=1 is set
+# in .cargo/config.toml); binaries carry an rpath to it and need nothing exported.
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export STYLEFARM_SHARED := $(SHARED)
+
+.PHONY: all venv build test demo bench-engine fmt lint clean
+
+all: build
+
+$(STAMP):
+	@command -v python3 >/dev/null || { echo "python3 is needed to install libtorch"; exit 1; }
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) safetensors numpy
+	touch $@
+
+venv: $(STAMP)
+
+build: venv
+	cargo build --release --workspace --bins
+
+test: venv
+	cargo test --release --workspace
+
+demo: build
+	@test -f "$(STYLEFARM_WEIGHTS)" || { echo "no weights at $(STYLEFARM_WEIGHTS): set STYLEFARM_WEIGHTS to a VGG safetensors file"; exit 1; }
+	target/release/stylefarm render \
+	  --content $(SHARED)/fixtures/content/tubingen.jpg \
+	  --style $(SHARED)/fixtures/styles/starry_night.jpg \
+	  --weights $(STYLEFARM_WEIGHTS) \
+	  --size 384 --iterations 300 \
+	  --out $(DEMO_OUT)/tubingen-starry_night.png
+	@echo "demo image: $(DEMO_OUT)/tubingen-starry_night.png (sidecar beside it)"
+
+bench-engine: venv
+	cargo bench -p stylefarm-worker --bench engine
+
+fmt:
+	cargo fmt --all
+
+lint: venv
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf $(DEMO_OUT)
