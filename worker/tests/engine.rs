@@ -7,7 +7,7 @@ use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use image::{DynamicImage, ImageEncoder, Rgb32FImage};
-use stylefarm_core::params::layers;
+use stylefarm_core::params::{layers, DEFAULT_ADAM_LR};
 use stylefarm_core::{InitKind, OptimizerKind, RenderParams};
 use stylefarm_worker::engine::image_io::{self, DEFAULT_MAX_PIXELS};
 use stylefarm_worker::engine::{EngineError, ImageError, Outcome, Render};
@@ -27,6 +27,18 @@ fn run(params: &RenderParams, stop_at: Option<u32>) -> Render {
     r
 }
 
+/// Small parameters for `optimizer` with its default learning rate.
+fn with_optimizer(optimizer: OptimizerKind, iterations: u32) -> RenderParams {
+    RenderParams {
+        optimizer,
+        learning_rate: match optimizer {
+            OptimizerKind::Lbfgs => RenderParams::default().learning_rate,
+            OptimizerKind::Adam => DEFAULT_ADAM_LR,
+        },
+        ..common::small_params(iterations)
+    }
+}
+
 fn same_bits(a: &Render, b: &Render) -> bool {
     let (a, b) = (a.variable(), b.variable());
     a.size() == b.size() && a.eq_tensor(&b).all().int64_value(&[]) == 1
@@ -36,15 +48,9 @@ fn same_bits(a: &Render, b: &Render) -> bool {
 fn same_inputs_give_bit_identical_images() {
     for optimizer in [OptimizerKind::Lbfgs, OptimizerKind::Adam] {
         let params = RenderParams {
-            optimizer,
             init: InitKind::Noise,
             seed: 5,
-            learning_rate: if optimizer == OptimizerKind::Adam {
-                2.0
-            } else {
-                1.0
-            },
-            ..common::small_params(6)
+            ..with_optimizer(optimizer, 6)
         };
         let a = run(&params, None);
         let b = run(&params, None);
@@ -64,15 +70,7 @@ fn same_inputs_give_bit_identical_images() {
 #[test]
 fn resume_from_checkpoint_is_bit_identical() {
     for optimizer in [OptimizerKind::Lbfgs, OptimizerKind::Adam] {
-        let params = RenderParams {
-            optimizer,
-            learning_rate: if optimizer == OptimizerKind::Adam {
-                2.0
-            } else {
-                1.0
-            },
-            ..common::small_params(9)
-        };
+        let params = with_optimizer(optimizer, 9);
         let straight = run(&params, None);
         let stopped = run(&params, Some(4));
         assert_eq!(stopped.iteration(), 4);
