@@ -18,4 +18,13 @@ impl InvalidField {
             reason: reason.into(),
         }
     }
+
+    /// The same error for a field nested in `parent`: `size` in `params` is `params.size`.
+    #[must_use]
+    pub fn within(self, parent: &str) -> Self {
+        Self {
+            field: format!("{parent}.{}", self.field),
+            reason: self.reason,
+        }
+    }
 }

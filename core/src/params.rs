@@ -35,7 +35,7 @@ pub enum InitKind {
     Content,
     /// Seeded uniform noise in [0, 1].
     Noise,
-    /// A given image, resized to the output size; its reference is in `RenderParams::init_image`.
+    /// A given image, resized to the output size; its reference is `JobSpec::init_image`.
     Image,
 }
 

@@ -4,8 +4,8 @@
 //! - `StyleFarm` (client service): batches in, progress and results out.
 //! - `WorkerService`: registration, pull-based leases with fencing tokens, heartbeats.
 //!
-//! Conversion to domain types happens once, at the edge, in the crates that serve or
-//! call these services.
+//! - [`convert`]: the one place where wire types become domain types (`TryFrom`,
+//!   validating) and back.
 
 /// Version of the worker protocol; a worker with another version is refused at
 /// registration with FAILED_PRECONDITION.
@@ -17,3 +17,5 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub mod v1 {
     tonic::include_proto!("stylefarm.v1");
 }
+
+pub mod convert;

@@ -1,0 +1,326 @@
+//! The one place where wire types become domain types and back.
+//!
+//! Wire-to-domain conversions are `TryFrom` and validate: a value that converts is a
+//! valid [`JobSpec`]/[`RenderParams`], and anything else is an [`InvalidField`] naming
+//! the field, never a panic. Absent optional fields take the engine's defaults, so the
+//! domain-to-wire direction writes every field and a spec round-trips exactly.
+
+use stylefarm_core::params::{RenderParams, DEFAULT_ADAM_LR};
+use stylefarm_core::{
+    InitKind, InvalidField, JobSpec, ObjectRef, OptimizerKind, Pooling, StyleRef, WeightedLayer,
+};
+
+use crate::v1;
+
+impl TryFrom<v1::RenderParams> for RenderParams {
+    type Error = InvalidField;
+
+    fn try_from(p: v1::RenderParams) -> Result<Self, InvalidField> {
+        let d = RenderParams::default();
+        let optimizer = match v1::Optimizer::try_from(p.optimizer) {
+            Ok(v1::Optimizer::Unspecified | v1::Optimizer::Lbfgs) => OptimizerKind::Lbfgs,
+            Ok(v1::Optimizer::Adam) => OptimizerKind::Adam,
+            Err(_) => return Err(unknown_enum("optimizer", p.optimizer)),
+        };
+        let init = match v1::Init::try_from(p.init) {
+            Ok(v1::Init::Unspecified | v1::Init::Content) => InitKind::Content,
+            Ok(v1::Init::Noise) => InitKind::Noise,
+            Ok(v1::Init::Image) => InitKind::Image,
+            Err(_) => return Err(unknown_enum("init", p.init)),
+        };
+        let pooling = match v1::Pooling::try_from(p.pooling) {
+            Ok(v1::Pooling::Unspecified | v1::Pooling::Max) => Pooling::Max,
+            Ok(v1::Pooling::Avg) => Pooling::Avg,
+            Err(_) => return Err(unknown_enum("pooling", p.pooling)),
+        };
+        let bit_depth = p.output_bit_depth.unwrap_or(u32::from(d.output_bit_depth));
+        let output_bit_depth = u8::try_from(bit_depth).map_err(|_| {
+            InvalidField::new("output_bit_depth", format!("{bit_depth} is not 8 or 16"))
+        })?;
+        let default_lr = match optimizer {
+            OptimizerKind::Lbfgs => d.learning_rate,
+            OptimizerKind::Adam => DEFAULT_ADAM_LR,
+        };
+        let params = RenderParams {
+            size: p.size.unwrap_or(d.size),
+            iterations: p.iterations.unwrap_or(d.iterations),
+            optimizer,
+            learning_rate: p.learning_rate.unwrap_or(default_lr),
+            lbfgs_history: p.lbfgs_history.unwrap_or(d.lbfgs_history),
+            content_weight: p.content_weight.unwrap_or(d.content_weight),
+            style_weight: p.style_weight.unwrap_or(d.style_weight),
+            tv_weight: p.tv_weight.unwrap_or(d.tv_weight),
+            content_layers: layers_or(p.content_layers, d.content_layers),
+            style_layers: layers_or(p.style_layers, d.style_layers),
+            style_scale: p.style_scale.unwrap_or(d.style_scale),
+            seed: p.seed.unwrap_or(d.seed),
+            init,
+            preserve_colors: p.preserve_colors.unwrap_or(d.preserve_colors),
+            pooling,
+            output_bit_depth,
+        };
+        params.validate()?;
+        Ok(params)
+    }
+}
+
+impl From<&RenderParams> for v1::RenderParams {
+    fn from(p: &RenderParams) -> Self {
+        Self {
+            size: Some(p.size),
+            iterations: Some(p.iterations),
+            optimizer: match p.optimizer {
+                OptimizerKind::Lbfgs => v1::Optimizer::Lbfgs,
+                OptimizerKind::Adam => v1::Optimizer::Adam,
+            } as i32,
+            learning_rate: Some(p.learning_rate),
+            lbfgs_history: Some(p.lbfgs_history),
+            content_weight: Some(p.content_weight),
+            style_weight: Some(p.style_weight),
+            tv_weight: Some(p.tv_weight),
+            content_layers: p.content_layers.iter().map(wire_layer).collect(),
+            style_layers: p.style_layers.iter().map(wire_layer).collect(),
+            style_scale: Some(p.style_scale),
+            seed: Some(p.seed),
+            init: match p.init {
+                InitKind::Content => v1::Init::Content,
+                InitKind::Noise => v1::Init::Noise,
+                InitKind::Image => v1::Init::Image,
+            } as i32,
+            preserve_colors: Some(p.preserve_colors),
+            pooling: match p.pooling {
+                Pooling::Max => v1::Pooling::Max,
+                Pooling::Avg => v1::Pooling::Avg,
+            } as i32,
+            output_bit_depth: Some(u32::from(p.output_bit_depth)),
+        }
+    }
+}
+
+impl TryFrom<v1::JobSpec> for JobSpec {
+    type Error = InvalidField;
+
+    fn try_from(s: v1::JobSpec) -> Result<Self, InvalidField> {
+        let content = s
+            .content
+            .map(ObjectRef::from)
+            .ok_or_else(|| missing("content"))?;
+        let styles = s
+            .styles
+            .into_iter()
+            .enumerate()
+            .map(|(i, st)| {
+                let image = st
+                    .image
+                    .map(ObjectRef::from)
+                    .ok_or_else(|| missing(&format!("styles[{i}].image")))?;
+                Ok(StyleRef {
+                    image,
+                    weight: st.weight,
+                })
+            })
+            .collect::<Result<Vec<_>, InvalidField>>()?;
+        let params = match s.params {
+            Some(p) => RenderParams::try_from(p).map_err(|e| e.within("params"))?,
+            None => RenderParams::default(),
+        };
+        let spec = JobSpec {
+            name: s.name,
+            content,
+            styles,
+            init_image: s.init_image.map(ObjectRef::from),
+            params,
+            weights_sha256: s.weights_sha256,
+            output_key: s.output_key,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl From<&JobSpec> for v1::JobSpec {
+    fn from(s: &JobSpec) -> Self {
+        Self {
+            name: s.name.clone(),
+            content: Some(wire_object(&s.content)),
+            styles: s
+                .styles
+                .iter()
+                .map(|st| v1::StyleRef {
+                    image: Some(wire_object(&st.image)),
+                    weight: st.weight,
+                })
+                .collect(),
+            init_image: s.init_image.as_ref().map(wire_object),
+            params: Some(v1::RenderParams::from(&s.params)),
+            weights_sha256: s.weights_sha256.clone(),
+            output_key: s.output_key.clone(),
+        }
+    }
+}
+
+impl From<v1::ObjectRef> for ObjectRef {
+    fn from(o: v1::ObjectRef) -> Self {
+        Self {
+            uri: o.uri,
+            sha256: o.sha256,
+        }
+    }
+}
+
+fn wire_object(o: &ObjectRef) -> v1::ObjectRef {
+    v1::ObjectRef {
+        uri: o.uri.clone(),
+        sha256: o.sha256.clone(),
+    }
+}
+
+fn wire_layer(l: &WeightedLayer) -> v1::LayerWeight {
+    v1::LayerWeight {
+        layer: l.layer.clone(),
+        weight: l.weight,
+    }
+}
+
+fn layers_or(wire: Vec<v1::LayerWeight>, default: Vec<WeightedLayer>) -> Vec<WeightedLayer> {
+    if wire.is_empty() {
+        return default;
+    }
+    wire.into_iter()
+        .map(|l| WeightedLayer {
+            layer: l.layer,
+            weight: l.weight,
+        })
+        .collect()
+}
+
+fn missing(field: &str) -> InvalidField {
+    InvalidField::new(field, "is missing")
+}
+
+fn unknown_enum(field: &str, value: i32) -> InvalidField {
+    InvalidField::new(field, format!("{value} is not a known value"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex64() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => "[0-9a-f]{64}",
+            1 => ".{0,70}",
+        ]
+    }
+
+    fn object() -> impl Strategy<Value = Option<v1::ObjectRef>> {
+        proptest::option::weighted(
+            0.9,
+            (prop_oneof![6 => "s3://[a-z]{1,8}/[a-z0-9/]{1,20}", 1 => ".{0,30}"], hex64())
+                .prop_map(|(uri, sha256)| v1::ObjectRef { uri, sha256 }),
+        )
+    }
+
+    fn float() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            12 => 0.0f64..1e4,
+            1 => Just(f64::NAN),
+            1 => Just(f64::INFINITY),
+            1 => Just(-1.0),
+            1 => any::<f64>(),
+        ]
+    }
+
+    fn layers() -> impl Strategy<Value = Vec<v1::LayerWeight>> {
+        proptest::collection::vec(
+            (prop_oneof![6 => "relu[1-5]_[1-4]", 1 => ".{0,8}"], float())
+                .prop_map(|(layer, weight)| v1::LayerWeight { layer, weight }),
+            0..4,
+        )
+    }
+
+    prop_compose! {
+        fn params()(
+            size in proptest::option::of(prop_oneof![6 => 16u32..2048, 1 => any::<u32>()]),
+            iterations in proptest::option::of(prop_oneof![6 => 1u32..1000, 1 => any::<u32>()]),
+            optimizer in -1i32..4,
+            learning_rate in proptest::option::of(float()),
+            lbfgs_history in proptest::option::of(0u32..2000),
+            weights in (proptest::option::of(float()), proptest::option::of(float()), proptest::option::of(float())),
+            content_layers in layers(),
+            style_layers in layers(),
+            style_scale in proptest::option::of(float()),
+            seed in proptest::option::of(any::<u64>()),
+            init in -1i32..5,
+            preserve_colors in proptest::option::of(any::<bool>()),
+            pooling in -1i32..4,
+            output_bit_depth in proptest::option::of(prop_oneof![Just(8u32), Just(16u32), any::<u32>()]),
+        ) -> v1::RenderParams {
+            v1::RenderParams {
+                size, iterations, optimizer, learning_rate, lbfgs_history,
+                content_weight: weights.0, style_weight: weights.1, tv_weight: weights.2,
+                content_layers, style_layers, style_scale, seed, init, preserve_colors,
+                pooling, output_bit_depth,
+            }
+        }
+    }
+
+    prop_compose! {
+        fn spec()(
+            name in prop_oneof![6 => "[a-z0-9_-]{1,20}", 1 => ".{0,30}"],
+            content in object(),
+            styles in proptest::collection::vec(
+                (object(), float()).prop_map(|(image, weight)| v1::StyleRef { image, weight }),
+                0..4,
+            ),
+            init_image in proptest::option::weighted(0.2, object().prop_filter_map("some", |o| o)),
+            params in proptest::option::weighted(0.9, params()),
+            weights_sha256 in hex64(),
+        ) -> v1::JobSpec {
+            v1::JobSpec { name, content, styles, init_image, params, weights_sha256, output_key: String::new() }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any wire spec converts to a valid domain spec or to an error naming a field,
+        /// never a panic; what converts round-trips exactly.
+        #[test]
+        fn wire_specs_convert_or_name_the_field(wire in spec()) {
+            match JobSpec::try_from(wire) {
+                Ok(domain) => {
+                    prop_assert!(domain.validate().is_ok());
+                    let back = JobSpec::try_from(v1::JobSpec::from(&domain));
+                    prop_assert_eq!(back.as_ref(), Ok(&domain));
+                }
+                Err(err) => prop_assert!(!err.field.is_empty() && !err.reason.is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn absent_fields_take_defaults_and_bad_ones_are_named() {
+        let p = RenderParams::try_from(v1::RenderParams::default()).expect("defaults");
+        assert_eq!(p, RenderParams::default());
+        let adam = RenderParams::try_from(v1::RenderParams {
+            optimizer: v1::Optimizer::Adam as i32,
+            ..Default::default()
+        })
+        .expect("adam");
+        assert_eq!(adam.learning_rate, DEFAULT_ADAM_LR);
+        let bad = |p: v1::RenderParams| RenderParams::try_from(p).expect_err("invalid").field;
+        assert_eq!(
+            bad(v1::RenderParams { style_weight: Some(f64::NAN), ..Default::default() }),
+            "style_weight"
+        );
+        assert_eq!(bad(v1::RenderParams { optimizer: 9, ..Default::default() }), "optimizer");
+        assert_eq!(
+            bad(v1::RenderParams { output_bit_depth: Some(300), ..Default::default() }),
+            "output_bit_depth"
+        );
+        let no_content = v1::JobSpec::default();
+        assert_eq!(JobSpec::try_from(no_content).expect_err("missing").field, "content");
+    }
+}
