@@ -1,14 +1,215 @@
 //! The stylefarm coordinator: the one place that knows every batch and job.
 //!
-//! - [`model`]: batches, jobs, states, leases.
+//! Data flows from the edge inwards:
+//! - [`grpc`]: the client service (`StyleFarm`) and the worker service (`WorkerService`).
+//!   Requests are converted and validated once ([`grpc::convert`], using
+//!   `stylefarm_proto::convert` for job specs), and every error becomes a status code in
+//!   one place ([`grpc::error`]).
+//! - [`state`]: what the services share: the store, the clock (tokio's, so tests can
+//!   pause it), live workers, the wake-up for long-polling workers and the event channel
+//!   behind WatchBatch. Its expiry loop requeues leases past their deadline.
 //! - [`store`]: durable state behind the [`store::Store`] trait; [`store::SqliteStore`]
-//!   is the embedded implementation (one WAL database file, a transaction per change).
-//!   Leasing picks by batch priority, then round robin between batches, then FIFO, and
-//!   fences every lease with a token so a worker presumed dead cannot overwrite a newer
-//!   attempt.
-//!
-//! The gRPC services, the `stylefarm-coordinator` binary and its operations endpoints
-//! are built on these (issue 3, in progress).
+//!   is the embedded implementation (one WAL database file, group commits, nothing
+//!   acknowledged before it is on disk). Leasing picks by batch priority, then round
+//!   robin between batches, then FIFO, and fences every lease with a token so a worker
+//!   presumed dead cannot overwrite a newer attempt.
+//! - [`model`]: batches, jobs, workers, leases.
+//! - [`ops`] and [`metrics`]: `/metrics`, `/livez`, `/readyz` over HTTP.
+//! - [`config`]: flags with `STYLEFARM_*` fallbacks; [`start`]/[`run`] wire it all up.
 
+pub mod config;
+pub mod grpc;
+pub mod metrics;
 pub mod model;
+pub mod ops;
+pub mod state;
 pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use stylefarm_proto::v1::style_farm_server::StyleFarmServer;
+use stylefarm_proto::v1::worker_service_server::WorkerServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::grpc::{ClientApi, WorkerApi};
+use crate::state::State;
+use crate::store::{SqliteStore, StoreError};
+
+/// Why the coordinator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The database could not be opened.
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+    /// The ready file could not be written.
+    #[error("cannot write the ready file {path}: {source}")]
+    ReadyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A server task panicked.
+    #[error("a server task panicked: {0}")]
+    Panicked(#[from] tokio::task::JoinError),
+}
+
+/// A coordinator serving in this process.
+pub struct Running {
+    /// Where the gRPC services listen.
+    pub grpc_addr: SocketAddr,
+    /// Where `/metrics`, `/livez` and `/readyz` listen.
+    pub metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+    grpc: JoinHandle<Result<(), CoordinatorError>>,
+    http: JoinHandle<Result<(), CoordinatorError>>,
+    expiry: JoinHandle<()>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown: stop taking work, answer waiting workers, drain.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until both servers have stopped and the last commit is on disk.
+    pub async fn wait(self) -> Result<(), CoordinatorError> {
+        let grpc = self.grpc.await;
+        let http = self.http.await;
+        self.expiry.await?;
+        grpc??;
+        http??;
+        Ok(())
+    }
+}
+
+/// Opens the store, binds both listeners and starts serving.
+pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
+    let store = SqliteStore::open(&config.db).map_err(|source| CoordinatorError::Open {
+        path: config.db.clone(),
+        source,
+    })?;
+    let grpc_listener = bind(config.listen).await?;
+    let http_listener = bind(config.metrics_listen).await?;
+    let grpc_addr = local_addr(&grpc_listener, config.listen)?;
+    let metrics_addr = local_addr(&http_listener, config.metrics_listen)?;
+    let ready_file = config.ready_file.clone();
+    let max_message = config.max_manifest_bytes.saturating_mul(2).saturating_add(1 << 20);
+
+    let state = Arc::new(State::new(store, config).await.map_err(|source| CoordinatorError::Open {
+        path: PathBuf::new(),
+        source,
+    })?);
+    let shutdown = state.shutdown.clone();
+    let ops = Arc::new(ops::Ops {
+        state: Arc::clone(&state),
+        ready: false.into(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<StyleFarmServer<ClientApi<SqliteStore>>>().await;
+    health.set_serving::<WorkerServiceServer<WorkerApi<SqliteStore>>>().await;
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            StyleFarmServer::new(ClientApi::new(Arc::clone(&state)))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(WorkerServiceServer::new(WorkerApi::new(Arc::clone(&state))));
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tokio::spawn(async move {
+        let signal = async move {
+            grpc_shutdown.cancelled().await;
+            health.set_not_serving::<StyleFarmServer<ClientApi<SqliteStore>>>().await;
+            health.set_not_serving::<WorkerServiceServer<WorkerApi<SqliteStore>>>().await;
+            tracing::info!("draining gRPC requests");
+        };
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        server
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .map_err(CoordinatorError::from)
+    });
+    let http_shutdown = shutdown.clone();
+    let router = ops::router(Arc::clone(&ops));
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+            .map_err(CoordinatorError::Http)
+    });
+    let expiry_state = Arc::clone(&state);
+    let expiry = tokio::spawn(async move { expiry_state.expire_loop().await });
+
+    ops.ready.store(true, Ordering::SeqCst);
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, db = %state.config.db.display(), "coordinator serving");
+    if let Some(path) = ready_file {
+        let body = format!("{{\"grpc\":\"{grpc_addr}\",\"metrics\":\"{metrics_addr}\"}}\n");
+        write_atomically(&path, body.as_bytes())
+            .map_err(|source| CoordinatorError::ReadyFile { path, source })?;
+    }
+    Ok(Running {
+        grpc_addr,
+        metrics_addr,
+        shutdown,
+        grpc,
+        http,
+        expiry,
+    })
+}
+
+/// Serves until `shutdown` resolves, then drains and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), CoordinatorError> {
+    let running = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.shutdown();
+    running.wait().await?;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordinatorError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| CoordinatorError::Bind { addr, source })
+}
+
+fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, CoordinatorError> {
+    l.local_addr().map_err(|source| CoordinatorError::Bind { addr, source })
+}
+
+/// Writes through a temporary file and a rename, so readers never see half a file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,15 +1,16 @@
-//! The coordinator's domain: batches, jobs, their states and leases.
+//! The coordinator's domain: batches, jobs, workers, their states and leases.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum JobState {
     /// Waiting for a worker.
     Queued,
-    /// Leased to a worker (attempt n).
+    /// Leased to a worker that has not reported progress yet.
     Leased,
+    /// Its worker has sent a heartbeat.
+    Running,
     /// Finished; one attempt's output is the result.
     Succeeded,
     /// Out of attempts, or failed on a bad input.
@@ -19,11 +20,22 @@ pub enum JobState {
 }
 
 impl JobState {
-    /// The name stored in the database.
+    /// Every state, in life order.
+    pub const ALL: [JobState; 6] = [
+        Self::Queued,
+        Self::Leased,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The name stored in the database and shown to users.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
             Self::Leased => "leased",
+            Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -32,14 +44,7 @@ impl JobState {
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "queued" => Self::Queued,
-            "leased" => Self::Leased,
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
     /// True for states a job does not leave on its own.
@@ -48,11 +53,42 @@ impl JobState {
     }
 }
 
+/// Where a batch is, derived from its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Some job has not ended.
+    Running,
+    /// Every job succeeded.
+    Succeeded,
+    /// Every job ended and at least one failed.
+    Failed,
+    /// Every job ended, none failed, at least one was cancelled.
+    Cancelled,
+}
+
+impl BatchState {
+    /// The state of a batch whose jobs are in `counts`.
+    pub fn of(counts: &BTreeMap<JobState, u64>) -> Self {
+        let n = |s: JobState| counts.get(&s).copied().unwrap_or(0);
+        if JobState::ALL.iter().any(|s| !s.is_terminal() && n(*s) > 0) {
+            Self::Running
+        } else if n(JobState::Failed) > 0 {
+            Self::Failed
+        } else if n(JobState::Cancelled) > 0 {
+            Self::Cancelled
+        } else {
+            Self::Succeeded
+        }
+    }
+}
+
 /// One job of a batch to be stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
     /// Output name, unique within the batch.
     pub name: String,
+    /// Iterations the job runs (for progress display).
+    pub iterations: u32,
     /// The job spec as the wire carries it (opaque to the store).
     pub spec: Vec<u8>,
 }
@@ -62,14 +98,40 @@ pub struct NewJob {
 pub struct NewBatch {
     /// Display name.
     pub name: String,
-    /// Idempotency token: the same token returns the same batch.
-    pub client_token: String,
+    /// Idempotency token: the same token and manifest return the same batch.
+    pub client_token: Option<String>,
+    /// SHA-256 of the submitted manifest, to tell a retry from a reused token.
+    pub manifest_sha256: String,
     /// Higher runs first.
     pub priority: i32,
     /// Attempts per job before it fails.
     pub max_attempts: u32,
     /// The jobs, in submission order.
     pub jobs: Vec<NewJob>,
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The batch.
+    pub batch_id: String,
+    /// True when the client token matched an earlier submission.
+    pub existing: bool,
+}
+
+/// A worker node as it registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWorker {
+    /// Its name (host or pod name).
+    pub name: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// GPU model, empty on CPU.
+    pub gpu_model: String,
+    /// GPU memory in bytes, 0 on CPU.
+    pub gpu_memory_bytes: u64,
+    /// Jobs it runs at once.
+    pub slots: u32,
 }
 
 /// A job handed to a worker.
@@ -79,16 +141,31 @@ pub struct Lease {
     pub job_id: String,
     /// Its batch.
     pub batch_id: String,
+    /// The job's output name.
+    pub name: String,
     /// The job spec.
     pub spec: Vec<u8>,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// Fencing token: only its holder may heartbeat, complete or fail the job.
     pub token: u64,
-    /// The lease ends then unless a heartbeat extends it.
+    /// The lease ends then (unix ms) unless a heartbeat extends it.
     pub deadline_ms: i64,
     /// The latest checkpoint of an earlier attempt, to resume from.
     pub checkpoint_key: Option<String>,
+}
+
+/// Loss terms a worker reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Losses {
+    /// Content term.
+    pub content: f64,
+    /// Style term.
+    pub style: f64,
+    /// Total variation term.
+    pub tv: f64,
+    /// Weighted sum.
+    pub total: f64,
 }
 
 /// Progress a worker reports with a heartbeat.
@@ -96,8 +173,8 @@ pub struct Lease {
 pub struct Progress {
     /// Iterations done.
     pub iteration: u32,
-    /// Latest total loss.
-    pub loss: f64,
+    /// Latest losses.
+    pub losses: Losses,
     /// Latest checkpoint written.
     pub checkpoint_key: Option<String>,
 }
@@ -119,10 +196,53 @@ pub struct JobRecord {
     pub worker: Option<String>,
     /// Latest progress.
     pub iteration: u32,
+    /// Iterations the job runs.
+    pub iterations: u32,
+    /// Latest losses.
+    pub losses: Losses,
     /// Latest checkpoint.
     pub checkpoint_key: Option<String>,
     /// Result of the attempt that counts.
     pub result_key: Option<String>,
+    /// The attempt whose output `result_key` is.
+    pub result_attempt: Option<u32>,
     /// Last failure.
     pub error: Option<String>,
+    /// Lease deadline (unix ms) while leased.
+    pub deadline_ms: Option<i64>,
+    /// Bumped by every change of the job.
+    pub version: u64,
+}
+
+/// A batch's stored record with its job counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRecord {
+    /// Id.
+    pub batch_id: String,
+    /// Display name.
+    pub name: String,
+    /// Priority.
+    pub priority: i32,
+    /// Attempts per job.
+    pub max_attempts: u32,
+    /// Submission time (unix ms).
+    pub created_ms: i64,
+    /// Jobs per state.
+    pub counts: BTreeMap<JobState, u64>,
+}
+
+impl BatchRecord {
+    /// The batch's state.
+    pub fn state(&self) -> BatchState {
+        BatchState::of(&self.counts)
+    }
+}
+
+/// Figures for the metrics endpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Jobs per state, over every batch.
+    pub jobs_by_state: BTreeMap<JobState, u64>,
+    /// Queued jobs per batch (batch id, batch name, count) for batches with any.
+    pub queued_by_batch: Vec<(String, String, u64)>,
 }

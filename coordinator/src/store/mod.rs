@@ -1,10 +1,14 @@
 //! Durable coordinator state behind one trait, so the embedded SQLite store can be joined
-//! by a PostgreSQL one for clusters. Every method commits before it returns: what a
-//! caller acknowledges is on disk.
+//! by a PostgreSQL one for clusters. Every method commits before its future resolves:
+//! what a caller acknowledges is on disk.
 
 pub mod sqlite;
 
-use crate::model::{JobRecord, Lease, NewBatch, Progress};
+use std::future::Future;
+
+use crate::model::{
+    BatchRecord, JobRecord, Lease, NewBatch, NewWorker, Progress, Stats, Submitted,
+};
 
 pub use sqlite::SqliteStore;
 
@@ -14,17 +18,37 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
-    /// No such batch or job.
+    /// A group commit failed; none of its changes were made.
+    #[error("commit failed: {reason}")]
+    Commit {
+        /// The database's message.
+        reason: String,
+    },
+    /// The writer thread could not start.
+    #[error("cannot start the database writer: {0}")]
+    Spawn(std::io::Error),
+    /// The database's writer stopped; nothing more can be committed.
+    #[error("the database writer has stopped")]
+    Closed,
+    /// The database file was written by a newer stylefarm.
+    #[error("database schema version {found} is newer than this coordinator's ({supported})")]
+    SchemaTooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// No such batch, job or worker.
     #[error("{what} {id} does not exist")]
     NotFound {
-        /// "batch" or "job".
+        /// "batch", "job" or "worker".
         what: &'static str,
         /// The id asked for.
         id: String,
     },
     /// A fencing token that is not the job's current one: the caller's lease is gone.
     #[error(
-        "job {job_id}: token {token} is stale (the lease expired or moved to another attempt)"
+        "job {job_id}: fencing token {token} is stale (the lease expired or moved to another attempt)"
     )]
     StaleToken {
         /// The job.
@@ -32,62 +56,132 @@ pub enum StoreError {
         /// The token presented.
         token: u64,
     },
+    /// A client token already used for a different manifest.
+    #[error("client token {token:?} was already used for a different manifest (batch {batch_id})")]
+    TokenReused {
+        /// The token.
+        token: String,
+        /// The batch it made.
+        batch_id: String,
+    },
+    /// A job that has ended cannot be cancelled.
+    #[error("job {job_id} has already {state}")]
+    AlreadyEnded {
+        /// The job.
+        job_id: String,
+        /// Its state.
+        state: &'static str,
+    },
 }
 
 /// What a heartbeat learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeartbeatAnswer {
-    /// The new deadline.
+    /// The new deadline (unix ms).
     pub deadline_ms: i64,
     /// True when the job was cancelled: stop working on it.
     pub cancelled: bool,
 }
 
-/// Coordinator state.
-pub trait Store: Send + Sync {
-    /// Stores a batch and its jobs; returns its id and whether it already existed (same
-    /// client token).
-    fn submit(&self, batch: &NewBatch, now_ms: i64) -> Result<(String, bool), StoreError>;
+/// Coordinator state. Times are unix milliseconds passed in by the caller, so the
+/// service's clock (paused in tests) is the only clock.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a batch and its jobs, or returns the batch an earlier submission with the
+    /// same client token and manifest made.
+    fn submit(
+        &self,
+        batch: NewBatch,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Submitted, StoreError>> + Send;
 
-    /// Leases the next job for `worker`: highest batch priority, then the batch leased
-    /// longest ago (round robin), then the oldest job. Skips batches on which this
-    /// worker already failed `max_worker_failures` times.
+    /// Records a worker and returns its id.
+    fn register_worker(
+        &self,
+        worker: NewWorker,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Every registered worker id with its name (loaded at start-up).
+    fn workers(&self) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+
+    /// Leases the next job for `worker`: highest batch priority, then the batch whose
+    /// turn came longest ago (round robin), then the oldest job. Skips batches on which
+    /// this worker already failed `max_worker_failures` times.
     fn lease(
         &self,
         worker: &str,
         now_ms: i64,
         lease_ms: i64,
         max_worker_failures: u32,
-    ) -> Result<Option<Lease>, StoreError>;
+    ) -> impl Future<Output = Result<Option<(Lease, JobRecord)>, StoreError>> + Send;
 
     /// Extends a lease and records progress.
     fn heartbeat(
         &self,
         job_id: &str,
         token: u64,
-        progress: &Progress,
+        progress: Progress,
         now_ms: i64,
         lease_ms: i64,
-    ) -> Result<HeartbeatAnswer, StoreError>;
+    ) -> impl Future<Output = Result<(HeartbeatAnswer, JobRecord), StoreError>> + Send;
 
     /// Records the attempt's output as the job's result.
-    fn complete(&self, job_id: &str, token: u64, result_key: &str) -> Result<(), StoreError>;
+    fn complete(
+        &self,
+        job_id: &str,
+        token: u64,
+        result_key: &str,
+    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
-    /// Records a failed attempt: requeued while attempts remain and `retryable`, else failed.
+    /// Records a failed attempt: requeued while attempts remain and `retryable`, else
+    /// failed. Retryable failures count against the worker on this batch.
     fn fail(
         &self,
         job_id: &str,
         token: u64,
         error: &str,
         retryable: bool,
-    ) -> Result<(), StoreError>;
+    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
     /// Returns jobs whose lease deadline passed to the queue (attempt count kept).
-    fn expire(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+    fn expire(&self, now_ms: i64) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
 
-    /// Cancels every job of a batch that has not ended.
-    fn cancel_batch(&self, batch_id: &str) -> Result<(), StoreError>;
+    /// Cancels every job of a batch that has not ended; returns the jobs it changed.
+    fn cancel_batch(
+        &self,
+        batch_id: &str,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+
+    /// Cancels one job that has not ended.
+    fn cancel_job(&self, job_id: &str)
+        -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+
+    /// Requeues failed (and, if asked, cancelled) jobs with a fresh allowance of attempts,
+    /// and forgets the batch's worker failures; returns the jobs it changed.
+    fn retry(
+        &self,
+        batch_id: &str,
+        include_cancelled: bool,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+
+    /// One batch with its job counts.
+    fn batch(&self, batch_id: &str)
+        -> impl Future<Output = Result<BatchRecord, StoreError>> + Send;
+
+    /// The newest batches first.
+    fn batches(&self, limit: u32)
+        -> impl Future<Output = Result<Vec<BatchRecord>, StoreError>> + Send;
 
     /// The jobs of a batch in submission order.
-    fn jobs(&self, batch_id: &str) -> Result<Vec<JobRecord>, StoreError>;
+    fn jobs(&self, batch_id: &str)
+        -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+
+    /// One job.
+    fn job(&self, job_id: &str) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+
+    /// Counts for the metrics endpoint.
+    fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
+
+    /// False once the store can no longer commit (liveness).
+    fn healthy(&self) -> bool;
 }

@@ -1,156 +1,434 @@
-//! The embedded store: one SQLite database file in WAL mode, `synchronous=FULL`, one
-//! transaction per change.
+//! The embedded store: one SQLite database file in WAL mode with `synchronous=FULL`.
+//!
+//! Writes go to one writer thread that commits them in groups: it takes every change
+//! waiting in its queue (up to [`MAX_GROUP`]), runs each inside its own savepoint of one
+//! transaction, commits once (one fsync) and only then answers each caller. A change
+//! that fails rolls back its savepoint alone. Reads use a second connection, which in
+//! WAL mode sees every committed change and never blocks the writer.
 
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{HeartbeatAnswer, Store, StoreError};
-use crate::model::{JobRecord, JobState, Lease, NewBatch, Progress};
+use crate::model::{
+    BatchRecord, JobRecord, JobState, Lease, Losses, NewBatch, NewWorker, Progress, Stats,
+    Submitted,
+};
+
+/// Most changes committed in one transaction.
+pub const MAX_GROUP: usize = 1024;
+
+const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
-    client_token TEXT NOT NULL UNIQUE,
+    client_token TEXT UNIQUE,
+    manifest_sha256 TEXT NOT NULL,
     priority INTEGER NOT NULL,
     max_attempts INTEGER NOT NULL,
     created_ms INTEGER NOT NULL,
-    last_leased_ms INTEGER NOT NULL DEFAULT 0
+    turn INTEGER NOT NULL DEFAULT 0,
+    queued INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS batches_ready ON batches (priority DESC, turn) WHERE queued > 0;
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     batch_id TEXT NOT NULL REFERENCES batches(id),
     seq INTEGER NOT NULL,
     name TEXT NOT NULL,
     spec BLOB NOT NULL,
+    iterations INTEGER NOT NULL,
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0,
+    attempt_limit INTEGER NOT NULL,
     token INTEGER NOT NULL DEFAULT 0,
     deadline_ms INTEGER,
     worker TEXT,
     iteration INTEGER NOT NULL DEFAULT 0,
+    loss_content REAL NOT NULL DEFAULT 0,
+    loss_style REAL NOT NULL DEFAULT 0,
+    loss_tv REAL NOT NULL DEFAULT 0,
+    loss_total REAL NOT NULL DEFAULT 0,
     checkpoint_key TEXT,
     result_key TEXT,
+    result_attempt INTEGER,
     error TEXT,
+    version INTEGER NOT NULL DEFAULT 0,
     UNIQUE (batch_id, name)
 );
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, batch_id, seq);
-CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs (state, deadline_ms);
+-- Every change of a job bumps its version, so a watcher can drop events older than
+-- what it has already seen.
+CREATE TRIGGER IF NOT EXISTS jobs_version AFTER UPDATE ON jobs WHEN new.version = old.version
+BEGIN
+    UPDATE jobs SET version = old.version + 1 WHERE id = new.id;
+END;
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (batch_id, state, seq);
+CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs (deadline_ms) WHERE deadline_ms IS NOT NULL;
+-- batches.queued follows the jobs in state 'queued', so leasing finds a batch with work
+-- through an index instead of scanning jobs.
+CREATE TRIGGER IF NOT EXISTS jobs_queued_count AFTER UPDATE OF state ON jobs
+WHEN (old.state = 'queued') <> (new.state = 'queued')
+BEGIN
+    UPDATE batches SET queued = queued + (CASE WHEN new.state = 'queued' THEN 1 ELSE -1 END)
+    WHERE id = new.batch_id;
+END;
 CREATE TABLE IF NOT EXISTS worker_failures (
     worker TEXT NOT NULL,
     batch_id TEXT NOT NULL,
     failures INTEGER NOT NULL,
     PRIMARY KEY (worker, batch_id)
 );
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    device TEXT NOT NULL,
+    gpu_model TEXT NOT NULL,
+    gpu_memory_bytes INTEGER NOT NULL,
+    slots INTEGER NOT NULL,
+    registered_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO counters (name, value) VALUES ('token', 0), ('id', 0);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('token', 0), ('id', 0), ('turn', 0);
 ";
+
+const JOB_COLUMNS: &str = "id, batch_id, name, state, attempt, worker, iteration, iterations,
+    loss_content, loss_style, loss_tv, loss_total, checkpoint_key, result_key, result_attempt,
+    error, deadline_ms, version";
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Op = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    ops: Option<mpsc::Sender<Op>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Arc<Mutex<Connection>>,
+    alive: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the database file.
+    /// Opens (or creates) the database file and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = connect(path)?;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let reader = connect(path)?;
+        let (ops, rx) = mpsc::channel::<Op>();
+        let alive = Arc::new(AtomicBool::new(true));
+        let writer_alive = Arc::clone(&alive);
+        let writer = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                write_loop(&conn, &rx);
+                writer_alive.store(false, Ordering::SeqCst);
+            })
+            .map_err(StoreError::Spawn)?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            ops: Some(ops),
+            writer: Some(writer),
+            reader: Arc::new(Mutex::new(reader)),
+            alive,
         })
     }
 
-    fn with_tx<T>(
+    /// Runs `f` in the next group commit and resolves once it is on disk.
+    async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let op: Op = Box::new(move |conn| {
+            let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
+                .unwrap_or(Err(StoreError::Closed));
+            let ok = out.is_ok();
+            let reply: Reply = Box::new(move |commit| {
+                let _ = tx.send(match commit {
+                    Ok(()) => out,
+                    Err(reason) => Err(StoreError::Commit { reason }),
+                });
+            });
+            (ok, reply)
+        });
+        let sender = self.ops.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(op).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on the read connection off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 }
 
-fn next(tx: &rusqlite::Transaction<'_>, counter: &str) -> Result<i64, StoreError> {
-    Ok(tx.query_row(
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer commit what it holds and stop.
+        drop(self.ops.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn write_loop(conn: &Connection, rx: &mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = format!("cannot begin a transaction: {e}");
+            for op in group {
+                let (_, reply) = op(conn);
+                reply(Err(msg.clone()));
+            }
+            continue;
+        }
+        let mut replies = Vec::with_capacity(group.len());
+        for op in group {
+            let saved = conn.execute_batch("SAVEPOINT op").is_ok();
+            let (ok, reply) = op(conn);
+            if saved {
+                if !ok {
+                    let _ = conn.execute_batch("ROLLBACK TO op");
+                }
+                let _ = conn.execute_batch("RELEASE op");
+            }
+            replies.push(reply);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            e.to_string()
+        });
+        if let Err(e) = &commit {
+            tracing::error!(cause = %e, changes = replies.len(), "group commit failed");
+        }
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+}
+
+fn next(conn: &Connection, counter: &str) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
         "UPDATE counters SET value = value + 1 WHERE name = ?1 RETURNING value",
         [counter],
         |r| r.get(0),
     )?)
 }
 
-/// Checks the token and returns (state, attempt, batch max_attempts, worker, batch id).
+fn state_of(s: &str) -> JobState {
+    // Only this module writes the column, with `as_str` names.
+    JobState::parse(s).unwrap_or(JobState::Failed)
+}
+
+fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let state: String = r.get(3)?;
+    Ok(JobRecord {
+        job_id: r.get(0)?,
+        batch_id: r.get(1)?,
+        name: r.get(2)?,
+        state: state_of(&state),
+        attempt: r.get(4)?,
+        worker: r.get(5)?,
+        iteration: r.get(6)?,
+        iterations: r.get(7)?,
+        losses: Losses {
+            content: r.get(8)?,
+            style: r.get(9)?,
+            tv: r.get(10)?,
+            total: r.get(11)?,
+        },
+        checkpoint_key: r.get(12)?,
+        result_key: r.get(13)?,
+        result_attempt: r.get(14)?,
+        error: r.get(15)?,
+        deadline_ms: r.get(16)?,
+        version: r.get(17)?,
+    })
+}
+
+fn job(conn: &Connection, job_id: &str) -> Result<JobRecord, StoreError> {
+    conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row([job_id], job_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "job",
+            id: job_id.to_owned(),
+        })
+}
+
+fn jobs_where(
+    conn: &Connection,
+    clause: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {clause}"))?;
+    let rows = stmt.query_map(args, job_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+fn batch_exists(conn: &Connection, batch_id: &str) -> Result<(), StoreError> {
+    let found: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM batches WHERE id = ?1")?
+        .query_row([batch_id], |r| r.get(0))
+        .optional()?;
+    found.map(|_| ()).ok_or_else(|| StoreError::NotFound {
+        what: "batch",
+        id: batch_id.to_owned(),
+    })
+}
+
+/// A live lease's job: (state, attempt, attempt limit, worker, batch id), or StaleToken.
+/// A cancelled job still accepts its holder's last word while the lease is live.
 fn fenced(
-    tx: &rusqlite::Transaction<'_>,
+    conn: &Connection,
     job_id: &str,
     token: u64,
 ) -> Result<(JobState, u32, u32, Option<String>, String), StoreError> {
-    let row: Option<(String, i64, u32, u32, Option<String>, String)> = tx
-        .query_row(
-            "SELECT j.state, j.token, j.attempt, b.max_attempts, j.worker, j.batch_id
-             FROM jobs j JOIN batches b ON b.id = j.batch_id WHERE j.id = ?1",
-            [job_id],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
-        )
+    let row: Option<(String, i64, u32, u32, Option<String>, String, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT state, token, attempt, attempt_limit, worker, batch_id, deadline_ms
+             FROM jobs WHERE id = ?1",
+        )?
+        .query_row([job_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
         .optional()?;
-    let Some((state, current, attempt, max_attempts, worker, batch_id)) = row else {
+    let Some((state, current, attempt, limit, worker, batch_id, deadline)) = row else {
         return Err(StoreError::NotFound {
             what: "job",
             id: job_id.to_owned(),
         });
     };
-    let state = JobState::parse(&state).unwrap_or(JobState::Failed);
-    // A cancelled job still accepts its holder's last word (so it can release the lease).
-    if current as u64 != token || !matches!(state, JobState::Leased | JobState::Cancelled) {
+    let state = state_of(&state);
+    let live = match state {
+        JobState::Leased | JobState::Running => true,
+        JobState::Cancelled => deadline.is_some(),
+        _ => false,
+    };
+    if u64::try_from(current).ok() != Some(token) || !live {
         return Err(StoreError::StaleToken {
             job_id: job_id.to_owned(),
             token,
         });
     }
-    Ok((state, attempt, max_attempts, worker, batch_id))
+    Ok((state, attempt, limit, worker, batch_id))
+}
+
+fn counts(conn: &Connection, batch_id: &str) -> Result<BTreeMap<JobState, u64>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE batch_id = ?1 GROUP BY state")?;
+    let rows = stmt
+        .query_map([batch_id], |r| {
+            let s: String = r.get(0)?;
+            Ok((state_of(&s), r.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+fn batch_row(conn: &Connection, r: &Row<'_>) -> Result<BatchRecord, StoreError> {
+    let batch_id: String = r.get(0)?;
+    Ok(BatchRecord {
+        counts: counts(conn, &batch_id)?,
+        batch_id,
+        name: r.get(1)?,
+        priority: r.get(2)?,
+        max_attempts: r.get(3)?,
+        created_ms: r.get(4)?,
+    })
 }
 
 impl Store for SqliteStore {
-    fn submit(&self, batch: &NewBatch, now_ms: i64) -> Result<(String, bool), StoreError> {
-        self.with_tx(|tx| {
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM batches WHERE client_token = ?1",
-                    [&batch.client_token],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(id) = existing {
-                return Ok((id, true));
+    async fn submit(&self, batch: NewBatch, now_ms: i64) -> Result<Submitted, StoreError> {
+        self.write(move |tx| {
+            if let Some(token) = &batch.client_token {
+                let existing: Option<(String, String)> = tx
+                    .query_row(
+                        "SELECT id, manifest_sha256 FROM batches WHERE client_token = ?1",
+                        [token],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((batch_id, sha)) = existing {
+                    if sha != batch.manifest_sha256 {
+                        return Err(StoreError::TokenReused {
+                            token: token.clone(),
+                            batch_id,
+                        });
+                    }
+                    return Ok(Submitted {
+                        batch_id,
+                        existing: true,
+                    });
+                }
             }
             let id = format!("b{:08}", next(tx, "id")?);
             tx.execute(
-                "INSERT INTO batches (id, name, client_token, priority, max_attempts, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id, batch.name, batch.client_token, batch.priority, batch.max_attempts, now_ms],
+                "INSERT INTO batches (id, name, client_token, manifest_sha256, priority, max_attempts, created_ms, queued)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    id,
+                    batch.name,
+                    batch.client_token,
+                    batch.manifest_sha256,
+                    batch.priority,
+                    batch.max_attempts,
+                    now_ms,
+                    batch.jobs.len() as i64
+                ],
             )?;
-            let mut insert = tx.prepare(
-                "INSERT INTO jobs (id, batch_id, seq, name, spec, state) VALUES (?1, ?2, ?3, ?4, ?5, 'queued')",
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (id, batch_id, seq, name, spec, iterations, state, attempt_limit)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
             )?;
             for (seq, job) in batch.jobs.iter().enumerate() {
                 insert.execute(params![
@@ -158,345 +436,347 @@ impl Store for SqliteStore {
                     id,
                     seq as i64,
                     job.name,
-                    job.spec
+                    job.spec,
+                    job.iterations,
+                    batch.max_attempts
                 ])?;
             }
-            Ok((id, false))
+            Ok(Submitted {
+                batch_id: id,
+                existing: false,
+            })
         })
+        .await
     }
 
-    fn lease(
+    async fn register_worker(&self, w: NewWorker, now_ms: i64) -> Result<String, StoreError> {
+        self.write(move |tx| {
+            let id = format!("w{:06}-{}", next(tx, "id")?, w.name);
+            tx.execute(
+                "INSERT INTO workers (id, name, device, gpu_model, gpu_memory_bytes, slots, registered_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![id, w.name, w.device, w.gpu_model, w.gpu_memory_bytes as i64, w.slots, now_ms],
+            )?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn workers(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT id, name FROM workers ORDER BY id")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn lease(
         &self,
         worker: &str,
         now_ms: i64,
         lease_ms: i64,
         max_worker_failures: u32,
-    ) -> Result<Option<Lease>, StoreError> {
-        self.with_tx(|tx| {
-            let picked: Option<(String, String)> = tx
-                .query_row(
-                    "SELECT j.id, j.batch_id FROM jobs j JOIN batches b ON b.id = j.batch_id
-                     WHERE j.state = 'queued'
+    ) -> Result<Option<(Lease, JobRecord)>, StoreError> {
+        let worker = worker.to_owned();
+        self.write(move |tx| {
+            let batch_id: Option<String> = tx
+                .prepare_cached(
+                    "SELECT b.id FROM batches b
+                     WHERE b.queued > 0
                        AND NOT EXISTS (SELECT 1 FROM worker_failures f
-                                       WHERE f.worker = ?1 AND f.batch_id = j.batch_id AND f.failures >= ?2)
-                     ORDER BY b.priority DESC, b.last_leased_ms ASC, j.seq ASC LIMIT 1",
-                    params![worker, max_worker_failures],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                                       WHERE f.worker = ?1 AND f.batch_id = b.id AND f.failures >= ?2)
+                     ORDER BY b.priority DESC, b.turn ASC LIMIT 1",
+                )?
+                .query_row(params![worker, max_worker_failures], |r| r.get(0))
                 .optional()?;
-            let Some((job_id, batch_id)) = picked else {
+            let Some(batch_id) = batch_id else {
                 return Ok(None);
             };
             let token = next(tx, "token")?;
             let deadline = now_ms + lease_ms;
             // The batch's turn moves to the back of its priority level.
-            let turn = next(tx, "id")?;
-            tx.execute(
-                "UPDATE batches SET last_leased_ms = ?2 WHERE id = ?1",
-                params![batch_id, turn],
-            )?;
-            let (spec, attempt, checkpoint_key): (Vec<u8>, u32, Option<String>) = tx.query_row(
-                "UPDATE jobs SET state = 'leased', attempt = attempt + 1, token = ?2, deadline_ms = ?3, worker = ?4
-                 WHERE id = ?1 RETURNING spec, attempt, checkpoint_key",
-                params![job_id, token, deadline, worker],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
-            Ok(Some(Lease {
+            let turn = next(tx, "turn")?;
+            tx.prepare_cached("UPDATE batches SET turn = ?2 WHERE id = ?1")?
+                .execute(params![batch_id, turn])?;
+            let (job_id, name, spec, attempt, checkpoint_key): (
+                String,
+                String,
+                Vec<u8>,
+                u32,
+                Option<String>,
+            ) = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'leased', attempt = attempt + 1, token = ?2,
+                            deadline_ms = ?3, worker = ?4, error = NULL
+                     WHERE id = (SELECT id FROM jobs WHERE batch_id = ?1 AND state = 'queued'
+                                 ORDER BY seq LIMIT 1)
+                     RETURNING id, name, spec, attempt, checkpoint_key",
+                )?
+                .query_row(params![batch_id, token, deadline, worker], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
+            let record = job(tx, &job_id)?;
+            let lease = Lease {
                 job_id,
                 batch_id,
+                name,
                 spec,
                 attempt,
                 token: token as u64,
                 deadline_ms: deadline,
                 checkpoint_key,
-            }))
+            };
+            Ok(Some((lease, record)))
         })
+        .await
     }
 
-    fn heartbeat(
+    async fn heartbeat(
         &self,
         job_id: &str,
         token: u64,
-        progress: &Progress,
+        progress: Progress,
         now_ms: i64,
         lease_ms: i64,
-    ) -> Result<HeartbeatAnswer, StoreError> {
-        self.with_tx(|tx| {
-            let (state, ..) = fenced(tx, job_id, token)?;
+    ) -> Result<(HeartbeatAnswer, JobRecord), StoreError> {
+        let job_id = job_id.to_owned();
+        self.write(move |tx| {
+            let (state, ..) = fenced(tx, &job_id, token)?;
             let deadline = now_ms + lease_ms;
-            tx.execute(
+            let l = progress.losses;
+            tx.prepare_cached(
                 "UPDATE jobs SET deadline_ms = ?2, iteration = ?3,
-                        checkpoint_key = COALESCE(?4, checkpoint_key)
+                        loss_content = ?4, loss_style = ?5, loss_tv = ?6, loss_total = ?7,
+                        checkpoint_key = COALESCE(?8, checkpoint_key),
+                        state = CASE WHEN state = 'leased' THEN 'running' ELSE state END
                  WHERE id = ?1",
-                params![
-                    job_id,
-                    deadline,
-                    progress.iteration,
-                    progress.checkpoint_key
-                ],
-            )?;
-            Ok(HeartbeatAnswer {
+            )?
+            .execute(params![
+                job_id,
+                deadline,
+                progress.iteration,
+                l.content,
+                l.style,
+                l.tv,
+                l.total,
+                progress.checkpoint_key
+            ])?;
+            let answer = HeartbeatAnswer {
                 deadline_ms: deadline,
                 cancelled: state == JobState::Cancelled,
-            })
+            };
+            Ok((answer, job(tx, &job_id)?))
         })
+        .await
     }
 
-    fn complete(&self, job_id: &str, token: u64, result_key: &str) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
-            let (state, ..) = fenced(tx, job_id, token)?;
+    async fn complete(
+        &self,
+        job_id: &str,
+        token: u64,
+        result_key: &str,
+    ) -> Result<JobRecord, StoreError> {
+        let (job_id, result_key) = (job_id.to_owned(), result_key.to_owned());
+        self.write(move |tx| {
+            let (state, attempt, ..) = fenced(tx, &job_id, token)?;
             if state == JobState::Cancelled {
-                return Ok(());
+                // The holder's last word releases the lease; the job stays cancelled.
+                tx.execute("UPDATE jobs SET deadline_ms = NULL WHERE id = ?1", [&job_id])?;
+            } else {
+                tx.prepare_cached(
+                    "UPDATE jobs SET state = 'succeeded', result_key = ?2, result_attempt = ?3,
+                            deadline_ms = NULL
+                     WHERE id = ?1",
+                )?
+                .execute(params![job_id, result_key, attempt])?;
             }
-            tx.execute(
-                "UPDATE jobs SET state = 'succeeded', result_key = ?2, deadline_ms = NULL WHERE id = ?1",
-                params![job_id, result_key],
-            )?;
-            Ok(())
+            job(tx, &job_id)
         })
+        .await
     }
 
-    fn fail(
+    async fn fail(
         &self,
         job_id: &str,
         token: u64,
         error: &str,
         retryable: bool,
-    ) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
-            let (state, attempt, max_attempts, worker, batch_id) = fenced(tx, job_id, token)?;
-            if let Some(w) = worker {
-                tx.execute(
+    ) -> Result<JobRecord, StoreError> {
+        let (job_id, error) = (job_id.to_owned(), error.to_owned());
+        self.write(move |tx| {
+            let (state, attempt, limit, worker, batch_id) = fenced(tx, &job_id, token)?;
+            if let (Some(w), true) = (worker, retryable) {
+                tx.prepare_cached(
                     "INSERT INTO worker_failures (worker, batch_id, failures) VALUES (?1, ?2, 1)
                      ON CONFLICT (worker, batch_id) DO UPDATE SET failures = failures + 1",
-                    params![w, batch_id],
-                )?;
+                )?
+                .execute(params![w, batch_id])?;
             }
             let next_state = if state == JobState::Cancelled {
                 JobState::Cancelled
-            } else if retryable && attempt < max_attempts {
+            } else if retryable && attempt < limit {
                 JobState::Queued
             } else {
                 JobState::Failed
             };
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE jobs SET state = ?2, error = ?3, deadline_ms = NULL WHERE id = ?1",
-                params![job_id, next_state.as_str(), error],
-            )?;
-            Ok(())
+            )?
+            .execute(params![job_id, next_state.as_str(), error])?;
+            job(tx, &job_id)
         })
+        .await
     }
 
-    fn expire(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
-        self.with_tx(|tx| {
-            let mut stmt = tx.prepare(
-                "UPDATE jobs SET state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
-                        deadline_ms = NULL
-                 WHERE state IN ('leased', 'cancelled') AND deadline_ms IS NOT NULL AND deadline_ms < ?1
-                 RETURNING id",
-            )?;
-            let ids = stmt
+    async fn expire(&self, now_ms: i64) -> Result<Vec<JobRecord>, StoreError> {
+        self.write(move |tx| {
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
+                            deadline_ms = NULL
+                     WHERE deadline_ms IS NOT NULL AND deadline_ms < ?1
+                     RETURNING id",
+                )?
                 .query_map([now_ms], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            Ok(ids)
+                .collect::<Result<_, _>>()?;
+            ids.iter().map(|id| job(tx, id)).collect()
         })
+        .await
     }
 
-    fn cancel_batch(&self, batch_id: &str) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
-            let exists: Option<i64> = tx
-                .query_row("SELECT 1 FROM batches WHERE id = ?1", [batch_id], |r| r.get(0))
-                .optional()?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound {
-                    what: "batch",
-                    id: batch_id.to_owned(),
-                });
+    async fn cancel_batch(&self, batch_id: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let batch_id = batch_id.to_owned();
+        self.write(move |tx| {
+            batch_exists(tx, &batch_id)?;
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'cancelled'
+                     WHERE batch_id = ?1 AND state IN ('queued', 'leased', 'running')
+                     RETURNING id",
+                )?
+                .query_map([&batch_id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.iter().map(|id| job(tx, id)).collect()
+        })
+        .await
+    }
+
+    async fn cancel_job(&self, job_id: &str) -> Result<JobRecord, StoreError> {
+        let job_id = job_id.to_owned();
+        self.write(move |tx| {
+            let current = job(tx, &job_id)?;
+            match current.state {
+                JobState::Succeeded | JobState::Failed => Err(StoreError::AlreadyEnded {
+                    job_id,
+                    state: current.state.as_str(),
+                }),
+                JobState::Cancelled => Ok(current),
+                _ => {
+                    tx.execute("UPDATE jobs SET state = 'cancelled' WHERE id = ?1", [&job_id])?;
+                    job(tx, &job_id)
+                }
             }
-            tx.execute(
-                "UPDATE jobs SET state = 'cancelled' WHERE batch_id = ?1 AND state IN ('queued', 'leased')",
-                [batch_id],
-            )?;
-            Ok(())
         })
+        .await
     }
 
-    fn jobs(&self, batch_id: &str) -> Result<Vec<JobRecord>, StoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn.prepare(
-            "SELECT id, batch_id, name, state, attempt, worker, iteration, checkpoint_key, result_key, error
-             FROM jobs WHERE batch_id = ?1 ORDER BY seq",
-        )?;
-        let rows = stmt
-            .query_map([batch_id], |r| {
-                let state: String = r.get(3)?;
-                Ok(JobRecord {
-                    job_id: r.get(0)?,
-                    batch_id: r.get(1)?,
-                    name: r.get(2)?,
-                    state: JobState::parse(&state).unwrap_or(JobState::Failed),
-                    attempt: r.get(4)?,
-                    worker: r.get(5)?,
-                    iteration: r.get(6)?,
-                    checkpoint_key: r.get(7)?,
-                    result_key: r.get(8)?,
-                    error: r.get(9)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::NewJob;
-
-    fn batch(token: &str, priority: i32, n: usize) -> NewBatch {
-        NewBatch {
-            name: token.to_owned(),
-            client_token: token.to_owned(),
-            priority,
-            max_attempts: 3,
-            jobs: (0..n)
-                .map(|i| NewJob {
-                    name: format!("out{i}"),
-                    spec: vec![i as u8],
-                })
-                .collect(),
-        }
+    async fn retry(
+        &self,
+        batch_id: &str,
+        include_cancelled: bool,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let batch_id = batch_id.to_owned();
+        self.write(move |tx| {
+            batch_exists(tx, &batch_id)?;
+            tx.execute("DELETE FROM worker_failures WHERE batch_id = ?1", [&batch_id])?;
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'queued', error = NULL,
+                            attempt_limit = attempt + (SELECT max_attempts FROM batches WHERE id = ?1)
+                     WHERE batch_id = ?1 AND deadline_ms IS NULL
+                       AND (state = 'failed' OR (?2 AND state = 'cancelled'))
+                     RETURNING id",
+                )?
+                .query_map(params![batch_id, include_cancelled], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.iter().map(|id| job(tx, id)).collect()
+        })
+        .await
     }
 
-    fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = SqliteStore::open(&dir.path().join("state.db")).expect("open");
-        (dir, s)
+    async fn batch(&self, batch_id: &str) -> Result<BatchRecord, StoreError> {
+        let batch_id = batch_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, priority, max_attempts, created_ms FROM batches WHERE id = ?1",
+            )?;
+            let mut rows = stmt.query([&batch_id])?;
+            match rows.next()? {
+                Some(r) => batch_row(conn, r),
+                None => Err(StoreError::NotFound {
+                    what: "batch",
+                    id: batch_id,
+                }),
+            }
+        })
+        .await
     }
 
-    #[test]
-    fn submit_is_idempotent_per_token() {
-        let (_d, s) = store();
-        let (a, existed) = s.submit(&batch("t1", 0, 2), 0).expect("submit");
-        assert!(!existed);
-        let (b, existed) = s.submit(&batch("t1", 0, 2), 1).expect("submit");
-        assert!(existed);
-        assert_eq!(a, b);
-        assert_eq!(s.jobs(&a).expect("jobs").len(), 2);
+    async fn batches(&self, limit: u32) -> Result<Vec<BatchRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, priority, max_attempts, created_ms FROM batches
+                 ORDER BY id DESC LIMIT ?1",
+            )?;
+            let mut rows = stmt.query([limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(batch_row(conn, r)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
-    #[test]
-    fn priority_then_round_robin_then_fifo() {
-        let (_d, s) = store();
-        let (low, _) = s.submit(&batch("low", 0, 2), 0).expect("submit");
-        let (a, _) = s.submit(&batch("a", 5, 2), 0).expect("submit");
-        let (b, _) = s.submit(&batch("b", 5, 2), 0).expect("submit");
-        let order: Vec<String> = (0..6)
-            .map(|_| {
-                s.lease("w", 0, 1000, 2)
-                    .expect("lease")
-                    .expect("a job")
-                    .job_id
+    async fn jobs(&self, batch_id: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let batch_id = batch_id.to_owned();
+        self.read(move |conn| {
+            batch_exists(conn, &batch_id)?;
+            jobs_where(conn, "batch_id = ?1 ORDER BY seq", [&batch_id])
+        })
+        .await
+    }
+
+    async fn job(&self, job_id: &str) -> Result<JobRecord, StoreError> {
+        let job_id = job_id.to_owned();
+        self.read(move |conn| job(conn, &job_id)).await
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        self.read(|conn| {
+            let jobs_by_state = conn
+                .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?
+                .query_map([], |r| {
+                    let s: String = r.get(0)?;
+                    Ok((state_of(&s), r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            let queued_by_batch = conn
+                .prepare_cached("SELECT id, name, queued FROM batches WHERE queued > 0 ORDER BY id")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?
+                .collect::<Result<_, _>>()?;
+            Ok(Stats {
+                jobs_by_state,
+                queued_by_batch,
             })
-            .collect();
-        assert_eq!(
-            order,
-            vec![
-                format!("{a}-j000000"),
-                format!("{b}-j000000"),
-                format!("{a}-j000001"),
-                format!("{b}-j000001"),
-                format!("{low}-j000000"),
-                format!("{low}-j000001"),
-            ]
-        );
-        assert!(s.lease("w", 0, 1000, 2).expect("lease").is_none());
+        })
+        .await
     }
 
-    #[test]
-    fn expiry_requeues_with_checkpoint_and_fences_the_old_token() {
-        let (_d, s) = store();
-        let (id, _) = s.submit(&batch("t", 0, 1), 0).expect("submit");
-        let first = s.lease("w1", 0, 100, 2).expect("lease").expect("job");
-        let progress = Progress {
-            iteration: 40,
-            loss: 1.0,
-            checkpoint_key: Some("ck/40".into()),
-        };
-        s.heartbeat(&first.job_id, first.token, &progress, 50, 100)
-            .expect("heartbeat");
-        assert!(
-            s.expire(149).expect("expire").is_empty(),
-            "deadline was extended"
-        );
-        assert_eq!(s.expire(151).expect("expire"), vec![first.job_id.clone()]);
-        let second = s.lease("w2", 200, 100, 2).expect("lease").expect("job");
-        assert_eq!(second.attempt, 2);
-        assert_eq!(second.checkpoint_key.as_deref(), Some("ck/40"));
-        assert!(second.token > first.token);
-        let stale = s.complete(&first.job_id, first.token, "late/output.png");
-        assert!(
-            matches!(stale, Err(StoreError::StaleToken { .. })),
-            "{stale:?}"
-        );
-        s.complete(&second.job_id, second.token, "attempt2/output.png")
-            .expect("complete");
-        let job = &s.jobs(&id).expect("jobs")[0];
-        assert_eq!(job.state, JobState::Succeeded);
-        assert_eq!(job.result_key.as_deref(), Some("attempt2/output.png"));
-    }
-
-    #[test]
-    fn failures_retry_then_fail_and_bad_workers_are_kept_off_the_batch() {
-        let (_d, s) = store();
-        let (id, _) = s.submit(&batch("t", 0, 2), 0).expect("submit");
-        for _ in 0..2 {
-            let l = s.lease("bad", 0, 100, 2).expect("lease").expect("job");
-            s.fail(&l.job_id, l.token, "CUDA error", true)
-                .expect("fail");
-        }
-        assert!(
-            s.lease("bad", 0, 100, 2).expect("lease").is_none(),
-            "bad worker is kept off"
-        );
-        let l = s.lease("good", 0, 100, 2).expect("lease").expect("job");
-        s.fail(&l.job_id, l.token, "corrupt input", false)
-            .expect("fail");
-        let jobs = s.jobs(&id).expect("jobs");
-        assert_eq!(
-            jobs.iter().filter(|j| j.state == JobState::Failed).count(),
-            1
-        );
-        assert_eq!(
-            jobs.iter()
-                .find(|j| j.state == JobState::Failed)
-                .and_then(|j| j.error.clone())
-                .as_deref(),
-            Some("corrupt input")
-        );
-    }
-
-    #[test]
-    fn cancel_reaches_the_heartbeat_and_state_survives_reopening() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state.db");
-        let (id, lease) = {
-            let s = SqliteStore::open(&path).expect("open");
-            let (id, _) = s.submit(&batch("t", 0, 3), 0).expect("submit");
-            let lease = s.lease("w", 0, 10_000, 2).expect("lease").expect("job");
-            s.cancel_batch(&id).expect("cancel");
-            (id, lease)
-        };
-        let s = SqliteStore::open(&path).expect("reopen");
-        let answer = s
-            .heartbeat(&lease.job_id, lease.token, &Progress::default(), 10, 10_000)
-            .expect("heartbeat");
-        assert!(answer.cancelled);
-        let jobs = s.jobs(&id).expect("jobs");
-        assert!(jobs.iter().all(|j| j.state == JobState::Cancelled));
-        assert!(matches!(
-            s.cancel_batch("nope"),
-            Err(StoreError::NotFound { .. })
-        ));
+    fn healthy(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 }

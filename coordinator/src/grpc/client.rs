@@ -1,0 +1,204 @@
+//! The client service (`stylefarm.v1.StyleFarm`): batches in, progress and results out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use stylefarm_proto::v1::{self, style_farm_server::StyleFarm};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::error::ApiError;
+use crate::model::{BatchState, JobRecord, JobState};
+use crate::state::State;
+use crate::store::Store;
+
+/// Most batches one ListBatches answer holds.
+const MAX_LIST: u32 = 1000;
+
+/// Serves [`StyleFarm`] over the shared state.
+pub struct ClientApi<S> {
+    state: Arc<State<S>>,
+}
+
+impl<S> ClientApi<S> {
+    /// The service over `state`.
+    pub fn new(state: Arc<State<S>>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S: Store> ClientApi<S> {
+    async fn batch_answer(&self, batch_id: &str) -> Result<v1::Batch, ApiError> {
+        let b = self.state.store.batch(batch_id).await?;
+        Ok(convert::batch(&b, &[]))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> StyleFarm for ClientApi<S> {
+    #[tracing::instrument(skip_all, fields(name = %req.get_ref().name, jobs = req.get_ref().jobs.len()))]
+    async fn submit_batch(
+        &self,
+        req: Request<v1::SubmitBatchRequest>,
+    ) -> Result<Response<v1::SubmitBatchResponse>, Status> {
+        let batch = convert::new_batch(req.get_ref(), &self.state.config).map_err(ApiError::from)?;
+        let jobs = batch.jobs.len();
+        let submitted = self
+            .state
+            .store
+            .submit(batch, self.state.clock.now_ms())
+            .await
+            .map_err(ApiError::from)?;
+        if !submitted.existing {
+            tracing::info!(batch = %submitted.batch_id, jobs, "batch submitted");
+            self.state.work.notify_waiters();
+        }
+        Ok(Response::new(v1::SubmitBatchResponse {
+            batch_id: submitted.batch_id,
+            existing: submitted.existing,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %req.get_ref().batch_id))]
+    async fn get_batch(&self, req: Request<v1::GetBatchRequest>) -> Result<Response<v1::Batch>, Status> {
+        let req = req.into_inner();
+        let id = convert::id("batch_id", &req.batch_id).map_err(ApiError::from)?;
+        let b = self.state.store.batch(id).await.map_err(ApiError::from)?;
+        let jobs = if req.include_jobs {
+            self.state.store.jobs(id).await.map_err(ApiError::from)?
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(convert::batch(&b, &jobs)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_batches(
+        &self,
+        req: Request<v1::ListBatchesRequest>,
+    ) -> Result<Response<v1::ListBatchesResponse>, Status> {
+        let limit = match req.get_ref().limit {
+            0 => 100,
+            n => n.min(MAX_LIST),
+        };
+        let batches = self.state.store.batches(limit).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ListBatchesResponse {
+            batches: batches.iter().map(|b| convert::batch(b, &[])).collect(),
+        }))
+    }
+
+    type WatchBatchStream = ReceiverStream<Result<v1::BatchEvent, Status>>;
+
+    #[tracing::instrument(skip_all, fields(batch = %req.get_ref().batch_id))]
+    async fn watch_batch(
+        &self,
+        req: Request<v1::WatchBatchRequest>,
+    ) -> Result<Response<Self::WatchBatchStream>, Status> {
+        let batch_id = convert::id("batch_id", &req.get_ref().batch_id)
+            .map_err(ApiError::from)?
+            .to_owned();
+        // Subscribe before the snapshot, so no change falls between the two.
+        let events = self.state.events.subscribe();
+        let snapshot = self.state.store.jobs(&batch_id).await.map_err(ApiError::from)?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(watch(Arc::clone(&self.state), batch_id, snapshot, events, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %req.get_ref().batch_id))]
+    async fn cancel_batch(&self, req: Request<v1::CancelBatchRequest>) -> Result<Response<v1::Batch>, Status> {
+        let id = convert::id("batch_id", &req.get_ref().batch_id).map_err(ApiError::from)?;
+        let changed = self.state.store.cancel_batch(id).await.map_err(ApiError::from)?;
+        tracing::info!(jobs = changed.len(), "batch cancelled");
+        self.state.publish(changed);
+        Ok(Response::new(self.batch_answer(id).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = %req.get_ref().batch_id))]
+    async fn retry_jobs(&self, req: Request<v1::RetryJobsRequest>) -> Result<Response<v1::Batch>, Status> {
+        let req = req.into_inner();
+        let id = convert::id("batch_id", &req.batch_id).map_err(ApiError::from)?;
+        let changed = self
+            .state
+            .store
+            .retry(id, req.include_cancelled)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(jobs = changed.len(), "jobs requeued");
+        self.state.publish(changed);
+        Ok(Response::new(self.batch_answer(id).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id))]
+    async fn cancel_job(&self, req: Request<v1::CancelJobRequest>) -> Result<Response<v1::JobStatus>, Status> {
+        let id = convert::id("job_id", &req.get_ref().job_id).map_err(ApiError::from)?;
+        let job = self.state.store.cancel_job(id).await.map_err(ApiError::from)?;
+        let answer = convert::job_status(&job);
+        self.state.publish([job]);
+        Ok(Response::new(answer))
+    }
+}
+
+/// Streams a batch's jobs (first as they are, then each change) until every job has
+/// ended, the client goes away or the coordinator shuts down.
+async fn watch<S: Store>(
+    state: Arc<State<S>>,
+    batch_id: String,
+    snapshot: Vec<JobRecord>,
+    mut events: broadcast::Receiver<JobRecord>,
+    tx: mpsc::Sender<Result<v1::BatchEvent, Status>>,
+) {
+    let mut known: HashMap<String, (u64, JobState)> = HashMap::new();
+    let mut pending = snapshot;
+    loop {
+        for job in pending.drain(..) {
+            // Events can arrive older than the snapshot; versions put them in order.
+            if known.get(&job.job_id).is_some_and(|(v, _)| *v >= job.version) {
+                continue;
+            }
+            known.insert(job.job_id.clone(), (job.version, job.state));
+            let event = v1::BatchEvent {
+                job: Some(convert::job_status(&job)),
+                batch_state: convert::batch_state(batch_state(&known)) as i32,
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        if batch_state(&known) != BatchState::Running {
+            return;
+        }
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(job) if job.batch_id == batch_id => pending.push(job),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(missed = n, "watcher lagged; re-reading the batch");
+                    match state.store.jobs(&batch_id).await {
+                        Ok(jobs) => pending = jobs,
+                        Err(err) => {
+                            let _ = tx.send(Err(Status::from(ApiError::from(err)))).await;
+                            return;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            () = tx.closed() => return,
+            () = state.shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::from(ApiError::ShuttingDown))).await;
+                return;
+            }
+        }
+    }
+}
+
+fn batch_state(known: &HashMap<String, (u64, JobState)>) -> BatchState {
+    let mut counts = BTreeMap::new();
+    for (_, s) in known.values() {
+        *counts.entry(*s).or_insert(0u64) += 1;
+    }
+    BatchState::of(&counts)
+}

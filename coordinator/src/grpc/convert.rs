@@ -1,0 +1,218 @@
+//! Requests to domain values and domain values to answers: the coordinator's edge.
+//! Job specs themselves convert in `stylefarm_proto::convert`.
+
+use std::collections::HashMap;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use stylefarm_core::{InvalidField, JobSpec};
+use stylefarm_proto::v1;
+
+use crate::config::Config;
+use crate::model::{BatchRecord, BatchState, JobRecord, JobState, NewBatch, NewJob, NewWorker};
+
+/// Longest batch name or client token.
+const MAX_LABEL: usize = 200;
+/// Most attempts a batch may ask for.
+const MAX_ATTEMPTS: u32 = 100;
+
+/// Validates a submission and expands it into the batch to store. Errors name the job
+/// (index and output name) and the field.
+pub fn new_batch(req: &v1::SubmitBatchRequest, config: &Config) -> Result<NewBatch, InvalidField> {
+    let size = req.encoded_len();
+    if size > config.max_manifest_bytes {
+        return Err(InvalidField::new(
+            "manifest",
+            format!(
+                "{size} bytes is over the {}-byte limit (--max-manifest-bytes); split the batch",
+                config.max_manifest_bytes
+            ),
+        ));
+    }
+    label("name", &req.name, false)?;
+    label("client_token", &req.client_token, true)?;
+    let max_attempts = match req.max_attempts {
+        0 => config.max_attempts,
+        n if n > MAX_ATTEMPTS => {
+            return Err(InvalidField::new(
+                "max_attempts",
+                format!("{n} is over {MAX_ATTEMPTS}"),
+            ))
+        }
+        n => n,
+    };
+    if req.jobs.is_empty() {
+        return Err(InvalidField::new("jobs", "the batch has no jobs"));
+    }
+    if req.jobs.len() > config.max_jobs_per_batch as usize {
+        return Err(InvalidField::new(
+            "jobs",
+            format!(
+                "{} jobs is over the limit of {} per batch (--max-jobs-per-batch)",
+                req.jobs.len(),
+                config.max_jobs_per_batch
+            ),
+        ));
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(req.jobs.len());
+    let mut jobs = Vec::with_capacity(req.jobs.len());
+    for (i, wire) in req.jobs.iter().enumerate() {
+        let at = |e: InvalidField| {
+            InvalidField::new(format!("jobs[{i}] (name {:?}) {}", wire.name, e.field), e.reason)
+        };
+        let mut spec = JobSpec::try_from(wire.clone()).map_err(at)?;
+        if let Some(first) = seen.insert(&wire.name, i) {
+            return Err(at(InvalidField::new(
+                "name",
+                format!("duplicates jobs[{first}]; output names must be unique in a batch"),
+            )));
+        }
+        // Where results go is the coordinator's to decide.
+        spec.output_key.clear();
+        jobs.push(NewJob {
+            name: spec.name.clone(),
+            iterations: spec.params.iterations,
+            spec: v1::JobSpec::from(&spec).encode_to_vec(),
+        });
+    }
+    let mut unkeyed = req.clone();
+    unkeyed.client_token.clear();
+    Ok(NewBatch {
+        name: req.name.clone(),
+        client_token: (!req.client_token.is_empty()).then(|| req.client_token.clone()),
+        manifest_sha256: hex::encode(Sha256::digest(unkeyed.encode_to_vec())),
+        priority: req.priority,
+        max_attempts,
+        jobs,
+    })
+}
+
+/// Validates a registration (the protocol version is checked by the service).
+pub fn new_worker(req: &v1::RegisterWorkerRequest) -> Result<NewWorker, InvalidField> {
+    label("name", &req.name, false)?;
+    if req.name.contains('/') {
+        return Err(InvalidField::new("name", "must not contain '/'"));
+    }
+    label("device", &req.device, false)?;
+    if req.slots == 0 {
+        return Err(InvalidField::new("slots", "must be at least 1"));
+    }
+    Ok(NewWorker {
+        name: req.name.clone(),
+        device: req.device.clone(),
+        gpu_model: req.gpu_model.clone(),
+        gpu_memory_bytes: req.gpu_memory_bytes,
+        slots: req.slots,
+    })
+}
+
+/// Checks a required id field.
+pub fn id<'a>(field: &str, value: &'a str) -> Result<&'a str, InvalidField> {
+    if value.is_empty() {
+        return Err(InvalidField::new(field, "is empty"));
+    }
+    label(field, value, false)?;
+    Ok(value)
+}
+
+fn label(field: &str, value: &str, may_be_empty: bool) -> Result<(), InvalidField> {
+    if value.trim().is_empty() && !may_be_empty {
+        return Err(InvalidField::new(field, "is empty"));
+    }
+    if value.len() > MAX_LABEL || value.chars().any(char::is_control) {
+        return Err(InvalidField::new(
+            field,
+            format!("must be at most {MAX_LABEL} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Progress from a heartbeat.
+pub fn progress(req: &v1::HeartbeatRequest) -> crate::model::Progress {
+    let l = req.losses.unwrap_or_default();
+    let losses = crate::model::Losses {
+        content: l.content,
+        style: l.style,
+        tv: l.tv,
+        total: l.total,
+    };
+    crate::model::Progress {
+        iteration: req.iteration,
+        losses,
+        checkpoint_key: (!req.checkpoint_key.is_empty()).then(|| req.checkpoint_key.clone()),
+    }
+}
+
+/// Where the published output of a job goes.
+pub fn output_key(batch_id: &str, name: &str) -> String {
+    format!("batches/{batch_id}/outputs/{name}.png")
+}
+
+/// Under which prefix one attempt writes its checkpoints and output.
+pub fn attempt_prefix(batch_id: &str, job_id: &str, attempt: u32) -> String {
+    format!("batches/{batch_id}/jobs/{job_id}/attempt-{attempt:03}")
+}
+
+/// A job state on the wire.
+pub fn job_state(s: JobState) -> v1::JobState {
+    match s {
+        JobState::Queued => v1::JobState::Queued,
+        JobState::Leased => v1::JobState::Leased,
+        JobState::Running => v1::JobState::Running,
+        JobState::Succeeded => v1::JobState::Succeeded,
+        JobState::Failed => v1::JobState::Failed,
+        JobState::Cancelled => v1::JobState::Cancelled,
+    }
+}
+
+/// A batch state on the wire.
+pub fn batch_state(s: BatchState) -> v1::BatchState {
+    match s {
+        BatchState::Running => v1::BatchState::Running,
+        BatchState::Succeeded => v1::BatchState::Succeeded,
+        BatchState::Failed => v1::BatchState::Failed,
+        BatchState::Cancelled => v1::BatchState::Cancelled,
+    }
+}
+
+/// A job on the wire.
+pub fn job_status(j: &JobRecord) -> v1::JobStatus {
+    v1::JobStatus {
+        job_id: j.job_id.clone(),
+        batch_id: j.batch_id.clone(),
+        name: j.name.clone(),
+        state: job_state(j.state) as i32,
+        attempt: j.attempt,
+        iteration: j.iteration,
+        iterations: j.iterations,
+        losses: Some(v1::Losses {
+            content: j.losses.content,
+            style: j.losses.style,
+            tv: j.losses.tv,
+            total: j.losses.total,
+        }),
+        worker: j.worker.clone().unwrap_or_default(),
+        error: j.error.clone().unwrap_or_default(),
+        result_key: j.result_key.clone().unwrap_or_default(),
+        checkpoint_key: j.checkpoint_key.clone().unwrap_or_default(),
+        result_attempt: j.result_attempt.unwrap_or(0),
+    }
+}
+
+/// A batch on the wire, with its jobs when given.
+pub fn batch(b: &BatchRecord, jobs: &[JobRecord]) -> v1::Batch {
+    v1::Batch {
+        batch_id: b.batch_id.clone(),
+        name: b.name.clone(),
+        state: batch_state(b.state()) as i32,
+        priority: b.priority,
+        created_unix_ms: b.created_ms,
+        jobs_by_state: b
+            .counts
+            .iter()
+            .map(|(s, n)| (s.as_str().to_owned(), u32::try_from(*n).unwrap_or(u32::MAX)))
+            .collect(),
+        jobs: jobs.iter().map(job_status).collect(),
+    }
+}

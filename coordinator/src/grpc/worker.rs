@@ -1,0 +1,205 @@
+//! The worker service (`stylefarm.v1.WorkerService`): registration, long-polled leases
+//! with fencing tokens, heartbeats, completion and failure.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use stylefarm_proto::v1::{self, worker_service_server::WorkerService};
+use stylefarm_proto::PROTOCOL_VERSION;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::error::ApiError;
+use crate::model::Lease;
+use crate::state::State;
+use crate::store::Store;
+
+/// Serves [`WorkerService`] over the shared state.
+pub struct WorkerApi<S> {
+    state: Arc<State<S>>,
+}
+
+impl<S> WorkerApi<S> {
+    /// The service over `state`.
+    pub fn new(state: Arc<State<S>>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S: Store> WorkerApi<S> {
+    fn known_worker<'a>(&self, worker_id: &'a str) -> Result<&'a str, ApiError> {
+        let id = convert::id("worker_id", worker_id)?;
+        if self.state.workers.seen(id, self.state.clock.now_ms()) {
+            Ok(id)
+        } else {
+            Err(ApiError::UnknownWorker {
+                worker_id: id.to_owned(),
+            })
+        }
+    }
+
+    /// One try at leasing, timed for the latency histogram.
+    async fn try_lease(&self, worker_id: &str) -> Result<Option<Lease>, ApiError> {
+        let s = &self.state;
+        let started = Instant::now();
+        let leased = s
+            .store
+            .lease(worker_id, s.clock.now_ms(), s.lease_ms(), s.config.max_worker_failures)
+            .await?;
+        Ok(leased.map(|(lease, record)| {
+            s.metrics.lease_seconds.observe(started.elapsed().as_secs_f64());
+            s.metrics.leases.inc();
+            s.publish([record]);
+            lease
+        }))
+    }
+
+    fn lease_answer(&self, lease: Lease) -> Result<v1::Lease, ApiError> {
+        let mut spec = v1::JobSpec::decode(lease.spec.as_slice()).map_err(|e| ApiError::CorruptSpec {
+            job_id: lease.job_id.clone(),
+            reason: e.to_string(),
+        })?;
+        spec.output_key = convert::output_key(&lease.batch_id, &lease.name);
+        Ok(v1::Lease {
+            attempt_prefix: convert::attempt_prefix(&lease.batch_id, &lease.job_id, lease.attempt),
+            job_id: lease.job_id,
+            batch_id: lease.batch_id,
+            spec: Some(spec),
+            attempt: lease.attempt,
+            fencing_token: lease.token,
+            deadline_unix_ms: lease.deadline_ms,
+            checkpoint_key: lease.checkpoint_key.unwrap_or_default(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> WorkerService for WorkerApi<S> {
+    #[tracing::instrument(skip_all, fields(name = %req.get_ref().name, device = %req.get_ref().device))]
+    async fn register_worker(
+        &self,
+        req: Request<v1::RegisterWorkerRequest>,
+    ) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
+        let req = req.into_inner();
+        if req.protocol_version != PROTOCOL_VERSION {
+            return Err(ApiError::ProtocolMismatch {
+                worker: req.protocol_version,
+                coordinator: PROTOCOL_VERSION,
+            }
+            .into());
+        }
+        let worker = convert::new_worker(&req).map_err(ApiError::from)?;
+        let now = self.state.clock.now_ms();
+        let id = self
+            .state
+            .store
+            .register_worker(worker, now)
+            .await
+            .map_err(ApiError::from)?;
+        self.state.workers.add(id.clone(), Some(now));
+        tracing::info!(worker = %id, gpu = %req.gpu_model, slots = req.slots, "worker registered");
+        Ok(Response::new(v1::RegisterWorkerResponse {
+            worker_id: id,
+            lease_ms: self.state.config.lease_ms,
+            heartbeat_ms: u32::try_from(self.state.config.heartbeat().as_millis()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(worker = %req.get_ref().worker_id))]
+    async fn lease_job(
+        &self,
+        req: Request<v1::LeaseJobRequest>,
+    ) -> Result<Response<v1::LeaseJobResponse>, Status> {
+        let req = req.into_inner();
+        let worker = self.known_worker(&req.worker_id)?;
+        let wait = Duration::from_millis(u64::from(req.wait_ms.min(self.state.config.max_lease_wait_ms)));
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            if self.state.shutdown.is_cancelled() {
+                return Err(ApiError::ShuttingDown.into());
+            }
+            // Register for a wake-up before looking, so work queued in between is not missed.
+            let notified = self.state.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(lease) = self.try_lease(worker).await? {
+                tracing::debug!(job = %lease.job_id, attempt = lease.attempt, "job leased");
+                let lease = self.lease_answer(lease)?;
+                return Ok(Response::new(v1::LeaseJobResponse { lease: Some(lease) }));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(until) => {
+                    return Ok(Response::new(v1::LeaseJobResponse { lease: None }));
+                }
+                () = self.state.shutdown.cancelled() => {
+                    return Err(ApiError::ShuttingDown.into());
+                }
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]
+    async fn heartbeat(
+        &self,
+        req: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        self.known_worker(&req.worker_id)?;
+        let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
+        let s = &self.state;
+        let (answer, record) = s
+            .store
+            .heartbeat(job_id, req.fencing_token, convert::progress(&req), s.clock.now_ms(), s.lease_ms())
+            .await
+            .map_err(ApiError::from)?;
+        s.publish([record]);
+        Ok(Response::new(v1::HeartbeatResponse {
+            deadline_unix_ms: answer.deadline_ms,
+            cancelled: answer.cancelled,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]
+    async fn complete_job(
+        &self,
+        req: Request<v1::CompleteJobRequest>,
+    ) -> Result<Response<v1::CompleteJobResponse>, Status> {
+        let req = req.into_inner();
+        self.known_worker(&req.worker_id)?;
+        let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
+        let result_key = convert::id("result_key", &req.result_key).map_err(ApiError::from)?;
+        let record = self
+            .state
+            .store
+            .complete(job_id, req.fencing_token, result_key)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(state = record.state.as_str(), attempt = record.attempt, "job completed");
+        self.state.metrics.attempts.with_label_values(&["succeeded"]).inc();
+        self.state.publish([record]);
+        Ok(Response::new(v1::CompleteJobResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]
+    async fn fail_job(
+        &self,
+        req: Request<v1::FailJobRequest>,
+    ) -> Result<Response<v1::FailJobResponse>, Status> {
+        let req = req.into_inner();
+        self.known_worker(&req.worker_id)?;
+        let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
+        let record = self
+            .state
+            .store
+            .fail(job_id, req.fencing_token, &req.error, req.retryable)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::warn!(state = record.state.as_str(), attempt = record.attempt, cause = %req.error, retryable = req.retryable, "attempt failed");
+        let outcome = if req.retryable { "failed_retryable" } else { "failed" };
+        self.state.metrics.attempts.with_label_values(&[outcome]).inc();
+        self.state.publish([record]);
+        Ok(Response::new(v1::FailJobResponse {}))
+    }
+}

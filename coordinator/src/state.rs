@@ -1,0 +1,167 @@
+//! The coordinator's shared state: the store, the clock, who is alive, who is waiting
+//! for work and who is watching. Both gRPC services and the operations endpoint hold an
+//! `Arc<State<S>>`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::JobRecord;
+use crate::store::Store;
+
+/// Unix milliseconds derived from tokio's clock, so tests with paused time move it.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base_ms: i64,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock that reads the system time now and runs on tokio's time from there.
+    pub fn start() -> Self {
+        let base_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Self {
+            base_ms,
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Now, in unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.base_ms + i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX / 2)
+    }
+}
+
+/// Registered workers and when each was last heard from (in memory; registrations
+/// themselves are in the store, so they survive a restart).
+#[derive(Debug, Default)]
+pub struct Workers {
+    last_seen_ms: Mutex<HashMap<String, i64>>,
+}
+
+impl Workers {
+    /// Records a registered worker (at start-up: not yet seen).
+    pub fn add(&self, id: String, now_ms: Option<i64>) {
+        self.lock().insert(id, now_ms.unwrap_or(i64::MIN));
+    }
+
+    /// Marks a worker as seen; false when it never registered.
+    pub fn seen(&self, id: &str, now_ms: i64) -> bool {
+        match self.lock().get_mut(id) {
+            Some(t) => {
+                *t = now_ms;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Workers heard from since `since_ms`.
+    pub fn live(&self, since_ms: i64) -> usize {
+        self.lock().values().filter(|t| **t >= since_ms).count()
+    }
+
+    /// Workers ever registered.
+    pub fn registered(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.last_seen_ms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Everything the services share.
+pub struct State<S> {
+    /// Durable state.
+    pub store: S,
+    /// Settings.
+    pub config: Config,
+    /// The clock every deadline is computed with.
+    pub clock: Clock,
+    /// Registered workers.
+    pub workers: Workers,
+    /// Woken whenever jobs become leasable (long-polling LeaseJob waits on it).
+    pub work: Notify,
+    /// Every change of a job, for WatchBatch.
+    pub events: broadcast::Sender<JobRecord>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Cancelled when the coordinator begins to shut down.
+    pub shutdown: CancellationToken,
+}
+
+impl<S: Store> State<S> {
+    /// State over an opened store; loads the registered workers.
+    pub async fn new(store: S, config: Config) -> Result<Self, crate::store::StoreError> {
+        let workers = Workers::default();
+        for (id, _name) in store.workers().await? {
+            workers.add(id, None);
+        }
+        let (events, _) = broadcast::channel(4096);
+        Ok(Self {
+            store,
+            config,
+            clock: Clock::start(),
+            workers,
+            work: Notify::new(),
+            events,
+            metrics: Metrics::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Announces changed jobs to watchers; wakes waiting workers when any is queued.
+    pub fn publish(&self, jobs: impl IntoIterator<Item = JobRecord>) {
+        let mut queued = false;
+        for job in jobs {
+            queued |= job.state == crate::model::JobState::Queued;
+            // No receiver is not an error: nobody is watching.
+            let _ = self.events.send(job);
+        }
+        if queued {
+            self.work.notify_waiters();
+        }
+    }
+
+    /// Lease length in milliseconds.
+    pub fn lease_ms(&self) -> i64 {
+        i64::from(self.config.lease_ms)
+    }
+
+    /// Requeues expired leases once; returns how many.
+    pub async fn expire_once(&self) -> Result<usize, crate::store::StoreError> {
+        let expired = self.store.expire(self.clock.now_ms()).await?;
+        let n = expired.len();
+        for job in &expired {
+            tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = ?job.worker, "lease expired; job requeued");
+        }
+        self.metrics.expirations.inc_by(n as u64);
+        self.publish(expired);
+        Ok(n)
+    }
+
+    /// Runs [`Self::expire_once`] every quarter lease (at least every second) until
+    /// shutdown.
+    pub async fn expire_loop(&self) {
+        let every = (self.config.lease() / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            if let Err(err) = self.expire_once().await {
+                tracing::error!(cause = %err, "lease expiry failed");
+            }
+        }
+    }
+}
