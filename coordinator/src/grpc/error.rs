@@ -61,7 +61,9 @@ impl From<ApiError> for Status {
                 }
             },
         };
-        if code == Code::Internal || code == Code::Unavailable {
+        if code == Code::Internal
+            || matches!(err, ApiError::Store(StoreError::Closed | StoreError::Commit { .. }))
+        {
             tracing::error!(cause = %err, "request failed");
         }
         Status::new(code, err.to_string())
