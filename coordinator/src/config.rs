@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long, env = "STYLEFARM_READY_FILE")]
     pub ready_file: Option<PathBuf>,
 
+    /// Threads serving gRPC and HTTP (default: one per CPU). The database writer has a
+    /// thread of its own besides these.
+    #[arg(long, env = "STYLEFARM_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// Log JSON lines instead of text.
     #[arg(long, env = "STYLEFARM_LOG_JSON")]
     pub log_json: bool,

@@ -1,15 +1,15 @@
 //! The embedded store: one SQLite database file in WAL mode with `synchronous=FULL`.
 //!
 //! Writes go to one writer thread that commits them in groups: it takes every change
-//! waiting in its queue (up to [`MAX_GROUP`]), runs each inside its own savepoint of one
-//! transaction, commits once (one fsync) and only then answers each caller. A change
-//! that fails rolls back its savepoint alone. Reads use a second connection, which in
+//! waiting in its queue (up to [`MAX_GROUP`]), runs them in one transaction, commits
+//! once (one fsync) and only then answers each caller. A change of several statements
+//! runs in a savepoint of its own, so one that fails is undone alone. Reads use a second connection, which in
 //! WAL mode sees every committed change and never blocks the writer.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -44,7 +44,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     batch_id TEXT NOT NULL REFERENCES batches(id),
     seq INTEGER NOT NULL,
     name TEXT NOT NULL,
-    spec BLOB NOT NULL,
     iterations INTEGER NOT NULL,
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0,
@@ -61,15 +60,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_key TEXT,
     result_attempt INTEGER,
     error TEXT,
-    version INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 0,  -- bumped by every change (see BUMP)
     UNIQUE (batch_id, name)
-);
--- Every change of a job bumps its version, so a watcher can drop events older than
--- what it has already seen.
-CREATE TRIGGER IF NOT EXISTS jobs_version AFTER UPDATE ON jobs WHEN new.version = old.version
-BEGIN
-    UPDATE jobs SET version = old.version + 1 WHERE id = new.id;
-END;
+) WITHOUT ROWID;
+-- Rows stay small (specs live apart and are only read), and ids sort by batch and
+-- sequence, so the jobs a group commit touches share pages.
+CREATE TABLE IF NOT EXISTS specs (
+    job_id TEXT PRIMARY KEY,
+    spec BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (batch_id, state, seq);
 CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs (deadline_ms) WHERE deadline_ms IS NOT NULL;
 -- batches.queued follows the jobs in state 'queued', so leasing finds a batch with work
@@ -99,19 +98,46 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO counters (name, value) VALUES ('token', 0), ('id', 0), ('turn', 0);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('id', 0);
 ";
+
+/// Part of every `UPDATE jobs`: a watcher drops events older than what it has seen.
+const BUMP: &str = "version = version + 1";
+
+/// The holder of a live lease: `?1` is the job, `?2` the fencing token. A cancelled job
+/// still accepts its holder's last word while the lease is live.
+const LIVE_LEASE: &str = "id = ?1 AND token = ?2
+    AND (state IN ('leased', 'running') OR (state = 'cancelled' AND deadline_ms IS NOT NULL))";
 
 const JOB_COLUMNS: &str = "id, batch_id, name, state, attempt, worker, iteration, iterations,
     loss_content, loss_style, loss_tv, loss_total, checkpoint_key, result_key, result_attempt,
     error, deadline_ms, version";
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Op = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Op = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+
+#[derive(Debug, Default)]
+struct Counters {
+    token: AtomicI64,
+    turn: AtomicI64,
+}
+
+impl Counters {
+    fn next_token(&self) -> i64 {
+        self.token.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn next_turn(&self) -> i64 {
+        self.turn.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     ops: Option<mpsc::Sender<Op>>,
+    /// Last fencing token and batch turn handed out. Only the writer thread moves them;
+    /// they start from the largest values on disk, so tokens only grow across restarts.
+    counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
     reader: Arc<Mutex<Connection>>,
     alive: Arc<AtomicBool>,
@@ -130,6 +156,10 @@ impl SqliteStore {
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let counters = Arc::new(Counters {
+            token: AtomicI64::new(conn.query_row("SELECT COALESCE(MAX(token), 0) FROM jobs", [], |r| r.get(0))?),
+            turn: AtomicI64::new(conn.query_row("SELECT COALESCE(MAX(turn), 0) FROM batches", [], |r| r.get(0))?),
+        });
         let reader = connect(path)?;
         let (ops, rx) = mpsc::channel::<Op>();
         let alive = Arc::new(AtomicBool::new(true));
@@ -143,14 +173,36 @@ impl SqliteStore {
             .map_err(StoreError::Spawn)?;
         Ok(Self {
             ops: Some(ops),
+            counters,
             writer: Some(writer),
             reader: Arc::new(Mutex::new(reader)),
             alive,
         })
     }
 
-    /// Runs `f` in the next group commit and resolves once it is on disk.
+    /// Runs `f` in the next group commit, inside a savepoint of its own so that an error
+    /// undoes its changes alone, and resolves once it is on disk.
     async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write_one(move |conn| {
+            let saved = run_cached(conn, "SAVEPOINT op");
+            let out = f(conn);
+            if saved {
+                if out.is_err() {
+                    run_cached(conn, "ROLLBACK TO op");
+                }
+                run_cached(conn, "RELEASE op");
+            }
+            out
+        })
+        .await
+    }
+
+    /// [`Self::write`] without the savepoint, for changes made by one statement (SQLite
+    /// undoes a failed statement by itself) or whose partial effect is harmless.
+    async fn write_one<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -158,14 +210,13 @@ impl SqliteStore {
         let op: Op = Box::new(move |conn| {
             let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
                 .unwrap_or(Err(StoreError::Closed));
-            let ok = out.is_ok();
             let reply: Reply = Box::new(move |commit| {
                 let _ = tx.send(match commit {
                     Ok(()) => out,
                     Err(reason) => Err(StoreError::Commit { reason }),
                 });
             });
-            (ok, reply)
+            reply
         });
         let sender = self.ops.as_ref().ok_or(StoreError::Closed)?;
         sender.send(op).map_err(|_| StoreError::Closed)?;
@@ -203,6 +254,10 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // 16 MiB of page cache: the hot part of a 100k-job queue. (A much larger cache
+    // costs more than it saves: SQLite walks it at the end of every transaction.)
+    conn.pragma_update(None, "cache_size", -16_384)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 
@@ -218,22 +273,13 @@ fn write_loop(conn: &Connection, rx: &mpsc::Receiver<Op>) {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let msg = format!("cannot begin a transaction: {e}");
             for op in group {
-                let (_, reply) = op(conn);
-                reply(Err(msg.clone()));
+                op(conn)(Err(msg.clone()));
             }
             continue;
         }
         let mut replies = Vec::with_capacity(group.len());
         for op in group {
-            let saved = conn.execute_batch("SAVEPOINT op").is_ok();
-            let (ok, reply) = op(conn);
-            if saved {
-                if !ok {
-                    let _ = conn.execute_batch("ROLLBACK TO op");
-                }
-                let _ = conn.execute_batch("RELEASE op");
-            }
-            replies.push(reply);
+            replies.push(op(conn));
         }
         let commit = conn.execute_batch("COMMIT").map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
@@ -246,6 +292,11 @@ fn write_loop(conn: &Connection, rx: &mpsc::Receiver<Op>) {
             reply(commit.clone());
         }
     }
+}
+
+/// Runs a parameterless statement through the statement cache; true when it succeeded.
+fn run_cached(conn: &Connection, sql: &str) -> bool {
+    conn.prepare_cached(sql).and_then(|mut st| st.execute([])).is_ok()
 }
 
 fn next(conn: &Connection, counter: &str) -> Result<i64, StoreError> {
@@ -318,49 +369,33 @@ fn batch_exists(conn: &Connection, batch_id: &str) -> Result<(), StoreError> {
     })
 }
 
-/// A live lease's job: (state, attempt, attempt limit, worker, batch id), or StaleToken.
-/// A cancelled job still accepts its holder's last word while the lease is live.
-fn fenced(
+/// Why a fenced update matched no row: the job is missing or the token is not live.
+fn not_live(conn: &Connection, job_id: &str, token: u64) -> StoreError {
+    match job(conn, job_id) {
+        Ok(_) => StoreError::StaleToken {
+            job_id: job_id.to_owned(),
+            token,
+        },
+        Err(e) => e,
+    }
+}
+
+/// Runs a fenced `UPDATE jobs SET {set} WHERE <live lease>` and returns the new record.
+fn fenced_update(
     conn: &Connection,
     job_id: &str,
     token: u64,
-) -> Result<(JobState, u32, u32, Option<String>, String), StoreError> {
-    let row: Option<(String, i64, u32, u32, Option<String>, String, Option<i64>)> = conn
-        .prepare_cached(
-            "SELECT state, token, attempt, attempt_limit, worker, batch_id, deadline_ms
-             FROM jobs WHERE id = ?1",
-        )?
-        .query_row([job_id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        })
-        .optional()?;
-    let Some((state, current, attempt, limit, worker, batch_id, deadline)) = row else {
-        return Err(StoreError::NotFound {
-            what: "job",
-            id: job_id.to_owned(),
-        });
-    };
-    let state = state_of(&state);
-    let live = match state {
-        JobState::Leased | JobState::Running => true,
-        JobState::Cancelled => deadline.is_some(),
-        _ => false,
-    };
-    if u64::try_from(current).ok() != Some(token) || !live {
-        return Err(StoreError::StaleToken {
-            job_id: job_id.to_owned(),
-            token,
-        });
-    }
-    Ok((state, attempt, limit, worker, batch_id))
+    set: &str,
+    extra: &[&dyn rusqlite::ToSql],
+) -> Result<JobRecord, StoreError> {
+    let sql = format!("UPDATE jobs SET {set}, {BUMP} WHERE {LIVE_LEASE} RETURNING {JOB_COLUMNS}");
+    let token_sql = i64::try_from(token).unwrap_or(-1);
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&job_id, &token_sql];
+    args.extend_from_slice(extra);
+    conn.prepare_cached(&sql)?
+        .query_row(args.as_slice(), job_row)
+        .optional()?
+        .ok_or_else(|| not_live(conn, job_id, token))
 }
 
 fn counts(conn: &Connection, batch_id: &str) -> Result<BTreeMap<JobState, u64>, StoreError> {
@@ -427,19 +462,22 @@ impl Store for SqliteStore {
                 ],
             )?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO jobs (id, batch_id, seq, name, spec, iterations, state, attempt_limit)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
+                "INSERT INTO jobs (id, batch_id, seq, name, iterations, state, attempt_limit)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
             )?;
+            let mut insert_spec =
+                tx.prepare_cached("INSERT INTO specs (job_id, spec) VALUES (?1, ?2)")?;
             for (seq, job) in batch.jobs.iter().enumerate() {
+                let job_id = format!("{id}-j{seq:06}");
                 insert.execute(params![
-                    format!("{id}-j{seq:06}"),
+                    job_id,
                     id,
                     seq as i64,
                     job.name,
-                    job.spec,
                     job.iterations,
                     batch.max_attempts
                 ])?;
+                insert_spec.execute(params![job_id, job.spec])?;
             }
             Ok(Submitted {
                 batch_id: id,
@@ -481,7 +519,8 @@ impl Store for SqliteStore {
         max_worker_failures: u32,
     ) -> Result<Option<(Lease, JobRecord)>, StoreError> {
         let worker = worker.to_owned();
-        self.write(move |tx| {
+        let counters = Arc::clone(&self.counters);
+        self.write_one(move |tx| {
             let batch_id: Option<String> = tx
                 .prepare_cached(
                     "SELECT b.id FROM batches b
@@ -495,36 +534,31 @@ impl Store for SqliteStore {
             let Some(batch_id) = batch_id else {
                 return Ok(None);
             };
-            let token = next(tx, "token")?;
+            let token = counters.next_token();
             let deadline = now_ms + lease_ms;
-            // The batch's turn moves to the back of its priority level.
-            let turn = next(tx, "turn")?;
+            // The batch's turn moves to the back of its priority level. (Should the job
+            // update below fail, a moved turn is harmless: no savepoint needed.)
             tx.prepare_cached("UPDATE batches SET turn = ?2 WHERE id = ?1")?
-                .execute(params![batch_id, turn])?;
-            let (job_id, name, spec, attempt, checkpoint_key): (
-                String,
-                String,
-                Vec<u8>,
-                u32,
-                Option<String>,
-            ) = tx
-                .prepare_cached(
+                .execute(params![batch_id, counters.next_turn()])?;
+            let record = tx
+                .prepare_cached(&format!(
                     "UPDATE jobs SET state = 'leased', attempt = attempt + 1, token = ?2,
-                            deadline_ms = ?3, worker = ?4, error = NULL
+                            deadline_ms = ?3, worker = ?4, error = NULL, {BUMP}
                      WHERE id = (SELECT id FROM jobs WHERE batch_id = ?1 AND state = 'queued'
                                  ORDER BY seq LIMIT 1)
-                     RETURNING id, name, spec, attempt, checkpoint_key",
-                )?
-                .query_row(params![batch_id, token, deadline, worker], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?;
-            let record = job(tx, &job_id)?;
+                     RETURNING {JOB_COLUMNS}"
+                ))?
+                .query_row(params![batch_id, token, deadline, worker], job_row)?;
+            let spec: Vec<u8> = tx
+                .prepare_cached("SELECT spec FROM specs WHERE job_id = ?1")?
+                .query_row([&record.job_id], |r| r.get(0))?;
+            let checkpoint_key = record.checkpoint_key.clone();
             let lease = Lease {
-                job_id,
+                job_id: record.job_id.clone(),
                 batch_id,
-                name,
+                name: record.name.clone(),
                 spec,
-                attempt,
+                attempt: record.attempt,
                 token: token as u64,
                 deadline_ms: deadline,
                 checkpoint_key,
@@ -543,32 +577,32 @@ impl Store for SqliteStore {
         lease_ms: i64,
     ) -> Result<(HeartbeatAnswer, JobRecord), StoreError> {
         let job_id = job_id.to_owned();
-        self.write(move |tx| {
-            let (state, ..) = fenced(tx, &job_id, token)?;
+        self.write_one(move |tx| {
             let deadline = now_ms + lease_ms;
             let l = progress.losses;
-            tx.prepare_cached(
-                "UPDATE jobs SET deadline_ms = ?2, iteration = ?3,
-                        loss_content = ?4, loss_style = ?5, loss_tv = ?6, loss_total = ?7,
-                        checkpoint_key = COALESCE(?8, checkpoint_key),
-                        state = CASE WHEN state = 'leased' THEN 'running' ELSE state END
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                job_id,
-                deadline,
-                progress.iteration,
-                l.content,
-                l.style,
-                l.tv,
-                l.total,
-                progress.checkpoint_key
-            ])?;
+            let record = fenced_update(
+                tx,
+                &job_id,
+                token,
+                "deadline_ms = ?3, iteration = ?4,
+                 loss_content = ?5, loss_style = ?6, loss_tv = ?7, loss_total = ?8,
+                 checkpoint_key = COALESCE(?9, checkpoint_key),
+                 state = CASE WHEN state = 'leased' THEN 'running' ELSE state END",
+                &[
+                    &deadline,
+                    &progress.iteration,
+                    &l.content,
+                    &l.style,
+                    &l.tv,
+                    &l.total,
+                    &progress.checkpoint_key,
+                ],
+            )?;
             let answer = HeartbeatAnswer {
                 deadline_ms: deadline,
-                cancelled: state == JobState::Cancelled,
+                cancelled: record.state == JobState::Cancelled,
             };
-            Ok((answer, job(tx, &job_id)?))
+            Ok((answer, record))
         })
         .await
     }
@@ -580,20 +614,18 @@ impl Store for SqliteStore {
         result_key: &str,
     ) -> Result<JobRecord, StoreError> {
         let (job_id, result_key) = (job_id.to_owned(), result_key.to_owned());
-        self.write(move |tx| {
-            let (state, attempt, ..) = fenced(tx, &job_id, token)?;
-            if state == JobState::Cancelled {
-                // The holder's last word releases the lease; the job stays cancelled.
-                tx.execute("UPDATE jobs SET deadline_ms = NULL WHERE id = ?1", [&job_id])?;
-            } else {
-                tx.prepare_cached(
-                    "UPDATE jobs SET state = 'succeeded', result_key = ?2, result_attempt = ?3,
-                            deadline_ms = NULL
-                     WHERE id = ?1",
-                )?
-                .execute(params![job_id, result_key, attempt])?;
-            }
-            job(tx, &job_id)
+        self.write_one(move |tx| {
+            // A cancelled job stays cancelled: the holder's last word only releases it.
+            fenced_update(
+                tx,
+                &job_id,
+                token,
+                "result_key = CASE WHEN state = 'cancelled' THEN result_key ELSE ?3 END,
+                 result_attempt = CASE WHEN state = 'cancelled' THEN result_attempt ELSE attempt END,
+                 state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'succeeded' END,
+                 deadline_ms = NULL",
+                &[&result_key],
+            )
         })
         .await
     }
@@ -607,26 +639,24 @@ impl Store for SqliteStore {
     ) -> Result<JobRecord, StoreError> {
         let (job_id, error) = (job_id.to_owned(), error.to_owned());
         self.write(move |tx| {
-            let (state, attempt, limit, worker, batch_id) = fenced(tx, &job_id, token)?;
-            if let (Some(w), true) = (worker, retryable) {
+            let record = fenced_update(
+                tx,
+                &job_id,
+                token,
+                "state = CASE WHEN state = 'cancelled' THEN 'cancelled'
+                              WHEN ?4 AND attempt < attempt_limit THEN 'queued'
+                              ELSE 'failed' END,
+                 error = ?3, deadline_ms = NULL",
+                &[&error, &retryable],
+            )?;
+            if let (Some(w), true) = (&record.worker, retryable) {
                 tx.prepare_cached(
                     "INSERT INTO worker_failures (worker, batch_id, failures) VALUES (?1, ?2, 1)
                      ON CONFLICT (worker, batch_id) DO UPDATE SET failures = failures + 1",
                 )?
-                .execute(params![w, batch_id])?;
+                .execute(params![w, record.batch_id])?;
             }
-            let next_state = if state == JobState::Cancelled {
-                JobState::Cancelled
-            } else if retryable && attempt < limit {
-                JobState::Queued
-            } else {
-                JobState::Failed
-            };
-            tx.prepare_cached(
-                "UPDATE jobs SET state = ?2, error = ?3, deadline_ms = NULL WHERE id = ?1",
-            )?
-            .execute(params![job_id, next_state.as_str(), error])?;
-            job(tx, &job_id)
+            Ok(record)
         })
         .await
     }
@@ -636,7 +666,7 @@ impl Store for SqliteStore {
             let ids: Vec<String> = tx
                 .prepare_cached(
                     "UPDATE jobs SET state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
-                            deadline_ms = NULL
+                            deadline_ms = NULL, version = version + 1
                      WHERE deadline_ms IS NOT NULL AND deadline_ms < ?1
                      RETURNING id",
                 )?
@@ -653,7 +683,7 @@ impl Store for SqliteStore {
             batch_exists(tx, &batch_id)?;
             let ids: Vec<String> = tx
                 .prepare_cached(
-                    "UPDATE jobs SET state = 'cancelled'
+                    "UPDATE jobs SET state = 'cancelled', version = version + 1
                      WHERE batch_id = ?1 AND state IN ('queued', 'leased', 'running')
                      RETURNING id",
                 )?
@@ -675,7 +705,10 @@ impl Store for SqliteStore {
                 }),
                 JobState::Cancelled => Ok(current),
                 _ => {
-                    tx.execute("UPDATE jobs SET state = 'cancelled' WHERE id = ?1", [&job_id])?;
+                    tx.execute(
+                        "UPDATE jobs SET state = 'cancelled', version = version + 1 WHERE id = ?1",
+                        [&job_id],
+                    )?;
                     job(tx, &job_id)
                 }
             }
@@ -694,7 +727,7 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM worker_failures WHERE batch_id = ?1", [&batch_id])?;
             let ids: Vec<String> = tx
                 .prepare_cached(
-                    "UPDATE jobs SET state = 'queued', error = NULL,
+                    "UPDATE jobs SET state = 'queued', error = NULL, version = version + 1,
                             attempt_limit = attempt + (SELECT max_attempts FROM batches WHERE id = ?1)
                      WHERE batch_id = ?1 AND deadline_ms IS NULL
                        AND (state = 'failed' OR (?2 AND state = 'cancelled'))
