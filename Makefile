@@ -16,7 +16,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export STYLEFARM_SHARED := $(SHARED)
 
-.PHONY: all venv build test demo bench-engine fmt lint clean
+.PHONY: all venv build test demo bench-engine bench-coordinator fmt lint clean
 
 all: build
 
@@ -46,6 +46,10 @@ demo: build
 
 bench-engine: venv
 	cargo bench -p stylefarm-worker --bench engine
+
+# Simulated workers against a real coordinator process; needs no libtorch.
+bench-coordinator:
+	cargo bench -p stylefarm-coordinator --bench leases
 
 fmt:
 	cargo fmt --all
