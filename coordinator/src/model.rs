@@ -155,6 +155,28 @@ pub struct Lease {
     pub checkpoint_key: Option<String>,
 }
 
+/// A worker asking for a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseAsk {
+    /// The worker's id.
+    pub worker: String,
+    /// Now (unix ms).
+    pub now_ms: i64,
+    /// How long the lease lasts.
+    pub lease_ms: i64,
+    /// Batches on which the worker failed this often are skipped.
+    pub max_worker_failures: u32,
+}
+
+/// What a finished attempt produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The output image.
+    pub result_key: String,
+    /// Its JSON sidecar, if written.
+    pub sidecar_key: Option<String>,
+}
+
 /// Loss terms a worker reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Losses {
@@ -206,6 +228,8 @@ pub struct JobRecord {
     pub result_key: Option<String>,
     /// The attempt whose output `result_key` is.
     pub result_attempt: Option<u32>,
+    /// The JSON sidecar of the result.
+    pub sidecar_key: Option<String>,
     /// Last failure.
     pub error: Option<String>,
     /// Lease deadline (unix ms) while leased.

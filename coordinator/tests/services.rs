@@ -71,6 +71,7 @@ impl Harness {
             fencing_token: l.fencing_token,
             result_key: key.into(),
             sidecar_key: String::new(),
+            lease_next: false,
         };
         self.worker.complete_job(Request::new(req)).await.map(|_| ())
     }

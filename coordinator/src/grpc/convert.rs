@@ -197,6 +197,7 @@ pub fn job_status(j: &JobRecord) -> v1::JobStatus {
         result_key: j.result_key.clone().unwrap_or_default(),
         checkpoint_key: j.checkpoint_key.clone().unwrap_or_default(),
         result_attempt: j.result_attempt.unwrap_or(0),
+        sidecar_key: j.sidecar_key.clone().unwrap_or_default(),
     }
 }
 

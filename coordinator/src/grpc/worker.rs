@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::error::ApiError;
-use crate::model::Lease;
+use crate::model::{Completion, JobRecord, Lease, LeaseAsk};
 use crate::state::State;
 use crate::store::Store;
 
@@ -39,20 +39,31 @@ impl<S: Store> WorkerApi<S> {
         }
     }
 
-    /// One try at leasing, timed for the latency histogram.
-    async fn try_lease(&self, worker_id: &str) -> Result<Option<Lease>, ApiError> {
+    fn ask(&self, worker_id: &str) -> LeaseAsk {
+        LeaseAsk {
+            worker: worker_id.to_owned(),
+            now_ms: self.state.clock.now_ms(),
+            lease_ms: self.state.lease_ms(),
+            max_worker_failures: self.state.config.max_worker_failures,
+        }
+    }
+
+    /// Counts and announces a lease; `started` is when the store was asked.
+    fn leased(&self, leased: Option<(Lease, JobRecord)>, started: Instant) -> Option<Lease> {
         let s = &self.state;
-        let started = Instant::now();
-        let leased = s
-            .store
-            .lease(worker_id, s.clock.now_ms(), s.lease_ms(), s.config.max_worker_failures)
-            .await?;
-        Ok(leased.map(|(lease, record)| {
+        leased.map(|(lease, record)| {
             s.metrics.lease_seconds.observe(started.elapsed().as_secs_f64());
             s.metrics.leases.inc();
             s.publish([record]);
             lease
-        }))
+        })
+    }
+
+    /// One try at leasing.
+    async fn try_lease(&self, worker_id: &str) -> Result<Option<Lease>, ApiError> {
+        let started = Instant::now();
+        let leased = self.state.store.lease(self.ask(worker_id)).await?;
+        Ok(self.leased(leased, started))
     }
 
     fn lease_answer(&self, lease: Lease) -> Result<v1::Lease, ApiError> {
@@ -169,17 +180,27 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         let req = req.into_inner();
         self.known_worker(&req.worker_id)?;
         let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
-        let result_key = convert::id("result_key", &req.result_key).map_err(ApiError::from)?;
-        let record = self
-            .state
-            .store
-            .complete(job_id, req.fencing_token, result_key)
-            .await
-            .map_err(ApiError::from)?;
+        let done = Completion {
+            result_key: convert::id("result_key", &req.result_key).map_err(ApiError::from)?.to_owned(),
+            sidecar_key: (!req.sidecar_key.is_empty()).then(|| req.sidecar_key.clone()),
+        };
+        let started = Instant::now();
+        let store = &self.state.store;
+        let (record, next) = if req.lease_next {
+            let (record, next) = store
+                .complete_and_lease(job_id, req.fencing_token, done, self.ask(&req.worker_id))
+                .await
+                .map_err(ApiError::from)?;
+            (record, self.leased(next, started))
+        } else {
+            let record = store.complete(job_id, req.fencing_token, done).await.map_err(ApiError::from)?;
+            (record, None)
+        };
         tracing::info!(state = record.state.as_str(), attempt = record.attempt, "job completed");
         self.state.metrics.attempts.with_label_values(&["succeeded"]).inc();
         self.state.publish([record]);
-        Ok(Response::new(v1::CompleteJobResponse {}))
+        let next = next.map(|l| self.lease_answer(l)).transpose()?;
+        Ok(Response::new(v1::CompleteJobResponse { next }))
     }
 
     #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]

@@ -7,7 +7,8 @@ pub mod sqlite;
 use std::future::Future;
 
 use crate::model::{
-    BatchRecord, JobRecord, Lease, NewBatch, NewWorker, Progress, Stats, Submitted,
+    BatchRecord, Completion, JobRecord, Lease, LeaseAsk, NewBatch, NewWorker, Progress, Stats,
+    Submitted,
 };
 
 pub use sqlite::SqliteStore;
@@ -104,15 +105,12 @@ pub trait Store: Send + Sync + 'static {
     /// Every registered worker id with its name (loaded at start-up).
     fn workers(&self) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 
-    /// Leases the next job for `worker`: highest batch priority, then the batch whose
-    /// turn came longest ago (round robin), then the oldest job. Skips batches on which
-    /// this worker already failed `max_worker_failures` times.
+    /// Leases the next job for the asking worker: highest batch priority, then the
+    /// batch whose turn came longest ago (round robin), then the oldest job. Skips
+    /// batches on which this worker already failed `max_worker_failures` times.
     fn lease(
         &self,
-        worker: &str,
-        now_ms: i64,
-        lease_ms: i64,
-        max_worker_failures: u32,
+        ask: LeaseAsk,
     ) -> impl Future<Output = Result<Option<(Lease, JobRecord)>, StoreError>> + Send;
 
     /// Extends a lease and records progress.
@@ -125,13 +123,22 @@ pub trait Store: Send + Sync + 'static {
         lease_ms: i64,
     ) -> impl Future<Output = Result<(HeartbeatAnswer, JobRecord), StoreError>> + Send;
 
-    /// Records the attempt's output as the job's result.
+    /// Records the attempt's output (and its sidecar, if any) as the job's result.
     fn complete(
         &self,
         job_id: &str,
         token: u64,
-        result_key: &str,
+        done: Completion,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+
+    /// [`Store::complete`], then [`Store::lease`] for the same worker, in one commit.
+    fn complete_and_lease(
+        &self,
+        job_id: &str,
+        token: u64,
+        done: Completion,
+        ask: LeaseAsk,
+    ) -> impl Future<Output = Result<(JobRecord, Option<(Lease, JobRecord)>), StoreError>> + Send;
 
     /// Records a failed attempt: requeued while attempts remain and `retryable`, else
     /// failed. Retryable failures count against the worker on this batch.

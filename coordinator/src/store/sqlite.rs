@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{HeartbeatAnswer, Store, StoreError};
 use crate::model::{
-    BatchRecord, JobRecord, JobState, Lease, Losses, NewBatch, NewWorker, Progress, Stats,
-    Submitted,
+    BatchRecord, Completion, JobRecord, JobState, Lease, LeaseAsk, Losses, NewBatch, NewWorker,
+    Progress, Stats, Submitted,
 };
 
 /// Most changes committed in one transaction.
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     checkpoint_key TEXT,
     result_key TEXT,
     result_attempt INTEGER,
+    sidecar_key TEXT,
     error TEXT,
     version INTEGER NOT NULL DEFAULT 0,  -- bumped by every change (see BUMP)
     UNIQUE (batch_id, name)
@@ -114,7 +115,7 @@ const LIVE_LEASE: &str = "id = ?1 AND token = ?2
 
 const JOB_COLUMNS: &str = "id, batch_id, name, state, attempt, worker, iteration, iterations,
     loss_content, loss_style, loss_tv, loss_total, checkpoint_key, result_key, result_attempt,
-    error, deadline_ms, version";
+    error, deadline_ms, version, sidecar_key";
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Op = Box<dyn FnOnce(&Connection) -> Reply + Send>;
@@ -358,6 +359,7 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
         error: r.get(15)?,
         deadline_ms: r.get(16)?,
         version: r.get(17)?,
+        sidecar_key: r.get(18)?,
     })
 }
 
@@ -419,6 +421,77 @@ fn fenced_update(
         .query_row(args.as_slice(), job_row)
         .optional()?
         .ok_or_else(|| not_live(conn, job_id, token))
+}
+
+/// Leases the next job for `ask.worker` (see [`Store::lease`]).
+fn lease_tx(
+    tx: &Connection,
+    counters: &Counters,
+    ask: &LeaseAsk,
+) -> Result<Option<(Lease, JobRecord)>, StoreError> {
+    let batch_id: Option<String> = tx
+        .prepare_cached(
+            "SELECT b.id FROM batches b
+             WHERE b.queued > 0
+               AND NOT EXISTS (SELECT 1 FROM worker_failures f
+                               WHERE f.worker = ?1 AND f.batch_id = b.id AND f.failures >= ?2)
+             ORDER BY b.priority DESC, b.turn ASC LIMIT 1",
+        )?
+        .query_row(params![ask.worker, ask.max_worker_failures], |r| r.get(0))
+        .optional()?;
+    let Some(batch_id) = batch_id else {
+        return Ok(None);
+    };
+    let token = counters.next_token();
+    let deadline = ask.now_ms + ask.lease_ms;
+    // The batch's turn moves to the back of its priority level. (Should the job update
+    // below fail, a moved turn is harmless.)
+    tx.prepare_cached("UPDATE batches SET turn = ?2 WHERE id = ?1")?
+        .execute(params![batch_id, counters.next_turn()])?;
+    let record = tx
+        .prepare_cached(&format!(
+            "UPDATE jobs SET state = 'leased', attempt = attempt + 1, token = ?2,
+                    deadline_ms = ?3, worker = ?4, error = NULL, {BUMP}
+             WHERE id = (SELECT id FROM jobs WHERE batch_id = ?1 AND state = 'queued'
+                         ORDER BY seq LIMIT 1)
+             RETURNING {JOB_COLUMNS}"
+        ))?
+        .query_row(params![batch_id, token, deadline, ask.worker], job_row)?;
+    let spec: Vec<u8> = tx
+        .prepare_cached("SELECT spec FROM specs WHERE job_id = ?1")?
+        .query_row([&record.job_id], |r| r.get(0))?;
+    let lease = Lease {
+        job_id: record.job_id.clone(),
+        batch_id,
+        name: record.name.clone(),
+        spec,
+        attempt: record.attempt,
+        token: token as u64,
+        deadline_ms: deadline,
+        checkpoint_key: record.checkpoint_key.clone(),
+    };
+    Ok(Some((lease, record)))
+}
+
+/// Records a completion (see [`Store::complete`]). A cancelled job stays cancelled: the
+/// holder's last word only releases it.
+fn complete_tx(
+    tx: &Connection,
+    job_id: &str,
+    token: u64,
+    done: &Completion,
+) -> Result<JobRecord, StoreError> {
+    fenced_update(
+        tx,
+        job_id,
+        token,
+        "result_key = CASE WHEN state = 'cancelled' THEN result_key ELSE ?3 END,
+         result_attempt = CASE WHEN state = 'cancelled' THEN result_attempt ELSE attempt END,
+         sidecar_key = CASE WHEN state = 'cancelled' THEN sidecar_key ELSE ?4 END,
+         state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'succeeded' END,
+         deadline_ms = NULL",
+        &[&done.result_key, &done.sidecar_key],
+    )
 }
 
 fn counts(conn: &Connection, batch_id: &str) -> Result<BTreeMap<JobState, u64>, StoreError> {
@@ -534,61 +607,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn lease(
-        &self,
-        worker: &str,
-        now_ms: i64,
-        lease_ms: i64,
-        max_worker_failures: u32,
-    ) -> Result<Option<(Lease, JobRecord)>, StoreError> {
-        let worker = worker.to_owned();
+    async fn lease(&self, ask: LeaseAsk) -> Result<Option<(Lease, JobRecord)>, StoreError> {
         let counters = Arc::clone(&self.counters);
-        self.write_one(move |tx| {
-            let batch_id: Option<String> = tx
-                .prepare_cached(
-                    "SELECT b.id FROM batches b
-                     WHERE b.queued > 0
-                       AND NOT EXISTS (SELECT 1 FROM worker_failures f
-                                       WHERE f.worker = ?1 AND f.batch_id = b.id AND f.failures >= ?2)
-                     ORDER BY b.priority DESC, b.turn ASC LIMIT 1",
-                )?
-                .query_row(params![worker, max_worker_failures], |r| r.get(0))
-                .optional()?;
-            let Some(batch_id) = batch_id else {
-                return Ok(None);
-            };
-            let token = counters.next_token();
-            let deadline = now_ms + lease_ms;
-            // The batch's turn moves to the back of its priority level. (Should the job
-            // update below fail, a moved turn is harmless: no savepoint needed.)
-            tx.prepare_cached("UPDATE batches SET turn = ?2 WHERE id = ?1")?
-                .execute(params![batch_id, counters.next_turn()])?;
-            let record = tx
-                .prepare_cached(&format!(
-                    "UPDATE jobs SET state = 'leased', attempt = attempt + 1, token = ?2,
-                            deadline_ms = ?3, worker = ?4, error = NULL, {BUMP}
-                     WHERE id = (SELECT id FROM jobs WHERE batch_id = ?1 AND state = 'queued'
-                                 ORDER BY seq LIMIT 1)
-                     RETURNING {JOB_COLUMNS}"
-                ))?
-                .query_row(params![batch_id, token, deadline, worker], job_row)?;
-            let spec: Vec<u8> = tx
-                .prepare_cached("SELECT spec FROM specs WHERE job_id = ?1")?
-                .query_row([&record.job_id], |r| r.get(0))?;
-            let checkpoint_key = record.checkpoint_key.clone();
-            let lease = Lease {
-                job_id: record.job_id.clone(),
-                batch_id,
-                name: record.name.clone(),
-                spec,
-                attempt: record.attempt,
-                token: token as u64,
-                deadline_ms: deadline,
-                checkpoint_key,
-            };
-            Ok(Some((lease, record)))
-        })
-        .await
+        self.write_one(move |tx| lease_tx(tx, &counters, &ask)).await
     }
 
     async fn heartbeat(
@@ -634,21 +655,26 @@ impl Store for SqliteStore {
         &self,
         job_id: &str,
         token: u64,
-        result_key: &str,
+        done: Completion,
     ) -> Result<JobRecord, StoreError> {
-        let (job_id, result_key) = (job_id.to_owned(), result_key.to_owned());
-        self.write_one(move |tx| {
-            // A cancelled job stays cancelled: the holder's last word only releases it.
-            fenced_update(
-                tx,
-                &job_id,
-                token,
-                "result_key = CASE WHEN state = 'cancelled' THEN result_key ELSE ?3 END,
-                 result_attempt = CASE WHEN state = 'cancelled' THEN result_attempt ELSE attempt END,
-                 state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'succeeded' END,
-                 deadline_ms = NULL",
-                &[&result_key],
-            )
+        let job_id = job_id.to_owned();
+        self.write_one(move |tx| complete_tx(tx, &job_id, token, &done))
+            .await
+    }
+
+    async fn complete_and_lease(
+        &self,
+        job_id: &str,
+        token: u64,
+        done: Completion,
+        ask: LeaseAsk,
+    ) -> Result<(JobRecord, Option<(Lease, JobRecord)>), StoreError> {
+        let job_id = job_id.to_owned();
+        let counters = Arc::clone(&self.counters);
+        // One savepoint: a completion refused (stale token) leases nothing either.
+        self.write(move |tx| {
+            let record = complete_tx(tx, &job_id, token, &done)?;
+            Ok((record, lease_tx(tx, &counters, &ask)?))
         })
         .await
     }
@@ -859,6 +885,13 @@ mod tests {
         }
     }
 
+    fn done(key: &str) -> Completion {
+        Completion {
+            result_key: key.to_owned(),
+            sidecar_key: None,
+        }
+    }
+
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = SqliteStore::open(&dir.path().join("state.db")).expect("open");
@@ -866,7 +899,13 @@ mod tests {
     }
 
     async fn lease(s: &SqliteStore, worker: &str, now: i64, ms: i64) -> Option<Lease> {
-        s.lease(worker, now, ms, 2).await.expect("lease").map(|(l, _)| l)
+        let ask = LeaseAsk {
+            worker: worker.to_owned(),
+            now_ms: now,
+            lease_ms: ms,
+            max_worker_failures: 2,
+        };
+        s.lease(ask).await.expect("lease").map(|(l, _)| l)
     }
 
     #[tokio::test]
@@ -933,9 +972,9 @@ mod tests {
         assert_eq!(second.attempt, 2);
         assert_eq!(second.checkpoint_key.as_deref(), Some("ck/40"));
         assert!(second.token > first.token);
-        let stale = s.complete(&first.job_id, first.token, "late/output.png").await;
+        let stale = s.complete(&first.job_id, first.token, done("late/output.png")).await;
         assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "{stale:?}");
-        s.complete(&second.job_id, second.token, "attempt2/output.png")
+        s.complete(&second.job_id, second.token, done("attempt2/output.png"))
             .await
             .expect("complete");
         let job = &s.jobs(&id).await.expect("jobs")[0];
@@ -990,8 +1029,35 @@ mod tests {
         assert!(matches!(s.cancel_batch("nope").await, Err(StoreError::NotFound { .. })));
         // The holder's last word releases the lease; the token is then stale.
         s.fail(&lease_.job_id, lease_.token, "cancelled", false).await.expect("release");
-        let again = s.complete(&lease_.job_id, lease_.token, "x").await;
+        let again = s.complete(&lease_.job_id, lease_.token, done("x")).await;
         assert!(matches!(again, Err(StoreError::StaleToken { .. })), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn complete_and_lease_is_one_change_and_a_stale_completion_leases_nothing() {
+        let (_d, s) = store();
+        s.submit(batch("t", 0, 3), 0).await.expect("submit");
+        let first = lease(&s, "w", 0, 100).await.expect("job");
+        let ask = |now| LeaseAsk {
+            worker: "w".into(),
+            now_ms: now,
+            lease_ms: 100,
+            max_worker_failures: 2,
+        };
+        let (rec, next) = s
+            .complete_and_lease(&first.job_id, first.token, done("r1"), ask(1))
+            .await
+            .expect("complete and lease");
+        assert_eq!(rec.state, JobState::Succeeded);
+        let (next, _) = next.expect("next job");
+        assert_ne!(next.job_id, first.job_id);
+        let stale = s
+            .complete_and_lease(&first.job_id, first.token, done("again"), ask(2))
+            .await;
+        assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "{stale:?}");
+        // The refused call leased nothing: one job is still queued.
+        let stats = s.stats().await.expect("stats");
+        assert_eq!(stats.jobs_by_state.get(&JobState::Queued), Some(&1));
     }
 
     #[tokio::test]
@@ -1003,12 +1069,12 @@ mod tests {
         for w in 0..50 {
             let s = Arc::clone(&s);
             tasks.push(tokio::spawn(async move {
-                let mut done = 0;
+                let mut finished = 0;
                 while let Some(l) = lease(&s, &format!("w{w}"), 0, 10_000).await {
-                    s.complete(&l.job_id, l.token, "out").await.expect("complete");
-                    done += 1;
+                    s.complete(&l.job_id, l.token, done("out")).await.expect("complete");
+                    finished += 1;
                 }
-                done
+                finished
             }));
         }
         let mut total = 0;
