@@ -37,7 +37,10 @@ const CONNECTIONS: usize = 32;
 const BATCHES: usize = 20;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// User plus system CPU seconds of a process, from /proc.
@@ -46,7 +49,11 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let tick = |i: usize| {
+        f.get(i)
+            .and_then(|x| x.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     // Clock ticks of 1/100 s (USER_HZ on Linux).
     (tick(11) + tick(12)) / 100.0
 }
@@ -62,7 +69,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn channels(c: &Coordinator) -> Vec<Channel> {
     let mut out = Vec::new();
     for _ in 0..CONNECTIONS {
-        let ch = Channel::from_shared(c.grpc.clone()).expect("uri").connect().await.expect("connect");
+        let ch = Channel::from_shared(c.grpc.clone())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
         out.push(ch);
     }
     out
@@ -78,7 +89,10 @@ async fn worker(ch: Channel, id: String, seed: u64, job: Duration) -> Vec<Durati
     // The first job comes from LeaseJob, each next one with the completion before it.
     let t = Instant::now();
     let mut next = w
-        .lease_job(v1::LeaseJobRequest { worker_id: id.clone(), wait_ms: 0 })
+        .lease_job(v1::LeaseJobRequest {
+            worker_id: id.clone(),
+            wait_ms: 0,
+        })
         .await
         .expect("lease")
         .into_inner()
@@ -93,7 +107,12 @@ async fn worker(ch: Channel, id: String, seed: u64, job: Duration) -> Vec<Durati
             job_id: l.job_id.clone(),
             fencing_token: l.fencing_token,
             iteration: 10,
-            losses: Some(v1::Losses { content: 1.0, style: 1.0, tv: 1.0, total: 3.0 }),
+            losses: Some(v1::Losses {
+                content: 1.0,
+                style: 1.0,
+                tv: 1.0,
+                total: 3.0,
+            }),
             checkpoint_key: format!("{}/ck-10", l.attempt_prefix),
         };
         w.heartbeat(hb).await.expect("heartbeat");
@@ -107,7 +126,12 @@ async fn worker(ch: Channel, id: String, seed: u64, job: Duration) -> Vec<Durati
             lease_next: true,
         };
         leased_at = Instant::now();
-        next = w.complete_job(done).await.expect("complete").into_inner().next;
+        next = w
+            .complete_job(done)
+            .await
+            .expect("complete")
+            .into_inner()
+            .next;
     }
     lat
 }
@@ -120,7 +144,11 @@ async fn reference(chs: &[Channel], workers: usize, calls: usize) -> f64 {
         let mut h = HealthClient::new(chs[i % chs.len()].clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..per {
-                h.check(HealthCheckRequest { service: String::new() }).await.expect("health");
+                h.check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .expect("health");
             }
         }));
     }
@@ -137,7 +165,10 @@ fn server_buckets(c: &Coordinator) -> Vec<(f64, f64)> {
         .filter_map(|l| l.strip_prefix("stylefarm_lease_seconds_bucket{le=\""))
         .filter_map(|l| {
             let (le, n) = l.split_once("\"} ")?;
-            Some((le.parse::<f64>().unwrap_or(f64::INFINITY) * 1e3, n.trim().parse().ok()?))
+            Some((
+                le.parse::<f64>().unwrap_or(f64::INFINITY) * 1e3,
+                n.trim().parse().ok()?,
+            ))
         })
         .collect()
 }
@@ -171,10 +202,16 @@ async fn submit_all(c: &Coordinator, tag: &str, jobs: usize) {
         if n == 0 {
             break;
         }
-        client.submit_batch(common::submit(&format!("{tag}{b}"), 0, n)).await.expect("submit");
+        client
+            .submit_batch(common::submit(&format!("{tag}{b}"), 0, n))
+            .await
+            .expect("submit");
         submitted += n;
     }
-    println!("{tag}: submitted {submitted} jobs in {BATCHES} batches in {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "{tag}: submitted {submitted} jobs in {BATCHES} batches in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 async fn run(c: &Coordinator, chs: &[Channel], ids: &[String], jobs: usize, job: Duration) -> Run {
@@ -185,7 +222,14 @@ async fn run(c: &Coordinator, chs: &[Channel], ids: &[String], jobs: usize, job:
     let tasks: Vec<_> = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| tokio::spawn(worker(chs[i % chs.len()].clone(), id.clone(), i as u64, job)))
+        .map(|(i, id)| {
+            tokio::spawn(worker(
+                chs[i % chs.len()].clone(),
+                id.clone(),
+                i as u64,
+                job,
+            ))
+        })
         .collect();
     let mut lat = Vec::with_capacity(jobs);
     for t in tasks {
@@ -213,13 +257,19 @@ async fn main() {
     let workers = env_usize("STYLEFARM_BENCH_WORKERS", 1000);
     let job_ms = env_usize("STYLEFARM_BENCH_JOB_MS", 150);
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = Coordinator::start(&dir.path().join("bench.db"), &["--lease-ms", "600000", "--worker-threads", "1"]);
+    let c = Coordinator::start(
+        &dir.path().join("bench.db"),
+        &["--lease-ms", "600000", "--worker-threads", "1"],
+    );
     let pid = c.child.id();
     let chs = channels(&c).await;
     let mut ids = Vec::new();
     for i in 0..workers {
         let mut w = WorkerServiceClient::new(chs[i % CONNECTIONS].clone());
-        let r = w.register_worker(common::register(&format!("sim{i}"))).await.expect("register");
+        let r = w
+            .register_worker(common::register(&format!("sim{i}")))
+            .await
+            .expect("register");
         ids.push(r.into_inner().worker_id);
     }
 
@@ -238,9 +288,14 @@ async fn main() {
         "{} CPUs shared by the coordinator (1 gRPC thread + the database writer) and the simulated workers (1 thread); {jobs} jobs per run, {workers} workers, {CONNECTIONS} connections",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| run | leases/s | lease p50 | lease p99 | store p99 (bucket) | coordinator CPU | wall |");
+    println!(
+        "| run | leases/s | lease p50 | lease p99 | store p99 (bucket) | coordinator CPU | wall |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for (name, r) in [(format!("paced ({job_ms} ms jobs)"), &paced), ("saturated (0 ms jobs)".to_owned(), &saturated)] {
+    for (name, r) in [
+        (format!("paced ({job_ms} ms jobs)"), &paced),
+        ("saturated (0 ms jobs)".to_owned(), &saturated),
+    ] {
         println!(
             "| {name} | {:.0} | {:.2} ms | {:.2} ms | <= {} ms | {:.1} s ({:.0}% of a core) | {:.1} s |",
             r.leases_per_s, r.p50_ms, r.p99_ms, r.server_p99_ms, r.cpu_s, 100.0 * r.cpu_s / r.wall_s, r.wall_s

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 /// `stylefarm-coordinator` flags.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "stylefarm-coordinator", version, about = "The stylefarm coordinator: batches, jobs and leases over gRPC")]
+#[command(
+    name = "stylefarm-coordinator",
+    version,
+    about = "The stylefarm coordinator: batches, jobs and leases over gRPC"
+)]
 pub struct Config {
     /// gRPC address (client and worker services, gRPC health).
     #[arg(long, env = "STYLEFARM_LISTEN", default_value = "0.0.0.0:7070")]
@@ -83,6 +87,8 @@ impl Config {
 
     /// The heartbeat interval workers are asked for.
     pub fn heartbeat(&self) -> Duration {
-        Duration::from_millis(u64::from(self.heartbeat_ms.unwrap_or(self.lease_ms / 3).max(1)))
+        Duration::from_millis(u64::from(
+            self.heartbeat_ms.unwrap_or(self.lease_ms / 3).max(1),
+        ))
     }
 }

@@ -121,12 +121,20 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
     let grpc_addr = local_addr(&grpc_listener, config.listen)?;
     let metrics_addr = local_addr(&http_listener, config.metrics_listen)?;
     let ready_file = config.ready_file.clone();
-    let max_message = config.max_manifest_bytes.saturating_mul(2).saturating_add(1 << 20);
+    let max_message = config
+        .max_manifest_bytes
+        .saturating_mul(2)
+        .saturating_add(1 << 20);
 
-    let state = Arc::new(State::new(store, config).await.map_err(|source| CoordinatorError::Open {
-        path: PathBuf::new(),
-        source,
-    })?);
+    let state =
+        Arc::new(
+            State::new(store, config)
+                .await
+                .map_err(|source| CoordinatorError::Open {
+                    path: PathBuf::new(),
+                    source,
+                })?,
+        );
     let shutdown = state.shutdown.clone();
     let ops = Arc::new(ops::Ops {
         state: Arc::clone(&state),
@@ -134,8 +142,12 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<StyleFarmServer<ClientApi<SqliteStore>>>().await;
-    health.set_serving::<WorkerServiceServer<WorkerApi<SqliteStore>>>().await;
+    health
+        .set_serving::<StyleFarmServer<ClientApi<SqliteStore>>>()
+        .await;
+    health
+        .set_serving::<WorkerServiceServer<WorkerApi<SqliteStore>>>()
+        .await;
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(
@@ -148,11 +160,16 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
     let grpc = tokio::spawn(async move {
         let signal = async move {
             grpc_shutdown.cancelled().await;
-            health.set_not_serving::<StyleFarmServer<ClientApi<SqliteStore>>>().await;
-            health.set_not_serving::<WorkerServiceServer<WorkerApi<SqliteStore>>>().await;
+            health
+                .set_not_serving::<StyleFarmServer<ClientApi<SqliteStore>>>()
+                .await;
+            health
+                .set_not_serving::<WorkerServiceServer<WorkerApi<SqliteStore>>>()
+                .await;
             tracing::info!("draining gRPC requests");
         };
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         server
             .serve_with_incoming_shutdown(incoming, signal)
             .await
@@ -187,7 +204,10 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
 }
 
 /// Serves until `shutdown` resolves, then drains and returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), CoordinatorError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CoordinatorError> {
     let running = start(config).await?;
     shutdown.await;
     tracing::info!("shutting down");
@@ -204,7 +224,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordinatorError> {
 }
 
 fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, CoordinatorError> {
-    l.local_addr().map_err(|source| CoordinatorError::Bind { addr, source })
+    l.local_addr()
+        .map_err(|source| CoordinatorError::Bind { addr, source })
 }
 
 /// Writes through a temporary file and a rename, so readers never see half a file.

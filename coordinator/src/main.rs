@@ -14,10 +14,17 @@ fn main() -> ExitCode {
     if let Some(n) = config.worker_threads {
         runtime.worker_threads(n.max(1));
     }
-    let result = runtime.enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
-        rt.block_on(stylefarm_coordinator::run(config, stylefarm_core::shutdown::signal()))
+    let result = runtime
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(stylefarm_coordinator::run(
+                config,
+                stylefarm_core::shutdown::signal(),
+            ))
             .map_err(anyhow::Error::from)
-    });
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

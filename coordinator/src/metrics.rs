@@ -37,14 +37,17 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let lease_seconds = Histogram::with_opts(
-            HistogramOpts::new("stylefarm_lease_seconds", "Time to pick and durably lease a job")
-                .buckets(vec![
-                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
-                ]),
+            HistogramOpts::new(
+                "stylefarm_lease_seconds",
+                "Time to pick and durably lease a job",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
         )
         .expect("valid histogram");
-        let leases = IntCounter::new("stylefarm_leases_total", "Leases handed out")
-            .expect("valid counter");
+        let leases =
+            IntCounter::new("stylefarm_leases_total", "Leases handed out").expect("valid counter");
         let expirations = IntCounter::new(
             "stylefarm_lease_expirations_total",
             "Leases that passed their deadline and were requeued",
@@ -103,7 +106,9 @@ impl Metrics {
         }
         self.queue_depth.reset();
         for (id, name, n) in &stats.queued_by_batch {
-            self.queue_depth.with_label_values(&[id, name]).set(*n as i64);
+            self.queue_depth
+                .with_label_values(&[id, name])
+                .set(*n as i64);
         }
         self.workers_live.set(live as i64);
         self.workers_registered.set(registered as i64);

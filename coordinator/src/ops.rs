@@ -34,12 +34,17 @@ async fn metrics<S: Store>(Extract(ops): Extract<Arc<Ops<S>>>) -> (StatusCode, S
     match state.store.stats().await {
         Ok(stats) => {
             let since = state.clock.now_ms() - state.lease_ms();
-            let body = state
-                .metrics
-                .render(&stats, state.workers.live(since), state.workers.registered());
+            let body = state.metrics.render(
+                &stats,
+                state.workers.live(since),
+                state.workers.registered(),
+            );
             (StatusCode::OK, body)
         }
-        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {err}\n")),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {err}\n"),
+        ),
     }
 }
 
@@ -47,7 +52,10 @@ async fn livez<S: Store>(Extract(ops): Extract<Arc<Ops<S>>>) -> (StatusCode, &'s
     if ops.state.store.healthy() {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "the database writer has stopped\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database writer has stopped\n",
+        )
     }
 }
 

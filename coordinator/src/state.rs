@@ -151,7 +151,8 @@ impl<S: Store> State<S> {
     /// Runs [`Self::expire_once`] every quarter lease (at least every second) until
     /// shutdown.
     pub async fn expire_loop(&self) {
-        let every = (self.config.lease() / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+        let every =
+            (self.config.lease() / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

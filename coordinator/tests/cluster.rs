@@ -13,12 +13,19 @@ use tonic::Code;
 
 async fn register(c: &Coordinator, name: &str) -> String {
     let mut w = c.worker().await;
-    w.register_worker(common::register(name)).await.expect("register").into_inner().worker_id
+    w.register_worker(common::register(name))
+        .await
+        .expect("register")
+        .into_inner()
+        .worker_id
 }
 
 async fn lease(c: &Coordinator, worker: &str, wait_ms: u32) -> Option<v1::Lease> {
     let mut w = c.worker().await;
-    let req = v1::LeaseJobRequest { worker_id: worker.into(), wait_ms };
+    let req = v1::LeaseJobRequest {
+        worker_id: worker.into(),
+        wait_ms,
+    };
     w.lease_job(req).await.expect("lease").into_inner().lease
 }
 
@@ -28,7 +35,12 @@ fn heartbeat_req(worker: &str, l: &v1::Lease, iteration: u32, ck: &str) -> v1::H
         job_id: l.job_id.clone(),
         fencing_token: l.fencing_token,
         iteration,
-        losses: Some(v1::Losses { content: 1.0, style: 2.0, tv: 0.5, total: 3.5 }),
+        losses: Some(v1::Losses {
+            content: 1.0,
+            style: 2.0,
+            tv: 0.5,
+            total: 3.5,
+        }),
         checkpoint_key: ck.into(),
     }
 }
@@ -45,18 +57,38 @@ fn complete_req(worker: &str, l: &v1::Lease) -> v1::CompleteJobRequest {
 }
 
 async fn jobs(c: &Coordinator, batch: &str) -> Vec<v1::JobStatus> {
-    let req = v1::GetBatchRequest { batch_id: batch.into(), include_jobs: true };
-    c.client().await.get_batch(req).await.expect("get").into_inner().jobs
+    let req = v1::GetBatchRequest {
+        batch_id: batch.into(),
+        include_jobs: true,
+    };
+    c.client()
+        .await
+        .get_batch(req)
+        .await
+        .expect("get")
+        .into_inner()
+        .jobs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_requeues_with_checkpoint_and_stale_tokens_are_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Coordinator::start(&dir.path().join("c.db"), &["--lease-ms", "400"]);
-    let batch = c.client().await.submit_batch(common::submit("t", 0, 1)).await.expect("submit").into_inner().batch_id;
+    let batch = c
+        .client()
+        .await
+        .submit_batch(common::submit("t", 0, 1))
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id;
     let (dead, alive) = (register(&c, "dead").await, register(&c, "alive").await);
     let first = lease(&c, &dead, 0).await.expect("job");
-    c.worker().await.heartbeat(heartbeat_req(&dead, &first, 12, "ck/12")).await.expect("heartbeat");
+    c.worker()
+        .await
+        .heartbeat(heartbeat_req(&dead, &first, 12, "ck/12"))
+        .await
+        .expect("heartbeat");
     // The first worker goes silent; the expiry loop requeues the job, and the long poll
     // of the second worker picks it up with the checkpoint.
     let second = lease(&c, &alive, 10_000).await.expect("requeued job");
@@ -65,21 +97,41 @@ async fn expiry_requeues_with_checkpoint_and_stale_tokens_are_rejected() {
     assert_eq!(second.checkpoint_key, "ck/12");
 
     let mut w = c.worker().await;
-    let stale = w.complete_job(complete_req(&dead, &first)).await.expect_err("stale");
+    let stale = w
+        .complete_job(complete_req(&dead, &first))
+        .await
+        .expect_err("stale");
     assert_eq!(stale.code(), Code::FailedPrecondition);
-    let stale = w.heartbeat(heartbeat_req(&dead, &first, 13, "")).await.expect_err("stale");
+    let stale = w
+        .heartbeat(heartbeat_req(&dead, &first, 13, ""))
+        .await
+        .expect_err("stale");
     assert_eq!(stale.code(), Code::FailedPrecondition);
-    w.complete_job(complete_req(&alive, &second)).await.expect("complete");
+    w.complete_job(complete_req(&alive, &second))
+        .await
+        .expect("complete");
     let job = &jobs(&c, &batch).await[0];
     assert_eq!(job.state, JobState::Succeeded as i32);
     assert_eq!(job.result_attempt, 2);
-    assert_eq!(job.result_key, format!("{}/result.png", second.attempt_prefix));
-    assert_eq!(job.sidecar_key, format!("{}/result.json", second.attempt_prefix));
+    assert_eq!(
+        job.result_key,
+        format!("{}/result.png", second.attempt_prefix)
+    );
+    assert_eq!(
+        job.sidecar_key,
+        format!("{}/result.json", second.attempt_prefix)
+    );
 
     let (status, body) = c.http_get("/metrics");
     assert!(status.contains("200"), "{status}");
-    assert!(body.contains("stylefarm_lease_expirations_total 1"), "{body}");
-    assert!(body.contains("stylefarm_jobs{state=\"succeeded\"} 1"), "{body}");
+    assert!(
+        body.contains("stylefarm_lease_expirations_total 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("stylefarm_jobs{state=\"succeeded\"} 1"),
+        "{body}"
+    );
     assert!(body.contains("stylefarm_lease_seconds_bucket"), "{body}");
 }
 
@@ -87,13 +139,38 @@ async fn expiry_requeues_with_checkpoint_and_stale_tokens_are_rejected() {
 async fn cancel_reaches_a_running_worker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Coordinator::start(&dir.path().join("c.db"), &[]);
-    let batch = c.client().await.submit_batch(common::submit("t", 0, 3)).await.expect("submit").into_inner().batch_id;
+    let batch = c
+        .client()
+        .await
+        .submit_batch(common::submit("t", 0, 3))
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id;
     let w = register(&c, "w").await;
     let l = lease(&c, &w, 0).await.expect("job");
     let mut wc = c.worker().await;
-    assert!(!wc.heartbeat(heartbeat_req(&w, &l, 1, "")).await.expect("hb").into_inner().cancelled);
-    c.client().await.cancel_job(v1::CancelJobRequest { job_id: l.job_id.clone() }).await.expect("cancel");
-    assert!(wc.heartbeat(heartbeat_req(&w, &l, 2, "")).await.expect("hb").into_inner().cancelled);
+    assert!(
+        !wc.heartbeat(heartbeat_req(&w, &l, 1, ""))
+            .await
+            .expect("hb")
+            .into_inner()
+            .cancelled
+    );
+    c.client()
+        .await
+        .cancel_job(v1::CancelJobRequest {
+            job_id: l.job_id.clone(),
+        })
+        .await
+        .expect("cancel");
+    assert!(
+        wc.heartbeat(heartbeat_req(&w, &l, 2, ""))
+            .await
+            .expect("hb")
+            .into_inner()
+            .cancelled
+    );
     // The other jobs are still there for the next lease.
     let next = lease(&c, &w, 0).await.expect("another job");
     assert_ne!(next.job_id, l.job_id);
@@ -108,7 +185,12 @@ async fn priorities_then_fair_share_then_fifo() {
     let mut client = c.client().await;
     let mut ids = HashMap::new();
     for (token, prio, n) in [("low", 0, 4), ("a", 10, 4), ("b", 10, 4), ("c", 10, 4)] {
-        let id = client.submit_batch(common::submit(token, prio, n)).await.expect("submit").into_inner().batch_id;
+        let id = client
+            .submit_batch(common::submit(token, prio, n))
+            .await
+            .expect("submit")
+            .into_inner()
+            .batch_id;
         ids.insert(id, token);
     }
     let w = register(&c, "w").await;
@@ -126,19 +208,42 @@ async fn priorities_then_fair_share_then_fifo() {
     let last = lease(&c, &w, 0).await;
     assert!(last.is_none(), "all 16 jobs are leased");
     let mut client = c.client().await;
-    let extra = client.submit_batch(common::submit("extra", 0, 2)).await.expect("submit").into_inner().batch_id;
+    let extra = client
+        .submit_batch(common::submit("extra", 0, 2))
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id;
     let first = lease(&c, &w, 0).await.expect("job");
     let mut done = complete_req(&w, &first);
     done.lease_next = true;
-    let next = wc.complete_job(done).await.expect("complete").into_inner().next.expect("the next job");
+    let next = wc
+        .complete_job(done)
+        .await
+        .expect("complete")
+        .into_inner()
+        .next
+        .expect("the next job");
     assert_eq!((next.batch_id.as_str(), next.attempt), (extra.as_str(), 1));
     assert_ne!(next.job_id, first.job_id);
     let mut done = complete_req(&w, &next);
     done.lease_next = true;
-    assert!(wc.complete_job(done).await.expect("complete").into_inner().next.is_none(), "queue empty");
+    assert!(
+        wc.complete_job(done)
+            .await
+            .expect("complete")
+            .into_inner()
+            .next
+            .is_none(),
+        "queue empty"
+    );
     // FIFO within each batch.
     for token in ["a", "low"] {
-        let names: Vec<&str> = order.iter().filter(|(b, _)| *b == token).map(|(_, n)| n.as_str()).collect();
+        let names: Vec<&str> = order
+            .iter()
+            .filter(|(b, _)| *b == token)
+            .map(|(_, n)| n.as_str())
+            .collect();
         assert_eq!(names, ["out00000", "out00001", "out00002", "out00003"]);
     }
 }
@@ -148,15 +253,26 @@ async fn kill_9_and_restart_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("c.db");
     let mut c = Coordinator::start(&db, &["--lease-ms", "60000"]);
-    let batch = c.client().await.submit_batch(common::submit("t", 0, 6)).await.expect("submit").into_inner().batch_id;
+    let batch = c
+        .client()
+        .await
+        .submit_batch(common::submit("t", 0, 6))
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id;
     let w = register(&c, "w").await;
     let mut wc = c.worker().await;
     let mut leases = Vec::new();
     for _ in 0..4 {
         leases.push(lease(&c, &w, 0).await.expect("job"));
     }
-    wc.complete_job(complete_req(&w, &leases[0])).await.expect("complete");
-    wc.complete_job(complete_req(&w, &leases[1])).await.expect("complete");
+    wc.complete_job(complete_req(&w, &leases[0]))
+        .await
+        .expect("complete");
+    wc.complete_job(complete_req(&w, &leases[1]))
+        .await
+        .expect("complete");
     let fail = v1::FailJobRequest {
         worker_id: w.clone(),
         job_id: leases[2].job_id.clone(),
@@ -165,25 +281,43 @@ async fn kill_9_and_restart_loses_nothing() {
         retryable: false,
     };
     wc.fail_job(fail).await.expect("fail");
-    wc.heartbeat(heartbeat_req(&w, &leases[3], 33, "ck/33")).await.expect("heartbeat");
+    wc.heartbeat(heartbeat_req(&w, &leases[3], 33, "ck/33"))
+        .await
+        .expect("heartbeat");
     let before = jobs(&c, &batch).await;
-    let live_deadline = wc.heartbeat(heartbeat_req(&w, &leases[3], 34, "ck/34")).await.expect("hb").into_inner().deadline_unix_ms;
+    let live_deadline = wc
+        .heartbeat(heartbeat_req(&w, &leases[3], 34, "ck/34"))
+        .await
+        .expect("hb")
+        .into_inner()
+        .deadline_unix_ms;
 
     c.kill9();
     let c = Coordinator::start(&db, &["--lease-ms", "60000"]);
     let after = jobs(&c, &batch).await;
     assert_eq!(after.len(), 6);
     for (b, a) in before.iter().zip(&after) {
-        assert_eq!((a.job_id.as_str(), a.state, a.attempt, a.result_key.as_str()), (b.job_id.as_str(), b.state, b.attempt, b.result_key.as_str()));
+        assert_eq!(
+            (a.job_id.as_str(), a.state, a.attempt, a.result_key.as_str()),
+            (b.job_id.as_str(), b.state, b.attempt, b.result_key.as_str())
+        );
     }
     assert_eq!(after[2].error, "corrupt input: truncated JPEG");
-    assert_eq!(after[3].checkpoint_key, "ck/34", "the last acknowledged heartbeat survived");
+    assert_eq!(
+        after[3].checkpoint_key, "ck/34",
+        "the last acknowledged heartbeat survived"
+    );
     assert_eq!(after[3].iteration, 34);
     // The live lease kept its deadline and its token: the worker carries on.
     let mut wc = c.worker().await;
-    let hb = wc.heartbeat(heartbeat_req(&w, &leases[3], 35, "")).await.expect("the old token still holds");
+    let hb = wc
+        .heartbeat(heartbeat_req(&w, &leases[3], 35, ""))
+        .await
+        .expect("the old token still holds");
     assert!(hb.into_inner().deadline_unix_ms >= live_deadline);
-    wc.complete_job(complete_req(&w, &leases[3])).await.expect("complete after restart");
+    wc.complete_job(complete_req(&w, &leases[3]))
+        .await
+        .expect("complete after restart");
     // The registration survived too, and the remaining jobs are handed out once each.
     let mut rest = Vec::new();
     while let Some(l) = lease(&c, &w, 0).await {
@@ -192,7 +326,13 @@ async fn kill_9_and_restart_loses_nothing() {
     let expected: Vec<String> = after[4..].iter().map(|j| j.job_id.clone()).collect();
     assert_eq!(rest, expected);
     // A submission acknowledged before the kill is still idempotent after it.
-    let again = c.client().await.submit_batch(common::submit("t", 0, 6)).await.expect("resubmit").into_inner();
+    let again = c
+        .client()
+        .await
+        .submit_batch(common::submit("t", 0, 6))
+        .await
+        .expect("resubmit")
+        .into_inner();
     assert!(again.existing);
     assert_eq!(again.batch_id, batch);
 }
@@ -204,11 +344,24 @@ async fn health_readiness_and_sigterm_drain() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = Coordinator::start(&dir.path().join("c.db"), &[]);
-    let channel = tonic::transport::Channel::from_shared(c.grpc.clone()).expect("uri").connect().await.expect("connect");
+    let channel = tonic::transport::Channel::from_shared(c.grpc.clone())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
     let mut health = HealthClient::new(channel);
     for service in ["stylefarm.v1.StyleFarm", "stylefarm.v1.WorkerService"] {
-        let r = health.check(HealthCheckRequest { service: service.into() }).await.expect("check");
-        assert_eq!(r.into_inner().status, ServingStatus::Serving as i32, "{service}");
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("check");
+        assert_eq!(
+            r.into_inner().status,
+            ServingStatus::Serving as i32,
+            "{service}"
+        );
     }
     assert!(c.http_get("/readyz").0.contains("200"));
     assert!(c.http_get("/livez").0.contains("200"));
@@ -216,14 +369,23 @@ async fn health_readiness_and_sigterm_drain() {
     // A worker long-polling an empty queue is answered when SIGTERM arrives.
     let w = register(&c, "w").await;
     let mut wc = c.worker().await;
-    let poll = tokio::spawn(async move { wc.lease_job(v1::LeaseJobRequest { worker_id: w, wait_ms: 25_000 }).await });
+    let poll = tokio::spawn(async move {
+        wc.lease_job(v1::LeaseJobRequest {
+            worker_id: w,
+            wait_ms: 25_000,
+        })
+        .await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = std::process::Command::new("kill")
         .args(["-TERM", &c.child.id().to_string()])
         .status()
         .expect("kill -TERM");
     assert!(status.success());
-    let answer = tokio::time::timeout(Duration::from_secs(15), poll).await.expect("answered in time").expect("task");
+    let answer = tokio::time::timeout(Duration::from_secs(15), poll)
+        .await
+        .expect("answered in time")
+        .expect("task");
     assert_eq!(answer.expect_err("shutting down").code(), Code::Unavailable);
     let exit = c.child.wait().expect("wait");
     assert!(exit.success(), "{exit:?}");
@@ -234,7 +396,14 @@ async fn kill_9_under_load_keeps_every_acknowledged_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("c.db");
     let mut c = Coordinator::start(&db, &[]);
-    let batch = c.client().await.submit_batch(common::submit("load", 0, 2000)).await.expect("submit").into_inner().batch_id;
+    let batch = c
+        .client()
+        .await
+        .submit_batch(common::submit("load", 0, 2000))
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id;
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut workers = Vec::new();
     for i in 0..16 {
@@ -243,8 +412,13 @@ async fn kill_9_under_load_keeps_every_acknowledged_change() {
         let acked = acked_tx.clone();
         workers.push(tokio::spawn(async move {
             loop {
-                let req = v1::LeaseJobRequest { worker_id: w.clone(), wait_ms: 0 };
-                let Ok(Some(l)) = wc.lease_job(req).await.map(|r| r.into_inner().lease) else { return };
+                let req = v1::LeaseJobRequest {
+                    worker_id: w.clone(),
+                    wait_ms: 0,
+                };
+                let Ok(Some(l)) = wc.lease_job(req).await.map(|r| r.into_inner().lease) else {
+                    return;
+                };
                 if wc.complete_job(complete_req(&w, &l)).await.is_err() {
                     return;
                 }
@@ -268,8 +442,20 @@ async fn kill_9_under_load_keeps_every_acknowledged_change() {
     assert!(acked.len() < 2000, "the kill landed mid-batch");
 
     let c = Coordinator::start(&db, &[]);
-    let states: HashMap<String, i32> = jobs(&c, &batch).await.into_iter().map(|j| (j.job_id, j.state)).collect();
+    let states: HashMap<String, i32> = jobs(&c, &batch)
+        .await
+        .into_iter()
+        .map(|j| (j.job_id, j.state))
+        .collect();
     assert_eq!(states.len(), 2000);
-    let lost: Vec<&String> = acked.iter().filter(|id| states[*id] != JobState::Succeeded as i32).collect();
-    assert!(lost.is_empty(), "{} acknowledged completions lost, e.g. {:?}", lost.len(), lost.first());
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| states[*id] != JobState::Succeeded as i32)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged completions lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
 }

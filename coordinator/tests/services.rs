@@ -38,21 +38,45 @@ async fn harness(edit: impl FnOnce(&mut Config)) -> Harness {
 }
 
 impl Harness {
-    async fn submit(&self, req: v1::SubmitBatchRequest) -> Result<v1::SubmitBatchResponse, tonic::Status> {
-        self.client.submit_batch(Request::new(req)).await.map(|r| r.into_inner())
+    async fn submit(
+        &self,
+        req: v1::SubmitBatchRequest,
+    ) -> Result<v1::SubmitBatchResponse, tonic::Status> {
+        self.client
+            .submit_batch(Request::new(req))
+            .await
+            .map(|r| r.into_inner())
     }
 
     async fn register(&self, name: &str) -> String {
-        let r = self.worker.register_worker(Request::new(common::register(name))).await.expect("register");
+        let r = self
+            .worker
+            .register_worker(Request::new(common::register(name)))
+            .await
+            .expect("register");
         r.into_inner().worker_id
     }
 
     async fn lease(&self, worker: &str, wait_ms: u32) -> Option<v1::Lease> {
-        let req = v1::LeaseJobRequest { worker_id: worker.into(), wait_ms };
-        self.worker.lease_job(Request::new(req)).await.expect("lease").into_inner().lease
+        let req = v1::LeaseJobRequest {
+            worker_id: worker.into(),
+            wait_ms,
+        };
+        self.worker
+            .lease_job(Request::new(req))
+            .await
+            .expect("lease")
+            .into_inner()
+            .lease
     }
 
-    async fn heartbeat(&self, worker: &str, l: &v1::Lease, iteration: u32, ck: &str) -> Result<v1::HeartbeatResponse, tonic::Status> {
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        l: &v1::Lease,
+        iteration: u32,
+        ck: &str,
+    ) -> Result<v1::HeartbeatResponse, tonic::Status> {
         let req = v1::HeartbeatRequest {
             worker_id: worker.into(),
             job_id: l.job_id.clone(),
@@ -61,7 +85,10 @@ impl Harness {
             losses: None,
             checkpoint_key: ck.into(),
         };
-        self.worker.heartbeat(Request::new(req)).await.map(|r| r.into_inner())
+        self.worker
+            .heartbeat(Request::new(req))
+            .await
+            .map(|r| r.into_inner())
     }
 
     async fn complete(&self, worker: &str, l: &v1::Lease, key: &str) -> Result<(), tonic::Status> {
@@ -73,19 +100,33 @@ impl Harness {
             sidecar_key: String::new(),
             lease_next: false,
         };
-        self.worker.complete_job(Request::new(req)).await.map(|_| ())
+        self.worker
+            .complete_job(Request::new(req))
+            .await
+            .map(|_| ())
     }
 
     async fn batch(&self, id: &str) -> v1::Batch {
-        let req = v1::GetBatchRequest { batch_id: id.into(), include_jobs: true };
-        self.client.get_batch(Request::new(req)).await.expect("get").into_inner()
+        let req = v1::GetBatchRequest {
+            batch_id: id.into(),
+            include_jobs: true,
+        };
+        self.client
+            .get_batch(Request::new(req))
+            .await
+            .expect("get")
+            .into_inner()
     }
 }
 
 fn invalid(err: tonic::Status, needles: &[&str]) {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     for n in needles {
-        assert!(err.message().contains(n), "{:?} does not mention {n:?}", err.message());
+        assert!(
+            err.message().contains(n),
+            "{:?} does not mention {n:?}",
+            err.message()
+        );
     }
 }
 
@@ -96,50 +137,91 @@ async fn bad_submissions_are_invalid_argument_naming_job_and_field() {
         c.max_manifest_bytes = 4000;
     })
     .await;
-    invalid(h.submit(common::submit("t", 0, 0)).await.expect_err("empty"), &["jobs", "no jobs"]);
-    invalid(h.submit(common::submit("t", 0, 11)).await.expect_err("too many"), &["jobs", "limit of 10"]);
+    invalid(
+        h.submit(common::submit("t", 0, 0))
+            .await
+            .expect_err("empty"),
+        &["jobs", "no jobs"],
+    );
+    invalid(
+        h.submit(common::submit("t", 0, 11))
+            .await
+            .expect_err("too many"),
+        &["jobs", "limit of 10"],
+    );
 
     let mut dup = common::submit("t", 0, 3);
     dup.jobs[2].name = dup.jobs[0].name.clone();
-    invalid(h.submit(dup).await.expect_err("dup"), &["jobs[2]", "out00000", "duplicates jobs[0]"]);
+    invalid(
+        h.submit(dup).await.expect_err("dup"),
+        &["jobs[2]", "out00000", "duplicates jobs[0]"],
+    );
 
     let mut nan = common::submit("t", 0, 3);
     nan.jobs[1].params.as_mut().expect("params").style_weight = Some(f64::NAN);
-    invalid(h.submit(nan).await.expect_err("nan"), &["jobs[1]", "out00001", "params.style_weight", "NaN"]);
+    invalid(
+        h.submit(nan).await.expect_err("nan"),
+        &["jobs[1]", "out00001", "params.style_weight", "NaN"],
+    );
 
     let mut neg = common::submit("t", 0, 2);
     neg.jobs[0].styles[0].weight = -1.0;
-    invalid(h.submit(neg).await.expect_err("neg"), &["jobs[0]", "styles[0].weight"]);
+    invalid(
+        h.submit(neg).await.expect_err("neg"),
+        &["jobs[0]", "styles[0].weight"],
+    );
 
     let mut inf = common::submit("t", 0, 2);
     inf.jobs[1].params.as_mut().expect("params").tv_weight = Some(f64::INFINITY);
-    invalid(h.submit(inf).await.expect_err("inf"), &["jobs[1]", "params.tv_weight", "inf"]);
+    invalid(
+        h.submit(inf).await.expect_err("inf"),
+        &["jobs[1]", "params.tv_weight", "inf"],
+    );
 
     let mut big = common::submit("t", 0, 2);
     big.jobs[0].params.as_mut().expect("params").size = Some(100_000);
-    invalid(h.submit(big).await.expect_err("size"), &["jobs[0]", "params.size", "8192"]);
+    invalid(
+        h.submit(big).await.expect_err("size"),
+        &["jobs[0]", "params.size", "8192"],
+    );
 
     let mut its = common::submit("t", 0, 2);
     its.jobs[0].params.as_mut().expect("params").iterations = Some(0);
-    invalid(h.submit(its).await.expect_err("iterations"), &["params.iterations"]);
+    invalid(
+        h.submit(its).await.expect_err("iterations"),
+        &["params.iterations"],
+    );
 
     let mut no_content = common::submit("t", 0, 2);
     no_content.jobs[1].content = None;
-    invalid(h.submit(no_content).await.expect_err("missing"), &["jobs[1]", "content", "missing"]);
+    invalid(
+        h.submit(no_content).await.expect_err("missing"),
+        &["jobs[1]", "content", "missing"],
+    );
 
     let mut unknown = common::submit("t", 0, 1);
     unknown.jobs[0].params.as_mut().expect("params").optimizer = 42;
-    invalid(h.submit(unknown).await.expect_err("enum"), &["params.optimizer", "42"]);
+    invalid(
+        h.submit(unknown).await.expect_err("enum"),
+        &["params.optimizer", "42"],
+    );
 
     let mut oversize = common::submit("t", 0, 10);
     oversize.name = "x".repeat(150);
     for j in &mut oversize.jobs {
         j.content.as_mut().expect("content").uri = format!("s3://inputs/{}", "k".repeat(400));
     }
-    invalid(h.submit(oversize).await.expect_err("oversize"), &["manifest", "4000-byte limit"]);
+    invalid(
+        h.submit(oversize).await.expect_err("oversize"),
+        &["manifest", "4000-byte limit"],
+    );
 
     // Nothing was stored by any of them.
-    let list = h.client.list_batches(Request::new(v1::ListBatchesRequest { limit: 0 })).await.expect("list");
+    let list = h
+        .client
+        .list_batches(Request::new(v1::ListBatchesRequest { limit: 0 }))
+        .await
+        .expect("list");
     assert!(list.into_inner().batches.is_empty());
 }
 
@@ -150,7 +232,10 @@ async fn submit_is_idempotent_per_token() {
     let b = h.submit(common::submit("tok", 0, 3)).await.expect("again");
     assert!(!a.existing && b.existing);
     assert_eq!(a.batch_id, b.batch_id);
-    let changed = h.submit(common::submit("tok", 0, 4)).await.expect_err("reused token");
+    let changed = h
+        .submit(common::submit("tok", 0, 4))
+        .await
+        .expect_err("reused token");
     assert_eq!(changed.code(), Code::AlreadyExists, "{changed:?}");
     assert!(changed.message().contains(&a.batch_id));
     assert_eq!(h.batch(&a.batch_id).await.jobs.len(), 3);
@@ -161,17 +246,41 @@ async fn protocol_mismatch_and_unknown_workers_are_refused() {
     let h = harness(|_| {}).await;
     let mut old = common::register("w");
     old.protocol_version = stylefarm_proto::PROTOCOL_VERSION + 1;
-    let err = h.worker.register_worker(Request::new(old)).await.expect_err("mismatch");
+    let err = h
+        .worker
+        .register_worker(Request::new(old))
+        .await
+        .expect_err("mismatch");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let (ours, theirs) = (stylefarm_proto::PROTOCOL_VERSION.to_string(), (stylefarm_proto::PROTOCOL_VERSION + 1).to_string());
-    assert!(err.message().contains(&ours) && err.message().contains(&theirs), "{}", err.message());
+    let (ours, theirs) = (
+        stylefarm_proto::PROTOCOL_VERSION.to_string(),
+        (stylefarm_proto::PROTOCOL_VERSION + 1).to_string(),
+    );
+    assert!(
+        err.message().contains(&ours) && err.message().contains(&theirs),
+        "{}",
+        err.message()
+    );
 
     let mut no_slots = common::register("w");
     no_slots.slots = 0;
-    invalid(h.worker.register_worker(Request::new(no_slots)).await.expect_err("slots"), &["slots"]);
+    invalid(
+        h.worker
+            .register_worker(Request::new(no_slots))
+            .await
+            .expect_err("slots"),
+        &["slots"],
+    );
 
-    let req = v1::LeaseJobRequest { worker_id: "w999-ghost".into(), wait_ms: 0 };
-    let err = h.worker.lease_job(Request::new(req)).await.expect_err("unknown");
+    let req = v1::LeaseJobRequest {
+        worker_id: "w999-ghost".into(),
+        wait_ms: 0,
+    };
+    let err = h
+        .worker
+        .lease_job(Request::new(req))
+        .await
+        .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("register again"));
 }
@@ -180,17 +289,33 @@ async fn protocol_mismatch_and_unknown_workers_are_refused() {
 async fn an_expired_lease_requeues_with_its_checkpoint_and_the_old_token_is_fenced() {
     let h = harness(|c| c.lease_ms = 10_000).await;
     tokio::time::pause();
-    let batch = h.submit(common::submit("t", 0, 1)).await.expect("submit").batch_id;
+    let batch = h
+        .submit(common::submit("t", 0, 1))
+        .await
+        .expect("submit")
+        .batch_id;
     let (w1, w2) = (h.register("one").await, h.register("two").await);
     let first = h.lease(&w1, 0).await.expect("a job");
     assert_eq!(first.attempt, 1);
     assert!(first.checkpoint_key.is_empty());
-    assert!(first.attempt_prefix.contains(&first.job_id) && first.attempt_prefix.ends_with("attempt-001"));
-    assert_eq!(first.spec.as_ref().expect("spec").output_key, format!("batches/{batch}/outputs/out00000.png"));
-    h.heartbeat(&w1, &first, 7, "ck/7").await.expect("heartbeat");
+    assert!(
+        first.attempt_prefix.contains(&first.job_id)
+            && first.attempt_prefix.ends_with("attempt-001")
+    );
+    assert_eq!(
+        first.spec.as_ref().expect("spec").output_key,
+        format!("batches/{batch}/outputs/out00000.png")
+    );
+    h.heartbeat(&w1, &first, 7, "ck/7")
+        .await
+        .expect("heartbeat");
 
     tokio::time::advance(Duration::from_millis(9_000)).await;
-    assert_eq!(h.state.expire_once().await.expect("expire"), 0, "heartbeat extended the lease");
+    assert_eq!(
+        h.state.expire_once().await.expect("expire"),
+        0,
+        "heartbeat extended the lease"
+    );
     tokio::time::advance(Duration::from_millis(1_500)).await;
     assert_eq!(h.state.expire_once().await.expect("expire"), 1);
 
@@ -198,12 +323,20 @@ async fn an_expired_lease_requeues_with_its_checkpoint_and_the_old_token_is_fenc
     assert_eq!(second.job_id, first.job_id);
     assert_eq!(second.attempt, 2);
     assert_eq!(second.checkpoint_key, "ck/7");
-    let stale = h.heartbeat(&w1, &first, 8, "").await.expect_err("stale heartbeat");
+    let stale = h
+        .heartbeat(&w1, &first, 8, "")
+        .await
+        .expect_err("stale heartbeat");
     assert_eq!(stale.code(), Code::FailedPrecondition);
-    let stale = h.complete(&w1, &first, "late.png").await.expect_err("stale complete");
+    let stale = h
+        .complete(&w1, &first, "late.png")
+        .await
+        .expect_err("stale complete");
     assert_eq!(stale.code(), Code::FailedPrecondition);
     assert!(stale.message().contains("stale"));
-    h.complete(&w2, &second, &format!("{}/out.png", second.attempt_prefix)).await.expect("complete");
+    h.complete(&w2, &second, &format!("{}/out.png", second.attempt_prefix))
+        .await
+        .expect("complete");
     let job = &h.batch(&batch).await.jobs[0];
     assert_eq!(job.state, JobState::Succeeded as i32);
     assert_eq!(job.result_attempt, 2);
@@ -230,26 +363,66 @@ async fn a_long_poll_wakes_when_work_arrives() {
 #[tokio::test]
 async fn cancel_reaches_the_running_worker_and_watch_ends_with_the_batch() {
     let h = harness(|_| {}).await;
-    let batch = h.submit(common::submit("t", 0, 2)).await.expect("submit").batch_id;
+    let batch = h
+        .submit(common::submit("t", 0, 2))
+        .await
+        .expect("submit")
+        .batch_id;
     let w = h.register("w").await;
-    let watch = h.client.watch_batch(Request::new(v1::WatchBatchRequest { batch_id: batch.clone() })).await.expect("watch");
+    let watch = h
+        .client
+        .watch_batch(Request::new(v1::WatchBatchRequest {
+            batch_id: batch.clone(),
+        }))
+        .await
+        .expect("watch");
     let mut events = watch.into_inner();
     let l = h.lease(&w, 0).await.expect("job");
     assert!(!h.heartbeat(&w, &l, 3, "").await.expect("hb").cancelled);
-    let cancelled = h.client.cancel_batch(Request::new(v1::CancelBatchRequest { batch_id: batch.clone() })).await.expect("cancel");
+    let cancelled = h
+        .client
+        .cancel_batch(Request::new(v1::CancelBatchRequest {
+            batch_id: batch.clone(),
+        }))
+        .await
+        .expect("cancel");
     assert_eq!(cancelled.into_inner().state, BatchState::Cancelled as i32);
-    assert!(h.heartbeat(&w, &l, 4, "").await.expect("hb").cancelled, "the heartbeat carries the cancel");
+    assert!(
+        h.heartbeat(&w, &l, 4, "").await.expect("hb").cancelled,
+        "the heartbeat carries the cancel"
+    );
 
     let mut last = None;
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("event in time") {
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("event in time")
+    {
         last = Some(ev.expect("event"));
     }
     let last = last.expect("some events");
-    assert_eq!(last.batch_state, BatchState::Cancelled as i32, "the stream ends with the batch");
+    assert_eq!(
+        last.batch_state,
+        BatchState::Cancelled as i32,
+        "the stream ends with the batch"
+    );
 
-    let retried = h.client.retry_jobs(Request::new(v1::RetryJobsRequest { batch_id: batch.clone(), include_cancelled: true })).await.expect("retry");
+    let retried = h
+        .client
+        .retry_jobs(Request::new(v1::RetryJobsRequest {
+            batch_id: batch.clone(),
+            include_cancelled: true,
+        }))
+        .await
+        .expect("retry");
     // The job whose lease is still live stays with its holder until it lets go.
     assert_eq!(retried.into_inner().jobs_by_state.get("queued"), Some(&1));
-    let missing = h.client.get_batch(Request::new(v1::GetBatchRequest { batch_id: "b404".into(), include_jobs: false })).await.expect_err("missing");
+    let missing = h
+        .client
+        .get_batch(Request::new(v1::GetBatchRequest {
+            batch_id: "b404".into(),
+            include_jobs: false,
+        }))
+        .await
+        .expect_err("missing");
     assert_eq!(missing.code(), Code::NotFound);
 }

@@ -58,12 +58,18 @@ impl JobSpec {
         check_name(&self.name)?;
         self.content.validate("content")?;
         if self.styles.is_empty() {
-            return Err(InvalidField::new("styles", "at least one style image is required"));
+            return Err(InvalidField::new(
+                "styles",
+                "at least one style image is required",
+            ));
         }
         if self.styles.len() > MAX_STYLES {
             return Err(InvalidField::new(
                 "styles",
-                format!("{} styles given, at most {MAX_STYLES} are allowed", self.styles.len()),
+                format!(
+                    "{} styles given, at most {MAX_STYLES} are allowed",
+                    self.styles.len()
+                ),
             ));
         }
         for (i, s) in self.styles.iter().enumerate() {
@@ -134,7 +140,11 @@ pub fn check_name(name: &str) -> Result<(), InvalidField> {
 
 /// Checks a lower-case hex SHA-256.
 pub fn check_sha256(field: &str, value: &str) -> Result<(), InvalidField> {
-    if value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         Ok(())
     } else {
         Err(InvalidField::new(
@@ -177,14 +187,23 @@ mod tests {
             (Box::new(|s| s.name = "../x".into()), "name"),
             (Box::new(|s| s.name = String::new()), "name"),
             (Box::new(|s| s.content.uri = " ".into()), "content.uri"),
-            (Box::new(|s| s.content.sha256 = "ABC".into()), "content.sha256"),
+            (
+                Box::new(|s| s.content.sha256 = "ABC".into()),
+                "content.sha256",
+            ),
             (Box::new(|s| s.styles.clear()), "styles"),
-            (Box::new(|s| s.styles[0].weight = f64::NAN), "styles[0].weight"),
+            (
+                Box::new(|s| s.styles[0].weight = f64::NAN),
+                "styles[0].weight",
+            ),
             (Box::new(|s| s.styles[0].weight = 0.0), "styles"),
             (Box::new(|s| s.params.init = InitKind::Image), "init_image"),
             (Box::new(|s| s.init_image = Some(obj('d'))), "init_image"),
             (Box::new(|s| s.params.size = 0), "params.size"),
-            (Box::new(|s| s.params.style_weight = f64::INFINITY), "params.style_weight"),
+            (
+                Box::new(|s| s.params.style_weight = f64::INFINITY),
+                "params.style_weight",
+            ),
             (Box::new(|s| s.weights_sha256.clear()), "weights_sha256"),
         ];
         for (edit, field) in cases {

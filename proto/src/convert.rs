@@ -217,7 +217,10 @@ mod tests {
     fn object() -> impl Strategy<Value = Option<v1::ObjectRef>> {
         proptest::option::weighted(
             0.9,
-            (prop_oneof![6 => "s3://[a-z]{1,8}/[a-z0-9/]{1,20}", 1 => ".{0,30}"], hex64())
+            (
+                prop_oneof![6 => "s3://[a-z]{1,8}/[a-z0-9/]{1,20}", 1 => ".{0,30}"],
+                hex64(),
+            )
                 .prop_map(|(uri, sha256)| v1::ObjectRef { uri, sha256 }),
         )
     }
@@ -312,15 +315,30 @@ mod tests {
         assert_eq!(adam.learning_rate, DEFAULT_ADAM_LR);
         let bad = |p: v1::RenderParams| RenderParams::try_from(p).expect_err("invalid").field;
         assert_eq!(
-            bad(v1::RenderParams { style_weight: Some(f64::NAN), ..Default::default() }),
+            bad(v1::RenderParams {
+                style_weight: Some(f64::NAN),
+                ..Default::default()
+            }),
             "style_weight"
         );
-        assert_eq!(bad(v1::RenderParams { optimizer: 9, ..Default::default() }), "optimizer");
         assert_eq!(
-            bad(v1::RenderParams { output_bit_depth: Some(300), ..Default::default() }),
+            bad(v1::RenderParams {
+                optimizer: 9,
+                ..Default::default()
+            }),
+            "optimizer"
+        );
+        assert_eq!(
+            bad(v1::RenderParams {
+                output_bit_depth: Some(300),
+                ..Default::default()
+            }),
             "output_bit_depth"
         );
         let no_content = v1::JobSpec::default();
-        assert_eq!(JobSpec::try_from(no_content).expect_err("missing").field, "content");
+        assert_eq!(
+            JobSpec::try_from(no_content).expect_err("missing").field,
+            "content"
+        );
     }
 }

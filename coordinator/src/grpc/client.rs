@@ -43,7 +43,8 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::SubmitBatchRequest>,
     ) -> Result<Response<v1::SubmitBatchResponse>, Status> {
-        let batch = convert::new_batch(req.get_ref(), &self.state.config).map_err(ApiError::from)?;
+        let batch =
+            convert::new_batch(req.get_ref(), &self.state.config).map_err(ApiError::from)?;
         let jobs = batch.jobs.len();
         let submitted = self
             .state
@@ -62,7 +63,10 @@ impl<S: Store> StyleFarm for ClientApi<S> {
     }
 
     #[tracing::instrument(skip_all, fields(batch = %req.get_ref().batch_id))]
-    async fn get_batch(&self, req: Request<v1::GetBatchRequest>) -> Result<Response<v1::Batch>, Status> {
+    async fn get_batch(
+        &self,
+        req: Request<v1::GetBatchRequest>,
+    ) -> Result<Response<v1::Batch>, Status> {
         let req = req.into_inner();
         let id = convert::id("batch_id", &req.batch_id).map_err(ApiError::from)?;
         let b = self.state.store.batch(id).await.map_err(ApiError::from)?;
@@ -83,7 +87,12 @@ impl<S: Store> StyleFarm for ClientApi<S> {
             0 => 100,
             n => n.min(MAX_LIST),
         };
-        let batches = self.state.store.batches(limit).await.map_err(ApiError::from)?;
+        let batches = self
+            .state
+            .store
+            .batches(limit)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(v1::ListBatchesResponse {
             batches: batches.iter().map(|b| convert::batch(b, &[])).collect(),
         }))
@@ -101,23 +110,45 @@ impl<S: Store> StyleFarm for ClientApi<S> {
             .to_owned();
         // Subscribe before the snapshot, so no change falls between the two.
         let events = self.state.events.subscribe();
-        let snapshot = self.state.store.jobs(&batch_id).await.map_err(ApiError::from)?;
+        let snapshot = self
+            .state
+            .store
+            .jobs(&batch_id)
+            .await
+            .map_err(ApiError::from)?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(watch(Arc::clone(&self.state), batch_id, snapshot, events, tx));
+        tokio::spawn(watch(
+            Arc::clone(&self.state),
+            batch_id,
+            snapshot,
+            events,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     #[tracing::instrument(skip_all, fields(batch = %req.get_ref().batch_id))]
-    async fn cancel_batch(&self, req: Request<v1::CancelBatchRequest>) -> Result<Response<v1::Batch>, Status> {
+    async fn cancel_batch(
+        &self,
+        req: Request<v1::CancelBatchRequest>,
+    ) -> Result<Response<v1::Batch>, Status> {
         let id = convert::id("batch_id", &req.get_ref().batch_id).map_err(ApiError::from)?;
-        let changed = self.state.store.cancel_batch(id).await.map_err(ApiError::from)?;
+        let changed = self
+            .state
+            .store
+            .cancel_batch(id)
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(jobs = changed.len(), "batch cancelled");
         self.state.publish(changed);
         Ok(Response::new(self.batch_answer(id).await?))
     }
 
     #[tracing::instrument(skip_all, fields(batch = %req.get_ref().batch_id))]
-    async fn retry_jobs(&self, req: Request<v1::RetryJobsRequest>) -> Result<Response<v1::Batch>, Status> {
+    async fn retry_jobs(
+        &self,
+        req: Request<v1::RetryJobsRequest>,
+    ) -> Result<Response<v1::Batch>, Status> {
         let req = req.into_inner();
         let id = convert::id("batch_id", &req.batch_id).map_err(ApiError::from)?;
         let changed = self
@@ -132,9 +163,17 @@ impl<S: Store> StyleFarm for ClientApi<S> {
     }
 
     #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id))]
-    async fn cancel_job(&self, req: Request<v1::CancelJobRequest>) -> Result<Response<v1::JobStatus>, Status> {
+    async fn cancel_job(
+        &self,
+        req: Request<v1::CancelJobRequest>,
+    ) -> Result<Response<v1::JobStatus>, Status> {
         let id = convert::id("job_id", &req.get_ref().job_id).map_err(ApiError::from)?;
-        let job = self.state.store.cancel_job(id).await.map_err(ApiError::from)?;
+        let job = self
+            .state
+            .store
+            .cancel_job(id)
+            .await
+            .map_err(ApiError::from)?;
         let answer = convert::job_status(&job);
         self.state.publish([job]);
         Ok(Response::new(answer))
@@ -155,7 +194,10 @@ async fn watch<S: Store>(
     loop {
         for job in pending.drain(..) {
             // Events can arrive older than the snapshot; versions put them in order.
-            if known.get(&job.job_id).is_some_and(|(v, _)| *v >= job.version) {
+            if known
+                .get(&job.job_id)
+                .is_some_and(|(v, _)| *v >= job.version)
+            {
                 continue;
             }
             known.insert(job.job_id.clone(), (job.version, job.state));

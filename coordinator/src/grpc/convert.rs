@@ -58,7 +58,10 @@ pub fn new_batch(req: &v1::SubmitBatchRequest, config: &Config) -> Result<NewBat
     let mut jobs = Vec::with_capacity(req.jobs.len());
     for (i, wire) in req.jobs.iter().enumerate() {
         let at = |e: InvalidField| {
-            InvalidField::new(format!("jobs[{i}] (name {:?}) {}", wire.name, e.field), e.reason)
+            InvalidField::new(
+                format!("jobs[{i}] (name {:?}) {}", wire.name, e.field),
+                e.reason,
+            )
         };
         let mut spec = JobSpec::try_from(wire.clone()).map_err(at)?;
         if let Some(first) = seen.insert(&wire.name, i) {

@@ -62,7 +62,10 @@ impl From<ApiError> for Status {
             },
         };
         if code == Code::Internal
-            || matches!(err, ApiError::Store(StoreError::Closed | StoreError::Commit { .. }))
+            || matches!(
+                err,
+                ApiError::Store(StoreError::Closed | StoreError::Commit { .. })
+            )
         {
             tracing::error!(cause = %err, "request failed");
         }

@@ -52,7 +52,9 @@ impl<S: Store> WorkerApi<S> {
     fn leased(&self, leased: Option<(Lease, JobRecord)>, started: Instant) -> Option<Lease> {
         let s = &self.state;
         leased.map(|(lease, record)| {
-            s.metrics.lease_seconds.observe(started.elapsed().as_secs_f64());
+            s.metrics
+                .lease_seconds
+                .observe(started.elapsed().as_secs_f64());
             s.metrics.leases.inc();
             s.publish([record]);
             lease
@@ -67,10 +69,11 @@ impl<S: Store> WorkerApi<S> {
     }
 
     fn lease_answer(&self, lease: Lease) -> Result<v1::Lease, ApiError> {
-        let mut spec = v1::JobSpec::decode(lease.spec.as_slice()).map_err(|e| ApiError::CorruptSpec {
-            job_id: lease.job_id.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut spec =
+            v1::JobSpec::decode(lease.spec.as_slice()).map_err(|e| ApiError::CorruptSpec {
+                job_id: lease.job_id.clone(),
+                reason: e.to_string(),
+            })?;
         spec.output_key = convert::output_key(&lease.batch_id, &lease.name);
         Ok(v1::Lease {
             attempt_prefix: convert::attempt_prefix(&lease.batch_id, &lease.job_id, lease.attempt),
@@ -113,7 +116,8 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         Ok(Response::new(v1::RegisterWorkerResponse {
             worker_id: id,
             lease_ms: self.state.config.lease_ms,
-            heartbeat_ms: u32::try_from(self.state.config.heartbeat().as_millis()).unwrap_or(u32::MAX),
+            heartbeat_ms: u32::try_from(self.state.config.heartbeat().as_millis())
+                .unwrap_or(u32::MAX),
         }))
     }
 
@@ -124,7 +128,9 @@ impl<S: Store> WorkerService for WorkerApi<S> {
     ) -> Result<Response<v1::LeaseJobResponse>, Status> {
         let req = req.into_inner();
         let worker = self.known_worker(&req.worker_id)?;
-        let wait = Duration::from_millis(u64::from(req.wait_ms.min(self.state.config.max_lease_wait_ms)));
+        let wait = Duration::from_millis(u64::from(
+            req.wait_ms.min(self.state.config.max_lease_wait_ms),
+        ));
         let until = tokio::time::Instant::now() + wait;
         loop {
             if self.state.shutdown.is_cancelled() {
@@ -162,7 +168,13 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         let s = &self.state;
         let (answer, record) = s
             .store
-            .heartbeat(job_id, req.fencing_token, convert::progress(&req), s.clock.now_ms(), s.lease_ms())
+            .heartbeat(
+                job_id,
+                req.fencing_token,
+                convert::progress(&req),
+                s.clock.now_ms(),
+                s.lease_ms(),
+            )
             .await
             .map_err(ApiError::from)?;
         s.publish([record]);
@@ -181,7 +193,9 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         self.known_worker(&req.worker_id)?;
         let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
         let done = Completion {
-            result_key: convert::id("result_key", &req.result_key).map_err(ApiError::from)?.to_owned(),
+            result_key: convert::id("result_key", &req.result_key)
+                .map_err(ApiError::from)?
+                .to_owned(),
             sidecar_key: (!req.sidecar_key.is_empty()).then(|| req.sidecar_key.clone()),
         };
         let started = Instant::now();
@@ -193,11 +207,22 @@ impl<S: Store> WorkerService for WorkerApi<S> {
                 .map_err(ApiError::from)?;
             (record, self.leased(next, started))
         } else {
-            let record = store.complete(job_id, req.fencing_token, done).await.map_err(ApiError::from)?;
+            let record = store
+                .complete(job_id, req.fencing_token, done)
+                .await
+                .map_err(ApiError::from)?;
             (record, None)
         };
-        tracing::info!(state = record.state.as_str(), attempt = record.attempt, "job completed");
-        self.state.metrics.attempts.with_label_values(&["succeeded"]).inc();
+        tracing::info!(
+            state = record.state.as_str(),
+            attempt = record.attempt,
+            "job completed"
+        );
+        self.state
+            .metrics
+            .attempts
+            .with_label_values(&["succeeded"])
+            .inc();
         self.state.publish([record]);
         let next = next.map(|l| self.lease_answer(l)).transpose()?;
         Ok(Response::new(v1::CompleteJobResponse { next }))
@@ -218,8 +243,16 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .await
             .map_err(ApiError::from)?;
         tracing::warn!(state = record.state.as_str(), attempt = record.attempt, cause = %req.error, retryable = req.retryable, "attempt failed");
-        let outcome = if req.retryable { "failed_retryable" } else { "failed" };
-        self.state.metrics.attempts.with_label_values(&[outcome]).inc();
+        let outcome = if req.retryable {
+            "failed_retryable"
+        } else {
+            "failed"
+        };
+        self.state
+            .metrics
+            .attempts
+            .with_label_values(&[outcome])
+            .inc();
         self.state.publish([record]);
         Ok(Response::new(v1::FailJobResponse {}))
     }

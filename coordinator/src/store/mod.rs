@@ -151,7 +151,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
     /// Returns jobs whose lease deadline passed to the queue (attempt count kept).
-    fn expire(&self, now_ms: i64) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+    fn expire(
+        &self,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
 
     /// Cancels every job of a batch that has not ended; returns the jobs it changed.
     fn cancel_batch(
@@ -160,8 +163,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
 
     /// Cancels one job that has not ended.
-    fn cancel_job(&self, job_id: &str)
-        -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+    fn cancel_job(
+        &self,
+        job_id: &str,
+    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
     /// Requeues failed (and, if asked, cancelled) jobs with a fresh allowance of attempts,
     /// and forgets the batch's worker failures; returns the jobs it changed.
@@ -176,12 +181,16 @@ pub trait Store: Send + Sync + 'static {
         -> impl Future<Output = Result<BatchRecord, StoreError>> + Send;
 
     /// The newest batches first.
-    fn batches(&self, limit: u32)
-        -> impl Future<Output = Result<Vec<BatchRecord>, StoreError>> + Send;
+    fn batches(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<BatchRecord>, StoreError>> + Send;
 
     /// The jobs of a batch in submission order.
-    fn jobs(&self, batch_id: &str)
-        -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+    fn jobs(
+        &self,
+        batch_id: &str,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
 
     /// One job.
     fn job(&self, job_id: &str) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;

@@ -161,8 +161,16 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let counters = Arc::new(Counters {
-            token: AtomicI64::new(conn.query_row("SELECT COALESCE(MAX(token), 0) FROM jobs", [], |r| r.get(0))?),
-            turn: AtomicI64::new(conn.query_row("SELECT COALESCE(MAX(turn), 0) FROM batches", [], |r| r.get(0))?),
+            token: AtomicI64::new(conn.query_row(
+                "SELECT COALESCE(MAX(token), 0) FROM jobs",
+                [],
+                |r| r.get(0),
+            )?),
+            turn: AtomicI64::new(conn.query_row(
+                "SELECT COALESCE(MAX(turn), 0) FROM batches",
+                [],
+                |r| r.get(0),
+            )?),
         });
         // The writer never checkpoints; a thread of its own does, beside it.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -320,7 +328,9 @@ fn checkpoint_loop(conn: &Connection, alive: &AtomicBool) {
 
 /// Runs a parameterless statement through the statement cache; true when it succeeded.
 fn run_cached(conn: &Connection, sql: &str) -> bool {
-    conn.prepare_cached(sql).and_then(|mut st| st.execute([])).is_ok()
+    conn.prepare_cached(sql)
+        .and_then(|mut st| st.execute([]))
+        .is_ok()
 }
 
 fn next(conn: &Connection, counter: &str) -> Result<i64, StoreError> {
@@ -378,7 +388,8 @@ fn jobs_where(
     clause: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<JobRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {clause}"))?;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {clause}"))?;
     let rows = stmt.query_map(args, job_row)?.collect::<Result<_, _>>()?;
     Ok(rows)
 }
@@ -609,7 +620,8 @@ impl Store for SqliteStore {
 
     async fn lease(&self, ask: LeaseAsk) -> Result<Option<(Lease, JobRecord)>, StoreError> {
         let counters = Arc::clone(&self.counters);
-        self.write_one(move |tx| lease_tx(tx, &counters, &ask)).await
+        self.write_one(move |tx| lease_tx(tx, &counters, &ask))
+            .await
     }
 
     async fn heartbeat(
@@ -847,8 +859,12 @@ impl Store for SqliteStore {
                 })?
                 .collect::<Result<_, _>>()?;
             let queued_by_batch = conn
-                .prepare_cached("SELECT id, name, queued FROM batches WHERE queued > 0 ORDER BY id")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?
+                .prepare_cached(
+                    "SELECT id, name, queued FROM batches WHERE queued > 0 ORDER BY id",
+                )?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+                })?
                 .collect::<Result<_, _>>()?;
             Ok(Stats {
                 jobs_by_state,
@@ -918,15 +934,30 @@ mod tests {
         assert_eq!(a.batch_id, b.batch_id);
         assert_eq!(s.jobs(&a.batch_id).await.expect("jobs").len(), 2);
         let other = s.submit(batch("t1", 0, 3), 2).await;
-        assert!(matches!(other, Err(StoreError::TokenReused { .. })), "{other:?}");
+        assert!(
+            matches!(other, Err(StoreError::TokenReused { .. })),
+            "{other:?}"
+        );
     }
 
     #[tokio::test]
     async fn priority_then_round_robin_then_fifo() {
         let (_d, s) = store();
-        let low = s.submit(batch("low", 0, 2), 0).await.expect("submit").batch_id;
-        let a = s.submit(batch("a", 5, 2), 0).await.expect("submit").batch_id;
-        let b = s.submit(batch("b", 5, 2), 0).await.expect("submit").batch_id;
+        let low = s
+            .submit(batch("low", 0, 2), 0)
+            .await
+            .expect("submit")
+            .batch_id;
+        let a = s
+            .submit(batch("a", 5, 2), 0)
+            .await
+            .expect("submit")
+            .batch_id;
+        let b = s
+            .submit(batch("b", 5, 2), 0)
+            .await
+            .expect("submit")
+            .batch_id;
         let mut order = Vec::new();
         for _ in 0..6 {
             order.push(lease(&s, "w", 0, 1000).await.expect("a job").job_id);
@@ -951,7 +982,11 @@ mod tests {
     #[tokio::test]
     async fn expiry_requeues_with_checkpoint_and_fences_the_old_token() {
         let (_d, s) = store();
-        let id = s.submit(batch("t", 0, 1), 0).await.expect("submit").batch_id;
+        let id = s
+            .submit(batch("t", 0, 1), 0)
+            .await
+            .expect("submit")
+            .batch_id;
         let first = lease(&s, "w1", 0, 100).await.expect("job");
         let progress = Progress {
             iteration: 40,
@@ -963,7 +998,10 @@ mod tests {
             .await
             .expect("heartbeat");
         assert_eq!(rec.state, JobState::Running);
-        assert!(s.expire(149).await.expect("expire").is_empty(), "deadline was extended");
+        assert!(
+            s.expire(149).await.expect("expire").is_empty(),
+            "deadline was extended"
+        );
         let expired = s.expire(151).await.expect("expire");
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].state, JobState::Queued);
@@ -972,8 +1010,13 @@ mod tests {
         assert_eq!(second.attempt, 2);
         assert_eq!(second.checkpoint_key.as_deref(), Some("ck/40"));
         assert!(second.token > first.token);
-        let stale = s.complete(&first.job_id, first.token, done("late/output.png")).await;
-        assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "{stale:?}");
+        let stale = s
+            .complete(&first.job_id, first.token, done("late/output.png"))
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::StaleToken { .. })),
+            "{stale:?}"
+        );
         s.complete(&second.job_id, second.token, done("attempt2/output.png"))
             .await
             .expect("complete");
@@ -986,16 +1029,30 @@ mod tests {
     #[tokio::test]
     async fn failures_retry_then_fail_bad_workers_are_kept_off_and_retry_requeues() {
         let (_d, s) = store();
-        let id = s.submit(batch("t", 0, 2), 0).await.expect("submit").batch_id;
+        let id = s
+            .submit(batch("t", 0, 2), 0)
+            .await
+            .expect("submit")
+            .batch_id;
         for _ in 0..2 {
             let l = lease(&s, "bad", 0, 100).await.expect("job");
-            s.fail(&l.job_id, l.token, "CUDA error", true).await.expect("fail");
+            s.fail(&l.job_id, l.token, "CUDA error", true)
+                .await
+                .expect("fail");
         }
-        assert!(lease(&s, "bad", 0, 100).await.is_none(), "bad worker is kept off");
+        assert!(
+            lease(&s, "bad", 0, 100).await.is_none(),
+            "bad worker is kept off"
+        );
         let l = lease(&s, "good", 0, 100).await.expect("job");
-        s.fail(&l.job_id, l.token, "corrupt input", false).await.expect("fail");
+        s.fail(&l.job_id, l.token, "corrupt input", false)
+            .await
+            .expect("fail");
         let jobs = s.jobs(&id).await.expect("jobs");
-        let failed: Vec<_> = jobs.iter().filter(|j| j.state == JobState::Failed).collect();
+        let failed: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.state == JobState::Failed)
+            .collect();
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].error.as_deref(), Some("corrupt input"));
         let batch = s.batch(&id).await.expect("batch");
@@ -1012,7 +1069,11 @@ mod tests {
         let path = dir.path().join("state.db");
         let (id, lease_) = {
             let s = SqliteStore::open(&path).expect("open");
-            let id = s.submit(batch("t", 0, 3), 0).await.expect("submit").batch_id;
+            let id = s
+                .submit(batch("t", 0, 3), 0)
+                .await
+                .expect("submit")
+                .batch_id;
             let l = lease(&s, "w", 0, 10_000).await.expect("job");
             let changed = s.cancel_batch(&id).await.expect("cancel");
             assert_eq!(changed.len(), 3);
@@ -1020,17 +1081,31 @@ mod tests {
         };
         let s = SqliteStore::open(&path).expect("reopen");
         let (answer, _) = s
-            .heartbeat(&lease_.job_id, lease_.token, Progress::default(), 10, 10_000)
+            .heartbeat(
+                &lease_.job_id,
+                lease_.token,
+                Progress::default(),
+                10,
+                10_000,
+            )
             .await
             .expect("heartbeat");
         assert!(answer.cancelled);
         let jobs = s.jobs(&id).await.expect("jobs");
         assert!(jobs.iter().all(|j| j.state == JobState::Cancelled));
-        assert!(matches!(s.cancel_batch("nope").await, Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            s.cancel_batch("nope").await,
+            Err(StoreError::NotFound { .. })
+        ));
         // The holder's last word releases the lease; the token is then stale.
-        s.fail(&lease_.job_id, lease_.token, "cancelled", false).await.expect("release");
+        s.fail(&lease_.job_id, lease_.token, "cancelled", false)
+            .await
+            .expect("release");
         let again = s.complete(&lease_.job_id, lease_.token, done("x")).await;
-        assert!(matches!(again, Err(StoreError::StaleToken { .. })), "{again:?}");
+        assert!(
+            matches!(again, Err(StoreError::StaleToken { .. })),
+            "{again:?}"
+        );
     }
 
     #[tokio::test]
@@ -1054,7 +1129,10 @@ mod tests {
         let stale = s
             .complete_and_lease(&first.job_id, first.token, done("again"), ask(2))
             .await;
-        assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "{stale:?}");
+        assert!(
+            matches!(stale, Err(StoreError::StaleToken { .. })),
+            "{stale:?}"
+        );
         // The refused call leased nothing: one job is still queued.
         let stats = s.stats().await.expect("stats");
         assert_eq!(stats.jobs_by_state.get(&JobState::Queued), Some(&1));
@@ -1064,14 +1142,20 @@ mod tests {
     async fn concurrent_writers_share_group_commits_and_lose_nothing() {
         let (_d, s) = store();
         let s = Arc::new(s);
-        let id = s.submit(batch("t", 0, 500), 0).await.expect("submit").batch_id;
+        let id = s
+            .submit(batch("t", 0, 500), 0)
+            .await
+            .expect("submit")
+            .batch_id;
         let mut tasks = Vec::new();
         for w in 0..50 {
             let s = Arc::clone(&s);
             tasks.push(tokio::spawn(async move {
                 let mut finished = 0;
                 while let Some(l) = lease(&s, &format!("w{w}"), 0, 10_000).await {
-                    s.complete(&l.job_id, l.token, done("out")).await.expect("complete");
+                    s.complete(&l.job_id, l.token, done("out"))
+                        .await
+                        .expect("complete");
                     finished += 1;
                 }
                 finished

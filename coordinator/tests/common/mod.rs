@@ -92,11 +92,15 @@ impl Coordinator {
     }
 
     pub async fn client(&self) -> StyleFarmClient<Channel> {
-        StyleFarmClient::connect(self.grpc.clone()).await.expect("connect")
+        StyleFarmClient::connect(self.grpc.clone())
+            .await
+            .expect("connect")
     }
 
     pub async fn worker(&self) -> WorkerServiceClient<Channel> {
-        WorkerServiceClient::connect(self.grpc.clone()).await.expect("connect")
+        WorkerServiceClient::connect(self.grpc.clone())
+            .await
+            .expect("connect")
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
@@ -109,11 +113,18 @@ impl Coordinator {
     pub fn http_get(&self, path: &str) -> (String, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&self.metrics).expect("connect http");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read");
         let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+        (
+            head.lines().next().unwrap_or("").to_owned(),
+            body.to_owned(),
+        )
     }
 }
 
@@ -131,7 +142,11 @@ pub fn poll_file(path: &PathBuf, timeout: Duration) -> String {
         if let Ok(s) = std::fs::read_to_string(path) {
             return s;
         }
-        assert!(start.elapsed() < timeout, "{} did not appear within {timeout:?}", path.display());
+        assert!(
+            start.elapsed() < timeout,
+            "{} did not appear within {timeout:?}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
