@@ -9,14 +9,20 @@ STAMP := $(VENV)/.stylefarm-torch-$(TORCH_VERSION)
 SHARED ?= $(abspath $(CURDIR)/../shared)
 STYLEFARM_WEIGHTS ?= $(SHARED)/weights/vgg19-caffe-conv1_1-conv3_4.safetensors
 DEMO_OUT ?= demo-out
+# Garage, the S3 server the tests run, is built once per version into a cache outside
+# the checkout, so fresh clones reuse it (keep in step with testkit's GARAGE_VERSION).
+GARAGE_VERSION := 2.5.0
+GARAGE_ROOT ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/stylefarm/garage-$(GARAGE_VERSION)
+GARAGE := $(GARAGE_ROOT)/bin/garage
 
 # torch-sys finds libtorch through the `python` on PATH (LIBTORCH_USE_PYTORCH=1 is set
 # in .cargo/config.toml); binaries carry an rpath to it and need nothing exported.
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export STYLEFARM_SHARED := $(SHARED)
+export STYLEFARM_GARAGE := $(GARAGE)
 
-.PHONY: all venv build test demo bench-engine bench-coordinator fmt lint clean
+.PHONY: all venv garage build test demo bench-engine bench-coordinator fmt lint clean
 
 all: build
 
@@ -28,10 +34,16 @@ $(STAMP):
 
 venv: $(STAMP)
 
+$(GARAGE):
+	@echo "building Garage $(GARAGE_VERSION) (S3 server for the tests) into $(GARAGE_ROOT); once per version, ~12 min"
+	cargo install garage --version $(GARAGE_VERSION) --locked --root $(GARAGE_ROOT)
+
+garage: $(GARAGE)
+
 build: venv
 	cargo build --release --workspace --bins
 
-test: venv
+test: venv garage
 	cargo test --release --workspace
 
 demo: build

@@ -1,0 +1,81 @@
+//! Storage errors. Each names the object (bucket and key, or path) it is about.
+
+/// What went wrong with an object.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The address cannot be used.
+    #[error("{url:?} is not a storage address: {reason}")]
+    InvalidUrl {
+        /// The address given.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No object there.
+    #[error("{url}: no such object")]
+    NotFound {
+        /// The object.
+        url: String,
+    },
+    /// The bucket does not exist.
+    #[error("{url}: bucket {bucket} does not exist")]
+    NoSuchBucket {
+        /// The object asked for.
+        url: String,
+        /// Its bucket.
+        bucket: String,
+    },
+    /// The credentials were refused or lack the permission.
+    #[error("{url}: access denied ({reason}); check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or --s3-access-key/--s3-secret-key)")]
+    Denied {
+        /// The object.
+        url: String,
+        /// The server's code and message.
+        reason: String,
+    },
+    /// Transient failures (5xx, timeouts, throttling, resets) outlasted the retries.
+    #[error("{url}: storage unavailable after {attempts} attempts over {seconds:.0} s: {reason}")]
+    Unavailable {
+        /// The object.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent retrying.
+        seconds: f64,
+        /// The last failure.
+        reason: String,
+    },
+    /// Any other refusal from the server.
+    #[error("{url}: {reason}")]
+    Failed {
+        /// The object.
+        url: String,
+        /// The server's code and message.
+        reason: String,
+    },
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The stored bytes are not what their address promises.
+    #[error("{url}: content has sha256 {actual}, expected {expected}")]
+    Corrupt {
+        /// The object.
+        url: String,
+        /// Its address's hash.
+        expected: String,
+        /// The bytes' hash.
+        actual: String,
+    },
+}
+
+impl StorageError {
+    /// True for [`StorageError::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. })
+    }
+}

@@ -1,0 +1,141 @@
+//! Storage against a real S3 server (Garage on loopback) and a local directory.
+
+use std::time::{Duration, Instant};
+
+use stylefarm_storage::{ObjectUrl, S3Options, Storage, StorageError};
+use stylefarm_testkit::garage::Garage;
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Put, get, exists, content-addressed inputs: the same on both backends.
+async fn round_trips(storage: &Storage, root: &ObjectUrl) {
+    let url = root
+        .join("batches/b1/jobs/j1/attempt-001/out.png")
+        .expect("join");
+    assert!(!storage.exists(&url).await.expect("exists"));
+    storage.put(&url, b"first".to_vec()).await.expect("put");
+    storage
+        .put(&url, b"second".to_vec())
+        .await
+        .expect("overwrite");
+    assert!(storage.exists(&url).await.expect("exists"));
+    assert_eq!(storage.get(&url).await.expect("get"), b"second");
+
+    let bytes = pattern(1000, 7);
+    let (input, uploaded) = storage.put_input(root, bytes.clone()).await.expect("input");
+    assert!(uploaded);
+    assert!(input
+        .uri
+        .ends_with(&format!("inputs/sha256/{}", input.sha256)));
+    let (again, uploaded) = storage
+        .put_input(root, bytes.clone())
+        .await
+        .expect("input again");
+    assert!(!uploaded, "an input already present is not uploaded again");
+    assert_eq!(again, input);
+    assert_eq!(storage.get_input(&input).await.expect("get input"), bytes);
+    let mut wrong = input.clone();
+    wrong.sha256 = "0".repeat(64);
+    assert!(matches!(
+        storage.get_input(&wrong).await,
+        Err(StorageError::Corrupt { .. })
+    ));
+
+    let missing = root.join("nothing/here.png").expect("join");
+    let err = storage.get(&missing).await.expect_err("missing");
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.to_string().contains("nothing/here.png"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_put_get_exists_multipart_and_errors() {
+    let garage = Garage::start();
+    let storage = Storage::new(garage.options(Duration::from_secs(30)));
+    let root = garage.root("farm");
+    round_trips(&storage, &root).await;
+
+    // 40 MiB goes up in 8 MiB parts and comes back intact.
+    let big = pattern(40 << 20, 3);
+    let url = root.join("big/checkpoint.safetensors").expect("join");
+    storage.put(&url, big.clone()).await.expect("multipart put");
+    assert_eq!(storage.get(&url).await.expect("get").len(), big.len());
+    assert!(storage.get(&url).await.expect("get") == big);
+
+    // A bucket that does not exist and refused credentials fail at once and say so.
+    let nobucket = ObjectUrl::parse("s3://no-such-bucket-here/x").expect("url");
+    let started = Instant::now();
+    let err = storage
+        .put(&nobucket, b"x".to_vec())
+        .await
+        .expect_err("no bucket");
+    assert!(
+        matches!(
+            err,
+            StorageError::NoSuchBucket { .. } | StorageError::Denied { .. }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no-such-bucket-here"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "permanent errors are not retried"
+    );
+
+    let mut bad = garage.options(Duration::from_secs(30));
+    bad.secret_key = Some("0".repeat(64));
+    let wrong = Storage::new(bad);
+    let started = Instant::now();
+    let err = wrong
+        .get(&root.join("x").expect("join"))
+        .await
+        .expect_err("bad secret");
+    assert!(matches!(err, StorageError::Denied { .. }), "{err}");
+    assert!(err.to_string().contains(&garage.bucket), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "permanent errors are not retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_outages_are_retried_until_the_server_is_back_or_the_deadline() {
+    let mut garage = Garage::start();
+    let root = garage.root("outage");
+    let storage = Storage::new(garage.options(Duration::from_secs(60)));
+    let url = root.join("during-outage.bin").expect("join");
+    garage.stop();
+    let put = tokio::spawn({
+        let storage = Storage::new(garage.options(Duration::from_secs(60)));
+        let url = url.clone();
+        async move { storage.put(&url, b"made it".to_vec()).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!put.is_finished(), "the put waits for the server");
+    garage.resume();
+    put.await
+        .expect("task")
+        .expect("the put succeeds once the server is back");
+    assert_eq!(storage.get(&url).await.expect("get"), b"made it");
+
+    garage.stop();
+    let short = Storage::new(garage.options(Duration::from_secs(2)));
+    let err = short.get(&url).await.expect_err("still down");
+    assert!(
+        matches!(err, StorageError::Unavailable { attempts, .. } if attempts > 1),
+        "{err}"
+    );
+    assert!(err.to_string().contains("during-outage.bin"), "{err}");
+}
+
+#[tokio::test]
+async fn local_directory_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = ObjectUrl::parse(&dir.path().display().to_string()).expect("path");
+    let storage = Storage::new(S3Options::default());
+    round_trips(&storage, &root).await;
+    assert!(root.join("../escape").is_err());
+}

@@ -1,0 +1,184 @@
+//! A real S3 server for tests: Garage, single node, on loopback.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use stylefarm_storage::{ObjectUrl, RetryPolicy, S3Options};
+
+/// The Garage release `make garage` builds.
+pub const GARAGE_VERSION: &str = "2.5.0";
+
+/// A running Garage with one bucket and one key that may use it.
+pub struct Garage {
+    child: Option<Child>,
+    binary: PathBuf,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT` of the S3 API.
+    pub endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret key.
+    pub secret_key: String,
+    admin_port: u16,
+}
+
+/// The garage binary: `STYLEFARM_GARAGE`, else the cache `make garage` fills.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("STYLEFARM_GARAGE") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join(format!("stylefarm/garage-{GARAGE_VERSION}/bin/garage"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn hex_of(seed: &str, len: usize) -> String {
+    let mut out = String::new();
+    let mut n = 0u32;
+    while out.len() < len {
+        out.push_str(&hex::encode(Sha256::digest(format!("{seed}-{n}"))));
+        n += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+impl Garage {
+    /// Starts a fresh server and waits until its bucket answers.
+    pub fn start() -> Self {
+        let binary = binary();
+        assert!(
+            binary.is_file(),
+            "no garage binary at {} (run `make garage`, which builds Garage {GARAGE_VERSION} once into the cache, or set STYLEFARM_GARAGE)",
+            binary.display()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = format!("{}-{:?}", std::process::id(), Instant::now());
+        let (s3, rpc, admin) = (free_port(), free_port(), free_port());
+        let config = dir.path().join("garage.toml");
+        let body = format!(
+            "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\n\
+             replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+             rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+             [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
+             root_domain = \".s3.garage.localhost\"\n\
+             [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+            meta = dir.path().join("meta").display(),
+            data = dir.path().join("data").display(),
+            secret = hex_of(&format!("rpc-{seed}"), 64),
+        );
+        std::fs::write(&config, body).expect("write garage config");
+        let mut g = Self {
+            child: None,
+            binary,
+            config,
+            _dir: dir,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            bucket: "stylefarm-test".into(),
+            access_key: format!("GK{}", hex_of(&format!("key-{seed}"), 24)),
+            secret_key: hex_of(&format!("secret-{seed}"), 64),
+            admin_port: admin,
+        };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.config)
+            .args(["server", "--single-node", "--default-bucket"])
+            .env("GARAGE_DEFAULT_ACCESS_KEY", &self.access_key)
+            .env("GARAGE_DEFAULT_SECRET_KEY", &self.secret_key)
+            .env("GARAGE_DEFAULT_BUCKET", &self.bucket)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start garage");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Polls the server until its bucket exists (the CLI asks it over RPC).
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            let ok = Command::new(&self.binary)
+                .arg("-c")
+                .arg(&self.config)
+                .args(["bucket", "info", &self.bucket])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "garage did not serve bucket {} within 60 s (admin port {})",
+                self.bucket,
+                self.admin_port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the server (its data stays); [`Garage::resume`] starts it again on the
+    /// same ports.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a stopped server again.
+    pub fn resume(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
+    /// S3 options for this server with the given retry deadline.
+    pub fn options(&self, deadline: Duration) -> S3Options {
+        S3Options {
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("garage".into()),
+            path_style: true,
+            access_key: Some(self.access_key.clone()),
+            secret_key: Some(self.secret_key.clone()),
+            retry: RetryPolicy {
+                deadline,
+                ..RetryPolicy::default()
+            },
+        }
+    }
+
+    /// `s3://BUCKET/prefix`.
+    pub fn root(&self, prefix: &str) -> ObjectUrl {
+        ObjectUrl::parse(&format!("s3://{}/{prefix}", self.bucket)).expect("valid url")
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

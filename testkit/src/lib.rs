@@ -1,0 +1,7 @@
+//! Fixtures for integration tests that run real servers.
+//!
+//! - [`garage::Garage`]: a single-node Garage (an S3-compatible object store) on free
+//!   loopback ports with a generated config, key and bucket, started from the binary
+//!   that `make garage` builds once and caches outside the checkout.
+
+pub mod garage;
