@@ -12,31 +12,8 @@ use stylefarm_core::params::{parse_layer_list, DEFAULT_ADAM_LR};
 use stylefarm_core::{InitKind, OptimizerKind, Pooling, RenderParams, WeightedLayer};
 use stylefarm_weights::WeightsInfo;
 use stylefarm_worker::engine::{image_io, Outcome, Render};
+use stylefarm_worker::device::DeviceArg;
 use stylefarm_worker::job::{self, JobInputs, NamedBytes, PreparedJob};
-use tch::Device;
-
-/// Where the computation runs.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DeviceArg {
-    /// CUDA when available, else CPU.
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// The first CUDA device.
-    Cuda,
-}
-
-impl DeviceArg {
-    /// The tch device, or an error when CUDA is asked for and absent.
-    pub fn resolve(self) -> anyhow::Result<Device> {
-        match self {
-            Self::Auto => Ok(Device::cuda_if_available()),
-            Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-            Self::Cuda => bail!("--device cuda: no CUDA device is available to libtorch"),
-        }
-    }
-}
 
 /// Arguments of `stylefarm render`.
 #[derive(Debug, Args)]

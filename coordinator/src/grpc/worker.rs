@@ -229,6 +229,31 @@ impl<S: Store> WorkerService for WorkerApi<S> {
     }
 
     #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]
+    async fn release_job(
+        &self,
+        req: Request<v1::ReleaseJobRequest>,
+    ) -> Result<Response<v1::ReleaseJobResponse>, Status> {
+        let req = req.into_inner();
+        self.known_worker(&req.worker_id)?;
+        let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
+        let progress = crate::model::Progress {
+            iteration: req.iteration,
+            losses: crate::model::Losses::default(),
+            checkpoint_key: (!req.checkpoint_key.is_empty()).then(|| req.checkpoint_key.clone()),
+        };
+        let record = self
+            .state
+            .store
+            .release(job_id, req.fencing_token, progress)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(state = record.state.as_str(), iteration = record.iteration, "job released");
+        self.state.metrics.attempts.with_label_values(&["released"]).inc();
+        self.state.publish([record]);
+        Ok(Response::new(v1::ReleaseJobResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]
     async fn fail_job(
         &self,
         req: Request<v1::FailJobRequest>,

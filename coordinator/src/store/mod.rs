@@ -150,6 +150,16 @@ pub trait Store: Send + Sync + 'static {
         retryable: bool,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
+    /// Hands a leased job back unfinished: requeued at once with its checkpoint (a
+    /// cancelled job stays cancelled), and the attempt is not counted against the
+    /// job's allowance or the worker.
+    fn release(
+        &self,
+        job_id: &str,
+        token: u64,
+        progress: Progress,
+    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+
     /// Returns jobs whose lease deadline passed to the queue (attempt count kept).
     fn expire(
         &self,

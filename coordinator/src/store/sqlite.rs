@@ -722,6 +722,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn release(
+        &self,
+        job_id: &str,
+        token: u64,
+        progress: Progress,
+    ) -> Result<JobRecord, StoreError> {
+        let job_id = job_id.to_owned();
+        self.write_one(move |tx| {
+            fenced_update(
+                tx,
+                &job_id,
+                token,
+                "state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
+                 attempt_limit = attempt_limit + 1, deadline_ms = NULL,
+                 iteration = ?3, checkpoint_key = COALESCE(?4, checkpoint_key)",
+                &[&progress.iteration, &progress.checkpoint_key],
+            )
+        })
+        .await
+    }
+
     async fn expire(&self, now_ms: i64) -> Result<Vec<JobRecord>, StoreError> {
         self.write(move |tx| {
             let ids: Vec<String> = tx
@@ -1136,6 +1157,28 @@ mod tests {
         // The refused call leased nothing: one job is still queued.
         let stats = s.stats().await.expect("stats");
         assert_eq!(stats.jobs_by_state.get(&JobState::Queued), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_attempt() {
+        let (_d, s) = store();
+        let mut b = batch("t", 0, 1);
+        b.max_attempts = 1;
+        s.submit(b, 0).await.expect("submit");
+        let first = lease(&s, "w", 0, 100).await.expect("job");
+        let progress = Progress {
+            iteration: 30,
+            losses: Losses::default(),
+            checkpoint_key: Some("ck/30".into()),
+        };
+        let rec = s.release(&first.job_id, first.token, progress).await.expect("release");
+        assert_eq!((rec.state, rec.iteration), (JobState::Queued, 30));
+        let second = lease(&s, "w", 1, 100).await.expect("requeued");
+        assert_eq!(second.checkpoint_key.as_deref(), Some("ck/30"));
+        // The release did not use up the one allowed attempt: the second one ran, and
+        // its failure is the one that ends the job.
+        let rec = s.fail(&second.job_id, second.token, "oom", true).await.expect("fail");
+        assert_eq!(rec.state, JobState::Failed, "the released attempt did not count, this one did");
     }
 
     #[tokio::test]

@@ -1,0 +1,280 @@
+//! One leased job from start to end: fetch its inputs (and checkpoint), run the engine,
+//! heartbeat, checkpoint, publish, report. Every way it can end is reported to the
+//! coordinator, so the lease is never left to expire when the worker is alive.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stylefarm_core::{JobSpec, ObjectRef};
+use stylefarm_proto::v1;
+use stylefarm_storage::StorageError;
+use tokio::sync::mpsc;
+use tonic::Code;
+use tracing::Instrument;
+
+use super::engine_thread::{self, EngineJob, Event, Finished};
+use super::Node;
+use crate::engine::EngineError;
+use crate::job::{JobInputs, NamedBytes};
+
+/// Why an attempt failed, and whether another attempt could succeed.
+struct Failure {
+    message: String,
+    retryable: bool,
+}
+
+impl From<StorageError> for Failure {
+    fn from(e: StorageError) -> Self {
+        let retryable = matches!(e, StorageError::Unavailable { .. } | StorageError::Io { .. });
+        Self {
+            message: e.to_string(),
+            retryable,
+        }
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        // A bad input, parameter or divergence fails the same way everywhere; a libtorch
+        // error (out of memory, a device fault) may not.
+        let retryable = matches!(e, EngineError::Torch { .. });
+        Self {
+            message: e.to_string(),
+            retryable,
+        }
+    }
+}
+
+/// Why the engine was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The coordinator cancelled the job.
+    Cancelled,
+    /// The lease is gone (a newer attempt holds the job).
+    Lost,
+    /// The worker is draining (SIGTERM).
+    Drain,
+}
+
+/// Runs one leased job to its end.
+pub async fn run(node: &Node, lease: v1::Lease) {
+    let span = tracing::info_span!("job", job = %lease.job_id, attempt = lease.attempt);
+    async {
+        match prepare(node, &lease).await {
+            Ok(engine_job) => execute(node, &lease, engine_job).await,
+            Err(f) => report_failure(node, &lease, &f).await,
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
+    let wire = lease.spec.clone().ok_or_else(|| Failure {
+        message: "the lease carries no job spec".into(),
+        retryable: false,
+    })?;
+    let spec = JobSpec::try_from(wire).map_err(|e| Failure {
+        message: format!("invalid job spec: {e}"),
+        retryable: false,
+    })?;
+    if spec.weights_sha256 != node.weights.sha256 {
+        return Err(Failure {
+            message: format!(
+                "the job needs weights {}, this worker has {} ({})",
+                spec.weights_sha256,
+                node.weights.sha256,
+                node.weights.path.display()
+            ),
+            retryable: true,
+        });
+    }
+    let fetch = |r: ObjectRef| async move {
+        let bytes = node.storage.get_input(&r).await?;
+        Ok::<_, StorageError>(NamedBytes {
+            source: r.uri,
+            bytes,
+        })
+    };
+    let content = fetch(spec.content.clone()).await?;
+    let mut styles = Vec::new();
+    for s in &spec.styles {
+        styles.push((fetch(s.image.clone()).await?, s.weight));
+    }
+    let init_image = match &spec.init_image {
+        Some(r) => Some(fetch(r.clone()).await?),
+        None => None,
+    };
+    let checkpoint = if lease.checkpoint_key.is_empty() {
+        None
+    } else {
+        let url = node.root.join(&lease.checkpoint_key)?;
+        match node.storage.get(&url).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(checkpoint = %url, cause = %e, "cannot read the checkpoint; starting over");
+                None
+            }
+        }
+    };
+    Ok(EngineJob {
+        spec,
+        inputs: JobInputs {
+            content,
+            styles,
+            init_image,
+        },
+        checkpoint,
+        weights: Arc::clone(&node.weights),
+        device: node.device,
+        checkpoint_every: node.config.checkpoint_every,
+        max_input_pixels: node.config.max_input_pixels,
+    })
+}
+
+async fn execute(node: &Node, lease: &v1::Lease, job: EngineJob) {
+    let name = job.spec.name.clone();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, mut events) = mpsc::unbounded_channel();
+    engine_thread::spawn(job, Arc::clone(&cancel), tx);
+
+    let mut beat = tokio::time::interval(node.heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hb = v1::HeartbeatRequest {
+        worker_id: node.worker_id.clone(),
+        job_id: lease.job_id.clone(),
+        fencing_token: lease.fencing_token,
+        iteration: 0,
+        losses: None,
+        checkpoint_key: String::new(),
+    };
+    let mut checkpoint = (lease.checkpoint_key.clone(), 0u32);
+    let mut stop: Option<Stop> = None;
+    let finished = loop {
+        let send_beat = tokio::select! {
+            ev = events.recv() => match ev {
+                Some(Event::Progress(p)) => {
+                    hb.iteration = p.iteration;
+                    hb.losses = Some(v1::Losses { content: p.losses.content, style: p.losses.style, tv: p.losses.tv, total: p.losses.total });
+                    false
+                }
+                Some(Event::Checkpoint { iteration, bytes }) => {
+                    if matches!(stop, Some(Stop::Cancelled | Stop::Lost)) {
+                        false
+                    } else {
+                        let key = format!("{}/checkpoint-{iteration:06}.safetensors", lease.attempt_prefix);
+                        match upload(node, &key, bytes).await {
+                            Ok(()) => {
+                                checkpoint = (key.clone(), iteration);
+                                hb.checkpoint_key = key;
+                                true
+                            }
+                            Err(e) => {
+                                tracing::warn!(cause = %e, iteration, "checkpoint upload failed; the job goes on");
+                                false
+                            }
+                        }
+                    }
+                }
+                Some(Event::Done(result)) => break result,
+                None => break Err(EngineError::Torch { reason: "the engine thread ended without a result".into() }),
+            },
+            _ = beat.tick() => true,
+            () = node.draining.cancelled(), if stop.is_none() => {
+                tracing::info!("draining: stopping at the next iteration to checkpoint and hand the job back");
+                stop = Some(Stop::Drain);
+                cancel.store(true, Ordering::SeqCst);
+                false
+            }
+        };
+        if send_beat && stop != Some(Stop::Lost) {
+            match node.client().heartbeat(hb.clone()).await {
+                Ok(r) if r.get_ref().cancelled && stop.is_none() => {
+                    tracing::info!("the coordinator cancelled the job");
+                    stop = Some(Stop::Cancelled);
+                    cancel.store(true, Ordering::SeqCst);
+                }
+                Ok(_) => {}
+                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
+                    tracing::warn!(cause = %s.message(), "the lease is gone; abandoning the attempt");
+                    stop = Some(Stop::Lost);
+                    cancel.store(true, Ordering::SeqCst);
+                }
+                Err(s) => tracing::warn!(cause = %s.message(), "heartbeat failed; will retry"),
+            }
+        }
+    };
+
+    match (finished, stop) {
+        (_, Some(Stop::Lost)) => {}
+        (Ok(Finished::Rendered { png, sidecar }), None) => publish(node, lease, &name, png, sidecar).await,
+        (Ok(_), Some(Stop::Cancelled)) => {
+            let f = Failure { message: "cancelled".into(), retryable: false };
+            report_failure(node, lease, &f).await;
+        }
+        (Ok(_), _) => {
+            let req = v1::ReleaseJobRequest {
+                worker_id: node.worker_id.clone(),
+                job_id: lease.job_id.clone(),
+                fencing_token: lease.fencing_token,
+                checkpoint_key: checkpoint.0,
+                iteration: checkpoint.1,
+            };
+            match node.client().release_job(req).await {
+                Ok(_) => tracing::info!(iteration = checkpoint.1, "job handed back with its checkpoint"),
+                Err(s) => tracing::warn!(cause = %s.message(), "could not hand the job back; its lease will expire"),
+            }
+        }
+        (Err(e), _) => report_failure(node, lease, &Failure::from(e)).await,
+    }
+}
+
+async fn upload(node: &Node, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+    node.storage.put(&node.root.join(key)?, bytes).await
+}
+
+/// Uploads the output and its sidecar under the attempt's prefix, then reports; the
+/// coordinator decides whether this attempt's output is the result.
+async fn publish(node: &Node, lease: &v1::Lease, name: &str, png: Vec<u8>, sidecar: Vec<u8>) {
+    let result_key = format!("{}/{name}.png", lease.attempt_prefix);
+    let sidecar_key = format!("{}/{name}.json", lease.attempt_prefix);
+    let uploaded = async {
+        upload(node, &result_key, png).await?;
+        upload(node, &sidecar_key, sidecar).await
+    }
+    .await;
+    if let Err(e) = uploaded {
+        report_failure(node, lease, &Failure::from(e)).await;
+        return;
+    }
+    let req = v1::CompleteJobRequest {
+        worker_id: node.worker_id.clone(),
+        job_id: lease.job_id.clone(),
+        fencing_token: lease.fencing_token,
+        result_key,
+        sidecar_key,
+        lease_next: false,
+    };
+    match node.client().complete_job(req).await {
+        Ok(_) => tracing::info!("job completed"),
+        Err(s) => tracing::warn!(code = ?s.code(), cause = %s.message(), "completion refused; this attempt's output is not the result"),
+    }
+}
+
+async fn report_failure(node: &Node, lease: &v1::Lease, f: &Failure) {
+    tracing::warn!(cause = %f.message, retryable = f.retryable, "attempt failed");
+    let req = v1::FailJobRequest {
+        worker_id: node.worker_id.clone(),
+        job_id: lease.job_id.clone(),
+        fencing_token: lease.fencing_token,
+        error: f.message.clone(),
+        retryable: f.retryable,
+    };
+    if let Err(s) = node.client().fail_job(req).await {
+        tracing::warn!(cause = %s.message(), "could not report the failure; the lease will expire");
+    }
+}
+
+/// How long to wait before asking again after the coordinator could not be reached.
+pub const RECONNECT: Duration = Duration::from_secs(2);

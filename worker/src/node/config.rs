@@ -1,0 +1,94 @@
+//! `stylefarm-worker` flags, each with a `STYLEFARM_*` (or `AWS_*`) fallback.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::device::DeviceArg;
+
+/// Worker node settings.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "stylefarm-worker",
+    version,
+    about = "A stylefarm worker node: leases jobs, renders them with libtorch, publishes results"
+)]
+pub struct WorkerConfig {
+    /// The coordinator's gRPC address.
+    #[arg(long, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    pub coordinator: String,
+
+    /// Where checkpoints and results go: `s3://bucket/prefix` or a directory.
+    #[arg(long, env = "STYLEFARM_STORAGE")]
+    pub storage: String,
+
+    /// VGG weights (safetensors); jobs for other weights are refused.
+    #[arg(long, env = "STYLEFARM_WEIGHTS")]
+    pub weights: PathBuf,
+
+    /// Name reported to the coordinator (default: the host name).
+    #[arg(long, env = "STYLEFARM_WORKER_NAME")]
+    pub name: Option<String>,
+
+    /// Where libtorch runs.
+    #[arg(long, env = "STYLEFARM_DEVICE", value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+
+    /// Jobs run at once.
+    #[arg(long, env = "STYLEFARM_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub slots: u32,
+
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long, env = "STYLEFARM_THREADS")]
+    pub threads: Option<i32>,
+
+    /// Write a checkpoint every this many iterations (and on SIGTERM).
+    #[arg(long, env = "STYLEFARM_CHECKPOINT_EVERY", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub checkpoint_every: u32,
+
+    /// On SIGTERM, time allowed to checkpoint and hand jobs back before exiting (ms).
+    #[arg(long, env = "STYLEFARM_GRACE_MS", default_value_t = 30_000)]
+    pub grace_ms: u64,
+
+    /// Largest input accepted, in pixels (checked before decoding).
+    #[arg(long, env = "STYLEFARM_MAX_INPUT_PIXELS", default_value_t = 100_000_000)]
+    pub max_input_pixels: u64,
+
+    /// S3 endpoint of a self-hosted server (else `AWS_ENDPOINT_URL`, else AWS).
+    #[arg(long, env = "STYLEFARM_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region (else `AWS_REGION`).
+    #[arg(long, env = "STYLEFARM_S3_REGION")]
+    pub s3_region: Option<String>,
+
+    /// Path-style S3 addressing (most self-hosted servers need it).
+    #[arg(long, env = "STYLEFARM_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+
+    /// S3 access key id (else the AWS credential chain).
+    #[arg(long, env = "STYLEFARM_S3_ACCESS_KEY")]
+    pub s3_access_key: Option<String>,
+
+    /// S3 secret key.
+    #[arg(long, env = "STYLEFARM_S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<String>,
+
+    /// A file holding the S3 secret key (a mounted Kubernetes Secret).
+    #[arg(long, env = "STYLEFARM_S3_SECRET_KEY_FILE")]
+    pub s3_secret_key_file: Option<PathBuf>,
+
+    /// Give up on a storage request after retrying transient failures this long (ms).
+    #[arg(long, env = "STYLEFARM_STORAGE_RETRY_MS", default_value_t = 120_000)]
+    pub storage_retry_ms: u64,
+
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "STYLEFARM_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl WorkerConfig {
+    /// The grace period on SIGTERM.
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+}

@@ -1,0 +1,188 @@
+//! The worker node: registers with the coordinator, then each slot leases a job, runs
+//! it ([`attempt`]) and leases the next, until SIGTERM drains it.
+
+pub mod attempt;
+pub mod config;
+pub mod engine_thread;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use stylefarm_proto::v1;
+use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
+use stylefarm_storage::{ObjectUrl, RetryPolicy, S3Options, Storage};
+use stylefarm_weights::WeightsInfo;
+use tch::Device;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::Code;
+
+pub use config::WorkerConfig;
+
+/// What every slot shares.
+pub struct Node {
+    /// Settings.
+    pub config: WorkerConfig,
+    /// Where checkpoints and results go.
+    pub root: ObjectUrl,
+    /// Inputs, checkpoints, results.
+    pub storage: Storage,
+    /// The network.
+    pub weights: Arc<WeightsInfo>,
+    /// Where libtorch runs.
+    pub device: Device,
+    /// Our id at the coordinator.
+    pub worker_id: String,
+    /// Heartbeat interval the coordinator asked for.
+    pub heartbeat: Duration,
+    /// Cancelled on SIGTERM: stop leasing, checkpoint, hand jobs back.
+    pub draining: CancellationToken,
+    channel: Channel,
+}
+
+impl Node {
+    /// A client on the shared connection.
+    pub fn client(&self) -> WorkerServiceClient<Channel> {
+        WorkerServiceClient::new(self.channel.clone())
+    }
+}
+
+/// Runs the worker until `shutdown` resolves and its jobs are handed back (or the grace
+/// period ends).
+pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let device = config.device.resolve()?;
+    if let Some(n) = config.threads {
+        tch::set_num_threads(n.max(1));
+    }
+    let weights = Arc::new(WeightsInfo::inspect(&config.weights)?);
+    let root = ObjectUrl::parse(&config.storage)?;
+    let secret = match (&config.s3_secret_key, &config.s3_secret_key_file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the S3 secret key from {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let storage = Storage::new(S3Options {
+        endpoint: config.s3_endpoint.clone(),
+        region: config.s3_region.clone(),
+        path_style: config.s3_path_style,
+        access_key: config.s3_access_key.clone(),
+        secret_key: secret,
+        retry: RetryPolicy {
+            deadline: Duration::from_millis(config.storage_retry_ms),
+            ..RetryPolicy::default()
+        },
+    });
+    let channel = tonic::transport::Endpoint::from_shared(config.coordinator.clone())
+        .with_context(|| format!("--coordinator {:?} is not a URL", config.coordinator))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+
+    let draining = CancellationToken::new();
+    tokio::spawn({
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            draining.cancel();
+        }
+    });
+    let (name_dev, gpu_model, gpu_memory) = crate::device::describe(device);
+    let register = v1::RegisterWorkerRequest {
+        name: config.name.clone().unwrap_or_else(host_name),
+        device: name_dev,
+        gpu_model,
+        gpu_memory_bytes: gpu_memory,
+        slots: config.slots,
+        protocol_version: stylefarm_proto::PROTOCOL_VERSION,
+    };
+    let mut client = WorkerServiceClient::new(channel.clone());
+    let registered = loop {
+        tokio::select! {
+            r = client.register_worker(register.clone()) => match r {
+                Ok(r) => break r.into_inner(),
+                Err(s) if s.code() == Code::Unavailable => {
+                    tracing::warn!(coordinator = %config.coordinator, cause = %s.message(), "coordinator unreachable; retrying");
+                }
+                Err(s) => anyhow::bail!("registration refused: {}", s.message()),
+            },
+            () = draining.cancelled() => return Ok(()),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(attempt::RECONNECT) => {}
+            () = draining.cancelled() => return Ok(()),
+        }
+    };
+    tracing::info!(worker = %registered.worker_id, ?device, weights = %weights.sha256, slots = config.slots, "registered");
+    let node = Arc::new(Node {
+        root,
+        storage,
+        weights,
+        device,
+        worker_id: registered.worker_id,
+        heartbeat: Duration::from_millis(u64::from(registered.heartbeat_ms.max(100))),
+        draining: draining.clone(),
+        channel,
+        config,
+    });
+    let slots: Vec<_> = (0..node.config.slots)
+        .map(|_| tokio::spawn(slot(Arc::clone(&node))))
+        .collect();
+    let all = async {
+        for s in slots {
+            let _ = s.await;
+        }
+    };
+    tokio::pin!(all);
+    tokio::select! {
+        () = &mut all => {}
+        () = async { draining.cancelled().await; tokio::time::sleep(node.config.grace()).await } => {
+            tracing::warn!("grace period over; exiting with jobs still running (their leases will expire)");
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// One slot: lease, run, repeat until draining.
+async fn slot(node: Arc<Node>) {
+    let mut client = node.client();
+    while !node.draining.is_cancelled() {
+        let req = v1::LeaseJobRequest {
+            worker_id: node.worker_id.clone(),
+            wait_ms: 10_000,
+        };
+        let lease = tokio::select! {
+            r = client.lease_job(req) => r,
+            () = node.draining.cancelled() => break,
+        };
+        match lease {
+            Ok(r) => {
+                if let Some(lease) = r.into_inner().lease {
+                    attempt::run(&node, lease).await;
+                }
+            }
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), cause = %s.message(), "lease request failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(attempt::RECONNECT) => {}
+                    () = node.draining.cancelled() => break,
+                }
+            }
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into())
+}

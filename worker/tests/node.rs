@@ -1,0 +1,155 @@
+//! The worker node as a real process, against a coordinator serving on port 0 and a
+//! real S3 server (Garage): jobs complete with their outputs in the bucket, a corrupt
+//! input fails only its job, SIGTERM drains.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use stylefarm_coordinator::Config;
+use stylefarm_proto::v1;
+use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
+use stylefarm_storage::{ObjectUrl, Storage};
+use stylefarm_testkit::garage::Garage;
+use stylefarm_weights::{Architecture, Convention, WeightsInfo};
+use tokio_stream::StreamExt;
+
+struct Farm {
+    garage: Garage,
+    coordinator: stylefarm_coordinator::Running,
+    storage: Storage,
+    weights: WeightsInfo,
+    dir: tempfile::TempDir,
+}
+
+impl Farm {
+    async fn start(lease_ms: u32) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let garage = Garage::start();
+        let mut config = Config::local(dir.path().join("coordinator.db"));
+        config.lease_ms = lease_ms;
+        let coordinator = stylefarm_coordinator::start(config).await.expect("coordinator");
+        let weights = common::random_weights(dir.path(), Architecture::Vgg19, "conv3_2", Some(Convention::Torchvision), 11);
+        let storage = Storage::new(garage.options(Duration::from_secs(60)));
+        Self { garage, coordinator, storage, weights, dir }
+    }
+
+    fn root(&self) -> ObjectUrl {
+        self.garage.root("farm")
+    }
+
+    async fn input(&self, bytes: Vec<u8>) -> v1::ObjectRef {
+        let (r, _) = self.storage.put_input(&self.root(), bytes).await.expect("upload input");
+        v1::ObjectRef { uri: r.uri, sha256: r.sha256 }
+    }
+
+    fn worker(&self, name: &str, extra: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_stylefarm-worker"))
+            .args(["--coordinator", &format!("http://{}", self.coordinator.grpc_addr)])
+            .args(["--storage", &self.root().to_string()])
+            .arg("--weights")
+            .arg(&self.weights.path)
+            .args(["--name", name, "--device", "cpu", "--threads", "1", "--grace-ms", "20000"])
+            .args(["--s3-endpoint", &self.garage.endpoint, "--s3-region", "garage", "--s3-path-style"])
+            .args(["--s3-access-key", &self.garage.access_key, "--s3-secret-key", &self.garage.secret_key])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start stylefarm-worker")
+    }
+
+    async fn client(&self) -> StyleFarmClient<tonic::transport::Channel> {
+        StyleFarmClient::connect(format!("http://{}", self.coordinator.grpc_addr)).await.expect("connect")
+    }
+
+    /// Follows the batch until it ends; returns its jobs.
+    async fn wait(&self, batch: &str, limit: Duration) -> (i32, Vec<v1::JobStatus>) {
+        let mut client = self.client().await;
+        let mut stream = client
+            .watch_batch(v1::WatchBatchRequest { batch_id: batch.into() })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut state = 0;
+        tokio::time::timeout(limit, async {
+            while let Some(ev) = stream.next().await {
+                state = ev.expect("event").batch_state;
+            }
+        })
+        .await
+        .expect("the batch ends in time");
+        let req = v1::GetBatchRequest { batch_id: batch.into(), include_jobs: true };
+        (state, client.get_batch(req).await.expect("get").into_inner().jobs)
+    }
+}
+
+fn spec(name: &str, content: &v1::ObjectRef, style: &v1::ObjectRef, weights: &WeightsInfo, iterations: u32) -> v1::JobSpec {
+    let layer = |l: &str| v1::LayerWeight { layer: l.into(), weight: 1.0 };
+    v1::JobSpec {
+        name: name.into(),
+        content: Some(content.clone()),
+        styles: vec![v1::StyleRef { image: Some(style.clone()), weight: 1.0 }],
+        init_image: None,
+        params: Some(v1::RenderParams {
+            size: Some(64),
+            iterations: Some(iterations),
+            content_layers: vec![layer("relu3_2")],
+            style_layers: vec![layer("relu1_1"), layer("relu2_1"), layer("relu3_1")],
+            ..Default::default()
+        }),
+        weights_sha256: weights.sha256.clone(),
+        output_key: String::new(),
+    }
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).expect("fixture")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() {
+    let farm = Farm::start(10_000).await;
+    let content = farm.input(read(&common::fixture("content/tubingen.jpg"))).await;
+    let style = farm.input(read(&common::fixture("styles/starry_night.jpg"))).await;
+    let jpeg = read(&common::fixture("content/tubingen.jpg"));
+    let corrupt = farm.input(jpeg[..jpeg.len() / 3].to_vec()).await;
+    let jobs = vec![
+        spec("good-a", &content, &style, &farm.weights, 12),
+        spec("broken", &corrupt, &style, &farm.weights, 12),
+        spec("good-b", &style, &content, &farm.weights, 12),
+    ];
+    let req = v1::SubmitBatchRequest { name: "e2e".into(), client_token: "e2e".into(), priority: 0, max_attempts: 0, jobs };
+    let batch = farm.client().await.submit_batch(req).await.expect("submit").into_inner().batch_id;
+
+    let mut worker = farm.worker("w1", &["--checkpoint-every", "5"]);
+    let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
+    assert_eq!(state, v1::BatchState::Failed as i32, "{jobs:#?}");
+    let by_name = |n: &str| jobs.iter().find(|j| j.name == n).expect("job");
+    for name in ["good-a", "good-b"] {
+        let j = by_name(name);
+        assert_eq!(j.state, v1::JobState::Succeeded as i32, "{j:#?}");
+        let png = farm.storage.get(&farm.root().join(&j.result_key).expect("key")).await.expect("output in the bucket");
+        let img = image::load_from_memory(&png).expect("a PNG");
+        assert_eq!(img.width().max(img.height()), 64);
+        let sidecar = farm.storage.get(&farm.root().join(&j.sidecar_key).expect("key")).await.expect("sidecar in the bucket");
+        let json: serde_json::Value = serde_json::from_slice(&sidecar).expect("sidecar JSON");
+        assert_eq!(json["iterations_done"], 12);
+        assert!(j.result_key.contains(&format!("attempt-{:03}", j.result_attempt)));
+        assert!(j.checkpoint_key.ends_with("checkpoint-000010.safetensors"), "{}", j.checkpoint_key);
+    }
+    let broken = by_name("broken");
+    assert_eq!(broken.state, v1::JobState::Failed as i32);
+    assert_eq!(broken.attempt, 1, "a bad input is not retried");
+    assert!(broken.error.contains(&corrupt.uri) || broken.error.to_lowercase().contains("corrupt"), "{}", broken.error);
+
+    // SIGTERM with nothing to do: the worker stops leasing and exits 0.
+    let status = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let exit = worker.wait().expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    farm.coordinator.shutdown();
+    drop(farm.dir);
+}
