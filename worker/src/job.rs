@@ -139,6 +139,7 @@ pub fn finish(
         threads: tch::get_num_threads(),
         iterations_done: done,
         converged: render.converged(),
+        resumed_from: render.resumed_from(),
         final_losses,
         loss_curve: render.history().to_vec(),
         timings: Timings {

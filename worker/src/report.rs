@@ -75,6 +75,9 @@ pub struct Sidecar {
     pub iterations_done: u32,
     /// True when the optimizer converged before the last iteration.
     pub converged: bool,
+    /// The checkpoint's iteration when the run resumed from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u32>,
     /// Losses at the output.
     pub final_losses: Losses,
     /// Losses at each iteration.

@@ -55,7 +55,7 @@ impl Farm {
             .args(["--s3-endpoint", &self.garage.endpoint, "--s3-region", "garage", "--s3-path-style"])
             .args(["--s3-access-key", &self.garage.access_key, "--s3-secret-key", &self.garage.secret_key])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("start stylefarm-worker")
@@ -152,4 +152,96 @@ async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() 
     assert!(exit.success(), "{exit:?}");
     farm.coordinator.shutdown();
     drop(farm.dir);
+}
+
+impl Farm {
+    async fn submit(&self, token: &str, jobs: Vec<v1::JobSpec>) -> String {
+        let req = v1::SubmitBatchRequest { name: token.into(), client_token: token.into(), priority: 0, max_attempts: 0, jobs };
+        self.client().await.submit_batch(req).await.expect("submit").into_inner().batch_id
+    }
+
+    /// Polls the job until the coordinator has a checkpoint for it from `worker`.
+    async fn wait_for_checkpoint(&self, batch: &str, worker: &str) -> v1::JobStatus {
+        let mut client = self.client().await;
+        let start = std::time::Instant::now();
+        loop {
+            let req = v1::GetBatchRequest { batch_id: batch.into(), include_jobs: true };
+            let job = client.get_batch(req).await.expect("get").into_inner().jobs.remove(0);
+            if !job.checkpoint_key.is_empty() && job.worker.ends_with(&format!("-{worker}")) && job.state == v1::JobState::Running as i32 {
+                return job;
+            }
+            assert!(job.state != v1::JobState::Succeeded as i32, "the job ended before a checkpoint was seen");
+            assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint within 120 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn output(&self, job: &v1::JobStatus) -> (Vec<u8>, serde_json::Value) {
+        let png = self.storage.get(&self.root().join(&job.result_key).expect("key")).await.expect("output");
+        let sidecar = self.storage.get(&self.root().join(&job.sidecar_key).expect("key")).await.expect("sidecar");
+        (png, serde_json::from_slice(&sidecar).expect("JSON"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_drains() {
+    let farm = Farm::start(2_000).await;
+    let content = farm.input(read(&common::fixture("content/tubingen.jpg"))).await;
+    let style = farm.input(read(&common::fixture("styles/starry_night.jpg"))).await;
+    let its = 200;
+    let args = ["--checkpoint-every", "10"];
+
+    // The reference: the same job, never interrupted.
+    let reference = farm.submit("reference", vec![spec("reference", &content, &style, &farm.weights, its)]).await;
+    let mut w = farm.worker("reference", &args);
+    let (_, done) = farm.wait(&reference, Duration::from_secs(300)).await;
+    let (reference_png, reference_sidecar) = farm.output(&done[0]).await;
+    assert!(reference_sidecar.get("resumed_from").is_none());
+    Command::new("kill").args(["-TERM", &w.id().to_string()]).status().expect("kill");
+    assert!(w.wait().expect("wait").success());
+
+    // kill -9 mid-job: after the lease expires another worker resumes from the checkpoint.
+    let batch = farm.submit("killed", vec![spec("killed", &content, &style, &farm.weights, its)]).await;
+    let mut a = farm.worker("a", &args);
+    let seen = farm.wait_for_checkpoint(&batch, "a").await;
+    a.kill().expect("kill -9");
+    let _ = a.wait();
+    let mut b = farm.worker("b", &args);
+    let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
+    assert_eq!(state, v1::BatchState::Succeeded as i32, "{jobs:#?}");
+    assert_eq!(jobs[0].attempt, 2);
+    let (png, sidecar) = farm.output(&jobs[0]).await;
+    let resumed = sidecar["resumed_from"].as_u64().expect("the second attempt resumed");
+    assert!(resumed >= 10 && resumed % 10 == 0, "resumed from iteration {resumed}");
+    assert!(resumed >= u64::from(seen.iteration) / 10 * 10);
+    assert_eq!(sidecar["iterations_done"], its);
+    assert!(png == reference_png, "the resumed image equals the uninterrupted one bit for bit");
+
+    // SIGTERM mid-job: the worker checkpoints, hands the job back and exits 0; the next
+    // worker resumes it, and the hand-back spent no attempt.
+    let batch = farm.submit("drained", vec![spec("drained", &content, &style, &farm.weights, its)]).await;
+    Command::new("kill").args(["-TERM", &b.id().to_string()]).status().expect("kill");
+    assert!(b.wait().expect("wait").success());
+    let mut c = farm.worker("c", &args);
+    farm.wait_for_checkpoint(&batch, "c").await;
+    Command::new("kill").args(["-TERM", &c.id().to_string()]).status().expect("kill");
+    let exit = tokio::time::timeout(Duration::from_secs(30), tokio::task::spawn_blocking(move || c.wait()))
+        .await
+        .expect("drained within the grace period")
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    let mut client = farm.client().await;
+    let req = v1::GetBatchRequest { batch_id: batch.clone(), include_jobs: true };
+    let job = client.get_batch(req).await.expect("get").into_inner().jobs.remove(0);
+    assert_eq!(job.state, v1::JobState::Queued as i32, "handed back, not left to expire");
+    assert!(!job.checkpoint_key.is_empty());
+    let mut d = farm.worker("d", &args);
+    let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
+    assert_eq!(state, v1::BatchState::Succeeded as i32, "{jobs:#?}");
+    let (png, sidecar) = farm.output(&jobs[0]).await;
+    assert!(sidecar["resumed_from"].as_u64().is_some_and(|i| i > 0));
+    assert!(png == reference_png);
+    Command::new("kill").args(["-TERM", &d.id().to_string()]).status().expect("kill");
+    assert!(d.wait().expect("wait").success());
 }

@@ -84,6 +84,7 @@ pub struct Render {
     history: Vec<Losses>,
     elapsed: Duration,
     converged: bool,
+    resumed_from: Option<u32>,
     fingerprint: String,
     /// The resized content photo, for colour preservation.
     content: Rgb32FImage,
@@ -272,6 +273,7 @@ impl Render {
                 history: Vec::new(),
                 elapsed: Duration::ZERO,
                 converged: false,
+                resumed_from: None,
                 fingerprint,
                 content,
             })
@@ -311,8 +313,14 @@ impl Render {
             render.history = meta.history;
             render.elapsed = Duration::from_secs_f64(meta.elapsed_s.max(0.0));
             render.converged = meta.converged;
+            render.resumed_from = Some(meta.iteration);
             Ok(render)
         })
+    }
+
+    /// The iteration a checkpoint restored, when this render was resumed.
+    pub fn resumed_from(&self) -> Option<u32> {
+        self.resumed_from
     }
 
     /// Iterations done so far.

@@ -99,6 +99,7 @@ fn run(job: &EngineJob, cancel: &AtomicBool, events: &UnboundedSender<Event>) ->
     };
     let setup_s = started.elapsed().as_secs_f64();
     let every = job.checkpoint_every.max(1);
+    let mut saved = render.iteration();
     loop {
         let stop_at = (render.iteration() / every + 1) * every;
         let outcome = render.run_until(stop_at, cancel, &mut |p| {
@@ -124,10 +125,14 @@ fn run(job: &EngineJob, cancel: &AtomicBool, events: &UnboundedSender<Event>) ->
                 sidecar,
             });
         }
-        let _ = events.send(Event::Checkpoint {
-            iteration: render.iteration(),
-            bytes: render.checkpoint()?,
-        });
+        // Only a checkpoint that holds new iterations is worth writing.
+        if render.iteration() > saved {
+            saved = render.iteration();
+            let _ = events.send(Event::Checkpoint {
+                iteration: saved,
+                bytes: render.checkpoint()?,
+            });
+        }
         if outcome == Outcome::Cancelled {
             return Ok(Finished::Stopped {
                 iteration: render.iteration(),
