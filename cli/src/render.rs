@@ -11,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use stylefarm_core::params::{parse_layer_list, DEFAULT_ADAM_LR};
 use stylefarm_core::{InitKind, OptimizerKind, Pooling, RenderParams, WeightedLayer};
 use stylefarm_weights::WeightsInfo;
-use stylefarm_worker::engine::{image_io, Outcome, Render};
 use stylefarm_worker::device::DeviceArg;
+use stylefarm_worker::engine::{image_io, Outcome, Render};
 use stylefarm_worker::job::{self, JobInputs, NamedBytes, PreparedJob};
 
 /// Arguments of `stylefarm render`.

@@ -53,5 +53,8 @@ fn gpu_model(index: usize) -> Option<(String, u64)> {
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let (name, mib) = text.trim().split_once(',')?;
-    Some((name.trim().to_owned(), mib.trim().parse::<u64>().ok()? << 20))
+    Some((
+        name.trim().to_owned(),
+        mib.trim().parse::<u64>().ok()? << 20,
+    ))
 }

@@ -16,6 +16,29 @@ use stylefarm_testkit::garage::Garage;
 use stylefarm_weights::{Architecture, Convention, WeightsInfo};
 use tokio_stream::StreamExt;
 
+/// A worker process, killed if a test ends without stopping it.
+struct Worker(Child);
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Farm {
     garage: Garage,
     coordinator: stylefarm_coordinator::Running,
@@ -30,10 +53,24 @@ impl Farm {
         let garage = Garage::start();
         let mut config = Config::local(dir.path().join("coordinator.db"));
         config.lease_ms = lease_ms;
-        let coordinator = stylefarm_coordinator::start(config).await.expect("coordinator");
-        let weights = common::random_weights(dir.path(), Architecture::Vgg19, "conv3_2", Some(Convention::Torchvision), 11);
+        let coordinator = stylefarm_coordinator::start(config)
+            .await
+            .expect("coordinator");
+        let weights = common::random_weights(
+            dir.path(),
+            Architecture::Vgg19,
+            "conv3_2",
+            Some(Convention::Torchvision),
+            11,
+        );
         let storage = Storage::new(garage.options(Duration::from_secs(60)));
-        Self { garage, coordinator, storage, weights, dir }
+        Self {
+            garage,
+            coordinator,
+            storage,
+            weights,
+            dir,
+        }
     }
 
     fn root(&self) -> ObjectUrl {
@@ -41,35 +78,71 @@ impl Farm {
     }
 
     async fn input(&self, bytes: Vec<u8>) -> v1::ObjectRef {
-        let (r, _) = self.storage.put_input(&self.root(), bytes).await.expect("upload input");
-        v1::ObjectRef { uri: r.uri, sha256: r.sha256 }
+        let (r, _) = self
+            .storage
+            .put_input(&self.root(), bytes)
+            .await
+            .expect("upload input");
+        v1::ObjectRef {
+            uri: r.uri,
+            sha256: r.sha256,
+        }
     }
 
-    fn worker(&self, name: &str, extra: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_stylefarm-worker"))
-            .args(["--coordinator", &format!("http://{}", self.coordinator.grpc_addr)])
-            .args(["--storage", &self.root().to_string()])
-            .arg("--weights")
-            .arg(&self.weights.path)
-            .args(["--name", name, "--device", "cpu", "--threads", "1", "--grace-ms", "20000"])
-            .args(["--s3-endpoint", &self.garage.endpoint, "--s3-region", "garage", "--s3-path-style"])
-            .args(["--s3-access-key", &self.garage.access_key, "--s3-secret-key", &self.garage.secret_key])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start stylefarm-worker")
+    fn worker(&self, name: &str, extra: &[&str]) -> Worker {
+        Worker(
+            Command::new(env!("CARGO_BIN_EXE_stylefarm-worker"))
+                .args([
+                    "--coordinator",
+                    &format!("http://{}", self.coordinator.grpc_addr),
+                ])
+                .args(["--storage", &self.root().to_string()])
+                .arg("--weights")
+                .arg(&self.weights.path)
+                .args([
+                    "--name",
+                    name,
+                    "--device",
+                    "cpu",
+                    "--threads",
+                    "1",
+                    "--grace-ms",
+                    "20000",
+                ])
+                .args([
+                    "--s3-endpoint",
+                    &self.garage.endpoint,
+                    "--s3-region",
+                    "garage",
+                    "--s3-path-style",
+                ])
+                .args([
+                    "--s3-access-key",
+                    &self.garage.access_key,
+                    "--s3-secret-key",
+                    &self.garage.secret_key,
+                ])
+                .args(extra)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start stylefarm-worker"),
+        )
     }
 
     async fn client(&self) -> StyleFarmClient<tonic::transport::Channel> {
-        StyleFarmClient::connect(format!("http://{}", self.coordinator.grpc_addr)).await.expect("connect")
+        StyleFarmClient::connect(format!("http://{}", self.coordinator.grpc_addr))
+            .await
+            .expect("connect")
     }
 
     /// Follows the batch until it ends; returns its jobs.
     async fn wait(&self, batch: &str, limit: Duration) -> (i32, Vec<v1::JobStatus>) {
         let mut client = self.client().await;
         let mut stream = client
-            .watch_batch(v1::WatchBatchRequest { batch_id: batch.into() })
+            .watch_batch(v1::WatchBatchRequest {
+                batch_id: batch.into(),
+            })
             .await
             .expect("watch")
             .into_inner();
@@ -81,17 +154,35 @@ impl Farm {
         })
         .await
         .expect("the batch ends in time");
-        let req = v1::GetBatchRequest { batch_id: batch.into(), include_jobs: true };
-        (state, client.get_batch(req).await.expect("get").into_inner().jobs)
+        let req = v1::GetBatchRequest {
+            batch_id: batch.into(),
+            include_jobs: true,
+        };
+        (
+            state,
+            client.get_batch(req).await.expect("get").into_inner().jobs,
+        )
     }
 }
 
-fn spec(name: &str, content: &v1::ObjectRef, style: &v1::ObjectRef, weights: &WeightsInfo, iterations: u32) -> v1::JobSpec {
-    let layer = |l: &str| v1::LayerWeight { layer: l.into(), weight: 1.0 };
+fn spec(
+    name: &str,
+    content: &v1::ObjectRef,
+    style: &v1::ObjectRef,
+    weights: &WeightsInfo,
+    iterations: u32,
+) -> v1::JobSpec {
+    let layer = |l: &str| v1::LayerWeight {
+        layer: l.into(),
+        weight: 1.0,
+    };
     v1::JobSpec {
         name: name.into(),
         content: Some(content.clone()),
-        styles: vec![v1::StyleRef { image: Some(style.clone()), weight: 1.0 }],
+        styles: vec![v1::StyleRef {
+            image: Some(style.clone()),
+            weight: 1.0,
+        }],
         init_image: None,
         params: Some(v1::RenderParams {
             size: Some(64),
@@ -112,8 +203,12 @@ fn read(p: &Path) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() {
     let farm = Farm::start(10_000).await;
-    let content = farm.input(read(&common::fixture("content/tubingen.jpg"))).await;
-    let style = farm.input(read(&common::fixture("styles/starry_night.jpg"))).await;
+    let content = farm
+        .input(read(&common::fixture("content/tubingen.jpg")))
+        .await;
+    let style = farm
+        .input(read(&common::fixture("styles/starry_night.jpg")))
+        .await;
     let jpeg = read(&common::fixture("content/tubingen.jpg"));
     let corrupt = farm.input(jpeg[..jpeg.len() / 3].to_vec()).await;
     let jobs = vec![
@@ -121,8 +216,21 @@ async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() 
         spec("broken", &corrupt, &style, &farm.weights, 12),
         spec("good-b", &style, &content, &farm.weights, 12),
     ];
-    let req = v1::SubmitBatchRequest { name: "e2e".into(), client_token: "e2e".into(), priority: 0, max_attempts: 0, jobs };
-    let batch = farm.client().await.submit_batch(req).await.expect("submit").into_inner().batch_id;
+    let req = v1::SubmitBatchRequest {
+        name: "e2e".into(),
+        client_token: "e2e".into(),
+        priority: 0,
+        max_attempts: 0,
+        jobs,
+    };
+    let batch = farm
+        .client()
+        .await
+        .submit_batch(req)
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id;
 
     let mut worker = farm.worker("w1", &["--checkpoint-every", "5"]);
     let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
@@ -131,22 +239,47 @@ async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() 
     for name in ["good-a", "good-b"] {
         let j = by_name(name);
         assert_eq!(j.state, v1::JobState::Succeeded as i32, "{j:#?}");
-        let png = farm.storage.get(&farm.root().join(&j.result_key).expect("key")).await.expect("output in the bucket");
+        let png = farm
+            .storage
+            .get(&farm.root().join(&j.result_key).expect("key"))
+            .await
+            .expect("output in the bucket");
         let img = image::load_from_memory(&png).expect("a PNG");
         assert_eq!(img.width().max(img.height()), 64);
-        let sidecar = farm.storage.get(&farm.root().join(&j.sidecar_key).expect("key")).await.expect("sidecar in the bucket");
+        let sidecar = farm
+            .storage
+            .get(&farm.root().join(&j.sidecar_key).expect("key"))
+            .await
+            .expect("sidecar in the bucket");
         let json: serde_json::Value = serde_json::from_slice(&sidecar).expect("sidecar JSON");
         assert_eq!(json["iterations_done"], 12);
-        assert!(j.result_key.contains(&format!("attempt-{:03}", j.result_attempt)));
-        assert!(j.checkpoint_key.ends_with("checkpoint-000010.safetensors"), "{}", j.checkpoint_key);
+        assert!(j
+            .result_key
+            .contains(&format!("attempt-{:03}", j.result_attempt)));
+        let prefix = j.result_key.rsplit_once('/').expect("prefix").0;
+        let ck = farm
+            .root()
+            .join(&format!("{prefix}/checkpoint-000010.safetensors"))
+            .expect("key");
+        assert!(
+            farm.storage.exists(&ck).await.expect("exists"),
+            "checkpoints are written every 5 iterations"
+        );
     }
     let broken = by_name("broken");
     assert_eq!(broken.state, v1::JobState::Failed as i32);
     assert_eq!(broken.attempt, 1, "a bad input is not retried");
-    assert!(broken.error.contains(&corrupt.uri) || broken.error.to_lowercase().contains("corrupt"), "{}", broken.error);
+    assert!(
+        broken.error.contains(&corrupt.uri) || broken.error.to_lowercase().contains("corrupt"),
+        "{}",
+        broken.error
+    );
 
     // SIGTERM with nothing to do: the worker stops leasing and exits 0.
-    let status = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let exit = worker.wait().expect("wait");
     assert!(exit.success(), "{exit:?}");
@@ -156,8 +289,20 @@ async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() 
 
 impl Farm {
     async fn submit(&self, token: &str, jobs: Vec<v1::JobSpec>) -> String {
-        let req = v1::SubmitBatchRequest { name: token.into(), client_token: token.into(), priority: 0, max_attempts: 0, jobs };
-        self.client().await.submit_batch(req).await.expect("submit").into_inner().batch_id
+        let req = v1::SubmitBatchRequest {
+            name: token.into(),
+            client_token: token.into(),
+            priority: 0,
+            max_attempts: 0,
+            jobs,
+        };
+        self.client()
+            .await
+            .submit_batch(req)
+            .await
+            .expect("submit")
+            .into_inner()
+            .batch_id
     }
 
     /// Polls the job until the coordinator has a checkpoint for it from `worker`.
@@ -165,20 +310,46 @@ impl Farm {
         let mut client = self.client().await;
         let start = std::time::Instant::now();
         loop {
-            let req = v1::GetBatchRequest { batch_id: batch.into(), include_jobs: true };
-            let job = client.get_batch(req).await.expect("get").into_inner().jobs.remove(0);
-            if !job.checkpoint_key.is_empty() && job.worker.ends_with(&format!("-{worker}")) && job.state == v1::JobState::Running as i32 {
+            let req = v1::GetBatchRequest {
+                batch_id: batch.into(),
+                include_jobs: true,
+            };
+            let job = client
+                .get_batch(req)
+                .await
+                .expect("get")
+                .into_inner()
+                .jobs
+                .remove(0);
+            if !job.checkpoint_key.is_empty()
+                && job.worker.ends_with(&format!("-{worker}"))
+                && job.state == v1::JobState::Running as i32
+            {
                 return job;
             }
-            assert!(job.state != v1::JobState::Succeeded as i32, "the job ended before a checkpoint was seen");
-            assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint within 120 s");
+            assert!(
+                job.state != v1::JobState::Succeeded as i32,
+                "the job ended before a checkpoint was seen"
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "no checkpoint within 120 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     async fn output(&self, job: &v1::JobStatus) -> (Vec<u8>, serde_json::Value) {
-        let png = self.storage.get(&self.root().join(&job.result_key).expect("key")).await.expect("output");
-        let sidecar = self.storage.get(&self.root().join(&job.sidecar_key).expect("key")).await.expect("sidecar");
+        let png = self
+            .storage
+            .get(&self.root().join(&job.result_key).expect("key"))
+            .await
+            .expect("output");
+        let sidecar = self
+            .storage
+            .get(&self.root().join(&job.sidecar_key).expect("key"))
+            .await
+            .expect("sidecar");
         (png, serde_json::from_slice(&sidecar).expect("JSON"))
     }
 }
@@ -186,22 +357,39 @@ impl Farm {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_drains() {
     let farm = Farm::start(2_000).await;
-    let content = farm.input(read(&common::fixture("content/tubingen.jpg"))).await;
-    let style = farm.input(read(&common::fixture("styles/starry_night.jpg"))).await;
+    let content = farm
+        .input(read(&common::fixture("content/tubingen.jpg")))
+        .await;
+    let style = farm
+        .input(read(&common::fixture("styles/starry_night.jpg")))
+        .await;
     let its = 200;
     let args = ["--checkpoint-every", "10"];
 
     // The reference: the same job, never interrupted.
-    let reference = farm.submit("reference", vec![spec("reference", &content, &style, &farm.weights, its)]).await;
+    let reference = farm
+        .submit(
+            "reference",
+            vec![spec("reference", &content, &style, &farm.weights, its)],
+        )
+        .await;
     let mut w = farm.worker("reference", &args);
     let (_, done) = farm.wait(&reference, Duration::from_secs(300)).await;
     let (reference_png, reference_sidecar) = farm.output(&done[0]).await;
     assert!(reference_sidecar.get("resumed_from").is_none());
-    Command::new("kill").args(["-TERM", &w.id().to_string()]).status().expect("kill");
+    Command::new("kill")
+        .args(["-TERM", &w.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(w.wait().expect("wait").success());
 
     // kill -9 mid-job: after the lease expires another worker resumes from the checkpoint.
-    let batch = farm.submit("killed", vec![spec("killed", &content, &style, &farm.weights, its)]).await;
+    let batch = farm
+        .submit(
+            "killed",
+            vec![spec("killed", &content, &style, &farm.weights, its)],
+        )
+        .await;
     let mut a = farm.worker("a", &args);
     let seen = farm.wait_for_checkpoint(&batch, "a").await;
     a.kill().expect("kill -9");
@@ -211,30 +399,68 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
     assert_eq!(state, v1::BatchState::Succeeded as i32, "{jobs:#?}");
     assert_eq!(jobs[0].attempt, 2);
     let (png, sidecar) = farm.output(&jobs[0]).await;
-    let resumed = sidecar["resumed_from"].as_u64().expect("the second attempt resumed");
-    assert!(resumed >= 10 && resumed % 10 == 0, "resumed from iteration {resumed}");
+    let resumed = sidecar["resumed_from"]
+        .as_u64()
+        .expect("the second attempt resumed");
+    assert!(
+        resumed >= 10 && resumed % 10 == 0,
+        "resumed from iteration {resumed}"
+    );
     assert!(resumed >= u64::from(seen.iteration) / 10 * 10);
     assert_eq!(sidecar["iterations_done"], its);
-    assert!(png == reference_png, "the resumed image equals the uninterrupted one bit for bit");
+    assert!(
+        png == reference_png,
+        "the resumed image equals the uninterrupted one bit for bit"
+    );
 
     // SIGTERM mid-job: the worker checkpoints, hands the job back and exits 0; the next
     // worker resumes it, and the hand-back spent no attempt.
-    let batch = farm.submit("drained", vec![spec("drained", &content, &style, &farm.weights, its)]).await;
-    Command::new("kill").args(["-TERM", &b.id().to_string()]).status().expect("kill");
+    let batch = farm
+        .submit(
+            "drained",
+            vec![spec("drained", &content, &style, &farm.weights, its)],
+        )
+        .await;
+    Command::new("kill")
+        .args(["-TERM", &b.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(b.wait().expect("wait").success());
-    let mut c = farm.worker("c", &args);
+    let c = farm.worker("c", &args);
     farm.wait_for_checkpoint(&batch, "c").await;
-    Command::new("kill").args(["-TERM", &c.id().to_string()]).status().expect("kill");
-    let exit = tokio::time::timeout(Duration::from_secs(30), tokio::task::spawn_blocking(move || c.wait()))
-        .await
-        .expect("drained within the grace period")
-        .expect("join")
-        .expect("wait");
+    Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status()
+        .expect("kill");
+    let exit = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut c = c;
+            c.wait()
+        }),
+    )
+    .await
+    .expect("drained within the grace period")
+    .expect("join")
+    .expect("wait");
     assert!(exit.success(), "{exit:?}");
     let mut client = farm.client().await;
-    let req = v1::GetBatchRequest { batch_id: batch.clone(), include_jobs: true };
-    let job = client.get_batch(req).await.expect("get").into_inner().jobs.remove(0);
-    assert_eq!(job.state, v1::JobState::Queued as i32, "handed back, not left to expire");
+    let req = v1::GetBatchRequest {
+        batch_id: batch.clone(),
+        include_jobs: true,
+    };
+    let job = client
+        .get_batch(req)
+        .await
+        .expect("get")
+        .into_inner()
+        .jobs
+        .remove(0);
+    assert_eq!(
+        job.state,
+        v1::JobState::Queued as i32,
+        "handed back, not left to expire"
+    );
     assert!(!job.checkpoint_key.is_empty());
     let mut d = farm.worker("d", &args);
     let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
@@ -242,6 +468,104 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
     let (png, sidecar) = farm.output(&jobs[0]).await;
     assert!(sidecar["resumed_from"].as_u64().is_some_and(|i| i > 0));
     assert!(png == reference_png);
-    Command::new("kill").args(["-TERM", &d.id().to_string()]).status().expect("kill");
+    Command::new("kill")
+        .args(["-TERM", &d.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(d.wait().expect("wait").success());
+}
+
+fn signal(child: &Worker, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill {sig}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_second_storage_outage_mid_job_is_ridden_out() {
+    let mut farm = Farm::start(3_000).await;
+    let content = farm
+        .input(read(&common::fixture("content/tubingen.jpg")))
+        .await;
+    let style = farm
+        .input(read(&common::fixture("styles/starry_night.jpg")))
+        .await;
+    let batch = farm
+        .submit(
+            "outage",
+            vec![spec("outage", &content, &style, &farm.weights, 300)],
+        )
+        .await;
+    let mut w = farm.worker("w", &["--checkpoint-every", "10"]);
+    farm.wait_for_checkpoint(&batch, "w").await;
+    farm.garage.stop();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    farm.garage.resume();
+    let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
+    assert_eq!(state, v1::BatchState::Succeeded as i32, "{jobs:#?}");
+    assert_eq!(
+        jobs[0].attempt, 1,
+        "the lease held through the outage: heartbeats do not wait on storage"
+    );
+    let (_, sidecar) = farm.output(&jobs[0]).await;
+    assert_eq!(sidecar["iterations_done"], 300);
+    signal(&w, "-TERM");
+    assert!(w.wait().expect("wait").success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_workers_late_output_never_becomes_the_result() {
+    let farm = Farm::start(1_500).await;
+    let content = farm
+        .input(read(&common::fixture("content/tubingen.jpg")))
+        .await;
+    let style = farm
+        .input(read(&common::fixture("styles/starry_night.jpg")))
+        .await;
+    let batch = farm
+        .submit(
+            "stale",
+            vec![spec("stale", &content, &style, &farm.weights, 150)],
+        )
+        .await;
+    let mut a = farm.worker("a", &["--checkpoint-every", "10"]);
+    farm.wait_for_checkpoint(&batch, "a").await;
+    // Worker a freezes (as behind a partition) past its lease; b takes the job over.
+    signal(&a, "-STOP");
+    let mut b = farm.worker("b", &["--checkpoint-every", "10"]);
+    let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
+    assert_eq!(state, v1::BatchState::Succeeded as i32);
+    let result = jobs[0].clone();
+    assert_eq!(result.result_attempt, 2);
+    assert!(
+        result.result_key.contains("attempt-002"),
+        "{}",
+        result.result_key
+    );
+    // a wakes up: its heartbeat or completion is refused and the result stays b's.
+    signal(&a, "-CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let req = v1::GetBatchRequest {
+        batch_id: batch.clone(),
+        include_jobs: true,
+    };
+    let after = farm
+        .client()
+        .await
+        .get_batch(req)
+        .await
+        .expect("get")
+        .into_inner()
+        .jobs
+        .remove(0);
+    assert_eq!(
+        (after.result_key.as_str(), after.result_attempt),
+        (result.result_key.as_str(), 2)
+    );
+    signal(&a, "-TERM");
+    signal(&b, "-TERM");
+    assert!(a.wait().expect("wait").success());
+    assert!(b.wait().expect("wait").success());
 }

@@ -247,8 +247,16 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .release(job_id, req.fencing_token, progress)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(state = record.state.as_str(), iteration = record.iteration, "job released");
-        self.state.metrics.attempts.with_label_values(&["released"]).inc();
+        tracing::info!(
+            state = record.state.as_str(),
+            iteration = record.iteration,
+            "job released"
+        );
+        self.state
+            .metrics
+            .attempts
+            .with_label_values(&["released"])
+            .inc();
         self.state.publish([record]);
         Ok(Response::new(v1::ReleaseJobResponse {}))
     }

@@ -1171,14 +1171,24 @@ mod tests {
             losses: Losses::default(),
             checkpoint_key: Some("ck/30".into()),
         };
-        let rec = s.release(&first.job_id, first.token, progress).await.expect("release");
+        let rec = s
+            .release(&first.job_id, first.token, progress)
+            .await
+            .expect("release");
         assert_eq!((rec.state, rec.iteration), (JobState::Queued, 30));
         let second = lease(&s, "w", 1, 100).await.expect("requeued");
         assert_eq!(second.checkpoint_key.as_deref(), Some("ck/30"));
         // The release did not use up the one allowed attempt: the second one ran, and
         // its failure is the one that ends the job.
-        let rec = s.fail(&second.job_id, second.token, "oom", true).await.expect("fail");
-        assert_eq!(rec.state, JobState::Failed, "the released attempt did not count, this one did");
+        let rec = s
+            .fail(&second.job_id, second.token, "oom", true)
+            .await
+            .expect("fail");
+        assert_eq!(
+            rec.state,
+            JobState::Failed,
+            "the released attempt did not count, this one did"
+        );
     }
 
     #[tokio::test]

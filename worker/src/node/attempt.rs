@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Mutex;
 use stylefarm_core::{JobSpec, ObjectRef};
 use stylefarm_proto::v1;
 use stylefarm_storage::StorageError;
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument;
 
@@ -26,7 +29,10 @@ struct Failure {
 
 impl From<StorageError> for Failure {
     fn from(e: StorageError) -> Self {
-        let retryable = matches!(e, StorageError::Unavailable { .. } | StorageError::Io { .. });
+        let retryable = matches!(
+            e,
+            StorageError::Unavailable { .. } | StorageError::Io { .. }
+        );
         Self {
             message: e.to_string(),
             retryable,
@@ -58,7 +64,7 @@ enum Stop {
 }
 
 /// Runs one leased job to its end.
-pub async fn run(node: &Node, lease: v1::Lease) {
+pub async fn run(node: &Arc<Node>, lease: v1::Lease) {
     let span = tracing::info_span!("job", job = %lease.job_id, attempt = lease.attempt);
     async {
         match prepare(node, &lease).await {
@@ -133,87 +139,137 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
     })
 }
 
-async fn execute(node: &Node, lease: &v1::Lease, job: EngineJob) {
+/// Heartbeats on a task of its own, so that nothing the attempt waits for (a storage
+/// outage while uploading, a long iteration) can let the lease lapse. It reads the
+/// latest progress from `latest` and reports what the coordinator says through `stop`.
+async fn keep_alive(
+    node: Arc<Node>,
+    latest: Arc<Mutex<v1::HeartbeatRequest>>,
+    cancel: Arc<AtomicBool>,
+    stop: watch::Sender<Option<Stop>>,
+    now: Arc<Notify>,
+    done: CancellationToken,
+) {
+    let mut beat = tokio::time::interval(node.heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {}
+            () = now.notified() => {}
+            () = done.cancelled() => return,
+        }
+        let req = latest.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match node.client().heartbeat(req).await {
+            Ok(r) if r.get_ref().cancelled => {
+                if stop.borrow().is_none() {
+                    tracing::info!("the coordinator cancelled the job");
+                    cancel.store(true, Ordering::SeqCst);
+                    let _ = stop.send(Some(Stop::Cancelled));
+                }
+            }
+            Ok(_) => {}
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
+                tracing::warn!(cause = %s.message(), "the lease is gone; abandoning the attempt");
+                cancel.store(true, Ordering::SeqCst);
+                let _ = stop.send(Some(Stop::Lost));
+                return;
+            }
+            Err(s) => tracing::warn!(cause = %s.message(), "heartbeat failed; will retry"),
+        }
+    }
+}
+
+async fn execute(node: &Arc<Node>, lease: &v1::Lease, job: EngineJob) {
     let name = job.spec.name.clone();
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, mut events) = mpsc::unbounded_channel();
     engine_thread::spawn(job, Arc::clone(&cancel), tx);
 
-    let mut beat = tokio::time::interval(node.heartbeat);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut hb = v1::HeartbeatRequest {
+    let latest = Arc::new(Mutex::new(v1::HeartbeatRequest {
         worker_id: node.worker_id.clone(),
         job_id: lease.job_id.clone(),
         fencing_token: lease.fencing_token,
         iteration: 0,
         losses: None,
         checkpoint_key: String::new(),
+    }));
+    let (stop_tx, mut stop) = watch::channel(None::<Stop>);
+    let keeper_done = CancellationToken::new();
+    let beat_now = Arc::new(Notify::new());
+    let mut keeper = Some(tokio::spawn(keep_alive(
+        Arc::clone(node),
+        Arc::clone(&latest),
+        Arc::clone(&cancel),
+        stop_tx.clone(),
+        Arc::clone(&beat_now),
+        keeper_done.clone(),
+    )));
+    // Heartbeats stop before the attempt's last word, so none arrives after it.
+    let mut quiet = || {
+        keeper_done.cancel();
+        keeper.take()
     };
+    // Checkpoints upload beside the run; the newest one stored is what we report.
+    let mut uploads = tokio::task::JoinSet::new();
     let mut checkpoint = (lease.checkpoint_key.clone(), 0u32);
-    let mut stop: Option<Stop> = None;
     let finished = loop {
-        let send_beat = tokio::select! {
+        tokio::select! {
             ev = events.recv() => match ev {
                 Some(Event::Progress(p)) => {
+                    let mut hb = latest.lock().unwrap_or_else(|p| p.into_inner());
                     hb.iteration = p.iteration;
                     hb.losses = Some(v1::Losses { content: p.losses.content, style: p.losses.style, tv: p.losses.tv, total: p.losses.total });
-                    false
                 }
                 Some(Event::Checkpoint { iteration, bytes }) => {
-                    if matches!(stop, Some(Stop::Cancelled | Stop::Lost)) {
-                        false
-                    } else {
+                    if !matches!(*stop.borrow(), Some(Stop::Cancelled | Stop::Lost)) {
                         let key = format!("{}/checkpoint-{iteration:06}.safetensors", lease.attempt_prefix);
-                        match upload(node, &key, bytes).await {
-                            Ok(()) => {
-                                checkpoint = (key.clone(), iteration);
-                                hb.checkpoint_key = key;
-                                true
-                            }
-                            Err(e) => {
-                                tracing::warn!(cause = %e, iteration, "checkpoint upload failed; the job goes on");
-                                false
-                            }
-                        }
+                        let node = Arc::clone(node);
+                        // A newer checkpoint supersedes one still uploading (during a
+                        // storage outage they would pile up in memory).
+                        uploads.abort_all();
+                        uploads.spawn(async move { (upload(&node, &key, bytes).await, key, iteration) });
                     }
                 }
                 Some(Event::Done(result)) => break result,
                 None => break Err(EngineError::Torch { reason: "the engine thread ended without a result".into() }),
             },
-            _ = beat.tick() => true,
-            () = node.draining.cancelled(), if stop.is_none() => {
+            Some(done) = uploads.join_next(), if !uploads.is_empty() => {
+                if record_upload(done, &mut checkpoint, &latest) {
+                    beat_now.notify_one();
+                }
+            }
+            () = node.draining.cancelled(), if stop.borrow().is_none() => {
                 tracing::info!("draining: stopping at the next iteration to checkpoint and hand the job back");
-                stop = Some(Stop::Drain);
                 cancel.store(true, Ordering::SeqCst);
-                false
+                let _ = stop_tx.send(Some(Stop::Drain));
             }
-        };
-        if send_beat && stop != Some(Stop::Lost) {
-            match node.client().heartbeat(hb.clone()).await {
-                Ok(r) if r.get_ref().cancelled && stop.is_none() => {
-                    tracing::info!("the coordinator cancelled the job");
-                    stop = Some(Stop::Cancelled);
-                    cancel.store(true, Ordering::SeqCst);
-                }
-                Ok(_) => {}
-                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
-                    tracing::warn!(cause = %s.message(), "the lease is gone; abandoning the attempt");
-                    stop = Some(Stop::Lost);
-                    cancel.store(true, Ordering::SeqCst);
-                }
-                Err(s) => tracing::warn!(cause = %s.message(), "heartbeat failed; will retry"),
-            }
+            _ = stop.changed() => {}
         }
     };
-
-    match (finished, stop) {
+    while let Some(done) = uploads.join_next().await {
+        record_upload(done, &mut checkpoint, &latest);
+    }
+    let stopped = *stop.borrow();
+    match (finished, stopped) {
         (_, Some(Stop::Lost)) => {}
-        (Ok(Finished::Rendered { png, sidecar }), None) => publish(node, lease, &name, png, sidecar).await,
+        (Ok(Finished::Rendered { png, sidecar }), None) => {
+            let published = publish(node, lease, &name, png, sidecar).await;
+            silence(quiet()).await;
+            match published {
+                Ok(req) => complete(node, req).await,
+                Err(f) => report_failure(node, lease, &f).await,
+            }
+        }
         (Ok(_), Some(Stop::Cancelled)) => {
-            let f = Failure { message: "cancelled".into(), retryable: false };
+            silence(quiet()).await;
+            let f = Failure {
+                message: "cancelled".into(),
+                retryable: false,
+            };
             report_failure(node, lease, &f).await;
         }
         (Ok(_), _) => {
+            silence(quiet()).await;
             let req = v1::ReleaseJobRequest {
                 worker_id: node.worker_id.clone(),
                 job_id: lease.job_id.clone(),
@@ -222,11 +278,55 @@ async fn execute(node: &Node, lease: &v1::Lease, job: EngineJob) {
                 iteration: checkpoint.1,
             };
             match node.client().release_job(req).await {
-                Ok(_) => tracing::info!(iteration = checkpoint.1, "job handed back with its checkpoint"),
-                Err(s) => tracing::warn!(cause = %s.message(), "could not hand the job back; its lease will expire"),
+                Ok(_) => tracing::info!(
+                    iteration = checkpoint.1,
+                    "job handed back with its checkpoint"
+                ),
+                Err(s) => {
+                    tracing::warn!(cause = %s.message(), "could not hand the job back; its lease will expire")
+                }
             }
         }
-        (Err(e), _) => report_failure(node, lease, &Failure::from(e)).await,
+        (Err(e), _) => {
+            silence(quiet()).await;
+            report_failure(node, lease, &Failure::from(e)).await;
+        }
+    }
+    silence(quiet()).await;
+}
+
+async fn silence(keeper: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(k) = keeper {
+        let _ = k.await;
+    }
+}
+
+/// Notes a finished checkpoint upload; true when it is the newest stored, which the
+/// next heartbeat (sent at once) reports.
+fn record_upload(
+    done: Result<(Result<(), StorageError>, String, u32), tokio::task::JoinError>,
+    checkpoint: &mut (String, u32),
+    latest: &Mutex<v1::HeartbeatRequest>,
+) -> bool {
+    match done {
+        Ok((Ok(()), key, iteration)) if iteration > checkpoint.1 => {
+            latest
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .checkpoint_key = key.clone();
+            *checkpoint = (key, iteration);
+            true
+        }
+        Ok((Ok(()), ..)) => false,
+        Ok((Err(e), _, iteration)) => {
+            tracing::warn!(cause = %e, iteration, "checkpoint upload failed; the job goes on");
+            false
+        }
+        Err(e) if e.is_cancelled() => false,
+        Err(e) => {
+            tracing::warn!(cause = %e, "checkpoint upload task failed");
+            false
+        }
     }
 }
 
@@ -234,31 +334,36 @@ async fn upload(node: &Node, key: &str, bytes: Vec<u8>) -> Result<(), StorageErr
     node.storage.put(&node.root.join(key)?, bytes).await
 }
 
-/// Uploads the output and its sidecar under the attempt's prefix, then reports; the
-/// coordinator decides whether this attempt's output is the result.
-async fn publish(node: &Node, lease: &v1::Lease, name: &str, png: Vec<u8>, sidecar: Vec<u8>) {
+/// Uploads the output and its sidecar under the attempt's prefix (heartbeats go on
+/// meanwhile) and returns the completion to report; the coordinator decides whether
+/// this attempt's output is the result.
+async fn publish(
+    node: &Node,
+    lease: &v1::Lease,
+    name: &str,
+    png: Vec<u8>,
+    sidecar: Vec<u8>,
+) -> Result<v1::CompleteJobRequest, Failure> {
     let result_key = format!("{}/{name}.png", lease.attempt_prefix);
     let sidecar_key = format!("{}/{name}.json", lease.attempt_prefix);
-    let uploaded = async {
-        upload(node, &result_key, png).await?;
-        upload(node, &sidecar_key, sidecar).await
-    }
-    .await;
-    if let Err(e) = uploaded {
-        report_failure(node, lease, &Failure::from(e)).await;
-        return;
-    }
-    let req = v1::CompleteJobRequest {
+    upload(node, &result_key, png).await?;
+    upload(node, &sidecar_key, sidecar).await?;
+    Ok(v1::CompleteJobRequest {
         worker_id: node.worker_id.clone(),
         job_id: lease.job_id.clone(),
         fencing_token: lease.fencing_token,
         result_key,
         sidecar_key,
         lease_next: false,
-    };
+    })
+}
+
+async fn complete(node: &Node, req: v1::CompleteJobRequest) {
     match node.client().complete_job(req).await {
         Ok(_) => tracing::info!("job completed"),
-        Err(s) => tracing::warn!(code = ?s.code(), cause = %s.message(), "completion refused; this attempt's output is not the result"),
+        Err(s) => {
+            tracing::warn!(code = ?s.code(), cause = %s.message(), "completion refused; this attempt's output is not the result")
+        }
     }
 }
 

@@ -14,7 +14,11 @@ use crate::device::DeviceArg;
 )]
 pub struct WorkerConfig {
     /// The coordinator's gRPC address.
-    #[arg(long, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "STYLEFARM_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub coordinator: String,
 
     /// Where checkpoints and results go: `s3://bucket/prefix` or a directory.
@@ -50,7 +54,11 @@ pub struct WorkerConfig {
     pub grace_ms: u64,
 
     /// Largest input accepted, in pixels (checked before decoding).
-    #[arg(long, env = "STYLEFARM_MAX_INPUT_PIXELS", default_value_t = 100_000_000)]
+    #[arg(
+        long,
+        env = "STYLEFARM_MAX_INPUT_PIXELS",
+        default_value_t = 100_000_000
+    )]
     pub max_input_pixels: u64,
 
     /// S3 endpoint of a self-hosted server (else `AWS_ENDPOINT_URL`, else AWS).

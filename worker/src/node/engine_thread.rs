@@ -80,21 +80,27 @@ pub fn spawn(job: EngineJob, cancel: Arc<AtomicBool>, events: UnboundedSender<Ev
     }
 }
 
-fn run(job: &EngineJob, cancel: &AtomicBool, events: &UnboundedSender<Event>) -> Result<Finished, EngineError> {
+fn run(
+    job: &EngineJob,
+    cancel: &AtomicBool,
+    events: &UnboundedSender<Event>,
+) -> Result<Finished, EngineError> {
     let started = Instant::now();
     let params = &job.spec.params;
     let prepared = PreparedJob::decode(&job.inputs, params, job.max_input_pixels)?;
     let mut render = match &job.checkpoint {
-        Some(bytes) => match Render::resume(&job.weights, params, &prepared.inputs, job.device, bytes) {
-            Ok(r) => {
-                tracing::info!(job = %job.spec.name, iteration = r.iteration(), "resumed from checkpoint");
-                r
+        Some(bytes) => {
+            match Render::resume(&job.weights, params, &prepared.inputs, job.device, bytes) {
+                Ok(r) => {
+                    tracing::info!(job = %job.spec.name, iteration = r.iteration(), "resumed from checkpoint");
+                    r
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.spec.name, cause = %e, "checkpoint unusable; starting over");
+                    Render::new(&job.weights, params, &prepared.inputs, job.device)?
+                }
             }
-            Err(e) => {
-                tracing::warn!(job = %job.spec.name, cause = %e, "checkpoint unusable; starting over");
-                Render::new(&job.weights, params, &prepared.inputs, job.device)?
-            }
-        },
+        }
         None => Render::new(&job.weights, params, &prepared.inputs, job.device)?,
     };
     let setup_s = started.elapsed().as_secs_f64();
@@ -117,9 +123,10 @@ fn run(job: &EngineJob, cancel: &AtomicBool, events: &UnboundedSender<Event>) ->
                 started,
                 setup_s,
             )?;
-            let sidecar = serde_json::to_vec_pretty(&rendered.sidecar).map_err(|e| EngineError::Torch {
-                reason: format!("encoding the sidecar: {e}"),
-            })?;
+            let sidecar =
+                serde_json::to_vec_pretty(&rendered.sidecar).map_err(|e| EngineError::Torch {
+                    reason: format!("encoding the sidecar: {e}"),
+                })?;
             return Ok(Finished::Rendered {
                 png: rendered.png,
                 sidecar,

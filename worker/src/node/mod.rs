@@ -51,7 +51,10 @@ impl Node {
 
 /// Runs the worker until `shutdown` resolves and its jobs are handed back (or the grace
 /// period ends).
-pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let device = config.device.resolve()?;
     if let Some(n) = config.threads {
         tch::set_num_threads(n.max(1));
