@@ -203,12 +203,7 @@ fn read(p: &Path) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() {
     let farm = Farm::start(10_000).await;
-    let content = farm
-        .input(read(&common::fixture("content/tubingen.jpg")))
-        .await;
-    let style = farm
-        .input(read(&common::fixture("styles/starry_night.jpg")))
-        .await;
+    let (content, style) = farm.tubingen_and_starry_night().await;
     let jpeg = read(&common::fixture("content/tubingen.jpg"));
     let corrupt = farm.input(jpeg[..jpeg.len() / 3].to_vec()).await;
     let jobs = vec![
@@ -305,22 +300,42 @@ impl Farm {
             .batch_id
     }
 
+    /// The two fixtures most tests render, uploaded.
+    async fn tubingen_and_starry_night(&self) -> (v1::ObjectRef, v1::ObjectRef) {
+        let content = read(&common::fixture("content/tubingen.jpg"));
+        let style = read(&common::fixture("styles/starry_night.jpg"));
+        (self.input(content).await, self.input(style).await)
+    }
+
+    /// Submits one tubingen x starry night job named `name` in a batch of its own.
+    async fn one_job(&self, name: &str, iterations: u32) -> String {
+        let (content, style) = self.tubingen_and_starry_night().await;
+        let job = spec(name, &content, &style, &self.weights, iterations);
+        self.submit(name, vec![job]).await
+    }
+
+    /// The first (or only) job of a batch as the coordinator has it now.
+    async fn first_job(&self, batch: &str) -> v1::JobStatus {
+        let req = v1::GetBatchRequest {
+            batch_id: batch.into(),
+            include_jobs: true,
+        };
+        let mut jobs = self
+            .client()
+            .await
+            .get_batch(req)
+            .await
+            .expect("get")
+            .into_inner()
+            .jobs;
+        jobs.remove(0)
+    }
+
     /// Polls the job until the coordinator has a checkpoint for it from `worker`.
     async fn wait_for_checkpoint(&self, batch: &str, worker: &str) -> v1::JobStatus {
-        let mut client = self.client().await;
         let start = std::time::Instant::now();
         loop {
-            let req = v1::GetBatchRequest {
-                batch_id: batch.into(),
-                include_jobs: true,
-            };
-            let job = client
-                .get_batch(req)
-                .await
-                .expect("get")
-                .into_inner()
-                .jobs
-                .remove(0);
+            let job = self.first_job(batch).await;
             if !job.checkpoint_key.is_empty()
                 && job.worker.ends_with(&format!("-{worker}"))
                 && job.state == v1::JobState::Running as i32
@@ -357,12 +372,7 @@ impl Farm {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_drains() {
     let farm = Farm::start(2_000).await;
-    let content = farm
-        .input(read(&common::fixture("content/tubingen.jpg")))
-        .await;
-    let style = farm
-        .input(read(&common::fixture("styles/starry_night.jpg")))
-        .await;
+    let (content, style) = farm.tubingen_and_starry_night().await;
     let its = 200;
     let args = ["--checkpoint-every", "10"];
 
@@ -444,18 +454,7 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
     .expect("join")
     .expect("wait");
     assert!(exit.success(), "{exit:?}");
-    let mut client = farm.client().await;
-    let req = v1::GetBatchRequest {
-        batch_id: batch.clone(),
-        include_jobs: true,
-    };
-    let job = client
-        .get_batch(req)
-        .await
-        .expect("get")
-        .into_inner()
-        .jobs
-        .remove(0);
+    let job = farm.first_job(&batch).await;
     assert_eq!(
         job.state,
         v1::JobState::Queued as i32,
@@ -486,18 +485,7 @@ fn signal(child: &Worker, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_twenty_second_storage_outage_mid_job_is_ridden_out() {
     let mut farm = Farm::start(3_000).await;
-    let content = farm
-        .input(read(&common::fixture("content/tubingen.jpg")))
-        .await;
-    let style = farm
-        .input(read(&common::fixture("styles/starry_night.jpg")))
-        .await;
-    let batch = farm
-        .submit(
-            "outage",
-            vec![spec("outage", &content, &style, &farm.weights, 300)],
-        )
-        .await;
+    let batch = farm.one_job("outage", 300).await;
     let mut w = farm.worker("w", &["--checkpoint-every", "10"]);
     farm.wait_for_checkpoint(&batch, "w").await;
     farm.garage.stop();
@@ -518,18 +506,7 @@ async fn a_twenty_second_storage_outage_mid_job_is_ridden_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_workers_late_output_never_becomes_the_result() {
     let farm = Farm::start(1_500).await;
-    let content = farm
-        .input(read(&common::fixture("content/tubingen.jpg")))
-        .await;
-    let style = farm
-        .input(read(&common::fixture("styles/starry_night.jpg")))
-        .await;
-    let batch = farm
-        .submit(
-            "stale",
-            vec![spec("stale", &content, &style, &farm.weights, 150)],
-        )
-        .await;
+    let batch = farm.one_job("stale", 150).await;
     let mut a = farm.worker("a", &["--checkpoint-every", "10"]);
     farm.wait_for_checkpoint(&batch, "a").await;
     // Worker a freezes (as behind a partition) past its lease; b takes the job over.
@@ -547,19 +524,7 @@ async fn a_stale_workers_late_output_never_becomes_the_result() {
     // a wakes up: its heartbeat or completion is refused and the result stays b's.
     signal(&a, "-CONT");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let req = v1::GetBatchRequest {
-        batch_id: batch.clone(),
-        include_jobs: true,
-    };
-    let after = farm
-        .client()
-        .await
-        .get_batch(req)
-        .await
-        .expect("get")
-        .into_inner()
-        .jobs
-        .remove(0);
+    let after = farm.first_job(&batch).await;
     assert_eq!(
         (after.result_key.as_str(), after.result_attempt),
         (result.result_key.as_str(), 2)
