@@ -19,10 +19,11 @@ fn main() -> ExitCode {
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
-            rt.block_on(stylefarm_coordinator::run(
-                config,
-                stylefarm_core::shutdown::signal(),
-            ))
+            // The signal handlers need the runtime: install them inside it.
+            rt.block_on(async {
+                let shutdown = stylefarm_core::shutdown::signal();
+                stylefarm_coordinator::run(config, shutdown).await
+            })
             .map_err(anyhow::Error::from)
         });
     match result {
