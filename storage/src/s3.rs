@@ -6,6 +6,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use bytes::Bytes;
 
 use crate::retry::{retry, Attempt, Outcome, RetryPolicy};
 use crate::{S3Options, StorageError};
@@ -57,6 +58,8 @@ impl S3 {
 
     /// Stores an object (in parts when large).
     pub async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        // Shared, so a retry or a part is a reference, not a copy of the buffer.
+        let bytes = Bytes::from(bytes);
         if bytes.len() > MULTIPART_THRESHOLD {
             return self.put_multipart(bucket, key, bytes).await;
         }
@@ -76,7 +79,7 @@ impl S3 {
         &self,
         bucket: &str,
         key: &str,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     ) -> Result<(), StorageError> {
         let upload_id = self
             .run(bucket, key, || {
@@ -94,7 +97,8 @@ impl S3 {
             .await?;
         let result = async {
             let mut parts = Vec::new();
-            for (i, chunk) in bytes.chunks(PART_SIZE).enumerate() {
+            for (i, start) in (0..bytes.len()).step_by(PART_SIZE).enumerate() {
+                let chunk = bytes.slice(start..(start + PART_SIZE).min(bytes.len()));
                 let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
                 let etag = self
                     .run(bucket, key, || {
@@ -105,7 +109,7 @@ impl S3 {
                             .key(key)
                             .upload_id(&upload_id)
                             .part_number(number)
-                            .body(ByteStream::from(chunk.to_vec()));
+                            .body(ByteStream::from(chunk.clone()));
                         async move { req.send().await.map(|o| o.e_tag().map(str::to_owned)) }
                     })
                     .await?;

@@ -43,8 +43,13 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::SubmitBatchRequest>,
     ) -> Result<Response<v1::SubmitBatchResponse>, Status> {
-        let batch =
-            convert::new_batch(req.get_ref(), &self.state.config).map_err(ApiError::from)?;
+        // Validating and encoding up to 100,000 jobs is CPU work: keep it off the runtime.
+        let config = self.state.config.clone();
+        let req = req.into_inner();
+        let batch = tokio::task::spawn_blocking(move || convert::new_batch(&req, &config))
+            .await
+            .map_err(|e| Status::internal(format!("validating the batch failed: {e}")))?
+            .map_err(ApiError::from)?;
         let jobs = batch.jobs.len();
         let submitted = self
             .state
