@@ -22,7 +22,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export STYLEFARM_SHARED := $(SHARED)
 export STYLEFARM_GARAGE := $(GARAGE)
 
-.PHONY: all venv garage build test demo bench-engine bench-coordinator fmt lint clean
+.PHONY: all venv garage build test demo bench-engine bench-worker bench-coordinator fmt lint clean
 
 all: build
 
@@ -58,6 +58,11 @@ demo: build
 
 bench-engine: venv
 	cargo bench -p stylefarm-worker --bench engine
+
+# Worker idle time between jobs, prefetch off vs on (real coordinator, Garage, worker).
+bench-worker: venv garage
+	cargo build --release --workspace --bins
+	cargo bench -p stylefarm-worker --bench idle
 
 # Simulated workers against a real coordinator process; needs no libtorch.
 bench-coordinator:

@@ -5,6 +5,7 @@
 //! `main.rs` parses [`Cli`], starts tracing and calls [`run`]; errors reach `main` as
 //! `anyhow` and leave through [`exit_code`].
 
+pub mod manifest;
 pub mod render;
 
 use clap::{Parser, Subcommand};

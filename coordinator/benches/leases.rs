@@ -215,7 +215,7 @@ async fn submit_all(c: &Coordinator, tag: &str, jobs: usize) {
 }
 
 async fn run(c: &Coordinator, chs: &[Channel], ids: &[String], jobs: usize, job: Duration) -> Run {
-    let pid = c.child.id();
+    let pid = c.proc.id();
     let cpu0 = cpu_seconds(pid);
     let buckets0 = server_buckets(c);
     let start = Instant::now();
@@ -261,7 +261,7 @@ async fn main() {
         &dir.path().join("bench.db"),
         &["--lease-ms", "600000", "--worker-threads", "1"],
     );
-    let pid = c.child.id();
+    let pid = c.proc.id();
     let chs = channels(&c).await;
     let mut ids = Vec::new();
     for i in 0..workers {

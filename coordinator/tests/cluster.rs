@@ -378,7 +378,7 @@ async fn health_readiness_and_sigterm_drain() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &c.child.id().to_string()])
+        .args(["-TERM", &c.proc.id().to_string()])
         .status()
         .expect("kill -TERM");
     assert!(status.success());
@@ -387,7 +387,7 @@ async fn health_readiness_and_sigterm_drain() {
         .expect("answered in time")
         .expect("task");
     assert_eq!(answer.expect_err("shutting down").code(), Code::Unavailable);
-    let exit = c.child.wait().expect("wait");
+    let exit = c.proc.wait().expect("wait");
     assert!(exit.success(), "{exit:?}");
 }
 

@@ -3,5 +3,7 @@
 //! - [`garage::Garage`]: a single-node Garage (an S3-compatible object store) on free
 //!   loopback ports with a generated config, key and bucket, started from the binary
 //!   that `make garage` builds once and caches outside the checkout.
+//! - [`process`]: the farm's own binaries as child processes on port 0.
 
 pub mod garage;
+pub mod process;

@@ -2,7 +2,7 @@
 //! the engine, encode the PNG and its sidecar. The CLI's `render` and the worker node
 //! share this path; they differ only in where bytes come from and go to.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use stylefarm_core::{InitKind, RenderParams};
@@ -151,7 +151,14 @@ pub fn finish(
                 0.0
             },
             total_s: started.elapsed().as_secs_f64(),
+            started_unix_s: unix_s(SystemTime::now() - started.elapsed()),
+            finished_unix_s: unix_s(SystemTime::now()),
         },
     };
     Ok(Rendered { png, sidecar })
+}
+
+fn unix_s(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -46,6 +46,12 @@ pub struct Timings {
     pub per_iteration_s: f64,
     /// Wall time of this run, start to written output.
     pub total_s: f64,
+    /// When this run started (decoding its inputs), seconds since the Unix epoch.
+    #[serde(default)]
+    pub started_unix_s: f64,
+    /// When its output was encoded, seconds since the Unix epoch.
+    #[serde(default)]
+    pub finished_unix_s: f64,
 }
 
 /// The sidecar.

@@ -5,57 +5,36 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use stylefarm_coordinator::Config;
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
 use stylefarm_storage::{ObjectUrl, Storage};
 use stylefarm_testkit::garage::Garage;
+use stylefarm_testkit::process::{workspace_bin, CoordinatorProc, Proc};
 use stylefarm_weights::{Architecture, Convention, WeightsInfo};
 use tokio_stream::StreamExt;
 
-/// A worker process, killed if a test ends without stopping it.
-struct Worker(Child);
-
-impl std::ops::Deref for Worker {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Worker {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+type Worker = Proc;
 
 struct Farm {
     garage: Garage,
-    coordinator: stylefarm_coordinator::Running,
+    coordinator: CoordinatorProc,
     storage: Storage,
     weights: WeightsInfo,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Farm {
     async fn start(lease_ms: u32) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let garage = Garage::start();
-        let mut config = Config::local(dir.path().join("coordinator.db"));
-        config.lease_ms = lease_ms;
-        let coordinator = stylefarm_coordinator::start(config)
-            .await
-            .expect("coordinator");
+        let coordinator = CoordinatorProc::start(
+            &workspace_bin("stylefarm-coordinator"),
+            &dir.path().join("coordinator.db"),
+            &["--lease-ms", &lease_ms.to_string()],
+        );
         let weights = common::random_weights(
             dir.path(),
             Architecture::Vgg19,
@@ -69,7 +48,7 @@ impl Farm {
             coordinator,
             storage,
             weights,
-            dir,
+            _dir: dir,
         }
     }
 
@@ -90,12 +69,9 @@ impl Farm {
     }
 
     fn worker(&self, name: &str, extra: &[&str]) -> Worker {
-        Worker(
+        Proc::spawn(
             Command::new(env!("CARGO_BIN_EXE_stylefarm-worker"))
-                .args([
-                    "--coordinator",
-                    &format!("http://{}", self.coordinator.grpc_addr),
-                ])
+                .args(["--coordinator", &self.coordinator.grpc])
                 .args(["--storage", &self.root().to_string()])
                 .arg("--weights")
                 .arg(&self.weights.path)
@@ -123,15 +99,12 @@ impl Farm {
                     &self.garage.secret_key,
                 ])
                 .args(extra)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start stylefarm-worker"),
+                .env("RUST_LOG", "warn"),
         )
     }
 
     async fn client(&self) -> StyleFarmClient<tonic::transport::Channel> {
-        StyleFarmClient::connect(format!("http://{}", self.coordinator.grpc_addr))
+        StyleFarmClient::connect(self.coordinator.grpc.clone())
             .await
             .expect("connect")
     }
@@ -271,15 +244,9 @@ async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() 
     );
 
     // SIGTERM with nothing to do: the worker stops leasing and exits 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    worker.signal("TERM");
     let exit = worker.wait().expect("wait");
     assert!(exit.success(), "{exit:?}");
-    farm.coordinator.shutdown();
-    drop(farm.dir);
 }
 
 impl Farm {
@@ -387,10 +354,7 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
     let (_, done) = farm.wait(&reference, Duration::from_secs(300)).await;
     let (reference_png, reference_sidecar) = farm.output(&done[0]).await;
     assert!(reference_sidecar.get("resumed_from").is_none());
-    Command::new("kill")
-        .args(["-TERM", &w.id().to_string()])
-        .status()
-        .expect("kill");
+    w.signal("TERM");
     assert!(w.wait().expect("wait").success());
 
     // kill -9 mid-job: after the lease expires another worker resumes from the checkpoint.
@@ -402,8 +366,7 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
         .await;
     let mut a = farm.worker("a", &args);
     let seen = farm.wait_for_checkpoint(&batch, "a").await;
-    a.kill().expect("kill -9");
-    let _ = a.wait();
+    a.kill9();
     let mut b = farm.worker("b", &args);
     let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
     assert_eq!(state, v1::BatchState::Succeeded as i32, "{jobs:#?}");
@@ -431,17 +394,11 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
             vec![spec("drained", &content, &style, &farm.weights, its)],
         )
         .await;
-    Command::new("kill")
-        .args(["-TERM", &b.id().to_string()])
-        .status()
-        .expect("kill");
+    b.signal("TERM");
     assert!(b.wait().expect("wait").success());
     let c = farm.worker("c", &args);
     farm.wait_for_checkpoint(&batch, "c").await;
-    Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
-        .status()
-        .expect("kill");
+    c.signal("TERM");
     let exit = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::task::spawn_blocking(move || {
@@ -467,19 +424,8 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
     let (png, sidecar) = farm.output(&jobs[0]).await;
     assert!(sidecar["resumed_from"].as_u64().is_some_and(|i| i > 0));
     assert!(png == reference_png);
-    Command::new("kill")
-        .args(["-TERM", &d.id().to_string()])
-        .status()
-        .expect("kill");
+    d.signal("TERM");
     assert!(d.wait().expect("wait").success());
-}
-
-fn signal(child: &Worker, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success(), "kill {sig}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,7 +445,7 @@ async fn a_twenty_second_storage_outage_mid_job_is_ridden_out() {
     );
     let (_, sidecar) = farm.output(&jobs[0]).await;
     assert_eq!(sidecar["iterations_done"], 300);
-    signal(&w, "-TERM");
+    w.signal("TERM");
     assert!(w.wait().expect("wait").success());
 }
 
@@ -510,7 +456,7 @@ async fn a_stale_workers_late_output_never_becomes_the_result() {
     let mut a = farm.worker("a", &["--checkpoint-every", "10"]);
     farm.wait_for_checkpoint(&batch, "a").await;
     // Worker a freezes (as behind a partition) past its lease; b takes the job over.
-    signal(&a, "-STOP");
+    a.signal("STOP");
     let mut b = farm.worker("b", &["--checkpoint-every", "10"]);
     let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
     assert_eq!(state, v1::BatchState::Succeeded as i32);
@@ -522,15 +468,152 @@ async fn a_stale_workers_late_output_never_becomes_the_result() {
         result.result_key
     );
     // a wakes up: its heartbeat or completion is refused and the result stays b's.
-    signal(&a, "-CONT");
+    a.signal("CONT");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = farm.first_job(&batch).await;
     assert_eq!(
         (after.result_key.as_str(), after.result_attempt),
         (result.result_key.as_str(), 2)
     );
-    signal(&a, "-TERM");
-    signal(&b, "-TERM");
+    a.signal("TERM");
+    b.signal("TERM");
     assert!(a.wait().expect("wait").success());
     assert!(b.wait().expect("wait").success());
+}
+
+impl Farm {
+    /// The batch's jobs as the coordinator has them now.
+    async fn jobs(&self, batch: &str) -> Vec<v1::JobStatus> {
+        let req = v1::GetBatchRequest {
+            batch_id: batch.into(),
+            include_jobs: true,
+        };
+        let mut client = self.client().await;
+        client.get_batch(req).await.expect("get").into_inner().jobs
+    }
+
+    /// Polls until `ok` holds for the batch's jobs (or panics after `limit`).
+    async fn until(
+        &self,
+        batch: &str,
+        limit: Duration,
+        what: &str,
+        ok: impl Fn(&[v1::JobStatus]) -> bool,
+    ) -> Vec<v1::JobStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            let jobs = self.jobs(batch).await;
+            if ok(&jobs) {
+                return jobs;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what}: not seen in {limit:?}: {jobs:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A batch of `n` tubingen x starry night jobs.
+    async fn jobs_batch(&self, token: &str, n: usize, iterations: u32) -> String {
+        let (content, style) = self.tubingen_and_starry_night().await;
+        let jobs = (0..n)
+            .map(|i| {
+                spec(
+                    &format!("{token}-{i}"),
+                    &content,
+                    &style,
+                    &self.weights,
+                    iterations,
+                )
+            })
+            .collect();
+        self.submit(token, jobs).await
+    }
+}
+
+fn running(jobs: &[v1::JobStatus]) -> usize {
+    jobs.iter()
+        .filter(|j| j.state == v1::JobState::Running as i32)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_cancel_stops_the_running_job_and_the_worker_goes_on() {
+    let farm = Farm::start(5_000).await;
+    // Far more iterations than the test could wait for: only a stopped engine frees
+    // the (single) slot for the next batch.
+    let long = farm.one_job("endless", 100_000).await;
+    let mut w = farm.worker("w", &["--no-prefetch"]);
+    farm.until(&long, Duration::from_secs(120), "iteration 3", |j| {
+        j[0].state == v1::JobState::Running as i32 && j[0].iteration >= 3
+    })
+    .await;
+    let mut client = farm.client().await;
+    client
+        .cancel_batch(v1::CancelBatchRequest {
+            batch_id: long.clone(),
+        })
+        .await
+        .expect("cancel");
+    let (state, jobs) = farm.wait(&long, Duration::from_secs(60)).await;
+    assert_eq!(state, v1::BatchState::Cancelled as i32, "{jobs:#?}");
+    assert_eq!(jobs[0].state, v1::JobState::Cancelled as i32);
+    assert!(
+        jobs[0].result_key.is_empty(),
+        "a cancelled job has no result"
+    );
+
+    let next = farm.one_job("after-cancel", 20).await;
+    let (state, jobs) = farm.wait(&next, Duration::from_secs(300)).await;
+    assert_eq!(state, v1::BatchState::Succeeded as i32, "{jobs:#?}");
+    assert!(jobs[0].worker.ends_with("-w"), "{}", jobs[0].worker);
+    w.signal("TERM");
+    assert!(w.wait().expect("wait").success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_job_is_prefetched_while_one_runs_and_handed_back_on_sigterm() {
+    let farm = Farm::start(5_000).await;
+    // One slot, three jobs: from half-way through a job the next is already leased
+    // (and its inputs fetched), so the worker holds two at once.
+    let batch = farm.jobs_batch("prefetch", 3, 60).await;
+    let mut a = farm.worker("a", &["--prefetch-at", "0.5"]);
+    farm.until(&batch, Duration::from_secs(120), "two jobs leased", |j| {
+        running(j) == 2
+    })
+    .await;
+    let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
+    assert_eq!(state, v1::BatchState::Succeeded as i32, "{jobs:#?}");
+    for j in &jobs {
+        assert_eq!(j.attempt, 1, "{j:#?}");
+        let (png, sidecar) = farm.output(j).await;
+        assert!(image::load_from_memory(&png).is_ok());
+        assert_eq!(sidecar["iterations_done"], 60);
+    }
+    a.signal("TERM");
+    assert!(a.wait().expect("wait").success());
+
+    // SIGTERM while a prefetched job waits: both jobs go back to the queue, the
+    // running one with its checkpoint, neither spending an attempt.
+    let batch = farm.jobs_batch("drain", 2, 100_000).await;
+    let mut b = farm.worker("b", &["--prefetch-at", "0", "--checkpoint-every", "5"]);
+    farm.until(
+        &batch,
+        Duration::from_secs(120),
+        "both leased, one checkpointed",
+        |j| running(j) == 2 && j.iter().any(|j| !j.checkpoint_key.is_empty()),
+    )
+    .await;
+    b.signal("TERM");
+    assert!(b.wait().expect("wait").success());
+    let jobs = farm.jobs(&batch).await;
+    for j in &jobs {
+        assert_eq!(j.state, v1::JobState::Queued as i32, "{j:#?}");
+    }
+    assert_eq!(
+        jobs.iter().filter(|j| !j.checkpoint_key.is_empty()).count(),
+        1,
+        "the running job kept its checkpoint: {jobs:#?}"
+    );
 }

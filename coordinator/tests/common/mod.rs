@@ -2,9 +2,9 @@
 //! process on port 0, and gRPC clients.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+
+pub use stylefarm_testkit::process::CoordinatorProc;
 
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
@@ -58,37 +58,27 @@ pub fn register(name: &str) -> v1::RegisterWorkerRequest {
     }
 }
 
-/// A `stylefarm-coordinator` process on loopback port 0.
-pub struct Coordinator {
-    pub child: Child,
-    pub grpc: String,
-    pub metrics: String,
+/// The `stylefarm-coordinator` binary of this package, on loopback port 0.
+pub struct Coordinator(pub CoordinatorProc);
+
+impl std::ops::Deref for Coordinator {
+    type Target = CoordinatorProc;
+    fn deref(&self) -> &CoordinatorProc {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Coordinator {
+    fn deref_mut(&mut self) -> &mut CoordinatorProc {
+        &mut self.0
+    }
 }
 
 impl Coordinator {
-    /// Starts the binary on `db` and waits (polling its ready file) until it serves.
+    /// Starts the binary on `db` and waits until it serves.
     pub fn start(db: &Path, extra: &[&str]) -> Self {
-        let ready = db.with_extension(format!("ready-{}", std::process::id()));
-        let _ = std::fs::remove_file(&ready);
-        let child = Command::new(env!("CARGO_BIN_EXE_stylefarm-coordinator"))
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .arg("--db")
-            .arg(db)
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start stylefarm-coordinator");
-        let body = poll_file(&ready, Duration::from_secs(30));
-        let json: serde_json::Value = serde_json::from_str(&body).expect("ready file is JSON");
-        let addr = |k: &str| json[k].as_str().expect("address").to_owned();
-        Self {
-            child,
-            grpc: format!("http://{}", addr("grpc")),
-            metrics: addr("metrics"),
-        }
+        let bin = Path::new(env!("CARGO_BIN_EXE_stylefarm-coordinator"));
+        Self(CoordinatorProc::start(bin, db, extra))
     }
 
     pub async fn client(&self) -> StyleFarmClient<Channel> {
@@ -105,48 +95,6 @@ impl Coordinator {
 
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
-        self.child.kill().expect("kill -9");
-        let _ = self.child.wait();
-    }
-
-    /// GET on the operations port; returns (status line, body).
-    pub fn http_get(&self, path: &str) -> (String, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.metrics).expect("connect http");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        (
-            head.lines().next().unwrap_or("").to_owned(),
-            body.to_owned(),
-        )
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits for a file to appear and returns its contents.
-pub fn poll_file(path: &PathBuf, timeout: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            return s;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "{} did not appear within {timeout:?}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        self.0.proc.kill9();
     }
 }

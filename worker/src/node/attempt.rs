@@ -63,17 +63,155 @@ enum Stop {
     Drain,
 }
 
-/// Runs one leased job to its end.
-pub async fn run(node: &Arc<Node>, lease: v1::Lease) {
-    let span = tracing::info_span!("job", job = %lease.job_id, attempt = lease.attempt);
-    async {
-        match prepare(node, &lease).await {
-            Ok(engine_job) => execute(node, &lease, engine_job).await,
-            Err(f) => report_failure(node, &lease, &f).await,
+/// A leased job and the task that heartbeats it, from the lease to the attempt's last
+/// word. A prefetched job is held this way while the one before it still runs.
+pub struct Held {
+    lease: v1::Lease,
+    latest: Arc<Mutex<v1::HeartbeatRequest>>,
+    cancel: Arc<AtomicBool>,
+    stop_tx: watch::Sender<Option<Stop>>,
+    stop: watch::Receiver<Option<Stop>>,
+    beat_now: Arc<Notify>,
+    keeper_done: CancellationToken,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Held {
+    fn new(node: &Arc<Node>, lease: v1::Lease) -> Self {
+        let latest = Arc::new(Mutex::new(v1::HeartbeatRequest {
+            worker_id: node.worker_id.clone(),
+            job_id: lease.job_id.clone(),
+            fencing_token: lease.fencing_token,
+            iteration: 0,
+            losses: None,
+            checkpoint_key: String::new(),
+        }));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop) = watch::channel(None::<Stop>);
+        let keeper_done = CancellationToken::new();
+        let beat_now = Arc::new(Notify::new());
+        let keeper = tokio::spawn(keep_alive(
+            Arc::clone(node),
+            Arc::clone(&latest),
+            Arc::clone(&cancel),
+            stop_tx.clone(),
+            Arc::clone(&beat_now),
+            keeper_done.clone(),
+        ));
+        Self {
+            lease,
+            latest,
+            cancel,
+            stop_tx,
+            stop,
+            beat_now,
+            keeper_done,
+            keeper: Some(keeper),
         }
     }
-    .instrument(span)
-    .await;
+
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("job", job = %self.lease.job_id, attempt = self.lease.attempt)
+    }
+
+    fn stopped(&self) -> Option<Stop> {
+        *self.stop.borrow()
+    }
+
+    /// Stops the heartbeats, so that none arrives after the attempt's last word.
+    async fn quiet(&mut self) {
+        self.keeper_done.cancel();
+        if let Some(k) = self.keeper.take() {
+            let _ = k.await;
+        }
+    }
+
+    /// Hands the job back to the queue without spending an attempt.
+    async fn release(mut self, node: &Node, checkpoint: (String, u32)) {
+        self.quiet().await;
+        let req = v1::ReleaseJobRequest {
+            worker_id: node.worker_id.clone(),
+            job_id: self.lease.job_id.clone(),
+            fencing_token: self.lease.fencing_token,
+            checkpoint_key: checkpoint.0,
+            iteration: checkpoint.1,
+        };
+        match node.client().release_job(req).await {
+            Ok(_) => tracing::info!(iteration = checkpoint.1, "job handed back"),
+            Err(s) => {
+                tracing::warn!(cause = %s.message(), "could not hand the job back; its lease will expire")
+            }
+        }
+    }
+
+    async fn fail(mut self, node: &Node, f: &Failure) {
+        self.quiet().await;
+        report_failure(node, &self.lease, f).await;
+    }
+}
+
+/// A held job with its inputs fetched: ready for the engine, or failed in preparing.
+pub struct Ready {
+    held: Held,
+    job: Result<EngineJob, Failure>,
+}
+
+/// Leases one job (long-polling) and fetches what it needs. `None` once draining.
+pub async fn next(node: &Arc<Node>) -> Option<Ready> {
+    let lease = lease(node).await?;
+    let held = Held::new(node, lease);
+    let job = prepare(node, &held.lease).instrument(held.span()).await;
+    Some(Ready { held, job })
+}
+
+async fn lease(node: &Node) -> Option<v1::Lease> {
+    let mut client = node.client();
+    while !node.draining.is_cancelled() {
+        let req = v1::LeaseJobRequest {
+            worker_id: node.worker_id.clone(),
+            wait_ms: 10_000,
+        };
+        let lease = tokio::select! {
+            r = client.lease_job(req) => r,
+            () = node.draining.cancelled() => break,
+        };
+        match lease {
+            Ok(r) => {
+                if let Some(lease) = r.into_inner().lease {
+                    return Some(lease);
+                }
+            }
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), cause = %s.message(), "lease request failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(RECONNECT) => {}
+                    () = node.draining.cancelled() => break,
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Runs a ready job's engine to its end and hands the rest (checkpoint uploads, publish,
+/// report) to a task of its own, so that the next job's engine need not wait for them.
+/// Returns the next job when it was prefetched meanwhile.
+pub async fn run(node: &Arc<Node>, ready: Ready) -> Option<Ready> {
+    let Ready { held, job } = ready;
+    let span = held.span();
+    if node.draining.is_cancelled() {
+        // Leased before the drain began and not started: it goes back untouched.
+        let checkpoint = (held.lease.checkpoint_key.clone(), 0);
+        held.release(node, checkpoint).instrument(span).await;
+        return None;
+    }
+    match job {
+        Ok(job) => execute(node, held, job).instrument(span).await,
+        Err(f) => {
+            held.fail(node, &f).instrument(span).await;
+            None
+        }
+    }
 }
 
 async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
@@ -179,50 +317,45 @@ async fn keep_alive(
     }
 }
 
-async fn execute(node: &Arc<Node>, lease: &v1::Lease, job: EngineJob) {
-    let name = job.spec.name.clone();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (tx, mut events) = mpsc::unbounded_channel();
-    engine_thread::spawn(job, Arc::clone(&cancel), tx);
+/// Where the progress of the running job must reach before the next job is leased and
+/// its inputs fetched; `None` when prefetching is off.
+fn prefetch_at(node: &Node, iterations: u32) -> Option<u32> {
+    let at = node.config.prefetch()?;
+    // The fraction is in 0..=1 (clap checks it), so this fits.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some((f64::from(iterations) * at).floor() as u32)
+}
 
-    let latest = Arc::new(Mutex::new(v1::HeartbeatRequest {
-        worker_id: node.worker_id.clone(),
-        job_id: lease.job_id.clone(),
-        fencing_token: lease.fencing_token,
-        iteration: 0,
-        losses: None,
-        checkpoint_key: String::new(),
-    }));
-    let (stop_tx, mut stop) = watch::channel(None::<Stop>);
-    let keeper_done = CancellationToken::new();
-    let beat_now = Arc::new(Notify::new());
-    let mut keeper = Some(tokio::spawn(keep_alive(
-        Arc::clone(node),
-        Arc::clone(&latest),
-        Arc::clone(&cancel),
-        stop_tx.clone(),
-        Arc::clone(&beat_now),
-        keeper_done.clone(),
-    )));
-    // Heartbeats stop before the attempt's last word, so none arrives after it.
-    let mut quiet = || {
-        keeper_done.cancel();
-        keeper.take()
-    };
+async fn execute(node: &Arc<Node>, mut held: Held, job: EngineJob) -> Option<Ready> {
+    let name = job.spec.name.clone();
+    let prefetch_from = prefetch_at(node, job.spec.params.iterations);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    if held.stopped().is_none() {
+        engine_thread::spawn(job, Arc::clone(&held.cancel), tx);
+    } else {
+        // Cancelled (or lost) while it waited as the prefetched job: nothing to run.
+        drop(tx);
+    }
+    let mut prefetch: Option<tokio::task::JoinHandle<Option<Ready>>> = None;
     // Checkpoints upload beside the run; the newest one stored is what we report.
     let mut uploads = tokio::task::JoinSet::new();
-    let mut checkpoint = (lease.checkpoint_key.clone(), 0u32);
+    let mut checkpoint = (held.lease.checkpoint_key.clone(), 0u32);
     let finished = loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(Event::Progress(p)) => {
-                    let mut hb = latest.lock().unwrap_or_else(|p| p.into_inner());
+                    if prefetch.is_none() && !node.draining.is_cancelled() && prefetch_from.is_some_and(|at| p.iteration >= at) {
+                        tracing::debug!(iteration = p.iteration, "prefetching the next job");
+                        let node = Arc::clone(node);
+                        prefetch = Some(tokio::spawn(async move { next(&node).await }));
+                    }
+                    let mut hb = held.latest.lock().unwrap_or_else(|p| p.into_inner());
                     hb.iteration = p.iteration;
                     hb.losses = Some(v1::Losses { content: p.losses.content, style: p.losses.style, tv: p.losses.tv, total: p.losses.total });
                 }
                 Some(Event::Checkpoint { iteration, bytes }) => {
-                    if !matches!(*stop.borrow(), Some(Stop::Cancelled | Stop::Lost)) {
-                        let key = format!("{}/checkpoint-{iteration:06}.safetensors", lease.attempt_prefix);
+                    if !matches!(held.stopped(), Some(Stop::Cancelled | Stop::Lost)) {
+                        let key = format!("{}/checkpoint-{iteration:06}.safetensors", held.lease.attempt_prefix);
                         let node = Arc::clone(node);
                         // A newer checkpoint supersedes one still uploading (during a
                         // storage outage they would pile up in memory).
@@ -230,74 +363,74 @@ async fn execute(node: &Arc<Node>, lease: &v1::Lease, job: EngineJob) {
                         uploads.spawn(async move { (upload(&node, &key, bytes).await, key, iteration) });
                     }
                 }
-                Some(Event::Done(result)) => break result,
-                None => break Err(EngineError::Torch { reason: "the engine thread ended without a result".into() }),
+                Some(Event::Done(result)) => break Some(result),
+                None => break None,
             },
             Some(done) = uploads.join_next(), if !uploads.is_empty() => {
-                if record_upload(done, &mut checkpoint, &latest) {
-                    beat_now.notify_one();
+                if record_upload(done, &mut checkpoint, &held.latest) {
+                    held.beat_now.notify_one();
                 }
             }
-            () = node.draining.cancelled(), if stop.borrow().is_none() => {
+            () = node.draining.cancelled(), if held.stopped().is_none() => {
                 tracing::info!("draining: stopping at the next iteration to checkpoint and hand the job back");
-                cancel.store(true, Ordering::SeqCst);
-                let _ = stop_tx.send(Some(Stop::Drain));
+                held.cancel.store(true, Ordering::SeqCst);
+                let _ = held.stop_tx.send(Some(Stop::Drain));
             }
-            _ = stop.changed() => {}
+            _ = held.stop.changed() => {}
         }
     };
-    while let Some(done) = uploads.join_next().await {
-        record_upload(done, &mut checkpoint, &latest);
+    let tail = {
+        let node = Arc::clone(node);
+        async move {
+            while let Some(done) = uploads.join_next().await {
+                record_upload(done, &mut checkpoint, &held.latest);
+            }
+            conclude(&node, held, finished, checkpoint, &name).await;
+        }
+    };
+    node.tails.spawn(tail.instrument(tracing::Span::current()));
+    match prefetch {
+        Some(p) => p.await.ok().flatten(),
+        None => None,
     }
-    let stopped = *stop.borrow();
-    match (finished, stopped) {
-        (_, Some(Stop::Lost)) => {}
-        (Ok(Finished::Rendered { png, sidecar }), None) => {
-            let published = publish(node, lease, &name, png, sidecar).await;
-            silence(quiet()).await;
+}
+
+/// The attempt's last word, once its engine has stopped: publish and complete, fail,
+/// or hand the job back.
+async fn conclude(
+    node: &Node,
+    mut held: Held,
+    finished: Option<Result<Finished, EngineError>>,
+    checkpoint: (String, u32),
+    name: &str,
+) {
+    let finished = match finished {
+        Some(f) => f,
+        None if held.stopped().is_some() => Ok(Finished::Stopped { iteration: 0 }),
+        None => Err(EngineError::Torch {
+            reason: "the engine thread ended without a result".into(),
+        }),
+    };
+    match (finished, held.stopped()) {
+        (_, Some(Stop::Lost)) => held.quiet().await,
+        // A render that finished is published even when a drain began meanwhile.
+        (Ok(Finished::Rendered { png, sidecar }), None | Some(Stop::Drain)) => {
+            let published = publish(node, &held.lease, name, png, sidecar).await;
+            held.quiet().await;
             match published {
                 Ok(req) => complete(node, req).await,
-                Err(f) => report_failure(node, lease, &f).await,
+                Err(f) => report_failure(node, &held.lease, &f).await,
             }
         }
         (Ok(_), Some(Stop::Cancelled)) => {
-            silence(quiet()).await;
             let f = Failure {
                 message: "cancelled".into(),
                 retryable: false,
             };
-            report_failure(node, lease, &f).await;
+            held.fail(node, &f).await;
         }
-        (Ok(_), _) => {
-            silence(quiet()).await;
-            let req = v1::ReleaseJobRequest {
-                worker_id: node.worker_id.clone(),
-                job_id: lease.job_id.clone(),
-                fencing_token: lease.fencing_token,
-                checkpoint_key: checkpoint.0,
-                iteration: checkpoint.1,
-            };
-            match node.client().release_job(req).await {
-                Ok(_) => tracing::info!(
-                    iteration = checkpoint.1,
-                    "job handed back with its checkpoint"
-                ),
-                Err(s) => {
-                    tracing::warn!(cause = %s.message(), "could not hand the job back; its lease will expire")
-                }
-            }
-        }
-        (Err(e), _) => {
-            silence(quiet()).await;
-            report_failure(node, lease, &Failure::from(e)).await;
-        }
-    }
-    silence(quiet()).await;
-}
-
-async fn silence(keeper: Option<tokio::task::JoinHandle<()>>) {
-    if let Some(k) = keeper {
-        let _ = k.await;
+        (Ok(_), _) => held.release(node, checkpoint).await,
+        (Err(e), _) => held.fail(node, &Failure::from(e)).await,
     }
 }
 

@@ -45,6 +45,15 @@ pub struct WorkerConfig {
     #[arg(long, env = "STYLEFARM_THREADS")]
     pub threads: Option<i32>,
 
+    /// Lease the next job and fetch its inputs once the running job is this far along
+    /// (a fraction of its iterations), so the device does not wait for downloads.
+    #[arg(long, env = "STYLEFARM_PREFETCH_AT", default_value_t = 0.8, value_parser = fraction)]
+    pub prefetch_at: f64,
+
+    /// Lease a job only when a slot is free (no prefetching).
+    #[arg(long, env = "STYLEFARM_NO_PREFETCH")]
+    pub no_prefetch: bool,
+
     /// Write a checkpoint every this many iterations (and on SIGTERM).
     #[arg(long, env = "STYLEFARM_CHECKPOINT_EVERY", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub checkpoint_every: u32,
@@ -95,8 +104,22 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The prefetch point as a fraction of a job's iterations, unless prefetching is off.
+    pub fn prefetch(&self) -> Option<f64> {
+        (!self.no_prefetch).then_some(self.prefetch_at)
+    }
+
     /// The grace period on SIGTERM.
     pub fn grace(&self) -> Duration {
         Duration::from_millis(self.grace_ms)
+    }
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction between 0 and 1"))
     }
 }

@@ -16,6 +16,7 @@ use stylefarm_storage::{ObjectUrl, RetryPolicy, S3Options, Storage};
 use stylefarm_weights::WeightsInfo;
 use tch::Device;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -39,6 +40,8 @@ pub struct Node {
     pub heartbeat: Duration,
     /// Cancelled on SIGTERM: stop leasing, checkpoint, hand jobs back.
     pub draining: CancellationToken,
+    /// Attempts whose engine has stopped, still publishing or reporting.
+    pub tails: TaskTracker,
     channel: Channel,
 }
 
@@ -130,6 +133,7 @@ pub async fn run(
         worker_id: registered.worker_id,
         heartbeat: Duration::from_millis(u64::from(registered.heartbeat_ms.max(100))),
         draining: draining.clone(),
+        tails: TaskTracker::new(),
         channel,
         config,
     });
@@ -140,6 +144,8 @@ pub async fn run(
         for s in slots {
             let _ = s.await;
         }
+        node.tails.close();
+        node.tails.wait().await;
     };
     tokio::pin!(all);
     tokio::select! {
@@ -152,32 +158,15 @@ pub async fn run(
     Ok(())
 }
 
-/// One slot: lease, run, repeat until draining.
+/// One slot: lease, run, repeat until draining. While a job runs, the next one may be
+/// leased and fetched ([`attempt::run`] returns it).
 async fn slot(node: Arc<Node>) {
-    let mut client = node.client();
-    while !node.draining.is_cancelled() {
-        let req = v1::LeaseJobRequest {
-            worker_id: node.worker_id.clone(),
-            wait_ms: 10_000,
+    let mut ready = attempt::next(&node).await;
+    while let Some(r) = ready {
+        ready = match attempt::run(&node, r).await {
+            Some(prefetched) => Some(prefetched),
+            None => attempt::next(&node).await,
         };
-        let lease = tokio::select! {
-            r = client.lease_job(req) => r,
-            () = node.draining.cancelled() => break,
-        };
-        match lease {
-            Ok(r) => {
-                if let Some(lease) = r.into_inner().lease {
-                    attempt::run(&node, lease).await;
-                }
-            }
-            Err(s) => {
-                tracing::warn!(code = ?s.code(), cause = %s.message(), "lease request failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(attempt::RECONNECT) => {}
-                    () = node.draining.cancelled() => break,
-                }
-            }
-        }
     }
 }
 

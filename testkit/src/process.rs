@@ -1,0 +1,148 @@
+//! The farm's own binaries as child processes: found beside the test executable, started
+//! on loopback port 0, their addresses read from the ready file they write.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A workspace binary (`stylefarm-coordinator`, `stylefarm-worker`, `stylefarm`) from the
+/// target directory the tests were built into. `cargo test --workspace` (and so
+/// `make test`) builds every binary before running any test.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build --release --workspace --bins` (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Starts `cmd` with its stdout discarded.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(
+            cmd.stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}")),
+        )
+    }
+
+    /// Sends a signal by name (`TERM`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A `stylefarm-coordinator` process on loopback port 0.
+pub struct CoordinatorProc {
+    /// The process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT` of its gRPC service.
+    pub grpc: String,
+    /// `127.0.0.1:PORT` of its operations (metrics, health) endpoint.
+    pub metrics: String,
+}
+
+impl CoordinatorProc {
+    /// Starts the binary on the database `db` and waits (polling its ready file) until
+    /// it serves.
+    pub fn start(binary: &Path, db: &Path, extra: &[&str]) -> Self {
+        let ready = db.with_extension(format!("ready-{}", std::process::id()));
+        let _ = std::fs::remove_file(&ready);
+        let proc = Proc::spawn(
+            Command::new(binary)
+                .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+                .arg("--db")
+                .arg(db)
+                .arg("--ready-file")
+                .arg(&ready)
+                .args(extra)
+                .env("RUST_LOG", "warn"),
+        );
+        let body = poll_file(&ready, Duration::from_secs(30));
+        let field = |k: &str| {
+            let tag = format!("\"{k}\":\"");
+            let at = body.find(&tag).unwrap_or_else(|| panic!("{k} in {body}")) + tag.len();
+            body[at..].split('"').next().unwrap_or_default().to_owned()
+        };
+        Self {
+            grpc: format!("http://{}", field("grpc")),
+            metrics: field("metrics"),
+            proc,
+        }
+    }
+
+    /// GET on the operations port; returns (status line, body).
+    pub fn http_get(&self, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics).expect("connect http");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (
+            head.lines().next().unwrap_or("").to_owned(),
+            body.to_owned(),
+        )
+    }
+}
+
+/// Waits for a file to appear (written whole, by rename) and returns its contents.
+pub fn poll_file(path: &Path, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{} did not appear within {timeout:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
