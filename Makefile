@@ -46,15 +46,12 @@ build: venv
 test: venv garage
 	cargo test --release --workspace
 
+# The example manifest through `stylefarm run`: an embedded coordinator, a local worker
+# and local storage, the same code as a cluster. Outputs and the contact sheet go to
+# $(DEMO_OUT); a second run reuses what is done.
 demo: build
 	@test -f "$(STYLEFARM_WEIGHTS)" || { echo "no weights at $(STYLEFARM_WEIGHTS): set STYLEFARM_WEIGHTS to a VGG safetensors file"; exit 1; }
-	target/release/stylefarm render \
-	  --content $(SHARED)/fixtures/content/tubingen.jpg \
-	  --style $(SHARED)/fixtures/styles/starry_night.jpg \
-	  --weights $(STYLEFARM_WEIGHTS) \
-	  --size 384 --iterations 300 \
-	  --out $(DEMO_OUT)/tubingen-starry_night.png
-	@echo "demo image: $(DEMO_OUT)/tubingen-starry_night.png (sidecar beside it)"
+	target/release/stylefarm run examples/demo.yaml --out $(DEMO_OUT) --weights $(STYLEFARM_WEIGHTS)
 
 bench-engine: venv
 	cargo bench -p stylefarm-worker --bench engine

@@ -1,19 +1,25 @@
 //! The `stylefarm` command line.
 //!
 //! - [`render`]: `stylefarm render`, one image on this machine through the engine.
+//! - [`embedded`]: `stylefarm run`, a manifest on a farm inside this process.
+//! - [`batch`]: `submit`, `status`, `watch`, `cancel`, `retry`, `fetch` on a cluster,
+//!   through [`cluster`] (the coordinator client) and [`sheet`] (the contact sheet).
+//! - [`manifest`]: YAML batch manifests and their wedges.
+//! - [`exit`]: exit codes, and where coordinator errors become CLI errors.
 //!
 //! `main.rs` parses [`Cli`], starts tracing and calls [`run`]; errors reach `main` as
 //! `anyhow` and leave through [`exit_code`].
 
+pub mod batch;
+pub mod cluster;
+pub mod embedded;
+pub mod exit;
 pub mod manifest;
 pub mod render;
+pub mod sheet;
+pub mod weights;
 
 use clap::{Parser, Subcommand};
-
-/// Exit code for a failed command (bad input, failed render).
-pub const EXIT_FAILURE: u8 = 1;
-/// Exit code for a usage error (clap uses it too).
-pub const EXIT_USAGE: u8 = 2;
 
 /// stylefarm: neural style transfer, from one image to a render farm.
 #[derive(Debug, Parser)]
@@ -35,6 +41,20 @@ pub struct Cli {
 pub enum Command {
     /// Render one image on this machine.
     Render(render::RenderArgs),
+    /// Run a manifest on this machine: embedded coordinator, local workers and storage.
+    Run(embedded::RunArgs),
+    /// Upload a manifest's inputs and submit it to a coordinator; prints the batch id.
+    Submit(batch::SubmitArgs),
+    /// Show a batch's jobs, or the newest batches.
+    Status(batch::StatusArgs),
+    /// Follow a batch until it ends (exit code 0 when every job succeeded).
+    Watch(batch::BatchArg),
+    /// Cancel a batch's unfinished jobs.
+    Cancel(batch::BatchArg),
+    /// Queue a batch's failed (and cancelled) jobs again.
+    Retry(batch::RetryArgs),
+    /// Download a batch's outputs and sidecars and write a contact sheet.
+    Fetch(batch::FetchArgs),
 }
 
 /// Starts the tracing subscriber (stderr; `RUST_LOG` overrides the level).
@@ -49,12 +69,27 @@ pub fn init_tracing(json: bool, verbose: u8) {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Render(args) => render::run(args),
+    if let Command::Render(args) = cli.command {
+        return render::run(args);
     }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Render(_) => unreachable!("handled above"),
+            Command::Run(a) => embedded::run(a).await,
+            Command::Submit(a) => batch::submit(a).await,
+            Command::Status(a) => batch::status(a).await,
+            Command::Watch(a) => batch::watch(a).await,
+            Command::Cancel(a) => batch::cancel(a).await,
+            Command::Retry(a) => batch::retry(a).await,
+            Command::Fetch(a) => batch::fetch(a).await,
+        }
+    })
 }
 
 /// The exit code for an error that reached `main`.
-pub fn exit_code(_err: &anyhow::Error) -> u8 {
-    EXIT_FAILURE
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    exit::code(err)
 }

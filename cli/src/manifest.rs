@@ -61,11 +61,10 @@ impl ImageRef {
     pub fn stem(&self) -> String {
         let s = match self {
             Self::Local(p) => p.file_stem().map(|s| s.to_string_lossy().into_owned()),
-            Self::S3(u) => u.rsplit('/').next().map(|n| {
-                n.rsplit_once('.')
-                    .map_or(n, |(stem, _)| stem)
-                    .to_owned()
-            }),
+            Self::S3(u) => u
+                .rsplit('/')
+                .next()
+                .map(|n| n.rsplit_once('.').map_or(n, |(stem, _)| stem).to_owned()),
         };
         s.unwrap_or_default()
     }
@@ -140,7 +139,19 @@ impl Manifest {
         let cx = Cx { file, base };
         let root = marked_yaml::parse_yaml(0, text).map_err(|e| cx.load_error(&e))?;
         let top = cx.mapping(&root, "")?;
-        cx.known_keys(top, "", &["batch", "priority", "max_attempts", "weights", "defaults", "jobs", "wedges"])?;
+        cx.known_keys(
+            top,
+            "",
+            &[
+                "batch",
+                "priority",
+                "max_attempts",
+                "weights",
+                "defaults",
+                "jobs",
+                "wedges",
+            ],
+        )?;
         let batch = match top.get_node("batch") {
             Some(n) => cx.string(n, "batch")?,
             None => return Err(cx.at(root.span(), "batch", "is required: the batch's name")),
@@ -176,7 +187,11 @@ impl Manifest {
             }
         }
         if jobs.is_empty() {
-            return Err(cx.at(root.span(), "jobs", "the manifest has no jobs: give `jobs`, `wedges` or both"));
+            return Err(cx.at(
+                root.span(),
+                "jobs",
+                "the manifest has no jobs: give `jobs`, `wedges` or both",
+            ));
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for j in &jobs {
@@ -221,22 +236,39 @@ impl Params {
         Ok(())
     }
 
-    fn set(&mut self, cx: &Cx<'_>, name: &str, node: &Node, field: &str, span: &Span) -> Result<(), ManifestError> {
+    fn set(
+        &mut self,
+        cx: &Cx<'_>,
+        name: &str,
+        node: &Node,
+        field: &str,
+        span: &Span,
+    ) -> Result<(), ManifestError> {
         let value = param_value(cx, name, node, field)?;
         self.values.insert(name.to_owned(), value);
-        self.origin.insert(name.to_owned(), (*span, field.to_owned()));
+        self.origin
+            .insert(name.to_owned(), (*span, field.to_owned()));
         Ok(())
     }
 
     /// The full, validated parameter set.
-    fn resolve(&self, cx: &Cx<'_>, job_span: &Span, job_field: &str) -> Result<RenderParams, ManifestError> {
+    fn resolve(
+        &self,
+        cx: &Cx<'_>,
+        job_span: &Span,
+        job_field: &str,
+    ) -> Result<RenderParams, ManifestError> {
         let params: RenderParams = serde_json::from_value(Value::Object(self.values.clone()))
             .map_err(|e| cx.at(job_span, job_field, &e.to_string()))?;
         params.validate().map_err(|e| {
             let name = e.field.split(['.', '[']).next().unwrap_or_default();
             match self.origin.get(name) {
                 Some((span, field)) => cx.at(span, &e.field.replacen(name, field, 1), &e.reason),
-                None => cx.at(job_span, &format!("{job_field}.params.{}", e.field), &e.reason),
+                None => cx.at(
+                    job_span,
+                    &format!("{job_field}.params.{}", e.field),
+                    &e.reason,
+                ),
             }
         })?;
         Ok(params)
@@ -248,16 +280,35 @@ impl Params {
 fn param_value(cx: &Cx<'_>, name: &str, node: &Node, field: &str) -> Result<Value, ManifestError> {
     let defaults = serde_json::to_value(RenderParams::default()).unwrap_or(Value::Null);
     let Some(default) = defaults.get(name) else {
-        let known: Vec<&str> = defaults.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
-        return Err(cx.at(node.span(), field, &format!("unknown parameter; the parameters are {}", known.join(", "))));
+        let known: Vec<&str> = defaults
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        return Err(cx.at(
+            node.span(),
+            field,
+            &format!("unknown parameter; the parameters are {}", known.join(", ")),
+        ));
     };
     let value = match default {
         Value::Array(_) => layers_value(cx, node, field)?,
-        Value::Bool(_) => Value::Bool(cx.scalar(node, field)?.as_bool().ok_or_else(|| cx.at(node.span(), field, "expected true or false"))?),
+        Value::Bool(_) => Value::Bool(
+            cx.scalar(node, field)?
+                .as_bool()
+                .ok_or_else(|| cx.at(node.span(), field, "expected true or false"))?,
+        ),
         Value::Number(n) if n.is_f64() => {
             let s = cx.scalar(node, field)?;
-            let v: f64 = s.as_str().parse().map_err(|_| cx.at(node.span(), field, &format!("{:?} is not a number", s.as_str())))?;
-            serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| cx.at(node.span(), field, &format!("{v} is not a finite number")))?
+            let v: f64 = s.as_str().parse().map_err(|_| {
+                cx.at(
+                    node.span(),
+                    field,
+                    &format!("{:?} is not a number", s.as_str()),
+                )
+            })?;
+            serde_json::Number::from_f64(v)
+                .map(Value::Number)
+                .ok_or_else(|| cx.at(node.span(), field, &format!("{v} is not a finite number")))?
         }
         Value::Number(_) => Value::from(cx.integer(node, field, 0, i64::MAX)?),
         _ => Value::String(cx.string(node, field)?),
@@ -267,7 +318,11 @@ fn param_value(cx: &Cx<'_>, name: &str, node: &Node, field: &str) -> Result<Valu
     one.insert(name.to_owned(), value.clone());
     serde_json::from_value::<RenderParams>(Value::Object(one)).map_err(|e| {
         let msg = e.to_string();
-        cx.at(node.span(), field, msg.split(" at line").next().unwrap_or(&msg))
+        cx.at(
+            node.span(),
+            field,
+            msg.split(" at line").next().unwrap_or(&msg),
+        )
     })?;
     Ok(value)
 }
@@ -291,18 +346,35 @@ fn layers_value(cx: &Cx<'_>, node: &Node, field: &str) -> Result<Value, Manifest
                     Node::Scalar(s) => add(s.as_str(), item)?,
                     Node::Mapping(m) => {
                         cx.known_keys(m, &f, &["layer", "weight"])?;
-                        let layer = m.get_node("layer").ok_or_else(|| cx.at(item.span(), &f, "needs `layer`"))?;
+                        let layer = m
+                            .get_node("layer")
+                            .ok_or_else(|| cx.at(item.span(), &f, "needs `layer`"))?;
                         let weight = match m.get_node("weight") {
                             Some(w) => cx.float(w, &format!("{f}.weight"))?,
                             None => 1.0,
                         };
-                        add(&format!("{}:{weight}", cx.string(layer, &format!("{f}.layer"))?), item)?;
+                        add(
+                            &format!("{}:{weight}", cx.string(layer, &format!("{f}.layer"))?),
+                            item,
+                        )?;
                     }
-                    Node::Sequence(_) => return Err(cx.at(item.span(), &f, "expected a layer name or {layer, weight}")),
+                    Node::Sequence(_) => {
+                        return Err(cx.at(
+                            item.span(),
+                            &f,
+                            "expected a layer name or {layer, weight}",
+                        ))
+                    }
                 }
             }
         }
-        Node::Mapping(_) => return Err(cx.at(node.span(), field, "expected a list of layers or \"relu1_1,relu2_1:0.5\"")),
+        Node::Mapping(_) => {
+            return Err(cx.at(
+                node.span(),
+                field,
+                "expected a list of layers or \"relu1_1,relu2_1:0.5\"",
+            ))
+        }
     }
     Ok(Value::Array(out))
 }
@@ -326,8 +398,14 @@ impl Cx<'_> {
     fn load_error(&self, e: &marked_yaml::LoadError) -> ManifestError {
         use marked_yaml::LoadError as E;
         let (marker, what) = match e {
-            E::TopLevelMustBeMapping(m) | E::TopLevelMustBeSequence(m) => (Some(*m), "the manifest must be a mapping (batch:, defaults:, jobs:, wedges:)".to_owned()),
-            E::DuplicateKey(k) => (k.key.span().start().copied(), format!("key {:?} appears twice", k.key.as_str())),
+            E::TopLevelMustBeMapping(m) | E::TopLevelMustBeSequence(m) => (
+                Some(*m),
+                "the manifest must be a mapping (batch:, defaults:, jobs:, wedges:)".to_owned(),
+            ),
+            E::DuplicateKey(k) => (
+                k.key.span().start().copied(),
+                format!("key {:?} appears twice", k.key.as_str()),
+            ),
             E::ScanError(m, s) => (Some(*m), format!("not valid YAML: {s}")),
             other => (None, format!("not valid YAML: {other}")),
         };
@@ -339,16 +417,32 @@ impl Cx<'_> {
         }
     }
 
-    fn mapping<'n>(&self, node: &'n Node, field: &str) -> Result<&'n MarkedMappingNode, ManifestError> {
-        node.as_mapping().ok_or_else(|| self.at(node.span(), field, "expected a mapping (key: value lines)"))
+    fn mapping<'n>(
+        &self,
+        node: &'n Node,
+        field: &str,
+    ) -> Result<&'n MarkedMappingNode, ManifestError> {
+        node.as_mapping()
+            .ok_or_else(|| self.at(node.span(), field, "expected a mapping (key: value lines)"))
     }
 
     fn sequence<'n>(&self, node: &'n Node, field: &str) -> Result<&'n [Node], ManifestError> {
-        node.as_sequence().map(|s| &s[..]).ok_or_else(|| self.at(node.span(), field, "expected a list (lines starting with -)"))
+        node.as_sequence().map(|s| &s[..]).ok_or_else(|| {
+            self.at(
+                node.span(),
+                field,
+                "expected a list (lines starting with -)",
+            )
+        })
     }
 
-    fn scalar<'n>(&self, node: &'n Node, field: &str) -> Result<&'n MarkedScalarNode, ManifestError> {
-        node.as_scalar().ok_or_else(|| self.at(node.span(), field, "expected a single value"))
+    fn scalar<'n>(
+        &self,
+        node: &'n Node,
+        field: &str,
+    ) -> Result<&'n MarkedScalarNode, ManifestError> {
+        node.as_scalar()
+            .ok_or_else(|| self.at(node.span(), field, "expected a single value"))
     }
 
     fn string(&self, node: &Node, field: &str) -> Result<String, ManifestError> {
@@ -357,7 +451,9 @@ impl Cx<'_> {
 
     fn integer(&self, node: &Node, field: &str, min: i64, max: i64) -> Result<i64, ManifestError> {
         let s = self.scalar(node, field)?.as_str();
-        let v: i64 = s.parse().map_err(|_| self.at(node.span(), field, &format!("{s:?} is not a whole number")))?;
+        let v: i64 = s
+            .parse()
+            .map_err(|_| self.at(node.span(), field, &format!("{s:?} is not a whole number")))?;
         if (min..=max).contains(&v) {
             Ok(v)
         } else {
@@ -367,21 +463,35 @@ impl Cx<'_> {
 
     fn float(&self, node: &Node, field: &str) -> Result<f64, ManifestError> {
         let s = self.scalar(node, field)?.as_str();
-        s.parse().map_err(|_| self.at(node.span(), field, &format!("{s:?} is not a number")))
+        s.parse()
+            .map_err(|_| self.at(node.span(), field, &format!("{s:?} is not a number")))
     }
 
-    fn known_keys(&self, m: &MarkedMappingNode, field: &str, allowed: &[&str]) -> Result<(), ManifestError> {
+    fn known_keys(
+        &self,
+        m: &MarkedMappingNode,
+        field: &str,
+        allowed: &[&str],
+    ) -> Result<(), ManifestError> {
         for key in m.keys() {
             if !allowed.contains(&key.as_str()) {
-                let at = if field.is_empty() { key.as_str().to_owned() } else { format!("{field}.{}", key.as_str()) };
-                return Err(self.at(key.span(), &at, &format!("unknown key; allowed here: {}", allowed.join(", "))));
+                let at = if field.is_empty() {
+                    key.as_str().to_owned()
+                } else {
+                    format!("{field}.{}", key.as_str())
+                };
+                return Err(self.at(
+                    key.span(),
+                    &at,
+                    &format!("unknown key; allowed here: {}", allowed.join(", ")),
+                ));
             }
         }
         Ok(())
     }
 
     fn image(&self, node: &Node, field: &str) -> Result<ImageRef, ManifestError> {
-        let s = self.string(node, field)?;
+        let s = expand_env(&self.string(node, field)?).map_err(|e| self.at(node.span(), field, &e))?;
         if s.trim().is_empty() {
             return Err(self.at(node.span(), field, "is empty: give a path or an s3:// URI"));
         }
@@ -392,11 +502,22 @@ impl Cx<'_> {
             return Ok(ImageRef::S3(s));
         }
         if s.contains("://") {
-            return Err(self.at(node.span(), field, &format!("{s:?}: only local paths and s3:// URIs are supported")));
+            return Err(self.at(
+                node.span(),
+                field,
+                &format!("{s:?}: only local paths and s3:// URIs are supported"),
+            ));
         }
         let path = self.base.join(&s);
         if !path.is_file() {
-            return Err(self.at(node.span(), field, &format!("{} does not exist (relative paths start at the manifest's folder)", path.display())));
+            return Err(self.at(
+                node.span(),
+                field,
+                &format!(
+                    "{} does not exist (relative paths start at the manifest's folder)",
+                    path.display()
+                ),
+            ));
         }
         Ok(ImageRef::Local(path))
     }
@@ -407,13 +528,19 @@ impl Cx<'_> {
             match n {
                 Node::Mapping(m) => {
                     self.known_keys(m, f, &["image", "weight"])?;
-                    let image = m.get_node("image").ok_or_else(|| self.at(n.span(), f, "needs `image`"))?;
+                    let image = m
+                        .get_node("image")
+                        .ok_or_else(|| self.at(n.span(), f, "needs `image`"))?;
                     let weight = match m.get_node("weight") {
                         Some(w) => self.float(w, &format!("{f}.weight"))?,
                         None => 1.0,
                     };
                     if !(weight.is_finite() && weight >= 0.0) {
-                        return Err(self.at(n.span(), &format!("{f}.weight"), &format!("{weight} is not a finite number >= 0")));
+                        return Err(self.at(
+                            n.span(),
+                            &format!("{f}.weight"),
+                            &format!("{weight} is not a finite number >= 0"),
+                        ));
                     }
                     Ok((self.image(image, &format!("{f}.image"))?, weight))
                 }
@@ -421,10 +548,18 @@ impl Cx<'_> {
             }
         };
         let look = match node {
-            Node::Sequence(items) if !items.is_empty() => {
-                items.iter().enumerate().map(|(i, n)| one(n, &format!("{field}[{i}]"))).collect::<Result<Vec<_>, _>>()?
+            Node::Sequence(items) if !items.is_empty() => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| one(n, &format!("{field}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?,
+            Node::Sequence(_) => {
+                return Err(self.at(
+                    node.span(),
+                    field,
+                    "an empty blend: list at least one style image",
+                ))
             }
-            Node::Sequence(_) => return Err(self.at(node.span(), field, "an empty blend: list at least one style image")),
             _ => vec![one(node, field)?],
         };
         if look.iter().map(|(_, w)| w).sum::<f64>() <= 0.0 {
@@ -433,22 +568,45 @@ impl Cx<'_> {
         Ok(look)
     }
 
-    fn job(&self, node: &Node, field: &str, defaults: &Params) -> Result<PlannedJob, ManifestError> {
+    fn job(
+        &self,
+        node: &Node,
+        field: &str,
+        defaults: &Params,
+    ) -> Result<PlannedJob, ManifestError> {
         let m = self.mapping(node, field)?;
-        self.known_keys(m, field, &["name", "content", "style", "styles", "init_image", "params"])?;
-        let content = m.get_node("content").ok_or_else(|| self.at(node.span(), field, "needs `content`: the photo to restyle"))?;
+        self.known_keys(
+            m,
+            field,
+            &["name", "content", "style", "styles", "init_image", "params"],
+        )?;
+        let content = m
+            .get_node("content")
+            .ok_or_else(|| self.at(node.span(), field, "needs `content`: the photo to restyle"))?;
         let content = self.image(content, &format!("{field}.content"))?;
         let styles = match (m.get_node("style"), m.get_node("styles")) {
             (Some(s), None) => self.look(s, &format!("{field}.style"))?,
             (None, Some(s)) => {
                 let s_field = format!("{field}.styles");
                 if !matches!(s, Node::Sequence(_)) {
-                    return Err(self.at(s.span(), &s_field, "expected a list of style images (use `style:` for one)"));
+                    return Err(self.at(
+                        s.span(),
+                        &s_field,
+                        "expected a list of style images (use `style:` for one)",
+                    ));
                 }
                 self.look(s, &s_field)?
             }
-            (Some(_), Some(s)) => return Err(self.at(s.span(), field, "give `style` or `styles`, not both")),
-            (None, None) => return Err(self.at(node.span(), field, "needs `style` (one image) or `styles` (a blend)")),
+            (Some(_), Some(s)) => {
+                return Err(self.at(s.span(), field, "give `style` or `styles`, not both"))
+            }
+            (None, None) => {
+                return Err(self.at(
+                    node.span(),
+                    field,
+                    "needs `style` (one image) or `styles` (a blend)",
+                ))
+            }
         };
         let init_image = match m.get_node("init_image") {
             Some(n) => Some(self.image(n, &format!("{field}.init_image"))?),
@@ -480,10 +638,20 @@ impl Cx<'_> {
         let params = params.resolve(self, node.span(), field)?;
         match (&params.init, &init_image) {
             (stylefarm_core::InitKind::Image, None) => {
-                return Err(self.at(node.span(), &format!("{field}.init_image"), "required when init is image"))
+                return Err(self.at(
+                    node.span(),
+                    &format!("{field}.init_image"),
+                    "required when init is image",
+                ))
             }
             (stylefarm_core::InitKind::Image, Some(_)) | (_, None) => {}
-            (_, Some(_)) => return Err(self.at(node.span(), &format!("{field}.init_image"), "given, but init is not image")),
+            (_, Some(_)) => {
+                return Err(self.at(
+                    node.span(),
+                    &format!("{field}.init_image"),
+                    "given, but init is not image",
+                ))
+            }
         }
         Ok(PlannedJob {
             name,
@@ -495,14 +663,41 @@ impl Cx<'_> {
         })
     }
 
-    fn wedge(&self, node: &Node, field: &str, defaults: &Params, jobs: &mut Vec<PlannedJob>) -> Result<(), ManifestError> {
+    fn wedge(
+        &self,
+        node: &Node,
+        field: &str,
+        defaults: &Params,
+        jobs: &mut Vec<PlannedJob>,
+    ) -> Result<(), ManifestError> {
         let m = self.mapping(node, field)?;
-        self.known_keys(m, field, &["name", "contents", "styles", "init_image", "params", "sweep"])?;
+        self.known_keys(
+            m,
+            field,
+            &[
+                "name",
+                "contents",
+                "styles",
+                "init_image",
+                "params",
+                "sweep",
+            ],
+        )?;
         let list = |key: &str, what: &str| -> Result<&[Node], ManifestError> {
-            let n = m.get_node(key).ok_or_else(|| self.at(node.span(), field, &format!("needs `{key}`: a list of {what}")))?;
+            let n = m.get_node(key).ok_or_else(|| {
+                self.at(
+                    node.span(),
+                    field,
+                    &format!("needs `{key}`: a list of {what}"),
+                )
+            })?;
             let items = self.sequence(n, &format!("{field}.{key}"))?;
             if items.is_empty() {
-                return Err(self.at(n.span(), &format!("{field}.{key}"), &format!("is empty: list at least one of {what}")));
+                return Err(self.at(
+                    n.span(),
+                    &format!("{field}.{key}"),
+                    &format!("is empty: list at least one of {what}"),
+                ));
             }
             Ok(items)
         };
@@ -533,12 +728,26 @@ impl Cx<'_> {
                 if items.is_empty() {
                     return Err(self.at(values.span(), &f, "is empty: list the values to sweep"));
                 }
-                sweep.push((key.as_str().to_owned(), items.iter().enumerate().map(|(i, n)| (n, format!("{f}[{i}]"))).collect()));
+                sweep.push((
+                    key.as_str().to_owned(),
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| (n, format!("{f}[{i}]")))
+                        .collect(),
+                ));
             }
         }
-        let total = sweep.iter().map(|(_, v)| v.len()).try_fold(contents.len() * looks.len(), usize::checked_mul);
+        let total = sweep
+            .iter()
+            .map(|(_, v)| v.len())
+            .try_fold(contents.len() * looks.len(), usize::checked_mul);
         if total.is_none_or(|t| jobs.len() + t > MAX_JOBS) {
-            return Err(self.at(node.span(), field, &format!("expands to more than {MAX_JOBS} jobs in all")));
+            return Err(self.at(
+                node.span(),
+                field,
+                &format!("expands to more than {MAX_JOBS} jobs in all"),
+            ));
         }
         let prefix = match m.get_node("name") {
             Some(n) => Some(self.string(n, &format!("{field}.name"))?),
@@ -554,13 +763,27 @@ impl Cx<'_> {
                     for ((name, values), &k) in sweep.iter().zip(&pick) {
                         let (n, f) = &values[k];
                         params.set(self, name, n, f, n.span())?;
-                        tags.push(format!("{name}{}", tag(self.scalar(n, f).map(MarkedScalarNode::as_str).unwrap_or("x"))));
+                        tags.push(format!(
+                            "{name}{}",
+                            tag(self
+                                .scalar(n, f)
+                                .map(MarkedScalarNode::as_str)
+                                .unwrap_or("x"))
+                        ));
                     }
                     let mut name = default_name(content, look, &tags);
                     if let Some(p) = &prefix {
                         name = format!("{p}-{name}");
                     }
-                    jobs.push(self.finish(node, field, name, content.clone(), look.clone(), init_image.clone(), &params)?);
+                    jobs.push(self.finish(
+                        node,
+                        field,
+                        name,
+                        content.clone(),
+                        look.clone(),
+                        init_image.clone(),
+                        &params,
+                    )?);
                     if !advance(&mut pick, &sweep) {
                         break;
                     }
@@ -569,6 +792,27 @@ impl Cx<'_> {
         }
         Ok(())
     }
+}
+
+/// Replaces `${NAME}` with the environment variable's value (an asset root shared by a
+/// studio's manifests, say); an unset variable is an error that names it.
+fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{s:?}: `${{` without a closing `}}`"))?;
+        let name = &after[..end];
+        let value = std::env::var(name)
+            .map_err(|_| format!("{s:?} uses ${{{name}}}, which is not set in the environment"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Steps the odometer; false once every combination was produced (and resets it).
@@ -597,6 +841,12 @@ fn default_name(content: &ImageRef, styles: &[(ImageRef, f64)], tags: &[String])
 
 fn tag(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.+=@,".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.+=@,".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

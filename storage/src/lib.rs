@@ -9,6 +9,7 @@
 //! - Inputs are content-addressed: [`Storage::put_input`] stores bytes under
 //!   `inputs/sha256/<hex>` below a root and skips the upload when they are there.
 
+pub mod args;
 pub mod error;
 mod local;
 pub mod retry;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use stylefarm_core::ObjectRef;
 use tokio::sync::OnceCell;
 
+pub use args::StorageArgs;
 pub use error::StorageError;
 pub use retry::RetryPolicy;
 pub use url::ObjectUrl;

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use stylefarm_storage::StorageArgs;
+
 use crate::device::DeviceArg;
 
 /// Worker node settings.
@@ -20,10 +22,6 @@ pub struct WorkerConfig {
         default_value = "http://127.0.0.1:7070"
     )]
     pub coordinator: String,
-
-    /// Where checkpoints and results go: `s3://bucket/prefix` or a directory.
-    #[arg(long, env = "STYLEFARM_STORAGE")]
-    pub storage: String,
 
     /// VGG weights (safetensors); jobs for other weights are refused.
     #[arg(long, env = "STYLEFARM_WEIGHTS")]
@@ -70,33 +68,9 @@ pub struct WorkerConfig {
     )]
     pub max_input_pixels: u64,
 
-    /// S3 endpoint of a self-hosted server (else `AWS_ENDPOINT_URL`, else AWS).
-    #[arg(long, env = "STYLEFARM_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-
-    /// S3 region (else `AWS_REGION`).
-    #[arg(long, env = "STYLEFARM_S3_REGION")]
-    pub s3_region: Option<String>,
-
-    /// Path-style S3 addressing (most self-hosted servers need it).
-    #[arg(long, env = "STYLEFARM_S3_PATH_STYLE")]
-    pub s3_path_style: bool,
-
-    /// S3 access key id (else the AWS credential chain).
-    #[arg(long, env = "STYLEFARM_S3_ACCESS_KEY")]
-    pub s3_access_key: Option<String>,
-
-    /// S3 secret key.
-    #[arg(long, env = "STYLEFARM_S3_SECRET_KEY", hide_env_values = true)]
-    pub s3_secret_key: Option<String>,
-
-    /// A file holding the S3 secret key (a mounted Kubernetes Secret).
-    #[arg(long, env = "STYLEFARM_S3_SECRET_KEY_FILE")]
-    pub s3_secret_key_file: Option<PathBuf>,
-
-    /// Give up on a storage request after retrying transient failures this long (ms).
-    #[arg(long, env = "STYLEFARM_STORAGE_RETRY_MS", default_value_t = 120_000)]
-    pub storage_retry_ms: u64,
+    /// Storage.
+    #[command(flatten)]
+    pub store: StorageArgs,
 
     /// Log JSON lines instead of text.
     #[arg(long, env = "STYLEFARM_LOG_JSON")]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
-use stylefarm_storage::{ObjectUrl, RetryPolicy, S3Options, Storage};
+use stylefarm_storage::{ObjectUrl, Storage};
 use stylefarm_weights::WeightsInfo;
 use tch::Device;
 use tokio_util::sync::CancellationToken;
@@ -63,28 +63,7 @@ pub async fn run(
         tch::set_num_threads(n.max(1));
     }
     let weights = Arc::new(WeightsInfo::inspect(&config.weights)?);
-    let root = ObjectUrl::parse(&config.storage)?;
-    let secret = match (&config.s3_secret_key, &config.s3_secret_key_file) {
-        (Some(s), _) => Some(s.clone()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading the S3 secret key from {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    };
-    let storage = Storage::new(S3Options {
-        endpoint: config.s3_endpoint.clone(),
-        region: config.s3_region.clone(),
-        path_style: config.s3_path_style,
-        access_key: config.s3_access_key.clone(),
-        secret_key: secret,
-        retry: RetryPolicy {
-            deadline: Duration::from_millis(config.storage_retry_ms),
-            ..RetryPolicy::default()
-        },
-    });
+    let (root, storage) = config.store.open()?;
     let channel = tonic::transport::Endpoint::from_shared(config.coordinator.clone())
         .with_context(|| format!("--coordinator {:?} is not a URL", config.coordinator))?
         .connect_timeout(Duration::from_secs(5))

@@ -1,0 +1,261 @@
+//! `submit`, `status`, `watch`, `cancel`, `retry` and `fetch`: batches on a cluster.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use stylefarm_storage::StorageArgs;
+use stylefarm_weights::WeightsInfo;
+
+use crate::cluster::{self, batch_state_name, job_state_name, Coordinator};
+use crate::manifest::Manifest;
+
+/// Where the coordinator is.
+#[derive(Debug, Clone, Args)]
+pub struct CoordinatorArg {
+    /// The coordinator's gRPC address.
+    #[arg(
+        long,
+        env = "STYLEFARM_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub coordinator: String,
+}
+
+/// `stylefarm submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The batch manifest (YAML).
+    pub manifest: PathBuf,
+    /// VGG weights the jobs run with (else the manifest's `weights`, else the cache).
+    #[arg(long, env = "STYLEFARM_WEIGHTS", value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArg,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// `stylefarm status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A batch id (default: the newest batches).
+    pub batch: Option<String>,
+    /// JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// How many batches to list without BATCH.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArg,
+}
+
+/// `stylefarm watch`, `stylefarm cancel`.
+#[derive(Debug, Args)]
+pub struct BatchArg {
+    /// The batch id.
+    pub batch: String,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArg,
+}
+
+/// `stylefarm retry`.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The batch id.
+    pub batch: String,
+    /// Only failed jobs (default: failed and cancelled).
+    #[arg(long)]
+    pub failed: bool,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArg,
+}
+
+/// `stylefarm fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The batch id.
+    pub batch: String,
+    /// Where outputs, sidecars and the contact sheet go.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArg,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Loads a manifest and finds the weights its jobs name.
+pub fn load(
+    manifest: &std::path::Path,
+    weights: Option<PathBuf>,
+) -> anyhow::Result<(Manifest, WeightsInfo)> {
+    let manifest = Manifest::load(manifest)?;
+    let path = crate::weights::resolve(weights.or_else(|| manifest.weights.clone()))?;
+    let info = WeightsInfo::inspect(&path)?;
+    Ok((manifest, info))
+}
+
+/// Uploads inputs and submits; prints the batch id.
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let (manifest, weights) = load(&args.manifest, args.weights)?;
+    let (root, storage) = args.storage.open()?;
+    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let (id, existing) = c
+        .submit(&manifest, &weights.sha256, &storage, &root)
+        .await?;
+    if existing {
+        eprintln!("this manifest was submitted before: batch {id}");
+    } else {
+        eprintln!(
+            "submitted {} jobs as batch {id} ({})",
+            manifest.jobs.len(),
+            manifest.batch
+        );
+    }
+    println!("{id}");
+    Ok(())
+}
+
+/// Prints a batch's jobs, or the newest batches.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    match &args.batch {
+        Some(id) => {
+            let b = c.batch(id, true).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&batch_json(&b))?);
+                return Ok(());
+            }
+            println!(
+                "batch {} ({}): {}",
+                b.batch_id,
+                b.name,
+                batch_state_name(b.state)
+            );
+            let mut rows = vec![vec![
+                "JOB".into(),
+                "STATE".into(),
+                "PROGRESS".into(),
+                "ATTEMPT".into(),
+                "WORKER".into(),
+                "ERROR".into(),
+            ]];
+            for j in &b.jobs {
+                rows.push(vec![
+                    j.name.clone(),
+                    job_state_name(j.state).into(),
+                    format!("{}/{}", j.iteration, j.iterations),
+                    j.attempt.to_string(),
+                    j.worker.clone(),
+                    j.error.clone(),
+                ]);
+            }
+            print!("{}", cluster::table(&rows));
+        }
+        None => {
+            let batches = c.batches(args.limit).await?;
+            if args.json {
+                let all: Vec<_> = batches.iter().map(batch_json).collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            let mut rows = vec![vec![
+                "BATCH".into(),
+                "NAME".into(),
+                "STATE".into(),
+                "JOBS".into(),
+            ]];
+            for b in &batches {
+                let counts: Vec<String> = b
+                    .jobs_by_state
+                    .iter()
+                    .map(|(k, v)| format!("{v} {k}"))
+                    .collect();
+                rows.push(vec![
+                    b.batch_id.clone(),
+                    b.name.clone(),
+                    batch_state_name(b.state).into(),
+                    counts.join(", "),
+                ]);
+            }
+            print!("{}", cluster::table(&rows));
+        }
+    }
+    Ok(())
+}
+
+fn batch_json(b: &stylefarm_proto::v1::Batch) -> serde_json::Value {
+    let jobs: Vec<_> = b
+        .jobs
+        .iter()
+        .map(|j| {
+            serde_json::json!({
+                "job_id": j.job_id,
+                "name": j.name,
+                "state": job_state_name(j.state),
+                "iteration": j.iteration,
+                "iterations": j.iterations,
+                "attempt": j.attempt,
+                "worker": j.worker,
+                "error": j.error,
+                "result_key": j.result_key,
+                "sidecar_key": j.sidecar_key,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "batch_id": b.batch_id,
+        "name": b.name,
+        "state": batch_state_name(b.state),
+        "priority": b.priority,
+        "created_unix_ms": b.created_unix_ms,
+        "jobs_by_state": b.jobs_by_state,
+        "jobs": jobs,
+    })
+}
+
+/// Follows a batch to its end; the exit code says how it ended.
+pub async fn watch(args: BatchArg) -> anyhow::Result<()> {
+    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let b = c.watch(&args.batch, false).await?;
+    eprintln!("batch {} {}", b.batch_id, batch_state_name(b.state));
+    cluster::outcome(&b)
+}
+
+/// Cancels a batch.
+pub async fn cancel(args: BatchArg) -> anyhow::Result<()> {
+    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let b = c.cancel(&args.batch).await?;
+    println!("batch {} {}", b.batch_id, batch_state_name(b.state));
+    Ok(())
+}
+
+/// Queues failed (and cancelled) jobs again.
+pub async fn retry(args: RetryArgs) -> anyhow::Result<()> {
+    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let b = c.retry(&args.batch, args.failed).await?;
+    println!("batch {} {}", b.batch_id, batch_state_name(b.state));
+    Ok(())
+}
+
+/// Downloads outputs and sidecars and writes the contact sheet.
+pub async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    let (root, storage) = args.storage.open()?;
+    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let b = c.batch(&args.batch, true).await?;
+    let fetched = cluster::fetch(&b, &storage, &root, &args.out).await?;
+    if fetched.is_empty() {
+        eprintln!("batch {} has no finished outputs yet", b.batch_id);
+        return Ok(());
+    }
+    let sheet = args.out.join("contact-sheet.png");
+    crate::sheet::write(&fetched, &storage, &sheet).await?;
+    eprintln!(
+        "{} outputs in {}; contact sheet {}",
+        fetched.len(),
+        args.out.display(),
+        sheet.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! Talking to a coordinator: submit a manifest, show, watch, cancel, retry and fetch
+//! batches. `stylefarm run` goes through these same functions against its embedded
+//! coordinator.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use stylefarm_core::{JobSpec, ObjectRef, StyleRef};
+use stylefarm_proto::v1;
+use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
+use stylefarm_storage::{ObjectUrl, Storage};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::exit::{from_status, CliError};
+use crate::manifest::{ImageRef, Manifest};
+
+/// A connected client and the address it was made for (for messages).
+pub struct Coordinator {
+    addr: String,
+    client: StyleFarmClient<Channel>,
+}
+
+impl Coordinator {
+    /// Connects, failing with [`CliError::Unreachable`] when nobody answers.
+    pub async fn connect(addr: &str) -> anyhow::Result<Self> {
+        let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+            .map_err(|e| CliError::Invalid(format!("--coordinator {addr:?} is not a URL: {e}")))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| CliError::Unreachable {
+                addr: addr.to_owned(),
+                cause: format!("{e}"),
+            })?;
+        Ok(Self {
+            addr: addr.to_owned(),
+            client: StyleFarmClient::new(channel),
+        })
+    }
+
+    fn err(&self, s: &tonic::Status) -> anyhow::Error {
+        from_status(&self.addr, s)
+    }
+
+    /// A batch, with its jobs when `jobs`.
+    pub async fn batch(&mut self, id: &str, jobs: bool) -> anyhow::Result<v1::Batch> {
+        let req = v1::GetBatchRequest {
+            batch_id: id.to_owned(),
+            include_jobs: jobs,
+        };
+        match self.client.get_batch(req).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.err(&s)),
+        }
+    }
+
+    /// The newest batches.
+    pub async fn batches(&mut self, limit: u32) -> anyhow::Result<Vec<v1::Batch>> {
+        match self
+            .client
+            .list_batches(v1::ListBatchesRequest { limit })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().batches),
+            Err(s) => Err(self.err(&s)),
+        }
+    }
+
+    /// Cancels every unfinished job of a batch.
+    pub async fn cancel(&mut self, id: &str) -> anyhow::Result<v1::Batch> {
+        let req = v1::CancelBatchRequest {
+            batch_id: id.to_owned(),
+        };
+        match self.client.cancel_batch(req).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.err(&s)),
+        }
+    }
+
+    /// Queues a batch's failed jobs again (and its cancelled ones unless `failed_only`).
+    pub async fn retry(&mut self, id: &str, failed_only: bool) -> anyhow::Result<v1::Batch> {
+        let req = v1::RetryJobsRequest {
+            batch_id: id.to_owned(),
+            include_cancelled: !failed_only,
+        };
+        match self.client.retry_jobs(req).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.err(&s)),
+        }
+    }
+
+    /// Uploads the manifest's local inputs (content-addressed: what is there already is
+    /// skipped) and submits its jobs. The client token is the hash of the expanded
+    /// batch, so the same manifest submitted twice is one batch. Returns the batch id
+    /// and whether it already existed.
+    pub async fn submit(
+        &mut self,
+        manifest: &Manifest,
+        weights_sha256: &str,
+        storage: &Storage,
+        root: &ObjectUrl,
+    ) -> anyhow::Result<(String, bool)> {
+        let mut inputs: BTreeMap<&ImageRef, ObjectRef> = BTreeMap::new();
+        let mut uploaded = 0usize;
+        for job in &manifest.jobs {
+            let refs = std::iter::once(&job.content)
+                .chain(job.styles.iter().map(|(s, _)| s))
+                .chain(job.init_image.as_ref());
+            for r in refs {
+                if inputs.contains_key(r) {
+                    continue;
+                }
+                let bytes = match r {
+                    ImageRef::Local(p) => tokio::fs::read(p)
+                        .await
+                        .with_context(|| format!("reading {}", p.display()))?,
+                    ImageRef::S3(u) => storage.get(&ObjectUrl::parse(u)?).await?,
+                };
+                let (object, fresh) = storage.put_input(root, bytes).await?;
+                uploaded += usize::from(fresh);
+                inputs.insert(r, object);
+            }
+        }
+        tracing::info!(inputs = inputs.len(), uploaded, "inputs in storage");
+        let jobs: Vec<v1::JobSpec> = manifest
+            .jobs
+            .iter()
+            .map(|j| {
+                let spec = JobSpec {
+                    name: j.name.clone(),
+                    content: inputs[&j.content].clone(),
+                    styles: j
+                        .styles
+                        .iter()
+                        .map(|(s, weight)| StyleRef {
+                            image: inputs[s].clone(),
+                            weight: *weight,
+                        })
+                        .collect(),
+                    init_image: j.init_image.as_ref().map(|i| inputs[i].clone()),
+                    params: j.params.clone(),
+                    weights_sha256: weights_sha256.to_owned(),
+                    output_key: String::new(),
+                };
+                v1::JobSpec::from(&spec)
+            })
+            .collect();
+        let mut token = Sha256::new();
+        token.update(manifest.batch.as_bytes());
+        token.update(manifest.priority.to_le_bytes());
+        token.update(manifest.max_attempts.to_le_bytes());
+        for j in &jobs {
+            token.update(prost::Message::encode_to_vec(j));
+        }
+        let req = v1::SubmitBatchRequest {
+            name: manifest.batch.clone(),
+            client_token: hex::encode(token.finalize()),
+            priority: manifest.priority,
+            max_attempts: manifest.max_attempts,
+            jobs,
+        };
+        match self.client.submit_batch(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok((r.batch_id, r.existing))
+            }
+            Err(s) => Err(self.err(&s)),
+        }
+    }
+
+    /// Follows a batch until it ends, with a bar per running job and one for the whole
+    /// batch (hidden when stderr is not a terminal). Returns the batch as it ended.
+    pub async fn watch(&mut self, id: &str, quiet: bool) -> anyhow::Result<v1::Batch> {
+        let snapshot = self.batch(id, true).await?;
+        let bars = MultiProgress::new();
+        if quiet {
+            bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let total = snapshot.jobs.len() as u64;
+        let overall = bars.add(ProgressBar::new(total));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:40}] {pos}/{len} jobs  {msg}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        overall.set_prefix(snapshot.name.clone());
+        let job_style =
+            ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos}/{len} it  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        let mut running: HashMap<String, ProgressBar> = HashMap::new();
+        let mut states: HashMap<String, i32> = HashMap::new();
+        let mut show = |job: &v1::JobStatus| {
+            states.insert(job.job_id.clone(), job.state);
+            let live = matches!(
+                v1::JobState::try_from(job.state),
+                Ok(v1::JobState::Running | v1::JobState::Leased)
+            );
+            if live {
+                let bar = running.entry(job.job_id.clone()).or_insert_with(|| {
+                    let b = bars.add(ProgressBar::new(u64::from(job.iterations)));
+                    b.set_style(job_style.clone());
+                    b.set_prefix(job.name.clone());
+                    b
+                });
+                bar.set_position(u64::from(job.iteration));
+                if let Some(l) = &job.losses {
+                    bar.set_message(format!("loss {:.3e}", l.total));
+                }
+            } else if let Some(b) = running.remove(&job.job_id) {
+                b.finish_and_clear();
+                bars.remove(&b);
+            }
+            let done = states.values().filter(|s| ended(**s)).count() as u64;
+            overall.set_position(done);
+            overall.set_message(summary_of(states.values().copied()));
+        };
+        for j in &snapshot.jobs {
+            show(j);
+        }
+        if !batch_ended(snapshot.state) {
+            let req = v1::WatchBatchRequest {
+                batch_id: id.to_owned(),
+            };
+            let mut stream = match self.client.watch_batch(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => return Err(self.err(&s)),
+            };
+            while let Some(ev) = stream.next().await {
+                let ev = ev.map_err(|s| self.err(&s))?;
+                if let Some(job) = &ev.job {
+                    show(job);
+                }
+                if batch_ended(ev.batch_state) {
+                    break;
+                }
+            }
+        }
+        overall.finish();
+        self.batch(id, true).await
+    }
+}
+
+fn ended(state: i32) -> bool {
+    matches!(
+        v1::JobState::try_from(state),
+        Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)
+    )
+}
+
+fn batch_ended(state: i32) -> bool {
+    matches!(
+        v1::BatchState::try_from(state),
+        Ok(v1::BatchState::Succeeded | v1::BatchState::Failed | v1::BatchState::Cancelled)
+    )
+}
+
+/// `3 succeeded, 1 running`.
+fn summary_of(states: impl Iterator<Item = i32>) -> String {
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for s in states {
+        *counts.entry(job_state_name(s)).or_insert(0) += 1;
+    }
+    counts
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A job state's lower-case name.
+pub fn job_state_name(state: i32) -> &'static str {
+    match v1::JobState::try_from(state) {
+        Ok(v1::JobState::Queued) => "queued",
+        Ok(v1::JobState::Leased) => "leased",
+        Ok(v1::JobState::Running) => "running",
+        Ok(v1::JobState::Succeeded) => "succeeded",
+        Ok(v1::JobState::Failed) => "failed",
+        Ok(v1::JobState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+/// A batch state's lower-case name.
+pub fn batch_state_name(state: i32) -> &'static str {
+    match v1::BatchState::try_from(state) {
+        Ok(v1::BatchState::Running) => "running",
+        Ok(v1::BatchState::Succeeded) => "succeeded",
+        Ok(v1::BatchState::Failed) => "failed",
+        Ok(v1::BatchState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+/// Ok for a batch that succeeded, else [`CliError::BatchFailed`].
+pub fn outcome(batch: &v1::Batch) -> anyhow::Result<()> {
+    if batch.state == v1::BatchState::Succeeded as i32 {
+        return Ok(());
+    }
+    let failed: Vec<String> = batch
+        .jobs
+        .iter()
+        .filter(|j| j.state == v1::JobState::Failed as i32)
+        .take(5)
+        .map(|j| format!("{}: {}", j.name, j.error))
+        .collect();
+    let mut detail = summary_of(batch.jobs.iter().map(|j| j.state));
+    if !failed.is_empty() {
+        detail = format!("{detail}; {}", failed.join("; "));
+    }
+    Err(CliError::BatchFailed {
+        batch: batch.batch_id.clone(),
+        state: batch_state_name(batch.state).to_owned(),
+        detail,
+    }
+    .into())
+}
+
+/// One fetched job: its files in the output folder and its inputs' local copies.
+pub struct Fetched {
+    /// The job's name.
+    pub name: String,
+    /// The result PNG.
+    pub png: PathBuf,
+    /// The sidecar.
+    pub sidecar: serde_json::Value,
+}
+
+/// Downloads every succeeded job's output and sidecar into `out` as `NAME.png` and
+/// `NAME.json`. Returns what was written, in batch order.
+pub async fn fetch(
+    batch: &v1::Batch,
+    storage: &Storage,
+    root: &ObjectUrl,
+    out: &Path,
+) -> anyhow::Result<Vec<Fetched>> {
+    tokio::fs::create_dir_all(out)
+        .await
+        .with_context(|| format!("creating {}", out.display()))?;
+    let mut done = Vec::new();
+    for job in batch
+        .jobs
+        .iter()
+        .filter(|j| j.state == v1::JobState::Succeeded as i32)
+    {
+        let png = storage.get(&root.join(&job.result_key)?).await?;
+        let sidecar = storage.get(&root.join(&job.sidecar_key)?).await?;
+        let png_path = out.join(format!("{}.png", job.name));
+        write_atomic(&png_path, &png).await?;
+        write_atomic(&out.join(format!("{}.json", job.name)), &sidecar).await?;
+        done.push(Fetched {
+            name: job.name.clone(),
+            png: png_path,
+            sidecar: serde_json::from_slice(&sidecar)
+                .with_context(|| format!("the sidecar of {} is not JSON", job.name))?,
+        });
+    }
+    Ok(done)
+}
+
+async fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("part");
+    tokio::fs::write(&tmp, bytes)
+        .await
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// A table of batches (or of one batch's jobs) for the terminal.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let mut widths = Vec::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

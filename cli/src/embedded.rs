@@ -1,0 +1,108 @@
+//! `stylefarm run`: a whole farm in one process. An embedded coordinator (SQLite in the
+//! output folder), N workers and local-directory storage run the manifest's batch
+//! through the same code as a cluster (gRPC on loopback, the worker node, the storage
+//! layer), then the outputs, sidecars and contact sheet are written to the folder.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, ValueEnum};
+use stylefarm_storage::StorageArgs;
+use stylefarm_worker::device::DeviceArg;
+use stylefarm_worker::node::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch;
+use crate::cluster::{self, Coordinator};
+
+/// `stylefarm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The batch manifest (YAML).
+    pub manifest: PathBuf,
+    /// Where outputs, sidecars and the contact sheet go (the farm's own state is kept
+    /// in OUT/.stylefarm, so a second run of the same manifest reuses what is done).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Local workers (jobs rendered at once).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// VGG weights (else the manifest's `weights`, else the cache).
+    #[arg(long, env = "STYLEFARM_WEIGHTS", value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Where libtorch runs.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs the batch to its end; the error says how it failed.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let (manifest, weights) = batch::load(&args.manifest, args.weights.clone())?;
+    let state = args.out.join(".stylefarm");
+    let store = state.join("store");
+    std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
+    let config = stylefarm_coordinator::Config::local(state.join("coordinator.db"));
+    let coordinator = stylefarm_coordinator::start(config).await?;
+    let addr = format!("http://{}", coordinator.grpc_addr);
+
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let threads = (cores / args.workers as usize).max(1);
+    let device = args
+        .device
+        .to_possible_value()
+        .map_or_else(|| "auto".to_owned(), |v| v.get_name().to_owned());
+    let stop = CancellationToken::new();
+    let mut workers = tokio::task::JoinSet::new();
+    for i in 0..args.workers {
+        let config = WorkerConfig::try_parse_from([
+            "stylefarm-worker".to_owned(),
+            format!("--coordinator={addr}"),
+            format!("--storage={}", store.display()),
+            format!("--weights={}", weights.path.display()),
+            format!("--name=local-{i}"),
+            format!("--device={}", device),
+            format!("--threads={threads}"),
+        ])?;
+        let stop = stop.clone();
+        workers.spawn(
+            async move { stylefarm_worker::node::run(config, stop.cancelled_owned()).await },
+        );
+    }
+
+    let (root, storage) = StorageArgs::local(&store).open()?;
+    let mut c = Coordinator::connect(&addr).await?;
+    let (id, existing) = c
+        .submit(&manifest, &weights.sha256, &storage, &root)
+        .await?;
+    if existing {
+        eprintln!("{}: resuming batch {id}", manifest.batch);
+    } else {
+        eprintln!(
+            "{}: {} jobs on {} local worker(s)",
+            manifest.batch,
+            manifest.jobs.len(),
+            args.workers
+        );
+    }
+    let ended = c.watch(&id, args.quiet).await;
+    stop.cancel();
+    while let Some(w) = workers.join_next().await {
+        if let Ok(Err(e)) = w {
+            tracing::warn!(cause = %e, "a local worker failed");
+        }
+    }
+    coordinator.shutdown();
+    let _ = coordinator.wait().await;
+    let b = ended?;
+    let fetched = cluster::fetch(&b, &storage, &root, &args.out).await?;
+    if !fetched.is_empty() {
+        let sheet = args.out.join("contact-sheet.png");
+        crate::sheet::write(&fetched, &storage, &sheet).await?;
+        eprintln!("{} outputs in {}", fetched.len(), args.out.display());
+        eprintln!("contact sheet: {}", sheet.display());
+    }
+    cluster::outcome(&b)
+}

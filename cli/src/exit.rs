@@ -1,0 +1,77 @@
+//! Exit codes, and the one place where coordinator errors become CLI errors.
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | success (for `watch`/`run`: every job succeeded) |
+//! | 1 | any other failure (storage, I/O, a render error) |
+//! | 2 | usage: bad flags or arguments |
+//! | 3 | validation: the manifest or a request was refused as invalid |
+//! | 4 | the batch ended failed or cancelled |
+//! | 5 | the coordinator could not be reached |
+
+use crate::manifest::ManifestError;
+
+/// Any other failure.
+pub const FAILURE: u8 = 1;
+/// Bad flags or arguments (clap exits with it too).
+pub const USAGE: u8 = 2;
+/// The manifest or a request is invalid.
+pub const INVALID: u8 = 3;
+/// The batch ended failed or cancelled.
+pub const BATCH_FAILED: u8 = 4;
+/// The coordinator could not be reached.
+pub const UNREACHABLE: u8 = 5;
+
+/// Errors with an exit code of their own.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Refused as invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The batch did not succeed.
+    #[error("batch {batch} ended {state}: {detail}")]
+    BatchFailed {
+        /// Its id.
+        batch: String,
+        /// failed / cancelled.
+        state: String,
+        /// Counts by state.
+        detail: String,
+    },
+    /// No answer from the coordinator.
+    #[error("cannot reach the coordinator at {addr}: {cause} (set --coordinator or STYLEFARM_COORDINATOR)")]
+    Unreachable {
+        /// The address tried.
+        addr: String,
+        /// Why.
+        cause: String,
+    },
+}
+
+/// The exit code for an error that reached `main`.
+pub fn code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<ManifestError>().is_some() {
+        return INVALID;
+    }
+    match err.downcast_ref::<CliError>() {
+        Some(CliError::Invalid(_)) => INVALID,
+        Some(CliError::BatchFailed { .. }) => BATCH_FAILED,
+        Some(CliError::Unreachable { .. }) => UNREACHABLE,
+        None => FAILURE,
+    }
+}
+
+/// A coordinator status as the CLI reports it.
+pub fn from_status(addr: &str, s: &tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded => CliError::Unreachable {
+            addr: addr.to_owned(),
+            cause: s.message().to_owned(),
+        }
+        .into(),
+        Code::InvalidArgument => CliError::Invalid(s.message().to_owned()).into(),
+        Code::NotFound => anyhow::anyhow!("not found: {}", s.message()),
+        _ => anyhow::anyhow!("the coordinator answered {:?}: {}", s.code(), s.message()),
+    }
+}
