@@ -137,7 +137,10 @@ impl Manifest {
     /// Parses manifest text; `base` is the folder relative image paths start from.
     pub fn parse(file: &Path, base: &Path, text: &str) -> Result<Self, ManifestError> {
         let cx = Cx { file, base };
-        let root = marked_yaml::parse_yaml(0, text).map_err(|e| cx.load_error(&e))?;
+        // A key given twice is an error: the last one silently winning hides typos.
+        let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+        let root = marked_yaml::parse_yaml_with_options(0, text, options)
+            .map_err(|e| cx.load_error(&e))?;
         let top = cx.mapping(&root, "")?;
         cx.known_keys(
             top,
@@ -491,7 +494,8 @@ impl Cx<'_> {
     }
 
     fn image(&self, node: &Node, field: &str) -> Result<ImageRef, ManifestError> {
-        let s = expand_env(&self.string(node, field)?).map_err(|e| self.at(node.span(), field, &e))?;
+        let s =
+            expand_env(&self.string(node, field)?).map_err(|e| self.at(node.span(), field, &e))?;
         if s.trim().is_empty() {
             return Err(self.at(node.span(), field, "is empty: give a path or an s3:// URI"));
         }

@@ -1,0 +1,204 @@
+//! Manifest parsing, wedge expansion and every kind of bad input with its message
+//! (file, line, field, what is allowed).
+
+use std::path::Path;
+
+use stylefarm_cli::manifest::{ImageRef, Manifest, ManifestError};
+use stylefarm_core::OptimizerKind;
+
+/// A folder with a manifest and three small images beside it.
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Self {
+        let d = tempfile::tempdir().expect("tempdir");
+        for name in ["a.png", "b.png", "c.png"] {
+            image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]))
+                .save(d.path().join(name))
+                .expect("png");
+        }
+        Self(d)
+    }
+
+    fn load(&self, yaml: &str) -> Result<Manifest, ManifestError> {
+        let file = self.0.path().join("batch.yaml");
+        std::fs::write(&file, yaml).expect("write");
+        Manifest::load(&file)
+    }
+
+    fn ok(&self, yaml: &str) -> Manifest {
+        self.load(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The error, checked for its line and field, returned as text.
+    fn err(&self, yaml: &str, line: usize, field: &str) -> String {
+        let e = self.load(yaml).expect_err("should be refused");
+        assert_eq!((e.line, e.field.as_str()), (line, field), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("{}:{line}: ", self.path("batch.yaml").display())),
+            "{text}"
+        );
+        text
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.path().join(name)
+    }
+}
+
+#[test]
+fn defaults_jobs_and_wedges_expand_with_readable_unique_names() {
+    let d = Dir::new();
+    let m = d.ok("batch: looks
+priority: 5
+defaults:
+  size: 128
+  iterations: 20
+  style_layers: relu1_1,relu2_1:0.5
+jobs:
+  - content: a.png
+    style: b.png
+    params:
+      optimizer: adam
+      size: 64
+  - name: blend
+    content: a.png
+    styles:
+      - image: b.png
+        weight: 0.7
+      - c.png
+wedges:
+  - name: w
+    contents: [a.png, b.png]
+    styles:
+      - c.png
+      - [b.png, c.png]
+    params:
+      tv_weight: 0
+    sweep:
+      style_weight: [100, 1e4]
+      seed: [1, 2, 3]
+");
+    assert_eq!(m.batch, "looks");
+    assert_eq!(m.priority, 5);
+    assert_eq!(m.jobs.len(), 2 + 2 * 2 * 2 * 3);
+    let first = &m.jobs[0];
+    assert_eq!(first.name, "a_b");
+    assert_eq!(first.line, 8);
+    assert_eq!(first.params.size, 64, "the job's own value wins");
+    assert_eq!(first.params.iterations, 20, "defaults fill the rest");
+    assert_eq!(first.params.optimizer, OptimizerKind::Adam);
+    assert_eq!(first.params.style_layers[1].weight, 0.5);
+    assert_eq!(first.content, ImageRef::Local(d.path("a.png")));
+    let blend = &m.jobs[1];
+    assert_eq!(
+        blend.styles.iter().map(|s| s.1).collect::<Vec<_>>(),
+        [0.7, 1.0]
+    );
+    let names: Vec<&str> = m.jobs[2..].iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names[0], "w-a_c-style_weight100-seed1");
+    assert_eq!(names[1], "w-a_c-style_weight100-seed2");
+    assert_eq!(names[3], "w-a_c-style_weight1e4-seed1");
+    assert_eq!(names[6], "w-a_b+c-style_weight100-seed1");
+    assert_eq!(names[12], "w-b_c-style_weight100-seed1");
+    let w = &m.jobs[2 + 5];
+    assert_eq!(
+        (w.params.style_weight, w.params.seed, w.params.tv_weight),
+        (1e4, 3, 0.0)
+    );
+    assert_eq!(w.params.size, 128);
+}
+
+#[test]
+fn s3_uris_and_environment_variables_are_image_references() {
+    let d = Dir::new();
+    std::env::set_var("STYLEFARM_TEST_ASSETS", d.0.path());
+    let m = d.ok("batch: b
+jobs:
+  - content: ${STYLEFARM_TEST_ASSETS}/a.png
+    style: s3://bucket/styles/starry.jpg
+");
+    assert_eq!(m.jobs[0].content, ImageRef::Local(d.path("a.png")));
+    assert_eq!(
+        m.jobs[0].styles[0].0,
+        ImageRef::S3("s3://bucket/styles/starry.jpg".into())
+    );
+    assert_eq!(m.jobs[0].name, "a_starry");
+    let e = d.err(
+        "batch: b
+jobs:
+  - content: ${STYLEFARM_TEST_UNSET_VARIABLE}/a.png
+    style: b.png
+",
+        3,
+        "jobs[0].content",
+    );
+    assert!(
+        e.contains("STYLEFARM_TEST_UNSET_VARIABLE") && e.contains("not set"),
+        "{e}"
+    );
+}
+
+#[test]
+fn each_bad_manifest_is_refused_with_its_line_field_and_what_is_allowed() {
+    let d = Dir::new();
+    let job = "jobs:\n  - content: a.png\n    style: b.png\n";
+    let cases: &[(&str, usize, &str, &str)] = &[
+        // (manifest, line, field, part of the message)
+        (&format!("name: x\n{job}"), 1, "name", "allowed here: batch, priority"),
+        (job, 1, "batch", "is required"),
+        (&format!("batch: b\ndefaults:\n  sise: 3\n{job}"), 3, "defaults.sise", "the parameters are content_layers, content_weight, init, iterations"),
+        (&format!("batch: b\ndefaults:\n  iterations: many\n{job}"), 3, "defaults.iterations", "\"many\" is not a whole number"),
+        (&format!("batch: b\ndefaults:\n  size: 5\n{job}"), 3, "defaults.size", "5 is outside 16..=8192"),
+        (&format!("batch: b\ndefaults:\n  optimizer: sgd\n{job}"), 3, "defaults.optimizer", "unknown variant `sgd`, expected `lbfgs` or `adam`"),
+        (&format!("batch: b\ndefaults:\n  style_layers: relu1_1:heavy\n{job}"), 3, "defaults.style_layers", "not a number"),
+        ("batch: b\njobs:\n  - content: a.png\n    style: b.png\n    params:\n      style_weight: -1\n", 6, "jobs[0].params.style_weight", "not a finite number >= 0"),
+        ("batch: b\njobs:\n  - content: missing.png\n    style: b.png\n", 3, "jobs[0].content", "does not exist"),
+        ("batch: b\njobs:\n  - content: a.png\n", 3, "jobs[0]", "needs `style`"),
+        ("batch: b\njobs:\n  - style: b.png\n", 3, "jobs[0]", "needs `content`"),
+        ("batch: b\njobs:\n  - content: a.png\n    style: b.png\n    styles: [c.png]\n", 5, "jobs[0]", "not both"),
+        ("batch: b\njobs:\n  - content: a.png\n    styles:\n      - image: b.png\n        weight: 0\n", 5, "jobs[0].styles", "sum to 0"),
+        ("batch: b\njobs:\n  - content: http://x/a.png\n    style: b.png\n", 3, "jobs[0].content", "only local paths and s3://"),
+        ("batch: b\njobs:\n  - content: a.png\n    style: b.png\n    params: {init: image}\n", 3, "jobs[0].init_image", "required when init is image"),
+        ("batch: b\njobs:\n  - content: a.png\n    style: b.png\n  - content: a.png\n    style: b.png\n", 5, "name", "also produced at line 3"),
+        ("batch: b\njobs:\n  - content: a.png\n    style: b.png\n    name: ../up\n", 3, "jobs[0].name", "not a valid output name"),
+        ("batch: b\n", 1, "jobs", "has no jobs"),
+        ("batch: b\njobs: [\n", 3, "", "not valid YAML"),
+        ("batch: b\nbatch: c\n", 2, "", "appears twice"),
+        ("batch: b\nwedges:\n  - contents: [a.png]\n    styles: [b.png]\n    sweep:\n      style_weight: [10, -1]\n", 6, "wedges[0].sweep.style_weight[1]", "-1 is not a finite number >= 0"),
+        ("batch: b\nwedges:\n  - contents: []\n    styles: [b.png]\n", 3, "wedges[0].contents", "is empty"),
+        ("batch: b\nwedges:\n  - contents: [a.png]\n    styles: [b.png]\n    sweep:\n      seed: 3\n", 6, "wedges[0].sweep.seed", "expected a list"),
+    ];
+    for (yaml, line, field, message) in cases {
+        let text = d.err(yaml, *line, field);
+        assert!(
+            text.contains(message),
+            "{yaml}\n=> {text}\n(wanted {message:?})"
+        );
+    }
+}
+
+#[test]
+fn a_wedge_that_expands_past_the_limit_is_refused_before_expanding() {
+    let d = Dir::new();
+    let values: Vec<String> = (0..400).map(|i| i.to_string()).collect();
+    let yaml = format!(
+        "batch: b\nwedges:\n  - contents: [a.png]\n    styles: [b.png]\n    sweep:\n      seed: [{v}]\n      style_weight: [{v}]\n",
+        v = values.join(", ")
+    );
+    let text = d.err(&yaml, 3, "wedges[0]");
+    assert!(text.contains("more than 100000 jobs"), "{text}");
+}
+
+#[test]
+fn the_example_manifest_is_valid() {
+    let shared = std::env::var("STYLEFARM_SHARED").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+        std::path::PathBuf::from,
+    );
+    std::env::set_var("STYLEFARM_SHARED", &shared);
+    let m = Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.jobs.len(), 5);
+}
