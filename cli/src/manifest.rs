@@ -177,6 +177,9 @@ impl Manifest {
         let mut defaults = Params::default();
         if let Some(n) = top.get_node("defaults") {
             defaults.apply(&cx, n, "defaults")?;
+            // Out-of-range defaults are reported at their own line even if no job
+            // would use them as they are.
+            defaults.resolve(&cx, n.span(), "defaults")?;
         }
         let mut jobs = Vec::new();
         if let Some(n) = top.get_node("jobs") {

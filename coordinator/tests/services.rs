@@ -426,3 +426,51 @@ async fn cancel_reaches_the_running_worker_and_watch_ends_with_the_batch() {
         .expect_err("missing");
     assert_eq!(missing.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_watch_that_starts_after_some_jobs_finished_still_follows_the_batch() {
+    let h = harness(|_| {}).await;
+    let batch = h
+        .submit(common::submit("t", 0, 3))
+        .await
+        .expect("submit")
+        .batch_id;
+    let w = h.register("w").await;
+    // The first job finishes before anyone watches; two are left.
+    let first = h.lease(&w, 0).await.expect("job");
+    h.complete(&w, &first, "out/first.png")
+        .await
+        .expect("complete");
+    let mut events = h
+        .client
+        .watch_batch(Request::new(v1::WatchBatchRequest {
+            batch_id: batch.clone(),
+        }))
+        .await
+        .expect("watch")
+        .into_inner();
+    // Every snapshot event carries the state of the whole batch: still running.
+    for _ in 0..3 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("event in time")
+            .expect("an event")
+            .expect("ok");
+        assert_eq!(ev.batch_state, BatchState::Running as i32, "{ev:?}");
+    }
+    for _ in 0..2 {
+        let l = h.lease(&w, 0).await.expect("job");
+        h.complete(&w, &l, "out/x.png").await.expect("complete");
+    }
+    let mut last = None;
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("event in time")
+    {
+        last = Some(ev.expect("event"));
+    }
+    assert_eq!(
+        last.expect("events").batch_state,
+        BatchState::Succeeded as i32
+    );
+}

@@ -197,18 +197,24 @@ async fn watch<S: Store>(
     let mut known: HashMap<String, (u64, JobState)> = HashMap::new();
     let mut pending = snapshot;
     loop {
-        for job in pending.drain(..) {
-            // Events can arrive older than the snapshot; versions put them in order.
-            if known
-                .get(&job.job_id)
-                .is_some_and(|(v, _)| *v >= job.version)
-            {
-                continue;
-            }
-            known.insert(job.job_id.clone(), (job.version, job.state));
+        // Events can arrive older than the snapshot; versions put them in order.
+        let fresh: Vec<JobRecord> = pending
+            .drain(..)
+            .filter(|job| {
+                let newer = known.get(&job.job_id).is_none_or(|(v, _)| *v < job.version);
+                if newer {
+                    known.insert(job.job_id.clone(), (job.version, job.state));
+                }
+                newer
+            })
+            .collect();
+        // The batch's state over everything known, not just the jobs sent so far: a
+        // snapshot's first finished job must not read as a finished batch.
+        let overall = convert::batch_state(batch_state(&known)) as i32;
+        for job in fresh {
             let event = v1::BatchEvent {
                 job: Some(convert::job_status(&job)),
-                batch_state: convert::batch_state(batch_state(&known)) as i32,
+                batch_state: overall,
             };
             if tx.send(Ok(event)).await.is_err() {
                 return;

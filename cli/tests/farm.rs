@@ -1,0 +1,295 @@
+//! The `stylefarm` binary as a user runs it against a farm: `run` (everything embedded)
+//! over the fixtures with the real partial VGG19 weights, and submit, watch, status,
+//! fetch, retry and cancel against a coordinator process, a worker process and a real
+//! S3 server (Garage). Exit codes are checked as scripts would see them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use stylefarm_testkit::garage::Garage;
+use stylefarm_testkit::process::{workspace_bin, CoordinatorProc, Proc};
+
+fn shared() -> PathBuf {
+    std::env::var_os("STYLEFARM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+}
+
+fn weights() -> PathBuf {
+    shared().join("weights/vgg19-caffe-conv1_1-conv3_4.safetensors")
+}
+
+fn stylefarm(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stylefarm"));
+    c.args(args)
+        .env("STYLEFARM_SHARED", shared())
+        .env("STYLEFARM_WEIGHTS", weights())
+        .env_remove("STYLEFARM_COORDINATOR")
+        .env_remove("STYLEFARM_STORAGE");
+    c
+}
+
+fn run(c: &mut Command) -> Output {
+    c.output().expect("stylefarm runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts the exit code; returns stdout.
+fn expect(o: &Output, code: i32) -> String {
+    assert_eq!(o.status.code(), Some(code), "{}", text(o));
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+fn manifest(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, yaml).expect("manifest");
+    p
+}
+
+const SMALL: &str = "defaults:
+  size: 64
+  iterations: 15
+";
+
+/// Every fetched output is a PNG with a JSON sidecar, and the contact sheet is a PNG.
+fn check_outputs(out: &Path, names: &[&str]) {
+    for n in names {
+        let img =
+            image::open(out.join(format!("{n}.png"))).unwrap_or_else(|e| panic!("{n}.png: {e}"));
+        assert_eq!(img.width().max(img.height()), 64, "{n}");
+        let sidecar: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("{n}.json"))).expect("sidecar"))
+                .expect("sidecar is JSON");
+        assert_eq!(sidecar["iterations_done"], 15, "{n}");
+    }
+    let sheet = image::open(out.join("contact-sheet.png")).expect("contact sheet PNG");
+    assert!(sheet.height() > 192 * names.len() as u32, "a row per job");
+}
+
+#[test]
+fn run_renders_a_manifest_in_one_process_and_a_second_run_reuses_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = manifest(
+        dir.path(),
+        "looks.yaml",
+        &format!(
+            "batch: looks\n{SMALL}wedges:
+  - contents:
+      - ${{STYLEFARM_SHARED}}/fixtures/content/tubingen.jpg
+      - ${{STYLEFARM_SHARED}}/fixtures/content/chelsea.png
+    styles:
+      - ${{STYLEFARM_SHARED}}/fixtures/styles/starry_night.jpg
+      - - ${{STYLEFARM_SHARED}}/fixtures/styles/the_scream.jpg
+        - image: ${{STYLEFARM_SHARED}}/fixtures/styles/shipwreck.jpg
+          weight: 0.5
+"
+        ),
+    );
+    let out = dir.path().join("out");
+    let o = run(stylefarm(&["run", "--quiet", "--workers", "2"])
+        .arg(&m)
+        .arg("--out")
+        .arg(&out));
+    expect(&o, 0);
+    let names = [
+        "tubingen_starry_night",
+        "tubingen_the_scream+shipwreck",
+        "chelsea_starry_night",
+        "chelsea_the_scream+shipwreck",
+    ];
+    check_outputs(&out, &names);
+    let blend: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("chelsea_the_scream+shipwreck.json")).expect("sidecar"),
+    )
+    .expect("JSON");
+    assert_eq!(blend["styles"].as_array().map(Vec::len), Some(2));
+    assert_eq!(blend["styles"][1]["weight"], 0.5);
+
+    // The same manifest again: the batch exists, nothing is rendered twice.
+    let again = run(stylefarm(&["run", "--quiet"])
+        .arg(&m)
+        .arg("--out")
+        .arg(&out));
+    expect(&again, 0);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("resuming batch"),
+        "{}",
+        text(&again)
+    );
+
+    // A manifest error: exit 3 with file, line and field.
+    let bad = manifest(
+        dir.path(),
+        "bad.yaml",
+        "batch: b\ndefaults:\n  size: 2\njobs: []\n",
+    );
+    let o = run(stylefarm(&["run"]).arg(&bad).arg("--out").arg(&out));
+    expect(&o, 3);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.yaml:3: defaults.size: 2 is outside 16..=8192"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garage = Garage::start();
+    let coordinator = CoordinatorProc::start(
+        &workspace_bin("stylefarm-coordinator"),
+        &dir.path().join("coordinator.db"),
+        &[],
+    );
+    let root = garage.root("farm").to_string();
+    let storage: Vec<String> = vec![
+        format!("--storage={root}"),
+        format!("--s3-endpoint={}", garage.endpoint),
+        "--s3-region=garage".into(),
+        "--s3-path-style".into(),
+        format!("--s3-access-key={}", garage.access_key),
+        format!("--s3-secret-key={}", garage.secret_key),
+    ];
+    let cluster = |cmd: &str| {
+        let mut c = stylefarm(&[cmd]);
+        c.arg(format!("--coordinator={}", coordinator.grpc));
+        c
+    };
+    let mut worker = Proc::spawn(
+        Command::new(workspace_bin("stylefarm-worker"))
+            .args([
+                &format!("--coordinator={}", coordinator.grpc),
+                "--device=cpu",
+                "--name=w",
+                "--threads=1",
+            ])
+            .arg("--weights")
+            .arg(weights())
+            .args(&storage)
+            .env("RUST_LOG", "warn"),
+    );
+
+    // A good batch: submitted twice it is one batch; watch exits 0 when it succeeds.
+    let good = manifest(
+        dir.path(),
+        "good.yaml",
+        &format!(
+            "batch: good\n{SMALL}jobs:
+  - content: ${{STYLEFARM_SHARED}}/fixtures/content/coffee.png
+    style: ${{STYLEFARM_SHARED}}/fixtures/styles/the_scream.jpg
+  - content: ${{STYLEFARM_SHARED}}/fixtures/content/astronaut.png
+    style: ${{STYLEFARM_SHARED}}/fixtures/styles/starry_night.jpg
+"
+        ),
+    );
+    let id = expect(&run(cluster("submit").arg(&good).args(&storage)), 0);
+    assert!(id.starts_with('b'), "{id}");
+    let again = run(cluster("submit").arg(&good).args(&storage));
+    assert_eq!(expect(&again, 0), id, "the same manifest is the same batch");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("submitted before"));
+    expect(&run(cluster("watch").arg(&id)), 0);
+
+    let status: serde_json::Value =
+        serde_json::from_str(&expect(&run(cluster("status").arg(&id).arg("--json")), 0))
+            .expect("JSON");
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(status["jobs"].as_array().map(Vec::len), Some(2));
+    assert!(status["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|j| j["state"] == "succeeded"));
+    let table = expect(&run(&mut cluster("status")), 0);
+    assert!(table.contains(&id) && table.contains("good"), "{table}");
+
+    let out = dir.path().join("fetched");
+    expect(
+        &run(cluster("fetch")
+            .arg(&id)
+            .arg("--out")
+            .arg(&out)
+            .args(&storage)),
+        0,
+    );
+    check_outputs(&out, &["coffee_the_scream", "astronaut_starry_night"]);
+
+    // A corrupt input fails its job: watch exits 4 and names the job; retry requeues it.
+    let corrupt = dir.path().join("corrupt.jpg");
+    let jpeg = std::fs::read(shared().join("fixtures/content/tubingen.jpg")).expect("fixture");
+    std::fs::write(&corrupt, &jpeg[..jpeg.len() / 3]).expect("write");
+    let bad = manifest(
+        dir.path(),
+        "bad.yaml",
+        &format!(
+            "batch: bad\n{SMALL}jobs:
+  - content: corrupt.jpg
+    style: ${{STYLEFARM_SHARED}}/fixtures/styles/the_scream.jpg
+"
+        ),
+    );
+    let bad_id = expect(&run(cluster("submit").arg(&bad).args(&storage)), 0);
+    let o = run(cluster("watch").arg(&bad_id));
+    expect(&o, 4);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("corrupt_the_scream"),
+        "{}",
+        text(&o)
+    );
+    let o = run(cluster("retry").arg(&bad_id).arg("--failed"));
+    expect(&o, 0);
+    expect(&run(cluster("watch").arg(&bad_id)), 4);
+
+    // Cancel a long batch: watch ends with exit 4, state cancelled.
+    let long = manifest(
+        dir.path(),
+        "long.yaml",
+        "batch: long\ndefaults:\n  size: 64\n  iterations: 100000\njobs:
+  - content: ${STYLEFARM_SHARED}/fixtures/content/coffee.png
+    style: ${STYLEFARM_SHARED}/fixtures/styles/shipwreck.jpg
+",
+    );
+    let long_id = expect(&run(cluster("submit").arg(&long).args(&storage)), 0);
+    expect(&run(cluster("cancel").arg(&long_id)), 0);
+    let o = run(cluster("watch").arg(&long_id));
+    expect(&o, 4);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cancelled"),
+        "{}",
+        text(&o)
+    );
+
+    // Nobody listening: exit 5 with the address; an invalid manifest: exit 3.
+    let o = run(&mut stylefarm(&[
+        "status",
+        "--coordinator=http://127.0.0.1:1",
+    ]));
+    expect(&o, 5);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("127.0.0.1:1"),
+        "{}",
+        text(&o)
+    );
+    let invalid = manifest(
+        dir.path(),
+        "invalid.yaml",
+        "batch: x\njobs:\n  - content: nowhere.png\n    style: b.png\n",
+    );
+    let o = run(cluster("submit").arg(&invalid).args(&storage));
+    expect(&o, 3);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("invalid.yaml:3: jobs[0].content"),
+        "{}",
+        text(&o)
+    );
+
+    worker.signal("TERM");
+    assert!(worker.wait().expect("wait").success());
+}
