@@ -23,7 +23,14 @@ use clap::{Parser, Subcommand};
 
 /// stylefarm: neural style transfer, from one image to a render farm.
 #[derive(Debug, Parser)]
-#[command(name = "stylefarm", version, about, propagate_version = true)]
+#[command(
+    name = "stylefarm",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage, 3 invalid manifest or request, \
+                  4 batch failed or cancelled, 5 coordinator unreachable."
+)]
 pub struct Cli {
     /// Log as JSON lines.
     #[arg(long, global = true, env = "STYLEFARM_LOG_JSON")]
@@ -55,6 +62,14 @@ pub enum Command {
     Retry(batch::RetryArgs),
     /// Download a batch's outputs and sidecars and write a contact sheet.
     Fetch(batch::FetchArgs),
+    /// VGG weights files: list the cache, inspect a file.
+    #[command(subcommand)]
+    Weights(weights::WeightsCommand),
+    /// Print a shell completion script (e.g. `stylefarm completions bash > /etc/bash_completion.d/stylefarm`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Starts the tracing subscriber (stderr; `RUST_LOG` overrides the level).
@@ -69,15 +84,29 @@ pub fn init_tracing(json: bool, verbose: u8) {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Render(args) = cli.command {
-        return render::run(args);
-    }
+    let command = match cli.command {
+        Command::Render(args) => return render::run(args),
+        Command::Weights(cmd) => return weights::run(cmd),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "stylefarm",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        match cli.command {
-            Command::Render(_) => unreachable!("handled above"),
+        match command {
+            Command::Render(_) | Command::Weights(_) | Command::Completions { .. } => {
+                unreachable!("handled above")
+            }
             Command::Run(a) => embedded::run(a).await,
             Command::Submit(a) => batch::submit(a).await,
             Command::Status(a) => batch::status(a).await,

@@ -293,3 +293,28 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
     worker.signal("TERM");
     assert!(worker.wait().expect("wait").success());
 }
+
+#[test]
+fn weights_inspect_and_completions() {
+    let o = run(stylefarm(&["weights", "inspect", "--json"]).arg(weights()));
+    let info: serde_json::Value = serde_json::from_str(&expect(&o, 0)).expect("JSON");
+    assert_eq!(info["architecture"], "vgg19");
+    assert_eq!(info["convention"], "caffe");
+    assert_eq!(info["sha256"].as_str().map(str::len), Some(64));
+    assert!(info["layers"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|x| x == "relu3_2")));
+    let o = run(&mut stylefarm(&[
+        "weights",
+        "inspect",
+        "/nonexistent.safetensors",
+    ]));
+    expect(&o, 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.safetensors"));
+    let script = expect(&run(&mut stylefarm(&["completions", "bash"])), 0);
+    assert!(
+        script.contains("stylefarm") && script.contains("submit"),
+        "{script}"
+    );
+    expect(&run(&mut stylefarm(&["submit"])), 2);
+}
