@@ -49,9 +49,10 @@ test: venv garage
 # The example manifest through `stylefarm run`: an embedded coordinator, a local worker
 # and local storage, the same code as a cluster. Outputs and the contact sheet go to
 # $(DEMO_OUT); a second run reuses what is done.
+# Weights: STYLEFARM_WEIGHTS (default: the real partial VGG19 in ../shared) when that
+# file exists, else stylefarm looks in its cache and says how to supply a file.
 demo: build
-	@test -f "$(STYLEFARM_WEIGHTS)" || { echo "no weights at $(STYLEFARM_WEIGHTS): set STYLEFARM_WEIGHTS to a VGG safetensors file"; exit 1; }
-	target/release/stylefarm run examples/demo.yaml --out $(DEMO_OUT) --weights $(STYLEFARM_WEIGHTS)
+	target/release/stylefarm run examples/demo.yaml --out $(DEMO_OUT) $(if $(wildcard $(STYLEFARM_WEIGHTS)),--weights $(STYLEFARM_WEIGHTS))
 
 bench-engine: venv
 	cargo bench -p stylefarm-worker --bench engine

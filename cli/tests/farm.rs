@@ -9,15 +9,9 @@ use std::process::{Command, Output};
 use stylefarm_testkit::garage::Garage;
 use stylefarm_testkit::process::{workspace_bin, CoordinatorProc, Proc};
 
-fn shared() -> PathBuf {
-    std::env::var_os("STYLEFARM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-}
+mod common;
 
-fn weights() -> PathBuf {
-    shared().join("weights/vgg19-caffe-conv1_1-conv3_4.safetensors")
-}
+use common::{shared, weights};
 
 fn stylefarm(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stylefarm"));

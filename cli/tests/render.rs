@@ -1,17 +1,10 @@
 //! `stylefarm render` as a user runs it: the real binary on the fixtures.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn shared() -> PathBuf {
-    std::env::var_os("STYLEFARM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-}
+mod common;
 
-fn weights() -> PathBuf {
-    shared().join("weights/vgg19-caffe-conv1_1-conv3_4.safetensors")
-}
+use common::{shared, weights};
 
 fn stylefarm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stylefarm"));

@@ -22,7 +22,6 @@ use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
 use stylefarm_storage::{ObjectUrl, Storage};
 use stylefarm_testkit::garage::Garage;
 use stylefarm_testkit::process::{workspace_bin, CoordinatorProc, Proc};
-use stylefarm_weights::WeightsInfo;
 
 fn env_u32(name: &str, default: u32) -> u32 {
     std::env::var(name)
@@ -68,10 +67,11 @@ async fn main() {
     let mut runs = Vec::new();
     for (label, flag) in [("prefetch off", "--no-prefetch"), ("prefetch on", "")] {
         let spec = |i: u32| {
-            job(
+            common::wire_spec(
                 &format!("{}-{i:02}", label.replace(' ', "-")),
-                &inputs,
-                &weights,
+                &inputs[0],
+                &inputs[1],
+                &weights.sha256,
                 size,
                 iterations,
             )
@@ -130,37 +130,6 @@ async fn main() {
         1e3 * on.idle_s / f64::from(jobs - 1),
         1e3 * off.idle_s / f64::from(jobs - 1),
     );
-}
-
-fn job(
-    name: &str,
-    inputs: &[v1::ObjectRef],
-    weights: &WeightsInfo,
-    size: u32,
-    iterations: u32,
-) -> v1::JobSpec {
-    let layer = |l: &str| v1::LayerWeight {
-        layer: l.into(),
-        weight: 1.0,
-    };
-    v1::JobSpec {
-        name: name.into(),
-        content: Some(inputs[0].clone()),
-        styles: vec![v1::StyleRef {
-            image: Some(inputs[1].clone()),
-            weight: 1.0,
-        }],
-        init_image: None,
-        params: Some(v1::RenderParams {
-            size: Some(size),
-            iterations: Some(iterations),
-            content_layers: vec![layer("relu3_2")],
-            style_layers: vec![layer("relu1_1"), layer("relu2_1"), layer("relu3_1")],
-            ..Default::default()
-        }),
-        weights_sha256: weights.sha256.clone(),
-        output_key: String::new(),
-    }
 }
 
 async fn submit(c: &CoordinatorProc, name: &str, jobs: Vec<v1::JobSpec>) -> String {

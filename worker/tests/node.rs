@@ -145,28 +145,7 @@ fn spec(
     weights: &WeightsInfo,
     iterations: u32,
 ) -> v1::JobSpec {
-    let layer = |l: &str| v1::LayerWeight {
-        layer: l.into(),
-        weight: 1.0,
-    };
-    v1::JobSpec {
-        name: name.into(),
-        content: Some(content.clone()),
-        styles: vec![v1::StyleRef {
-            image: Some(style.clone()),
-            weight: 1.0,
-        }],
-        init_image: None,
-        params: Some(v1::RenderParams {
-            size: Some(64),
-            iterations: Some(iterations),
-            content_layers: vec![layer("relu3_2")],
-            style_layers: vec![layer("relu1_1"), layer("relu2_1"), layer("relu3_1")],
-            ..Default::default()
-        }),
-        weights_sha256: weights.sha256.clone(),
-        output_key: String::new(),
-    }
+    common::wire_spec(name, content, style, &weights.sha256, 64, iterations)
 }
 
 fn read(p: &Path) -> Vec<u8> {

@@ -85,3 +85,37 @@ pub fn small_params(iterations: u32) -> RenderParams {
         ..RenderParams::default()
     }
 }
+
+/// A wire job spec: one content, one style, the layers the partial real weights hold.
+pub fn wire_spec(
+    name: &str,
+    content: &stylefarm_proto::v1::ObjectRef,
+    style: &stylefarm_proto::v1::ObjectRef,
+    weights_sha256: &str,
+    size: u32,
+    iterations: u32,
+) -> stylefarm_proto::v1::JobSpec {
+    use stylefarm_proto::v1;
+    let layer = |l: &str| v1::LayerWeight {
+        layer: l.into(),
+        weight: 1.0,
+    };
+    v1::JobSpec {
+        name: name.into(),
+        content: Some(content.clone()),
+        styles: vec![v1::StyleRef {
+            image: Some(style.clone()),
+            weight: 1.0,
+        }],
+        init_image: None,
+        params: Some(v1::RenderParams {
+            size: Some(size),
+            iterations: Some(iterations),
+            content_layers: vec![layer("relu3_2")],
+            style_layers: vec![layer("relu1_1"), layer("relu2_1"), layer("relu3_1")],
+            ..Default::default()
+        }),
+        weights_sha256: weights_sha256.into(),
+        output_key: String::new(),
+    }
+}
