@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+use stylefarm_weights::torchvision::{self, Published};
+use stylefarm_weights::Architecture;
 
 /// The weights cache: `$XDG_CACHE_HOME/stylefarm/weights` (or `~/.cache/...`).
 pub fn cache_dir() -> Option<PathBuf> {
@@ -38,9 +41,39 @@ pub fn resolve(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// A network torchvision publishes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Network {
+    /// VGG16 (528 MB download).
+    Vgg16,
+    /// VGG19 (548 MB download).
+    Vgg19,
+}
+
+impl Network {
+    fn architecture(self) -> Architecture {
+        match self {
+            Self::Vgg16 => Architecture::Vgg16,
+            Self::Vgg19 => Architecture::Vgg19,
+        }
+    }
+}
+
 /// `stylefarm weights`.
 #[derive(Debug, clap::Subcommand)]
 pub enum WeightsCommand {
+    /// Download torchvision's ImageNet weights, check their sha256 and convert the
+    /// `features` to safetensors in the cache.
+    Fetch {
+        /// Which network.
+        network: Network,
+        /// Convert a copy of the published file instead of downloading it (offline).
+        #[arg(long, value_name = "FILE", conflicts_with = "url")]
+        from: Option<PathBuf>,
+        /// Download from a mirror; the file name keeps torchvision's `NAME-HASH.pth` form.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// List the weights files in the cache.
     List,
     /// Show what a weights file holds: architecture, convention, layers, sha256.
@@ -56,6 +89,18 @@ pub enum WeightsCommand {
 /// Runs a `weights` subcommand.
 pub fn run(cmd: WeightsCommand) -> anyhow::Result<()> {
     match cmd {
+        WeightsCommand::Fetch { network, from, url } => {
+            let path = fetch(network.architecture(), from.as_deref(), url.as_deref())?;
+            let info = stylefarm_weights::WeightsInfo::inspect(&path)?;
+            println!("{}", path.display());
+            eprintln!(
+                "{} ({} convention, {} layers), sha256 {}",
+                info.architecture.name(),
+                info.convention.name(),
+                info.layers.len(),
+                info.sha256
+            );
+        }
         WeightsCommand::List => {
             let Some(dir) = cache_dir() else {
                 bail!("no cache folder: neither XDG_CACHE_HOME nor HOME is set");
@@ -122,4 +167,60 @@ pub fn run(cmd: WeightsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Largest download accepted (the published files are about 550 MB).
+const MAX_DOWNLOAD: u64 = 2 << 30;
+
+/// Gets the published file (or the copy given), checks it against the SHA-256 prefix in
+/// its name as torchvision does, converts it and stores the result in the cache.
+/// Returns the safetensors path.
+pub fn fetch(
+    arch: Architecture,
+    from: Option<&std::path::Path>,
+    url: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    let published = Published::of(arch);
+    let url = url.unwrap_or(published.url);
+    let (bytes, source) = match from {
+        Some(p) => (
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (download(arch, url)?, url.to_owned()),
+    };
+    let name = from.map_or_else(|| url.to_owned(), |p| p.display().to_string());
+    let expected = torchvision::hash_prefix(&name)
+        .or_else(|| torchvision::hash_prefix(published.url))
+        .unwrap_or_default();
+    let sha = hex::encode(Sha256::digest(&bytes));
+    if !sha.starts_with(expected) {
+        bail!("{source}: sha256 {sha} does not start with {expected}, the hash its name promises: a damaged or different file");
+    }
+    let converted = torchvision::convert(&bytes, arch, &format!("{source} sha256 {sha}"))
+        .with_context(|| format!("converting {source}"))?;
+    let dir = cache_dir().context("no cache folder: neither XDG_CACHE_HOME nor HOME is set")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = dir.join(format!("{}-torchvision.safetensors", arch.name()));
+    let tmp = out.with_extension("part");
+    std::fs::write(&tmp, converted).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}
+
+fn download(arch: Architecture, url: &str) -> anyhow::Result<Vec<u8>> {
+    eprintln!("downloading {url}");
+    let offline = |cause: String| {
+        anyhow::anyhow!(
+            "cannot download {url}: {cause}\nWithout internet access, download that file on another machine and run \
+             `stylefarm weights fetch {} --from FILE`, or pass any VGG safetensors file with --weights or STYLEFARM_WEIGHTS",
+            arch.name()
+        )
+    };
+    let mut resp = ureq::get(url).call().map_err(|e| offline(e.to_string()))?;
+    resp.body_mut()
+        .with_config()
+        .limit(MAX_DOWNLOAD)
+        .read_to_vec()
+        .map_err(|e| offline(e.to_string()))
 }

@@ -5,9 +5,14 @@
 //!   architecture, preprocessing [`Convention`], available layers and sha256, which
 //!   identifies the weights in job specs and sidecars.
 //!
+//! - [`torchvision`] and [`torch_file`]: torchvision's published VGG files, read without
+//!   Python (legacy and zip `torch.save` formats) and converted to safetensors.
+//!
 //! Nothing here links libtorch: the coordinator and CLI use it to check jobs early.
 
 pub mod synthetic;
+pub mod torch_file;
+pub mod torchvision;
 pub mod vgg;
 
 use std::collections::BTreeMap;
