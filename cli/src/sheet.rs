@@ -148,8 +148,14 @@ fn fill(img: &mut RgbImage, x: u32, y: u32, w: u32, h: u32, c: Rgb<u8>) {
 }
 
 /// Draws `s` in the 8x8 font, cut to what fits in `max_w` pixels.
+/// Long texts drop to half size before they are cut.
 fn text(img: &mut RgbImage, x: u32, y: u32, max_w: u32, s: &str) {
-    let fits = (max_w / (8 * SCALE)) as usize;
+    let scale = if s.chars().count() as u32 * 8 * SCALE > max_w {
+        1
+    } else {
+        SCALE
+    };
+    let fits = (max_w / (8 * scale)) as usize;
     let shown: String = if s.chars().count() > fits {
         let mut t: String = s.chars().take(fits.saturating_sub(1)).collect();
         t.push('~');
@@ -162,16 +168,16 @@ fn text(img: &mut RgbImage, x: u32, y: u32, max_w: u32, s: &str) {
             .get(ch)
             .or_else(|| BASIC_FONTS.get('?'))
             .unwrap_or([0; 8]);
-        let gx = x + i as u32 * 8 * SCALE;
+        let gx = x + i as u32 * 8 * scale;
         for (row, bits) in glyph.iter().enumerate() {
             for col in 0..8u32 {
                 if bits & (1 << col) != 0 {
                     fill(
                         img,
-                        gx + col * SCALE,
-                        y + row as u32 * SCALE,
-                        SCALE,
-                        SCALE,
+                        gx + col * scale,
+                        y + row as u32 * scale,
+                        scale,
+                        scale,
                         INK,
                     );
                 }
