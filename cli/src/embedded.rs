@@ -87,7 +87,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.workers
         );
     }
-    let ended = c.watch(&id, args.quiet).await;
+    // Ctrl-C or SIGTERM: the workers checkpoint and hand their jobs back, so a second
+    // run of the same manifest resumes at once instead of waiting for leases to lapse.
+    let interrupted = stylefarm_core::shutdown::signal();
+    let ended = tokio::select! {
+        b = c.watch(&id, args.quiet) => Some(b),
+        () = interrupted => None,
+    };
     stop.cancel();
     while let Some(w) = workers.join_next().await {
         if let Ok(Err(e)) = w {
@@ -96,6 +102,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     coordinator.shutdown();
     let _ = coordinator.wait().await;
+    let Some(ended) = ended else {
+        anyhow::bail!(
+            "interrupted: running jobs were checkpointed; run the same command again to resume"
+        );
+    };
     let b = ended?;
     let fetched = cluster::fetch(&b, &storage, &root, &args.out).await?;
     if !fetched.is_empty() {

@@ -171,6 +171,13 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
             .env("RUST_LOG", "warn"),
     );
 
+    // A studio asset already in the bucket, referenced by its s3:// URI.
+    let asset = garage.root("assets").join("starry_night.jpg").expect("key");
+    let store = stylefarm_storage::Storage::new(garage.options(std::time::Duration::from_secs(30)));
+    let painting =
+        std::fs::read(shared().join("fixtures/styles/starry_night.jpg")).expect("fixture");
+    store.put(&asset, painting).await.expect("upload the asset");
+
     // A good batch: submitted twice it is one batch; watch exits 0 when it succeeds.
     let good = manifest(
         dir.path(),
@@ -180,7 +187,7 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
   - content: ${{STYLEFARM_SHARED}}/fixtures/content/coffee.png
     style: ${{STYLEFARM_SHARED}}/fixtures/styles/the_scream.jpg
   - content: ${{STYLEFARM_SHARED}}/fixtures/content/astronaut.png
-    style: ${{STYLEFARM_SHARED}}/fixtures/styles/starry_night.jpg
+    style: {asset}
 "
         ),
     );
@@ -311,4 +318,83 @@ fn weights_inspect_and_completions() {
         "{script}"
     );
     expect(&run(&mut stylefarm(&["submit"])), 2);
+}
+
+#[test]
+fn an_interrupted_run_checkpoints_and_the_next_run_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = manifest(
+        dir.path(),
+        "long.yaml",
+        "batch: long\ndefaults:\n  size: 64\n  iterations: 400\njobs:
+  - content: ${STYLEFARM_SHARED}/fixtures/content/chelsea.png
+    style: ${STYLEFARM_SHARED}/fixtures/styles/starry_night.jpg
+",
+    );
+    let out = dir.path().join("out");
+    let mut first = Proc::spawn(
+        stylefarm(&["run", "--quiet"])
+            .arg(&m)
+            .arg("--out")
+            .arg(&out)
+            .stderr(std::process::Stdio::piped()),
+    );
+    // Wait for the first checkpoint (every 50 iterations) in the embedded storage.
+    let store = out.join(".stylefarm/store/batches");
+    let start = std::time::Instant::now();
+    while !walk(&store)
+        .iter()
+        .any(|p| p.to_string_lossy().contains("checkpoint-"))
+    {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "no checkpoint within 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    first.signal("INT");
+    let o = finish(&mut first);
+    assert_eq!(o.0.code(), Some(1), "{}", o.1);
+    assert!(o.1.contains("interrupted"), "{}", o.1);
+
+    let o = run(stylefarm(&["run", "--quiet"])
+        .arg(&m)
+        .arg("--out")
+        .arg(&out));
+    expect(&o, 0);
+    let sidecar: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("chelsea_starry_night.json")).expect("sidecar"),
+    )
+    .expect("JSON");
+    assert_eq!(sidecar["iterations_done"], 400);
+    let resumed = sidecar["resumed_from"]
+        .as_u64()
+        .expect("the second run resumed");
+    assert!(resumed >= 50, "resumed from {resumed}");
+}
+
+/// Every file below `dir` (none when it does not exist yet).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Waits for a child and returns its status and stderr.
+fn finish(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (child.wait().expect("wait"), err)
 }
