@@ -251,10 +251,15 @@ impl Params {
         span: &Span,
     ) -> Result<(), ManifestError> {
         let value = param_value(cx, name, node, field)?;
+        self.insert(name, value, span, field);
+        Ok(())
+    }
+
+    /// Sets a value already checked by [`param_value`].
+    fn insert(&mut self, name: &str, value: Value, span: &Span, field: &str) {
         self.values.insert(name.to_owned(), value);
         self.origin
             .insert(name.to_owned(), (*span, field.to_owned()));
-        Ok(())
     }
 
     /// The full, validated parameter set.
@@ -727,7 +732,8 @@ impl Cx<'_> {
             fixed.apply(self, p, &format!("{field}.params"))?;
         }
         // Swept parameters, in manifest order: (name, [(value node, its field)]).
-        let mut sweep: Vec<(String, Vec<(&Node, String)>)> = Vec::new();
+        // Each swept value is checked and converted once, not once per combination.
+        let mut sweep: Vec<(String, Vec<Swept>)> = Vec::new();
         if let Some(s) = m.get_node("sweep") {
             for (key, values) in self.mapping(s, &format!("{field}.sweep"))?.iter() {
                 let f = format!("{field}.sweep.{}", key.as_str());
@@ -735,14 +741,24 @@ impl Cx<'_> {
                 if items.is_empty() {
                     return Err(self.at(values.span(), &f, "is empty: list the values to sweep"));
                 }
-                sweep.push((
-                    key.as_str().to_owned(),
-                    items
-                        .iter()
-                        .enumerate()
-                        .map(|(i, n)| (n, format!("{f}[{i}]")))
-                        .collect(),
-                ));
+                let name = key.as_str();
+                let values = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let field = format!("{f}[{i}]");
+                        Ok(Swept {
+                            value: param_value(self, name, n, &field)?,
+                            span: *n.span(),
+                            tag: format!(
+                                "{name}{}",
+                                tag(n.as_scalar().map_or("x", MarkedScalarNode::as_str))
+                            ),
+                            field,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ManifestError>>()?;
+                sweep.push((name.to_owned(), values));
             }
         }
         let total = sweep
@@ -768,15 +784,9 @@ impl Cx<'_> {
                     let mut params = fixed.clone();
                     let mut tags = Vec::new();
                     for ((name, values), &k) in sweep.iter().zip(&pick) {
-                        let (n, f) = &values[k];
-                        params.set(self, name, n, f, n.span())?;
-                        tags.push(format!(
-                            "{name}{}",
-                            tag(self
-                                .scalar(n, f)
-                                .map(MarkedScalarNode::as_str)
-                                .unwrap_or("x"))
-                        ));
+                        let v = &values[k];
+                        params.insert(name, v.value.clone(), &v.span, &v.field);
+                        tags.push(v.tag.clone());
                     }
                     let mut name = default_name(content, look, &tags);
                     if let Some(p) = &prefix {
@@ -823,7 +833,16 @@ fn expand_env(s: &str) -> Result<String, String> {
 }
 
 /// Steps the odometer; false once every combination was produced (and resets it).
-fn advance(pick: &mut [usize], sweep: &[(String, Vec<(&Node, String)>)]) -> bool {
+/// One value of a swept parameter, converted, with where it was written and the tag it
+/// adds to output names.
+struct Swept {
+    value: Value,
+    span: Span,
+    field: String,
+    tag: String,
+}
+
+fn advance(pick: &mut [usize], sweep: &[(String, Vec<Swept>)]) -> bool {
     for i in (0..pick.len()).rev() {
         pick[i] += 1;
         if pick[i] < sweep[i].1.len() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use stylefarm_core::rng::SplitMix64;
 
-use crate::{Architecture, Convention, LayerKind, META_ARCHITECTURE, META_PREPROCESSING};
+use crate::{Architecture, Convention, META_ARCHITECTURE, META_PREPROCESSING};
 
 /// Writes Kaiming-uniform random convolutions `conv1_1 ..= last_conv` of `arch` to
 /// `path`. `convention: None` writes no preprocessing metadata (torchvision by default).
@@ -20,24 +20,15 @@ pub fn write_random_vgg(
 ) -> std::io::Result<()> {
     let mut rng = SplitMix64::new(seed);
     let mut raw: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for layer in arch.layers() {
-        let LayerKind::Conv {
-            in_channels,
-            out_channels,
-        } = layer.kind
-        else {
-            continue;
-        };
-        let fan_in = (in_channels * 9) as f32;
+    for (layer, o, i) in arch.convs() {
+        let fan_in = (i * 9) as f32;
         let bound = (6.0 / fan_in).sqrt();
-        let n = (out_channels * in_channels * 9) as usize;
-        let weight: Vec<u8> = (0..n)
+        let weight: Vec<u8> = (0..o * i * 9)
             .flat_map(|_| ((rng.next_f32() * 2.0 - 1.0) * bound).to_le_bytes())
             .collect();
-        let bias: Vec<u8> = (0..out_channels)
+        let bias: Vec<u8> = (0..o)
             .flat_map(|_| ((rng.next_f32() * 2.0 - 1.0) * 0.01).to_le_bytes())
             .collect();
-        let (o, i) = (out_channels as usize, in_channels as usize);
         raw.push((
             format!("features.{}.weight", layer.index),
             vec![o, i, 3, 3],

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::torch_file::{read_state_dict, RawTensor};
-use crate::{Architecture, Convention, LayerKind, META_ARCHITECTURE, META_PREPROCESSING};
+use crate::{Architecture, Convention, META_ARCHITECTURE, META_PREPROCESSING};
 
 /// A published file.
 #[derive(Debug, Clone, Copy)]
@@ -69,15 +69,7 @@ pub fn convert(
     let state = read_state_dict(checkpoint)?;
     let arch = architecture.name();
     let mut kept: BTreeMap<String, &RawTensor> = BTreeMap::new();
-    for layer in architecture.layers() {
-        let LayerKind::Conv {
-            in_channels,
-            out_channels,
-        } = layer.kind
-        else {
-            continue;
-        };
-        let (o, i) = (out_channels as usize, in_channels as usize);
+    for (layer, o, i) in architecture.convs() {
         for (suffix, shape) in [("weight", vec![o, i, 3, 3]), ("bias", vec![o])] {
             let key = format!("features.{}.{suffix}", layer.index);
             let t = state.get(&key).ok_or_else(|| ConvertError::Layout {

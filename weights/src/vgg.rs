@@ -74,6 +74,17 @@ impl Architecture {
         out
     }
 
+    /// The convolutions in order, each with its (out, in) channel counts.
+    pub fn convs(self) -> impl Iterator<Item = (Layer, usize, usize)> {
+        self.layers().into_iter().filter_map(|l| match l.kind {
+            LayerKind::Conv {
+                in_channels,
+                out_channels,
+            } => Some((l, out_channels as usize, in_channels as usize)),
+            _ => None,
+        })
+    }
+
     /// The layer called `name`, if this architecture has one.
     pub fn layer(self, name: &str) -> Option<Layer> {
         self.layers().into_iter().find(|l| l.name == name)
