@@ -26,10 +26,19 @@ export STYLEFARM_GARAGE := $(GARAGE)
 
 all: build
 
+# PyPI's torch carries the CUDA libraries GPU workers load: about 4.7 GB installed, with
+# the wheels unpacked from a temporary copy. No pip cache, so the peak stays near that.
+TORCH_FREE_GB := 8
+
 $(STAMP):
 	@command -v python3 >/dev/null || { echo "python3 is needed to install libtorch"; exit 1; }
+	@free=$$(df -Pk $(CURDIR) | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$free" -lt $(TORCH_FREE_GB) ]; then \
+	  echo "installing torch==$(TORCH_VERSION) into $(VENV) needs about $(TORCH_FREE_GB) GB free; $(CURDIR) has $$free GB (df -h $(CURDIR))"; \
+	  exit 1; \
+	fi
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) safetensors numpy
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-cache-dir torch==$(TORCH_VERSION) safetensors numpy
 	touch $@
 
 venv: $(STAMP)
