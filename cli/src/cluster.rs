@@ -124,7 +124,8 @@ impl Coordinator {
                 };
                 let (object, fresh) = storage.put_input(root, bytes).await?;
                 uploaded += usize::from(fresh);
-                inputs.insert(r, object);
+                let label = r.to_string();
+                inputs.insert(r, ObjectRef { label, ..object });
             }
         }
         tracing::info!(inputs = inputs.len(), uploaded, "inputs in storage");

@@ -222,7 +222,8 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
     );
     check_outputs(&out, &["coffee_the_scream", "astronaut_starry_night"]);
 
-    // A corrupt input fails its job: watch exits 4 and names the job; retry requeues it.
+    // A corrupt input fails its job: watch exits 4 and names the job and the file as the
+    // manifest gave it (not its content-addressed copy); retry requeues it.
     let corrupt = dir.path().join("corrupt.jpg");
     let jpeg = std::fs::read(shared().join("fixtures/content/tubingen.jpg")).expect("fixture");
     std::fs::write(&corrupt, &jpeg[..jpeg.len() / 3]).expect("write");
@@ -239,8 +240,10 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
     let bad_id = expect(&run(cluster("submit").arg(&bad).args(&storage)), 0);
     let o = run(cluster("watch").arg(&bad_id));
     expect(&o, 4);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let named = format!("image {} is corrupt or truncated", corrupt.display());
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("corrupt_the_scream"),
+        stderr.contains("corrupt_the_scream") && stderr.contains(&named),
         "{}",
         text(&o)
     );

@@ -22,6 +22,10 @@ pub struct ObjectRef {
     pub uri: String,
     /// Lower-case hex SHA-256 of the bytes.
     pub sha256: String,
+    /// What the submitter called it (the path or URI in their manifest), for messages;
+    /// empty when unknown. Never used to find the bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub label: String,
 }
 
 /// A style image and its weight in the blend.
@@ -116,7 +120,23 @@ impl ObjectRef {
                 format!("must be at most {MAX_URI_LEN} bytes without control characters"),
             ));
         }
+        if self.label.len() > MAX_URI_LEN || self.label.chars().any(char::is_control) {
+            return Err(InvalidField::new(
+                format!("{field}.label"),
+                format!("must be at most {MAX_URI_LEN} bytes without control characters"),
+            ));
+        }
         check_sha256(&format!("{field}.sha256"), &self.sha256)
+    }
+
+    /// How messages name the object: the submitter's label when there is one, else
+    /// its URI.
+    pub fn display_name(&self) -> &str {
+        if self.label.is_empty() {
+            &self.uri
+        } else {
+            &self.label
+        }
     }
 }
 
@@ -162,6 +182,7 @@ mod tests {
         ObjectRef {
             uri: format!("s3://in/{c}"),
             sha256: c.to_string().repeat(64),
+            label: format!("shots/{c}.jpg"),
         }
     }
 
@@ -190,6 +211,10 @@ mod tests {
             (
                 Box::new(|s| s.content.sha256 = "ABC".into()),
                 "content.sha256",
+            ),
+            (
+                Box::new(|s| s.styles[0].image.label = "a\nb".into()),
+                "styles[0].image.label",
             ),
             (Box::new(|s| s.styles.clear()), "styles"),
             (

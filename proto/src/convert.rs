@@ -142,16 +142,16 @@ impl From<&JobSpec> for v1::JobSpec {
     fn from(s: &JobSpec) -> Self {
         Self {
             name: s.name.clone(),
-            content: Some(wire_object(&s.content)),
+            content: Some(v1::ObjectRef::from(&s.content)),
             styles: s
                 .styles
                 .iter()
                 .map(|st| v1::StyleRef {
-                    image: Some(wire_object(&st.image)),
+                    image: Some(v1::ObjectRef::from(&st.image)),
                     weight: st.weight,
                 })
                 .collect(),
-            init_image: s.init_image.as_ref().map(wire_object),
+            init_image: s.init_image.as_ref().map(v1::ObjectRef::from),
             params: Some(v1::RenderParams::from(&s.params)),
             weights_sha256: s.weights_sha256.clone(),
             output_key: s.output_key.clone(),
@@ -164,14 +164,18 @@ impl From<v1::ObjectRef> for ObjectRef {
         Self {
             uri: o.uri,
             sha256: o.sha256,
+            label: o.label,
         }
     }
 }
 
-fn wire_object(o: &ObjectRef) -> v1::ObjectRef {
-    v1::ObjectRef {
-        uri: o.uri.clone(),
-        sha256: o.sha256.clone(),
+impl From<&ObjectRef> for v1::ObjectRef {
+    fn from(o: &ObjectRef) -> Self {
+        Self {
+            uri: o.uri.clone(),
+            sha256: o.sha256.clone(),
+            label: o.label.clone(),
+        }
     }
 }
 
@@ -220,8 +224,9 @@ mod tests {
             (
                 prop_oneof![6 => "s3://[a-z]{1,8}/[a-z0-9/]{1,20}", 1 => ".{0,30}"],
                 hex64(),
+                prop_oneof![3 => Just(String::new()), 3 => "[a-z/._]{1,30}", 1 => ".{0,30}"],
             )
-                .prop_map(|(uri, sha256)| v1::ObjectRef { uri, sha256 }),
+                .prop_map(|(uri, sha256, label)| v1::ObjectRef { uri, sha256, label }),
         )
     }
 

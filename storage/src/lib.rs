@@ -108,6 +108,7 @@ impl Storage {
             ObjectRef {
                 uri: url.to_string(),
                 sha256,
+                label: String::new(),
             },
             uploaded,
         ))

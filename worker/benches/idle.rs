@@ -56,10 +56,7 @@ async fn main() {
     for f in ["content/tubingen.jpg", "styles/starry_night.jpg"] {
         let bytes = std::fs::read(common::fixture(f)).expect("fixture");
         let (r, _) = storage.put_input(&root, bytes).await.expect("upload");
-        inputs.push(v1::ObjectRef {
-            uri: r.uri,
-            sha256: r.sha256,
-        });
+        inputs.push(v1::ObjectRef::from(&r));
     }
     println!(
         "{jobs} jobs of {iterations} iterations at {size} px, one worker on the CPU, Garage on loopback"

@@ -62,10 +62,7 @@ impl Farm {
             .put_input(&self.root(), bytes)
             .await
             .expect("upload input");
-        v1::ObjectRef {
-            uri: r.uri,
-            sha256: r.sha256,
-        }
+        v1::ObjectRef::from(&r)
     }
 
     fn worker(&self, name: &str, extra: &[&str]) -> Worker {

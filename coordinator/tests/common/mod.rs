@@ -16,6 +16,7 @@ pub fn spec(name: &str) -> v1::JobSpec {
     let object = |c: char| v1::ObjectRef {
         uri: format!("s3://inputs/{c}"),
         sha256: c.to_string().repeat(64),
+        label: String::new(),
     };
     v1::JobSpec {
         name: name.to_owned(),
