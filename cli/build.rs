@@ -1,7 +1,7 @@
-//! Embeds an rpath to the libtorch that torch-sys linked, so binaries and tests run
-//! without LD_LIBRARY_PATH.
+//! Links libtorch for the CLI's binary and tests, as the worker does: see worker/link.rs.
+#[path = "../worker/link.rs"]
+mod link;
+
 fn main() {
-    if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
-    }
+    link::libtorch();
 }

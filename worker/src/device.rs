@@ -13,10 +13,33 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// Whether this build links PyTorch's CUDA backend (libtorch_cuda.so): false where
+/// the libtorch it was built against is CPU-only. See worker/link.rs.
+pub const CUDA_BACKEND_LINKED: bool = matches!(env!("STYLEFARM_LIBTORCH_CUDA").as_bytes(), b"1");
+
 /// CUDA was asked for and libtorch sees none.
 #[derive(Debug, thiserror::Error)]
-#[error("--device cuda: no CUDA device is available to libtorch")]
+#[error(
+    "--device cuda: no CUDA device is available to libtorch ({})",
+    why_no_cuda()
+)]
 pub struct NoCuda;
+
+fn why_no_cuda() -> &'static str {
+    if !CUDA_BACKEND_LINKED {
+        "this build's libtorch is CPU-only; build against PyPI's torch with its CUDA libraries"
+    } else if !cuda_backend_loaded() {
+        "libtorch_cuda.so is not loaded in this process"
+    } else {
+        "the CUDA backend is loaded but sees no GPU: check the NVIDIA driver, and that the \
+         GPU is visible to this process (CUDA_VISIBLE_DEVICES, the container's GPU resources)"
+    }
+}
+
+/// Whether libtorch_cuda.so is mapped into this process (Linux; false elsewhere).
+pub fn cuda_backend_loaded() -> bool {
+    std::fs::read_to_string("/proc/self/maps").is_ok_and(|m| m.contains("/libtorch_cuda.so"))
+}
 
 impl DeviceArg {
     /// The tch device, or an error when CUDA is asked for and absent.
@@ -57,4 +80,25 @@ fn gpu_model(index: usize) -> Option<(String, u64)> {
         name.trim().to_owned(),
         mib.trim().parse::<u64>().ok()? << 20,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build against a libtorch with CUDA must carry the backend into the process, or
+    /// a GPU node silently renders on its CPU.
+    #[test]
+    fn the_cuda_backend_is_loaded_wherever_it_was_linked() {
+        assert_eq!(cuda_backend_loaded(), CUDA_BACKEND_LINKED);
+    }
+
+    #[test]
+    fn no_cuda_says_why() {
+        let msg = NoCuda.to_string();
+        assert!(msg.starts_with("--device cuda: no CUDA device"), "{msg}");
+        if CUDA_BACKEND_LINKED && !tch::Cuda::is_available() {
+            assert!(msg.contains("sees no GPU"), "{msg}");
+        }
+    }
 }

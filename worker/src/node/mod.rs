@@ -103,7 +103,14 @@ pub async fn run(
             () = draining.cancelled() => return Ok(()),
         }
     };
-    tracing::info!(worker = %registered.worker_id, ?device, weights = %weights.sha256, slots = config.slots, "registered");
+    tracing::info!(
+        worker = %registered.worker_id,
+        ?device,
+        cuda_backend = crate::device::cuda_backend_loaded(),
+        weights = %weights.sha256,
+        slots = config.slots,
+        "registered"
+    );
     let node = Arc::new(Node {
         root,
         storage,
