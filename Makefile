@@ -22,7 +22,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export STYLEFARM_SHARED := $(SHARED)
 export STYLEFARM_GARAGE := $(GARAGE)
 
-.PHONY: all venv garage build test demo bench-engine bench-worker bench-coordinator fmt lint clean
+.PHONY: all venv garage build test deploy-check demo bench-engine bench-worker bench-coordinator fmt lint clean
 
 all: build
 
@@ -52,8 +52,18 @@ garage: $(GARAGE)
 build: venv
 	cargo build --release --workspace --bins
 
-test: venv garage
+test: venv garage deploy-check
 	cargo test --release --workspace
+
+# The Kubernetes manifests against Kubernetes' schema (strict: unknown fields fail).
+# deploy/tests checks them against the binaries, in `cargo test`.
+DEPLOY_STAMP := $(VENV)/.stylefarm-kubernetes-validate-1.37.0
+$(DEPLOY_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-cache-dir kubernetes-validate==1.37.0
+	touch $@
+
+deploy-check: $(DEPLOY_STAMP)
+	$(VENV)/bin/kubernetes-validate --strict --quiet -k 1.33.0 $(filter-out deploy/kustomization.yaml,$(wildcard deploy/*.yaml))
 
 # The example manifest through `stylefarm run`: an embedded coordinator, a local worker
 # and local storage, the same code as a cluster. Outputs and the contact sheet go to
