@@ -431,6 +431,13 @@ impl PodSpec {
         self.volumes.iter().find(|v| v.name == name)
     }
 
+    /// The Secret volume and item that put a file at `path` in container `c`.
+    pub fn secret_file(&self, c: &Container, path: &str) -> Option<(&SecretVolume, &KeyToPath)> {
+        let (mount, rest) = c.mount_of(path)?;
+        let secret = self.volume(&mount.name)?.secret.as_ref()?;
+        Some((secret, secret.items.iter().find(|i| i.path == rest)?))
+    }
+
     /// Kubernetes' SIGTERM-to-SIGKILL time, in seconds.
     pub fn grace_seconds(&self) -> u64 {
         self.termination_grace_period_seconds.unwrap_or(30)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use stylefarm_deploy::{Container, Deploy};
 use stylefarm_testkit::garage::Garage;
-use stylefarm_testkit::process::{poll_file, workspace_bin, Proc};
+use stylefarm_testkit::process::{http_get, poll_file, ready_field, workspace_bin, Proc};
 
 const COORDINATOR: (&str, &str) = ("StatefulSet", "stylefarm-coordinator");
 const WORKER: (&str, &str) = ("Deployment", "stylefarm-worker");
@@ -199,19 +199,11 @@ fn the_manifests_are_whole_and_agree_with_each_other() {
     );
 
     // The S3 secret key is a file from the Secret the access key comes from.
-    let (smount, file) = worker
-        .mount_of(&wenv["STYLEFARM_S3_SECRET_KEY_FILE"])
-        .expect("secret file on a mount");
-    let volume = worker_pod
-        .volume(&smount.name)
-        .and_then(|v| v.secret.as_ref())
-        .expect("a Secret volume");
+    let (volume, _) = worker_pod
+        .secret_file(worker, &wenv["STYLEFARM_S3_SECRET_KEY_FILE"])
+        .expect("STYLEFARM_S3_SECRET_KEY_FILE is an item of a mounted Secret");
     let access = &wenv["STYLEFARM_S3_ACCESS_KEY"];
     assert_eq!(access.split('/').next(), Some(volume.secret_name.as_str()));
-    assert!(
-        volume.items.iter().any(|i| i.path == file),
-        "{file} is one of the Secret's items"
-    );
 
     // README.md tells how to create that Secret, with these keys.
     let readme = std::fs::read_to_string(d.dir.join("README.md")).expect("deploy/README.md");
@@ -323,11 +315,7 @@ fn the_farm_runs_as_deployed() {
     assert!(args.is_empty());
     let mut coordinator = spawn(&bin, &cenv);
     let body = poll_file(&ready, Duration::from_secs(30));
-    let bound = |key: &str| {
-        let tag = format!("\"{key}\":\"");
-        let at = body.find(&tag).unwrap_or_else(|| panic!("{key} in {body}")) + tag.len();
-        body[at..].split('"').next().unwrap_or_default().to_owned()
-    };
+    let bound = |key: &str| ready_field(&body, key);
     let by_port: BTreeMap<u16, String> = [
         (c.port("grpc"), bound("grpc")),
         (c.port("metrics"), bound("metrics")),
@@ -341,11 +329,12 @@ fn the_farm_runs_as_deployed() {
             .as_ref()
             .unwrap_or_else(|| panic!("{kind} is an HTTP probe"));
         let addr = &by_port[&c.port(&get.port)];
-        let status = http_status(addr, &get.path);
-        assert_eq!(
-            status, 200,
+        let (status, _) = http_get(addr, &get.path);
+        assert!(
+            status.ends_with(" 200 OK"),
             "{kind} GET {}:{} answered {status}",
-            get.port, get.path
+            get.port,
+            get.path
         );
     }
 
@@ -369,14 +358,9 @@ fn the_farm_runs_as_deployed() {
     let mut wenv = d.env(w, "stylefarm-worker-7d9f-abcde", &secret);
     let secret_file = local(w, &wenv["STYLEFARM_S3_SECRET_KEY_FILE"], dir.path());
     std::fs::create_dir_all(secret_file.parent().expect("folder")).expect("volume");
-    let (smount, key_path) = w
-        .mount_of(&wenv["STYLEFARM_S3_SECRET_KEY_FILE"])
-        .expect("mount");
-    let item = wpod
-        .volume(&smount.name)
-        .and_then(|v| v.secret.as_ref())
-        .and_then(|s| s.items.iter().find(|i| i.path == key_path))
-        .expect("item");
+    let (_, item) = wpod
+        .secret_file(w, &wenv["STYLEFARM_S3_SECRET_KEY_FILE"])
+        .expect("secret item");
     std::fs::write(&secret_file, secret("stylefarm-s3", &item.key)).expect("secret file");
     let weights = local(w, &wenv["STYLEFARM_WEIGHTS"], dir.path());
     std::fs::create_dir_all(weights.parent().expect("folder")).expect("volume");
@@ -465,20 +449,4 @@ fn the_farm_runs_as_deployed() {
     coordinator.signal("TERM");
     let s = wait(&mut coordinator, Duration::from_secs(cpod.grace_seconds()));
     assert!(s.success(), "coordinator exited {s}");
-}
-
-fn http_status(addr: &str, path: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }

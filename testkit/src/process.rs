@@ -100,35 +100,45 @@ impl CoordinatorProc {
                 .env("RUST_LOG", "warn"),
         );
         let body = poll_file(&ready, Duration::from_secs(30));
-        let field = |k: &str| {
-            let tag = format!("\"{k}\":\"");
-            let at = body.find(&tag).unwrap_or_else(|| panic!("{k} in {body}")) + tag.len();
-            body[at..].split('"').next().unwrap_or_default().to_owned()
-        };
         Self {
-            grpc: format!("http://{}", field("grpc")),
-            metrics: field("metrics"),
+            grpc: format!("http://{}", ready_field(&body, "grpc")),
+            metrics: ready_field(&body, "metrics"),
             proc,
         }
     }
 
     /// GET on the operations port; returns (status line, body).
     pub fn http_get(&self, path: &str) -> (String, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.metrics).expect("connect http");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        (
-            head.lines().next().unwrap_or("").to_owned(),
-            body.to_owned(),
-        )
+        http_get(&self.metrics, path)
     }
+}
+
+/// A bound address from a coordinator's ready file (`{"grpc":"127.0.0.1:PORT",...}`).
+pub fn ready_field(body: &str, key: &str) -> String {
+    let tag = format!("\"{key}\":\"");
+    let at = body
+        .find(&tag)
+        .unwrap_or_else(|| panic!("no {key} in the ready file {body}"))
+        + tag.len();
+    body[at..].split('"').next().unwrap_or_default().to_owned()
+}
+
+/// A plain HTTP/1.1 GET on `addr`; returns (status line, body).
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
 }
 
 /// Waits for a file to appear (written whole, by rename) and returns its contents.
