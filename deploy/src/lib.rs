@@ -394,11 +394,15 @@ impl Deploy {
 }
 
 impl Container {
-    /// The mount holding `path`, and the rest of the path below it.
+    /// The mount holding `path` (or mounted at it), and the rest of the path below it
+    /// (empty for the mount point itself).
     pub fn mount_of<'a>(&self, path: &'a str) -> Option<(&VolumeMount, &'a str)> {
         self.volume_mounts.iter().find_map(|m| {
             let rest = path.strip_prefix(m.mount_path.trim_end_matches('/'))?;
-            rest.strip_prefix('/').map(|rest| (m, rest))
+            match rest {
+                "" => Some((m, "")),
+                _ => rest.strip_prefix('/').map(|rest| (m, rest)),
+            }
         })
     }
 

@@ -8,8 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use stylefarm_deploy::{Container, Deploy};
 use stylefarm_testkit::garage::Garage;
@@ -156,17 +156,9 @@ fn the_manifests_are_whole_and_agree_with_each_other() {
     assert!(wmount.read_only, "workers mount the weights read-only");
     let (job_pod, job) = d.pod(WEIGHTS_JOB.0, WEIGHTS_JOB.1);
     let jenv = d.env(job, "stylefarm-weights-xyz", &secret);
-    let (jmount, jrest) = job.mount_of(&jenv["XDG_CACHE_HOME"]).map_or_else(
-        || {
-            (
-                job.mount_of(&format!("{}/", jenv["XDG_CACHE_HOME"]))
-                    .expect("cache on a mount")
-                    .0,
-                "",
-            )
-        },
-        |(m, r)| (m, r),
-    );
+    let (jmount, jrest) = job
+        .mount_of(&jenv["XDG_CACHE_HOME"])
+        .expect("the job's cache is on a mount");
     let claim = |pod: &stylefarm_deploy::PodSpec, m: &str| {
         pod.volume(m)
             .and_then(|v| v.persistent_volume_claim.as_ref())
@@ -254,17 +246,6 @@ fn every_variable_is_one_the_binary_reads() {
                 );
             }
         }
-    }
-}
-
-fn wait(p: &mut Proc, within: Duration) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = p.try_wait().expect("wait") {
-            return s;
-        }
-        assert!(start.elapsed() < within, "still running after {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -444,9 +425,9 @@ fn the_farm_runs_as_deployed() {
 
     // A rollout or drain: SIGTERM, and each process exits 0 inside its pod's grace period.
     worker.signal("TERM");
-    let s = wait(&mut worker, Duration::from_secs(wpod.grace_seconds()));
+    let s = worker.wait_within(Duration::from_secs(wpod.grace_seconds()));
     assert!(s.success(), "worker exited {s}");
     coordinator.signal("TERM");
-    let s = wait(&mut coordinator, Duration::from_secs(cpod.grace_seconds()));
+    let s = coordinator.wait_within(Duration::from_secs(cpod.grace_seconds()));
     assert!(s.success(), "coordinator exited {s}");
 }

@@ -47,6 +47,18 @@ impl Proc {
         assert!(status.success(), "kill -{sig} failed");
     }
 
+    /// Waits for the process to exit; panics if it is still running after `within`.
+    pub fn wait_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(start.elapsed() < within, "still running after {within:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
         let _ = self.0.kill();
