@@ -63,6 +63,18 @@ fn check_outputs(out: &Path, names: &[&str]) {
             serde_json::from_slice(&std::fs::read(out.join(format!("{n}.json"))).expect("sidecar"))
                 .expect("sidecar is JSON");
         assert_eq!(sidecar["iterations_done"], 15, "{n}");
+        // Where the bytes are (what the contact sheet reads back) and what the manifest
+        // called them.
+        let content = &sidecar["content"];
+        let (source, label) = (content["source"].as_str(), content["label"].as_str());
+        assert!(
+            source.is_some_and(|s| s.contains("inputs/sha256/")),
+            "{n}: {content}"
+        );
+        assert!(
+            label.is_some_and(|l| l.contains("/fixtures/content/")),
+            "{n}: {content}"
+        );
     }
     let sheet = image::open(out.join("contact-sheet.png")).expect("contact sheet PNG");
     assert!(sheet.height() > 192 * names.len() as u32, "a row per job");

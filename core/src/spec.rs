@@ -128,16 +128,6 @@ impl ObjectRef {
         }
         check_sha256(&format!("{field}.sha256"), &self.sha256)
     }
-
-    /// How messages name the object: the submitter's label when there is one, else
-    /// its URI.
-    pub fn display_name(&self) -> &str {
-        if self.label.is_empty() {
-            &self.uri
-        } else {
-            &self.label
-        }
-    }
 }
 
 /// Checks an output name: non-empty, at most [`MAX_NAME_LEN`] bytes, letters, digits and

@@ -14,8 +14,12 @@ use crate::report::{InputRecord, Sidecar, Timings, WeightsRecord};
 
 /// An input's bytes and where they came from.
 pub struct NamedBytes {
-    /// Path or URL, for messages and the sidecar.
+    /// Where the bytes are (path or URL): the sidecar's `source`, which `fetch` reads
+    /// back for the contact sheet.
     pub source: String,
+    /// What the submitter called it, for messages and the sidecar's `label`; empty when
+    /// that is `source`.
+    pub label: String,
     /// The file's bytes.
     pub bytes: Vec<u8>,
 }
@@ -30,8 +34,18 @@ impl NamedBytes {
             })?;
         Ok(Self {
             source: path.display().to_string(),
+            label: String::new(),
             bytes,
         })
+    }
+
+    /// How messages name it: the label, else the source.
+    pub fn name(&self) -> &str {
+        if self.label.is_empty() {
+            &self.source
+        } else {
+            &self.label
+        }
     }
 }
 
@@ -56,6 +70,7 @@ pub struct PreparedJob {
 fn record(n: &NamedBytes, img: &image::Rgb32FImage, weight: Option<f64>) -> InputRecord {
     InputRecord {
         source: n.source.clone(),
+        label: n.label.clone(),
         sha256: hex::encode(Sha256::digest(&n.bytes)),
         width: img.width(),
         height: img.height(),
@@ -70,7 +85,7 @@ impl PreparedJob {
         params: &RenderParams,
         max_pixels: u64,
     ) -> Result<Self, EngineError> {
-        let decode = |n: &NamedBytes| image_io::decode(&n.bytes, &n.source, max_pixels);
+        let decode = |n: &NamedBytes| image_io::decode(&n.bytes, n.name(), max_pixels);
         let content = decode(&job.content)?;
         let mut styles = Vec::new();
         let mut records = Vec::new();

@@ -9,8 +9,11 @@ use crate::engine::Losses;
 /// One input file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputRecord {
-    /// Where it came from (path or URL).
+    /// Where its bytes are (path or URL).
     pub source: String,
+    /// What the submitter called it (the path or URI in their manifest), when known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub label: String,
     /// Hex sha256 of its bytes.
     pub sha256: String,
     /// Pixel size as decoded.

@@ -237,7 +237,8 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
     let fetch = |r: ObjectRef| async move {
         let bytes = node.storage.get_input(&r).await?;
         Ok::<_, StorageError>(NamedBytes {
-            source: r.display_name().to_owned(),
+            source: r.uri,
+            label: r.label,
             bytes,
         })
     };
