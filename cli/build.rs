@@ -1,7 +1,4 @@
-//! Links libtorch for the CLI's binary and tests, as the worker does: see worker/link.rs.
-#[path = "../worker/link.rs"]
-mod link;
-
+//! Links libtorch for the CLI's binary and tests, as the worker does: see stylefarm-link.
 fn main() {
-    link::libtorch();
+    stylefarm_link::libtorch();
 }

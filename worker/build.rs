@@ -1,7 +1,4 @@
-//! Links libtorch for the worker's binaries, tests and benches: see link.rs.
-#[path = "link.rs"]
-mod link;
-
+//! Links libtorch for the worker's binaries, tests and benches: see stylefarm-link.
 fn main() {
-    link::libtorch();
+    stylefarm_link::libtorch();
 }

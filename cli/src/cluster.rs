@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
-use stylefarm_core::{JobSpec, ObjectRef, StyleRef};
-use stylefarm_proto::v1;
+use stylefarm_core::{BatchState, JobSpec, JobState, ObjectRef, StyleRef};
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
+use stylefarm_proto::{convert, v1};
 use stylefarm_storage::{ObjectUrl, Storage};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -201,10 +201,7 @@ impl Coordinator {
         let mut states: HashMap<String, i32> = HashMap::new();
         let mut show = |job: &v1::JobStatus| {
             states.insert(job.job_id.clone(), job.state);
-            let live = matches!(
-                v1::JobState::try_from(job.state),
-                Ok(v1::JobState::Running | v1::JobState::Leased)
-            );
+            let live = job_state(job.state).is_some_and(JobState::is_live);
             if live {
                 let bar = running.entry(job.job_id.clone()).or_insert_with(|| {
                     let b = bars.add(ProgressBar::new(u64::from(job.iterations)));
@@ -250,18 +247,17 @@ impl Coordinator {
     }
 }
 
+/// A job's state from the wire (`None`: a value this CLI does not know).
+fn job_state(wire: i32) -> Option<JobState> {
+    convert::job_state("state", wire).ok()
+}
+
 fn ended(state: i32) -> bool {
-    matches!(
-        v1::JobState::try_from(state),
-        Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)
-    )
+    job_state(state).is_some_and(JobState::is_terminal)
 }
 
 fn batch_ended(state: i32) -> bool {
-    matches!(
-        v1::BatchState::try_from(state),
-        Ok(v1::BatchState::Succeeded | v1::BatchState::Failed | v1::BatchState::Cancelled)
-    )
+    convert::batch_state("batch_state", state).is_ok_and(BatchState::has_ended)
 }
 
 /// `3 succeeded, 1 running`.
@@ -277,39 +273,25 @@ fn summary_of(states: impl Iterator<Item = i32>) -> String {
         .join(", ")
 }
 
-/// A job state's lower-case name.
+/// A job state's lower-case name, `unknown` for a value this CLI does not know.
 pub fn job_state_name(state: i32) -> &'static str {
-    match v1::JobState::try_from(state) {
-        Ok(v1::JobState::Queued) => "queued",
-        Ok(v1::JobState::Leased) => "leased",
-        Ok(v1::JobState::Running) => "running",
-        Ok(v1::JobState::Succeeded) => "succeeded",
-        Ok(v1::JobState::Failed) => "failed",
-        Ok(v1::JobState::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
+    job_state(state).map_or("unknown", JobState::as_str)
 }
 
-/// A batch state's lower-case name.
+/// A batch state's lower-case name, `unknown` for a value this CLI does not know.
 pub fn batch_state_name(state: i32) -> &'static str {
-    match v1::BatchState::try_from(state) {
-        Ok(v1::BatchState::Running) => "running",
-        Ok(v1::BatchState::Succeeded) => "succeeded",
-        Ok(v1::BatchState::Failed) => "failed",
-        Ok(v1::BatchState::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
+    convert::batch_state("state", state).map_or("unknown", BatchState::as_str)
 }
 
 /// Ok for a batch that succeeded, else [`CliError::BatchFailed`].
 pub fn outcome(batch: &v1::Batch) -> anyhow::Result<()> {
-    if batch.state == v1::BatchState::Succeeded as i32 {
+    if convert::batch_state("state", batch.state) == Ok(BatchState::Succeeded) {
         return Ok(());
     }
     let failed: Vec<String> = batch
         .jobs
         .iter()
-        .filter(|j| j.state == v1::JobState::Failed as i32)
+        .filter(|j| job_state(j.state) == Some(JobState::Failed))
         .take(5)
         .map(|j| format!("{}: {}", j.name, j.error))
         .collect();
@@ -350,13 +332,13 @@ pub async fn fetch(
     for job in batch
         .jobs
         .iter()
-        .filter(|j| j.state == v1::JobState::Succeeded as i32)
+        .filter(|j| job_state(j.state) == Some(JobState::Succeeded))
     {
         let png = storage.get(&root.join(&job.result_key)?).await?;
         let sidecar = storage.get(&root.join(&job.sidecar_key)?).await?;
         let png_path = out.join(format!("{}.png", job.name));
-        write_atomic(&png_path, &png).await?;
-        write_atomic(&out.join(format!("{}.json", job.name)), &sidecar).await?;
+        write_atomic(&png_path, png).await?;
+        write_atomic(&out.join(format!("{}.json", job.name)), sidecar.clone()).await?;
         done.push(Fetched {
             name: job.name.clone(),
             png: png_path,
@@ -367,15 +349,11 @@ pub async fn fetch(
     Ok(done)
 }
 
-async fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("part");
-    tokio::fs::write(&tmp, bytes)
-        .await
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    tokio::fs::rename(&tmp, path)
-        .await
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+async fn write_atomic(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
+    let owned = path.to_owned();
+    tokio::task::spawn_blocking(move || stylefarm_core::fs::write_atomic(&owned, &bytes))
+        .await?
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A table of batches (or of one batch's jobs) for the terminal.

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Parser, ValueEnum};
+use clap::Args;
 use stylefarm_storage::StorageArgs;
 use stylefarm_worker::device::DeviceArg;
 use stylefarm_worker::node::WorkerConfig;
@@ -50,22 +50,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let threads = (cores / args.workers as usize).max(1);
-    let device = args
-        .device
-        .to_possible_value()
-        .map_or_else(|| "auto".to_owned(), |v| v.get_name().to_owned());
     let stop = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..args.workers {
-        let config = WorkerConfig::try_parse_from([
-            "stylefarm-worker".to_owned(),
-            format!("--coordinator={addr}"),
-            format!("--storage={}", store.display()),
-            format!("--weights={}", weights.path.display()),
-            format!("--name=local-{i}"),
-            format!("--device={}", device),
-            format!("--threads={threads}"),
-        ])?;
+        let config = WorkerConfig::local(
+            addr.clone(),
+            &store,
+            weights.path.clone(),
+            format!("local-{i}"),
+            args.device,
+            Some(i32::try_from(threads).unwrap_or(i32::MAX)),
+        );
         let stop = stop.clone();
         workers.spawn(
             async move { stylefarm_worker::node::run(config, stop.cancelled_owned()).await },

@@ -6,10 +6,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use stylefarm_core::fs::write_atomic;
 use stylefarm_core::params::{parse_layer_list, DEFAULT_ADAM_LR};
-use stylefarm_core::{InitKind, OptimizerKind, Pooling, RenderParams, WeightedLayer};
+use stylefarm_core::{InitKind, InvalidField, OptimizerKind, Pooling, RenderParams, WeightedLayer};
 use stylefarm_weights::WeightsInfo;
 use stylefarm_worker::device::DeviceArg;
 use stylefarm_worker::engine::{image_io, Outcome, Render};
@@ -40,17 +41,17 @@ pub struct RenderArgs {
     #[arg(long, default_value_t = RenderParams::default().iterations)]
     pub iterations: u32,
     /// Optimizer.
-    #[arg(long, value_enum, default_value = "lbfgs")]
-    pub optimizer: OptimizerArg,
-    /// Learning rate (default: 1.0 for L-BFGS, 0.02 for Adam).
-    #[arg(long)]
+    #[arg(long, value_enum, default_value_t = RenderParams::default().optimizer)]
+    pub optimizer: OptimizerKind,
+    /// Learning rate (default: the optimizer's own, see below).
+    #[arg(long, help = learning_rate_help())]
     pub learning_rate: Option<f64>,
     /// Seed for noise initialisation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = RenderParams::default().seed)]
     pub seed: u64,
     /// Start from the content, noise, or --init-image.
-    #[arg(long, value_enum, default_value = "content")]
-    pub init: InitArg,
+    #[arg(long, value_enum, default_value_t = RenderParams::default().init)]
+    pub init: InitKind,
     /// Start image for --init image.
     #[arg(long, value_name = "IMAGE")]
     pub init_image: Option<PathBuf>,
@@ -73,13 +74,13 @@ pub struct RenderArgs {
     #[arg(long, default_value_t = RenderParams::default().tv_weight)]
     pub tv_weight: f64,
     /// Style images are resized to size * style-scale.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = RenderParams::default().style_scale)]
     pub style_scale: f64,
     /// Max or average pooling.
-    #[arg(long, value_enum, default_value = "max")]
-    pub pooling: PoolingArg,
+    #[arg(long, value_enum, default_value_t = RenderParams::default().pooling)]
+    pub pooling: Pooling,
     /// Bits per channel of the output PNG (8 or 16).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = RenderParams::default().output_bit_depth)]
     pub bit_depth: u8,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long, env = "STYLEFARM_THREADS")]
@@ -95,33 +96,43 @@ pub struct RenderArgs {
     pub quiet: bool,
 }
 
-/// Optimizer choice.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum OptimizerArg {
-    /// L-BFGS (torch.optim.LBFGS).
-    Lbfgs,
-    /// Adam.
-    Adam,
+fn learning_rate_help() -> String {
+    format!(
+        "Learning rate (default: {} for L-BFGS, {DEFAULT_ADAM_LR} for Adam)",
+        RenderParams::default().learning_rate
+    )
 }
 
-/// Initialisation choice.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum InitArg {
-    /// The content photo.
-    Content,
-    /// Seeded noise.
-    Noise,
-    /// --init-image.
-    Image,
-}
+/// The flag of each `RenderParams` field that `render` takes, for messages: a field is
+/// matched on its name alone (`style_layers[1].weight` is `--style-layers`), never by
+/// rewriting the message.
+const FLAGS: &[(&str, &str)] = &[
+    ("size", "--size"),
+    ("iterations", "--iterations"),
+    ("optimizer", "--optimizer"),
+    ("learning_rate", "--learning-rate"),
+    ("content_weight", "--content-weight"),
+    ("style_weight", "--style-weight"),
+    ("tv_weight", "--tv-weight"),
+    ("content_layers", "--content-layers"),
+    ("style_layers", "--style-layers"),
+    ("style_scale", "--style-scale"),
+    ("seed", "--seed"),
+    ("init", "--init"),
+    ("preserve_colors", "--preserve-colors"),
+    ("pooling", "--pooling"),
+    ("output_bit_depth", "--bit-depth"),
+];
 
-/// Pooling choice.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum PoolingArg {
-    /// Max pooling.
-    Max,
-    /// Average pooling.
-    Avg,
+/// `--bit-depth: 12 is not 8 or 16` for a field error; a field without a flag keeps
+/// its own name.
+pub fn flag_error(e: &InvalidField) -> String {
+    let head = e.field.split(['[', '.']).next().unwrap_or(&e.field);
+    let rest = &e.field[head.len()..];
+    match FLAGS.iter().find(|(field, _)| *field == head) {
+        Some((_, flag)) => format!("invalid {flag}{rest}: {}", e.reason),
+        None => format!("invalid parameter {e}"),
+    }
 }
 
 fn layers(
@@ -139,10 +150,7 @@ impl RenderArgs {
     /// The engine parameters these flags ask for, validated.
     pub fn params(&self) -> anyhow::Result<RenderParams> {
         let defaults = RenderParams::default();
-        let optimizer = match self.optimizer {
-            OptimizerArg::Lbfgs => OptimizerKind::Lbfgs,
-            OptimizerArg::Adam => OptimizerKind::Adam,
-        };
+        let optimizer = self.optimizer;
         let params = RenderParams {
             size: self.size,
             iterations: self.iterations,
@@ -166,22 +174,15 @@ impl RenderArgs {
             )?,
             style_scale: self.style_scale,
             seed: self.seed,
-            init: match self.init {
-                InitArg::Content => InitKind::Content,
-                InitArg::Noise => InitKind::Noise,
-                InitArg::Image => InitKind::Image,
-            },
+            init: self.init.clone(),
             preserve_colors: self.preserve_colors,
-            pooling: match self.pooling {
-                PoolingArg::Max => Pooling::Max,
-                PoolingArg::Avg => Pooling::Avg,
-            },
+            pooling: self.pooling,
             output_bit_depth: self.bit_depth,
             ..defaults
         };
-        params.validate().map_err(|e| {
-            anyhow::anyhow!("invalid parameter --{}", e.to_string().replace('_', "-"))
-        })?;
+        params
+            .validate()
+            .map_err(|e| anyhow::anyhow!(flag_error(&e)))?;
         if matches!(params.init, InitKind::Image) != self.init_image.is_some() {
             bail!("--init image and --init-image go together");
         }
@@ -283,11 +284,11 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&args.out, &rendered.png)
+    write_atomic(&args.out, &rendered.png)
         .with_context(|| format!("writing {}", args.out.display()))?;
     let sidecar = sidecar_path(&args.out);
     let json = serde_json::to_vec_pretty(&rendered.sidecar)?;
-    std::fs::write(&sidecar, json).with_context(|| format!("writing {}", sidecar.display()))?;
+    write_atomic(&sidecar, &json).with_context(|| format!("writing {}", sidecar.display()))?;
 
     let s = &rendered.sidecar;
     let first = s.loss_curve.first().copied().unwrap_or_default();

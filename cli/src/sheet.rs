@@ -71,11 +71,12 @@ pub async fn write(jobs: &[Fetched], storage: &Storage, path: &Path) -> anyhow::
         });
     }
     let sheet = compose(&rows);
-    let tmp = path.with_extension("part");
+    let mut png = std::io::Cursor::new(Vec::new());
     sheet
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        .write_to(&mut png, image::ImageFormat::Png)
+        .context("encoding the contact sheet")?;
+    stylefarm_core::fs::write_atomic(path, png.get_ref())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

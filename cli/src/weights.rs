@@ -202,9 +202,8 @@ pub fn fetch(
     let dir = cache_dir().context("no cache folder: neither XDG_CACHE_HOME nor HOME is set")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let out = dir.join(format!("{}-torchvision.safetensors", arch.name()));
-    let tmp = out.with_extension("part");
-    std::fs::write(&tmp, converted).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    stylefarm_core::fs::write_atomic(&out, &converted)
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(out)
 }
 

@@ -1,13 +1,15 @@
 //! Manifest parsing, wedge expansion and every kind of bad input with its message
 //! (file, line, field, what is allowed).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use stylefarm_cli::manifest::{ImageRef, Manifest, ManifestError};
 use stylefarm_core::OptimizerKind;
 
-/// A folder with a manifest and three small images beside it.
-struct Dir(tempfile::TempDir);
+/// A folder with a manifest and three small images beside it, and the variables its
+/// `${NAME}`s see (never the process's: tests run on threads side by side).
+struct Dir(tempfile::TempDir, HashMap<String, String>);
 
 impl Dir {
     fn new() -> Self {
@@ -17,13 +19,18 @@ impl Dir {
                 .save(d.path().join(name))
                 .expect("png");
         }
-        Self(d)
+        Self(d, HashMap::new())
+    }
+
+    fn with_env(mut self, name: &str, value: &Path) -> Self {
+        self.1.insert(name.to_owned(), value.display().to_string());
+        self
     }
 
     fn load(&self, yaml: &str) -> Result<Manifest, ManifestError> {
         let file = self.0.path().join("batch.yaml");
         std::fs::write(&file, yaml).expect("write");
-        Manifest::load(&file)
+        Manifest::load_with_env(&file, &|name| self.1.get(name).cloned())
     }
 
     fn ok(&self, yaml: &str) -> Manifest {
@@ -113,7 +120,8 @@ wedges:
 #[test]
 fn s3_uris_and_environment_variables_are_image_references() {
     let d = Dir::new();
-    std::env::set_var("STYLEFARM_TEST_ASSETS", d.0.path());
+    let root = d.0.path().to_owned();
+    let d = d.with_env("STYLEFARM_TEST_ASSETS", &root);
     let m = d.ok("batch: b
 jobs:
   - content: ${STYLEFARM_TEST_ASSETS}/a.png
@@ -193,12 +201,12 @@ fn a_wedge_that_expands_past_the_limit_is_refused_before_expanding() {
 
 #[test]
 fn the_example_manifest_is_valid() {
-    let shared = std::env::var("STYLEFARM_SHARED").map_or_else(
-        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-        std::path::PathBuf::from,
-    );
-    std::env::set_var("STYLEFARM_SHARED", &shared);
-    let m = Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.yaml"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let shared = stylefarm_testkit::fixtures::shared().display().to_string();
+    let env = |name: &str| (name == "STYLEFARM_SHARED").then(|| shared.clone());
+    let m = Manifest::load_with_env(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.yaml"),
+        &env,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.jobs.len(), 5);
 }

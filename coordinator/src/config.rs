@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use stylefarm_core::limits::{MAX_ATTEMPTS, MAX_JOBS_PER_BATCH};
+
 /// `stylefarm-coordinator` flags.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -34,7 +36,7 @@ pub struct Config {
     pub heartbeat_ms: Option<u32>,
 
     /// Attempts per job when a batch does not say.
-    #[arg(long, env = "STYLEFARM_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, env = "STYLEFARM_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ATTEMPTS)))]
     pub max_attempts: u32,
 
     /// A worker that failed this many attempts of one batch gets no more of its jobs.
@@ -42,7 +44,7 @@ pub struct Config {
     pub max_worker_failures: u32,
 
     /// Most jobs in one batch.
-    #[arg(long, env = "STYLEFARM_MAX_JOBS_PER_BATCH", default_value_t = 100_000)]
+    #[arg(long, env = "STYLEFARM_MAX_JOBS_PER_BATCH", default_value_t = MAX_JOBS_PER_BATCH)]
     pub max_jobs_per_batch: u32,
 
     /// Largest SubmitBatch request accepted, in bytes.

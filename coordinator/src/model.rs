@@ -1,86 +1,9 @@
-//! The coordinator's domain: batches, jobs, workers, their states and leases.
+//! The coordinator's domain: batches, jobs, workers and leases. Their states are core's
+//! [`JobState`] and [`BatchState`], shared with the CLI.
 
 use std::collections::BTreeMap;
 
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum JobState {
-    /// Waiting for a worker.
-    Queued,
-    /// Leased to a worker that has not reported progress yet.
-    Leased,
-    /// Its worker has sent a heartbeat.
-    Running,
-    /// Finished; one attempt's output is the result.
-    Succeeded,
-    /// Out of attempts, or failed on a bad input.
-    Failed,
-    /// Cancelled by a user.
-    Cancelled,
-}
-
-impl JobState {
-    /// Every state, in life order.
-    pub const ALL: [JobState; 6] = [
-        Self::Queued,
-        Self::Leased,
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    /// The name stored in the database and shown to users.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Leased => "leased",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// True for states a job does not leave on its own.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-}
-
-/// Where a batch is, derived from its jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchState {
-    /// Some job has not ended.
-    Running,
-    /// Every job succeeded.
-    Succeeded,
-    /// Every job ended and at least one failed.
-    Failed,
-    /// Every job ended, none failed, at least one was cancelled.
-    Cancelled,
-}
-
-impl BatchState {
-    /// The state of a batch whose jobs are in `counts`.
-    pub fn of(counts: &BTreeMap<JobState, u64>) -> Self {
-        let n = |s: JobState| counts.get(&s).copied().unwrap_or(0);
-        if JobState::ALL.iter().any(|s| !s.is_terminal() && n(*s) > 0) {
-            Self::Running
-        } else if n(JobState::Failed) > 0 {
-            Self::Failed
-        } else if n(JobState::Cancelled) > 0 {
-            Self::Cancelled
-        } else {
-            Self::Succeeded
-        }
-    }
-}
+pub use stylefarm_core::{BatchState, JobState, Losses, Progress};
 
 /// One job of a batch to be stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,30 +98,6 @@ pub struct Completion {
     pub result_key: String,
     /// Its JSON sidecar, if written.
     pub sidecar_key: Option<String>,
-}
-
-/// Loss terms a worker reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Losses {
-    /// Content term.
-    pub content: f64,
-    /// Style term.
-    pub style: f64,
-    /// Total variation term.
-    pub tv: f64,
-    /// Weighted sum.
-    pub total: f64,
-}
-
-/// Progress a worker reports with a heartbeat.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Progress {
-    /// Iterations done.
-    pub iteration: u32,
-    /// Latest losses.
-    pub losses: Losses,
-    /// Latest checkpoint written.
-    pub checkpoint_key: Option<String>,
 }
 
 /// A job's stored record.

@@ -4,18 +4,28 @@
 //!   one place and carried unchanged through manifests, job specs and sidecars.
 //! - [`spec`]: [`JobSpec`], one job as every component sees it: input references,
 //!   parameters, the weights' identity and the output key.
+//! - [`progress`]: [`Losses`] and [`Progress`], how far a job got.
+//! - [`state`]: [`JobState`] and [`BatchState`], the lives of jobs and batches.
+//! - [`limits`]: bounds that several components check (attempts, jobs per batch).
+//! - [`fs`]: [`fs::write_atomic`], the one way files are replaced.
 //! - [`rng`]: a seeded generator that is the same on every platform.
 //! - [`error`]: [`InvalidField`], the validation error that names the field at fault.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and the SIGTERM/SIGINT future that
 //!   every binary passes to its `run`.
 
 pub mod error;
+pub mod fs;
+pub mod limits;
 pub mod params;
+pub mod progress;
 pub mod rng;
 pub mod shutdown;
 pub mod spec;
+pub mod state;
 pub mod telemetry;
 
 pub use error::InvalidField;
 pub use params::{InitKind, OptimizerKind, Pooling, RenderParams, WeightedLayer};
+pub use progress::{Losses, Progress};
 pub use spec::{JobSpec, ObjectRef, StyleRef};
+pub use state::{BatchState, JobState};

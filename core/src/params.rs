@@ -17,6 +17,7 @@ pub const MAX_ITERATIONS: u32 = 100_000;
 
 /// Which optimizer moves the pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// L-BFGS as torch.optim.LBFGS (no line search), one iteration per evaluation.
@@ -28,6 +29,7 @@ pub enum OptimizerKind {
 
 /// Where the optimized image starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum InitKind {
     /// The content photo itself.
@@ -41,6 +43,7 @@ pub enum InitKind {
 
 /// Pooling used between VGG blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// 2x2 max pooling, as the network was trained.

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use stylefarm_deploy::{Container, Deploy};
+use stylefarm_testkit::fixtures::{real_weights, shared};
 use stylefarm_testkit::garage::Garage;
 use stylefarm_testkit::process::{http_get, poll_file, ready_field, workspace_bin, Proc};
 
@@ -23,13 +24,6 @@ const FETCHED_VGG19: &str = "stylefarm/weights/vgg19-torchvision.safetensors";
 
 fn deploy() -> Deploy {
     Deploy::load(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("manifests parse")
-}
-
-fn shared() -> PathBuf {
-    std::env::var_os("STYLEFARM_SHARED").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-        PathBuf::from,
-    )
 }
 
 /// The binary a container runs: its command, else its image's entrypoint.
@@ -345,7 +339,7 @@ fn the_farm_runs_as_deployed() {
     std::fs::write(&secret_file, secret("stylefarm-s3", &item.key)).expect("secret file");
     let weights = local(w, &wenv["STYLEFARM_WEIGHTS"], dir.path());
     std::fs::create_dir_all(weights.parent().expect("folder")).expect("volume");
-    let real = shared().join("weights/vgg19-caffe-conv1_1-conv3_4.safetensors");
+    let real = real_weights();
     std::fs::copy(&real, &weights).expect("weights");
     assert!(
         wenv["STYLEFARM_STORAGE"].starts_with("s3://"),

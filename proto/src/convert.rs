@@ -7,7 +7,8 @@
 
 use stylefarm_core::params::{RenderParams, DEFAULT_ADAM_LR};
 use stylefarm_core::{
-    InitKind, InvalidField, JobSpec, ObjectRef, OptimizerKind, Pooling, StyleRef, WeightedLayer,
+    BatchState, InitKind, InvalidField, JobSpec, JobState, Losses, ObjectRef, OptimizerKind,
+    Pooling, StyleRef, WeightedLayer,
 };
 
 use crate::v1;
@@ -175,6 +176,79 @@ impl From<&ObjectRef> for v1::ObjectRef {
             uri: o.uri.clone(),
             sha256: o.sha256.clone(),
             label: o.label.clone(),
+        }
+    }
+}
+
+impl From<JobState> for v1::JobState {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Queued => Self::Queued,
+            JobState::Leased => Self::Leased,
+            JobState::Running => Self::Running,
+            JobState::Succeeded => Self::Succeeded,
+            JobState::Failed => Self::Failed,
+            JobState::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<BatchState> for v1::BatchState {
+    fn from(s: BatchState) -> Self {
+        match s {
+            BatchState::Queued => Self::Queued,
+            BatchState::Running => Self::Running,
+            BatchState::Succeeded => Self::Succeeded,
+            BatchState::Failed => Self::Failed,
+            BatchState::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// A job state as the wire's integer carries it; unspecified or unknown values (from a
+/// newer coordinator, say) are an error naming `field`.
+pub fn job_state(field: &str, wire: i32) -> Result<JobState, InvalidField> {
+    Ok(match v1::JobState::try_from(wire) {
+        Ok(v1::JobState::Queued) => JobState::Queued,
+        Ok(v1::JobState::Leased) => JobState::Leased,
+        Ok(v1::JobState::Running) => JobState::Running,
+        Ok(v1::JobState::Succeeded) => JobState::Succeeded,
+        Ok(v1::JobState::Failed) => JobState::Failed,
+        Ok(v1::JobState::Cancelled) => JobState::Cancelled,
+        Ok(v1::JobState::Unspecified) | Err(_) => return Err(unknown_enum(field, wire)),
+    })
+}
+
+/// A batch state as the wire's integer carries it (see [`job_state`]).
+pub fn batch_state(field: &str, wire: i32) -> Result<BatchState, InvalidField> {
+    Ok(match v1::BatchState::try_from(wire) {
+        Ok(v1::BatchState::Queued) => BatchState::Queued,
+        Ok(v1::BatchState::Running) => BatchState::Running,
+        Ok(v1::BatchState::Succeeded) => BatchState::Succeeded,
+        Ok(v1::BatchState::Failed) => BatchState::Failed,
+        Ok(v1::BatchState::Cancelled) => BatchState::Cancelled,
+        Ok(v1::BatchState::Unspecified) | Err(_) => return Err(unknown_enum(field, wire)),
+    })
+}
+
+impl From<&Losses> for v1::Losses {
+    fn from(l: &Losses) -> Self {
+        Self {
+            content: l.content,
+            style: l.style,
+            tv: l.tv,
+            total: l.total,
+        }
+    }
+}
+
+impl From<v1::Losses> for Losses {
+    fn from(l: v1::Losses) -> Self {
+        Self {
+            content: l.content,
+            style: l.style,
+            tv: l.tv,
+            total: l.total,
         }
     }
 }

@@ -57,12 +57,12 @@ impl Convention {
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     /// The file could not be read.
-    #[error("cannot read weights file {path}: {source}")]
+    #[error("cannot read weights file {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, so not also a `source()`).
+        cause: std::io::Error,
     },
     /// The file is not a valid safetensors file.
     #[error("weights file {path} is not a valid safetensors file: {reason}")]
@@ -83,6 +83,15 @@ pub enum WeightsError {
         value: String,
         /// What is allowed.
         allowed: &'static str,
+    },
+    /// A tensor the architecture needs is not in the file (it changed after it was
+    /// inspected, or it was written incomplete).
+    #[error("weights file {path} has no tensor {key}: the file changed since it was inspected or is incomplete; convert or fetch it again (`stylefarm weights fetch`)")]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name, e.g. `features.5.weight`.
+        key: String,
     },
     /// A job asks for a layer the file cannot compute.
     #[error("layer {layer} is not available in {path} ({arch}); it has: {available}")]
@@ -125,9 +134,9 @@ pub struct WeightsInfo {
 impl WeightsInfo {
     /// Reads a file's header and hashes it.
     pub fn inspect(path: &Path) -> Result<Self, WeightsError> {
-        let io = |source| WeightsError::Io {
+        let io = |cause| WeightsError::Io {
             path: path.to_owned(),
-            source,
+            cause,
         };
         let format = |reason: String| WeightsError::Format {
             path: path.to_owned(),

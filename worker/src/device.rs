@@ -14,7 +14,7 @@ pub enum DeviceArg {
 }
 
 /// Whether this build links PyTorch's CUDA backend (libtorch_cuda.so): false where
-/// the libtorch it was built against is CPU-only. See worker/link.rs.
+/// the libtorch it was built against is CPU-only. See link/src/lib.rs.
 pub const CUDA_BACKEND_LINKED: bool = matches!(env!("STYLEFARM_LIBTORCH_CUDA").as_bytes(), b"1");
 
 /// CUDA was asked for and libtorch sees none.

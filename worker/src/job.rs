@@ -27,11 +27,10 @@ pub struct NamedBytes {
 impl NamedBytes {
     /// Reads a local file.
     pub fn read(path: &std::path::Path) -> Result<Self, EngineError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| crate::engine::ImageError::Unreadable {
-                name: path.display().to_string(),
-                source,
-            })?;
+        let bytes = std::fs::read(path).map_err(|cause| crate::engine::ImageError::Unreadable {
+            name: path.display().to_string(),
+            cause,
+        })?;
         Ok(Self {
             source: path.display().to_string(),
             label: String::new(),

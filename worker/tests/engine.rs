@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use image::{DynamicImage, ImageEncoder, Rgb32FImage};
 use stylefarm_core::params::{layers, DEFAULT_ADAM_LR};
 use stylefarm_core::{InitKind, OptimizerKind, RenderParams};
+use stylefarm_weights::{synthetic, Architecture, WeightsError};
 use stylefarm_worker::engine::image_io::{self, DEFAULT_MAX_PIXELS};
 use stylefarm_worker::engine::{EngineError, ImageError, Outcome, Render};
 use tch::Device;
@@ -176,6 +177,33 @@ fn a_layer_the_file_lacks_is_named_with_those_it_has() {
     .to_string();
     assert!(err.contains("relu4_1"), "{err}");
     assert!(err.contains("relu3_1") && err.contains("conv3_4"), "{err}");
+}
+
+#[test]
+fn a_weights_file_missing_a_tensor_names_the_tensor_and_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let info = common::random_weights(dir.path(), Architecture::Vgg19, "conv2_1", None, 1);
+    // The file loses conv2_1 (features.5) after it was inspected.
+    synthetic::write_random_vgg(&info.path, Architecture::Vgg19, "conv1_2", None, 1)
+        .expect("rewrite");
+    let params = RenderParams {
+        content_layers: layers(&["relu2_1"]),
+        style_layers: layers(&["relu1_1", "relu2_1"]),
+        ..common::small_params(1)
+    };
+    let err = Render::new(&info, &params, &common::small_inputs(), Device::Cpu)
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(
+        matches!(
+            &err,
+            EngineError::Weights(WeightsError::MissingTensor { key, .. }) if key == "features.5.weight"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(&info.path.display().to_string()), "{text}");
+    assert!(!text.contains("checkpoint"), "{text}");
 }
 
 #[test]

@@ -210,7 +210,7 @@ async fn watch<S: Store>(
             .collect();
         // The batch's state over everything known, not just the jobs sent so far: a
         // snapshot's first finished job must not read as a finished batch.
-        let overall = convert::batch_state(batch_state(&known)) as i32;
+        let overall = v1::BatchState::from(batch_state(&known)) as i32;
         for job in fresh {
             let event = v1::BatchEvent {
                 job: Some(convert::job_status(&job)),
@@ -220,7 +220,7 @@ async fn watch<S: Store>(
                 return;
             }
         }
-        if batch_state(&known) != BatchState::Running {
+        if batch_state(&known).has_ended() {
             return;
         }
         tokio::select! {

@@ -5,16 +5,15 @@ use std::collections::HashMap;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
+use stylefarm_core::limits::MAX_ATTEMPTS;
 use stylefarm_core::{InvalidField, JobSpec};
 use stylefarm_proto::v1;
 
 use crate::config::Config;
-use crate::model::{BatchRecord, BatchState, JobRecord, JobState, NewBatch, NewJob, NewWorker};
+use crate::model::{BatchRecord, JobRecord, NewBatch, NewJob, NewWorker};
 
 /// Longest batch name or client token.
 const MAX_LABEL: usize = 200;
-/// Most attempts a batch may ask for.
-const MAX_ATTEMPTS: u32 = 100;
 
 /// Validates a submission and expands it into the batch to store. Errors name the job
 /// (index and output name) and the field.
@@ -157,35 +156,13 @@ pub fn attempt_prefix(batch_id: &str, job_id: &str, attempt: u32) -> String {
     format!("batches/{batch_id}/jobs/{job_id}/attempt-{attempt:03}")
 }
 
-/// A job state on the wire.
-pub fn job_state(s: JobState) -> v1::JobState {
-    match s {
-        JobState::Queued => v1::JobState::Queued,
-        JobState::Leased => v1::JobState::Leased,
-        JobState::Running => v1::JobState::Running,
-        JobState::Succeeded => v1::JobState::Succeeded,
-        JobState::Failed => v1::JobState::Failed,
-        JobState::Cancelled => v1::JobState::Cancelled,
-    }
-}
-
-/// A batch state on the wire.
-pub fn batch_state(s: BatchState) -> v1::BatchState {
-    match s {
-        BatchState::Running => v1::BatchState::Running,
-        BatchState::Succeeded => v1::BatchState::Succeeded,
-        BatchState::Failed => v1::BatchState::Failed,
-        BatchState::Cancelled => v1::BatchState::Cancelled,
-    }
-}
-
 /// A job on the wire.
 pub fn job_status(j: &JobRecord) -> v1::JobStatus {
     v1::JobStatus {
         job_id: j.job_id.clone(),
         batch_id: j.batch_id.clone(),
         name: j.name.clone(),
-        state: job_state(j.state) as i32,
+        state: v1::JobState::from(j.state) as i32,
         attempt: j.attempt,
         iteration: j.iteration,
         iterations: j.iterations,
@@ -209,7 +186,7 @@ pub fn batch(b: &BatchRecord, jobs: &[JobRecord]) -> v1::Batch {
     v1::Batch {
         batch_id: b.batch_id.clone(),
         name: b.name.clone(),
-        state: batch_state(b.state()) as i32,
+        state: v1::BatchState::from(b.state()) as i32,
         priority: b.priority,
         created_unix_ms: b.created_ms,
         jobs_by_state: b

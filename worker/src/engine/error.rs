@@ -7,12 +7,12 @@ use stylefarm_weights::WeightsError;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// The file could not be read.
-    #[error("cannot read image {name}: {source}")]
+    #[error("cannot read image {name}: {cause}")]
     Unreadable {
         /// Which image.
         name: String,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, so not also a `source()`).
+        cause: std::io::Error,
     },
     /// Zero bytes.
     #[error("image {name} is empty (0 bytes)")]
@@ -59,7 +59,7 @@ pub enum ImageError {
 pub enum EngineError {
     /// A parameter is out of range.
     #[error("invalid parameter {0}")]
-    Param(#[from] InvalidField),
+    Param(InvalidField),
     /// The weights file cannot serve this job.
     #[error(transparent)]
     Weights(#[from] WeightsError),
@@ -110,6 +110,14 @@ pub enum EngineError {
         /// The loss value.
         value: f64,
     },
+}
+
+// By hand rather than `#[from]`, which would also make the field a `source()`: the
+// message already carries it, and a chain would print it twice.
+impl From<InvalidField> for EngineError {
+    fn from(e: InvalidField) -> Self {
+        Self::Param(e)
+    }
 }
 
 impl From<tch::TchError> for EngineError {

@@ -17,9 +17,9 @@ pub const DEFAULT_MAX_PIXELS: u64 = 8192 * 8192;
 
 /// Reads and decodes an image file; `what` names it in errors ("content image").
 pub fn load(path: &Path, max_pixels: u64) -> Result<Rgb32FImage, ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Unreadable {
+    let bytes = std::fs::read(path).map_err(|cause| ImageError::Unreadable {
         name: path.display().to_string(),
-        source,
+        cause,
     })?;
     decode(&bytes, &path.display().to_string(), max_pixels)
 }
@@ -37,9 +37,9 @@ pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb32FImage, 
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|source| ImageError::Unreadable {
+        .map_err(|cause| ImageError::Unreadable {
             name: name.to_owned(),
-            source,
+            cause,
         })?;
     let Some(format) = reader.format() else {
         return Err(ImageError::UnknownFormat {

@@ -7,23 +7,11 @@
 //!
 //! Targets are computed once, without gradients, when the objective is built.
 
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::vgg::Vgg;
 
-/// Loss values at one point.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Losses {
-    /// Weighted content term.
-    pub content: f64,
-    /// Weighted style term.
-    pub style: f64,
-    /// Weighted total-variation term.
-    pub tv: f64,
-    /// Their sum.
-    pub total: f64,
-}
+pub use stylefarm_core::Losses;
 
 /// The normalised Gram matrix of `[1, C, H, W]` activations.
 pub fn gram(f: &Tensor) -> Tensor {

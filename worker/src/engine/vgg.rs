@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use stylefarm_core::Pooling;
-use stylefarm_weights::{Convention, LayerKind, WeightsInfo};
+use stylefarm_weights::{Convention, LayerKind, WeightsError, WeightsInfo};
 use tch::{Device, Kind, Tensor};
 
 use super::error::EngineError;
@@ -49,8 +49,9 @@ impl Vgg {
                         tensors
                             .remove(&key)
                             .map(|t| t.to_kind(Kind::Float).to_device(device).detach())
-                            .ok_or_else(|| EngineError::Checkpoint {
-                                reason: format!("{key} vanished from {}", info.path.display()),
+                            .ok_or_else(|| WeightsError::MissingTensor {
+                                path: info.path.clone(),
+                                key,
                             })
                     };
                     Op::Conv {

@@ -2,23 +2,21 @@
 //! heartbeat, checkpoint, publish, report. Every way it can end is reported to the
 //! coordinator, so the lease is never left to expire when the worker is alive.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Mutex;
 use stylefarm_core::{JobSpec, ObjectRef};
 use stylefarm_proto::v1;
 use stylefarm_storage::StorageError;
-
-use tokio::sync::{mpsc, watch, Notify};
-use tokio_util::sync::CancellationToken;
-use tonic::Code;
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::engine_thread::{self, EngineJob, Event, Finished};
+use super::heartbeat::Heartbeats;
+use super::stop::{Stop, StopSignal};
 use super::Node;
 use crate::engine::EngineError;
+use crate::engine::Progress;
 use crate::job::{JobInputs, NamedBytes};
 
 /// Why an attempt failed, and whether another attempt could succeed.
@@ -52,61 +50,22 @@ impl From<EngineError> for Failure {
     }
 }
 
-/// Why the engine was asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    /// The coordinator cancelled the job.
-    Cancelled,
-    /// The lease is gone (a newer attempt holds the job).
-    Lost,
-    /// The worker is draining (SIGTERM).
-    Drain,
-}
-
 /// A leased job and the task that heartbeats it, from the lease to the attempt's last
 /// word. A prefetched job is held this way while the one before it still runs.
 pub struct Held {
     lease: v1::Lease,
-    latest: Arc<Mutex<v1::HeartbeatRequest>>,
-    cancel: Arc<AtomicBool>,
-    stop_tx: watch::Sender<Option<Stop>>,
-    stop: watch::Receiver<Option<Stop>>,
-    beat_now: Arc<Notify>,
-    keeper_done: CancellationToken,
-    keeper: Option<tokio::task::JoinHandle<()>>,
+    stop: StopSignal,
+    heartbeats: Heartbeats,
 }
 
 impl Held {
     fn new(node: &Arc<Node>, lease: v1::Lease) -> Self {
-        let latest = Arc::new(Mutex::new(v1::HeartbeatRequest {
-            worker_id: node.worker_id.clone(),
-            job_id: lease.job_id.clone(),
-            fencing_token: lease.fencing_token,
-            iteration: 0,
-            losses: None,
-            checkpoint_key: String::new(),
-        }));
-        let cancel = Arc::new(AtomicBool::new(false));
-        let (stop_tx, stop) = watch::channel(None::<Stop>);
-        let keeper_done = CancellationToken::new();
-        let beat_now = Arc::new(Notify::new());
-        let keeper = tokio::spawn(keep_alive(
-            Arc::clone(node),
-            Arc::clone(&latest),
-            Arc::clone(&cancel),
-            stop_tx.clone(),
-            Arc::clone(&beat_now),
-            keeper_done.clone(),
-        ));
+        let stop = StopSignal::default();
+        let heartbeats = Heartbeats::start(node, &lease, stop.clone());
         Self {
             lease,
-            latest,
-            cancel,
-            stop_tx,
             stop,
-            beat_now,
-            keeper_done,
-            keeper: Some(keeper),
+            heartbeats,
         }
     }
 
@@ -114,21 +73,9 @@ impl Held {
         tracing::info_span!("job", job = %self.lease.job_id, attempt = self.lease.attempt)
     }
 
-    fn stopped(&self) -> Option<Stop> {
-        *self.stop.borrow()
-    }
-
-    /// Stops the heartbeats, so that none arrives after the attempt's last word.
-    async fn quiet(&mut self) {
-        self.keeper_done.cancel();
-        if let Some(k) = self.keeper.take() {
-            let _ = k.await;
-        }
-    }
-
     /// Hands the job back to the queue without spending an attempt.
     async fn release(mut self, node: &Node, checkpoint: (String, u32)) {
-        self.quiet().await;
+        self.heartbeats.stop().await;
         let req = v1::ReleaseJobRequest {
             worker_id: node.worker_id.clone(),
             job_id: self.lease.job_id.clone(),
@@ -145,7 +92,7 @@ impl Held {
     }
 
     async fn fail(mut self, node: &Node, f: &Failure) {
-        self.quiet().await;
+        self.heartbeats.stop().await;
         report_failure(node, &self.lease, f).await;
     }
 }
@@ -278,46 +225,6 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
     })
 }
 
-/// Heartbeats on a task of its own, so that nothing the attempt waits for (a storage
-/// outage while uploading, a long iteration) can let the lease lapse. It reads the
-/// latest progress from `latest` and reports what the coordinator says through `stop`.
-async fn keep_alive(
-    node: Arc<Node>,
-    latest: Arc<Mutex<v1::HeartbeatRequest>>,
-    cancel: Arc<AtomicBool>,
-    stop: watch::Sender<Option<Stop>>,
-    now: Arc<Notify>,
-    done: CancellationToken,
-) {
-    let mut beat = tokio::time::interval(node.heartbeat);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = beat.tick() => {}
-            () = now.notified() => {}
-            () = done.cancelled() => return,
-        }
-        let req = latest.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match node.client().heartbeat(req).await {
-            Ok(r) if r.get_ref().cancelled => {
-                if stop.borrow().is_none() {
-                    tracing::info!("the coordinator cancelled the job");
-                    cancel.store(true, Ordering::SeqCst);
-                    let _ = stop.send(Some(Stop::Cancelled));
-                }
-            }
-            Ok(_) => {}
-            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
-                tracing::warn!(cause = %s.message(), "the lease is gone; abandoning the attempt");
-                cancel.store(true, Ordering::SeqCst);
-                let _ = stop.send(Some(Stop::Lost));
-                return;
-            }
-            Err(s) => tracing::warn!(cause = %s.message(), "heartbeat failed; will retry"),
-        }
-    }
-}
-
 /// Where the progress of the running job must reach before the next job is leased and
 /// its inputs fetched; `None` when prefetching is off.
 fn prefetch_at(node: &Node, iterations: u32) -> Option<u32> {
@@ -327,64 +234,111 @@ fn prefetch_at(node: &Node, iterations: u32) -> Option<u32> {
     Some((f64::from(iterations) * at).floor() as u32)
 }
 
-async fn execute(node: &Arc<Node>, mut held: Held, job: EngineJob) -> Option<Ready> {
+/// The running attempt as [`execute`] follows it: the checkpoint uploads beside the run,
+/// the newest checkpoint stored, and the next job once prefetching began.
+struct Running {
+    held: Held,
+    prefetch_from: Option<u32>,
+    prefetch: Option<tokio::task::JoinHandle<Option<Ready>>>,
+    uploads: tokio::task::JoinSet<(Result<(), StorageError>, String, u32)>,
+    checkpoint: (String, u32),
+}
+
+impl Running {
+    /// An iteration finished: report it, and start prefetching once it is far enough.
+    fn on_progress(&mut self, node: &Arc<Node>, p: &Progress) {
+        if self.prefetch.is_none()
+            && !node.draining.is_cancelled()
+            && self.prefetch_from.is_some_and(|at| p.iteration >= at)
+        {
+            tracing::debug!(iteration = p.iteration, "prefetching the next job");
+            let node = Arc::clone(node);
+            self.prefetch = Some(tokio::spawn(async move { next(&node).await }));
+        }
+        self.held.heartbeats.update(|hb| {
+            hb.iteration = p.iteration;
+            hb.losses = p.losses;
+        });
+    }
+
+    /// The engine sent a checkpoint: upload it beside the run, unless the job is
+    /// cancelled or lost. A newer checkpoint supersedes one still uploading (during a
+    /// storage outage they would pile up in memory).
+    fn on_checkpoint(&mut self, node: &Arc<Node>, iteration: u32, bytes: Vec<u8>) {
+        if matches!(self.held.stop.reason(), Some(Stop::Cancelled | Stop::Lost)) {
+            return;
+        }
+        let key = format!(
+            "{}/checkpoint-{iteration:06}.safetensors",
+            self.held.lease.attempt_prefix
+        );
+        let node = Arc::clone(node);
+        self.uploads.abort_all();
+        self.uploads
+            .spawn(async move { (upload(&node, &key, bytes).await, key, iteration) });
+    }
+
+    /// A checkpoint upload ended; the newest one stored is reported at once.
+    fn on_upload(&mut self, done: UploadDone) {
+        if record_upload(done, &mut self.checkpoint, &self.held.heartbeats) {
+            self.held.heartbeats.now();
+        }
+    }
+
+    /// SIGTERM: stop at the next iteration, checkpoint and hand the job back.
+    fn on_drain(&self) {
+        tracing::info!(
+            "draining: stopping at the next iteration to checkpoint and hand the job back"
+        );
+        self.held.stop.request(Stop::Drain);
+    }
+}
+
+type UploadDone = Result<(Result<(), StorageError>, String, u32), tokio::task::JoinError>;
+
+async fn execute(node: &Arc<Node>, held: Held, job: EngineJob) -> Option<Ready> {
     let name = job.spec.name.clone();
     let prefetch_from = prefetch_at(node, job.spec.params.iterations);
     let (tx, mut events) = mpsc::unbounded_channel();
-    if held.stopped().is_none() {
-        engine_thread::spawn(job, Arc::clone(&held.cancel), tx);
+    if held.stop.reason().is_none() {
+        engine_thread::spawn(job, held.stop.flag(), tx);
     } else {
         // Cancelled (or lost) while it waited as the prefetched job: nothing to run.
         drop(tx);
     }
-    let mut prefetch: Option<tokio::task::JoinHandle<Option<Ready>>> = None;
-    // Checkpoints upload beside the run; the newest one stored is what we report.
-    let mut uploads = tokio::task::JoinSet::new();
-    let mut checkpoint = (held.lease.checkpoint_key.clone(), 0u32);
+    let mut stop_changed = held.stop.watch();
+    let mut run = Running {
+        prefetch_from,
+        checkpoint: (held.lease.checkpoint_key.clone(), 0),
+        held,
+        prefetch: None,
+        uploads: tokio::task::JoinSet::new(),
+    };
     let finished = loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(Event::Progress(p)) => {
-                    if prefetch.is_none() && !node.draining.is_cancelled() && prefetch_from.is_some_and(|at| p.iteration >= at) {
-                        tracing::debug!(iteration = p.iteration, "prefetching the next job");
-                        let node = Arc::clone(node);
-                        prefetch = Some(tokio::spawn(async move { next(&node).await }));
-                    }
-                    let mut hb = held.latest.lock().unwrap_or_else(|p| p.into_inner());
-                    hb.iteration = p.iteration;
-                    hb.losses = Some(v1::Losses { content: p.losses.content, style: p.losses.style, tv: p.losses.tv, total: p.losses.total });
-                }
-                Some(Event::Checkpoint { iteration, bytes }) => {
-                    if !matches!(held.stopped(), Some(Stop::Cancelled | Stop::Lost)) {
-                        let key = format!("{}/checkpoint-{iteration:06}.safetensors", held.lease.attempt_prefix);
-                        let node = Arc::clone(node);
-                        // A newer checkpoint supersedes one still uploading (during a
-                        // storage outage they would pile up in memory).
-                        uploads.abort_all();
-                        uploads.spawn(async move { (upload(&node, &key, bytes).await, key, iteration) });
-                    }
-                }
+                Some(Event::Progress(p)) => run.on_progress(node, &p),
+                Some(Event::Checkpoint { iteration, bytes }) => run.on_checkpoint(node, iteration, bytes),
                 Some(Event::Done(result)) => break Some(result),
                 None => break None,
             },
-            Some(done) = uploads.join_next(), if !uploads.is_empty() => {
-                if record_upload(done, &mut checkpoint, &held.latest) {
-                    held.beat_now.notify_one();
-                }
-            }
-            () = node.draining.cancelled(), if held.stopped().is_none() => {
-                tracing::info!("draining: stopping at the next iteration to checkpoint and hand the job back");
-                held.cancel.store(true, Ordering::SeqCst);
-                let _ = held.stop_tx.send(Some(Stop::Drain));
-            }
-            _ = held.stop.changed() => {}
+            Some(done) = run.uploads.join_next(), if !run.uploads.is_empty() => run.on_upload(done),
+            () = node.draining.cancelled(), if run.held.stop.reason().is_none() => run.on_drain(),
+            _ = stop_changed.changed() => {}
         }
     };
+    let Running {
+        held,
+        prefetch,
+        mut uploads,
+        mut checkpoint,
+        ..
+    } = run;
     let tail = {
         let node = Arc::clone(node);
         async move {
             while let Some(done) = uploads.join_next().await {
-                record_upload(done, &mut checkpoint, &held.latest);
+                record_upload(done, &mut checkpoint, &held.heartbeats);
             }
             conclude(&node, held, finished, checkpoint, &name).await;
         }
@@ -407,17 +361,17 @@ async fn conclude(
 ) {
     let finished = match finished {
         Some(f) => f,
-        None if held.stopped().is_some() => Ok(Finished::Stopped { iteration: 0 }),
+        None if held.stop.reason().is_some() => Ok(Finished::Stopped { iteration: 0 }),
         None => Err(EngineError::Torch {
             reason: "the engine thread ended without a result".into(),
         }),
     };
-    match (finished, held.stopped()) {
-        (_, Some(Stop::Lost)) => held.quiet().await,
+    match (finished, held.stop.reason()) {
+        (_, Some(Stop::Lost)) => held.heartbeats.stop().await,
         // A render that finished is published even when a drain began meanwhile.
         (Ok(Finished::Rendered { png, sidecar }), None | Some(Stop::Drain)) => {
             let published = publish(node, &held.lease, name, png, sidecar).await;
-            held.quiet().await;
+            held.heartbeats.stop().await;
             match published {
                 Ok(req) => complete(node, req).await,
                 Err(f) => report_failure(node, &held.lease, &f).await,
@@ -438,16 +392,13 @@ async fn conclude(
 /// Notes a finished checkpoint upload; true when it is the newest stored, which the
 /// next heartbeat (sent at once) reports.
 fn record_upload(
-    done: Result<(Result<(), StorageError>, String, u32), tokio::task::JoinError>,
+    done: UploadDone,
     checkpoint: &mut (String, u32),
-    latest: &Mutex<v1::HeartbeatRequest>,
+    heartbeats: &Heartbeats,
 ) -> bool {
     match done {
         Ok((Ok(()), key, iteration)) if iteration > checkpoint.1 => {
-            latest
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .checkpoint_key = key.clone();
+            heartbeats.update(|hb| hb.checkpoint_key = Some(key.clone()));
             *checkpoint = (key, iteration);
             true
         }

@@ -7,6 +7,17 @@ use stylefarm_storage::StorageArgs;
 
 use crate::device::DeviceArg;
 
+/// Jobs a worker runs at once unless told otherwise.
+pub const DEFAULT_SLOTS: u32 = 1;
+/// When the next job is leased, as a fraction of the running job's iterations.
+pub const DEFAULT_PREFETCH_AT: f64 = 0.8;
+/// Iterations between checkpoints.
+pub const DEFAULT_CHECKPOINT_EVERY: u32 = 50;
+/// Largest input a worker accepts unless told otherwise, in pixels.
+pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 100_000_000;
+/// Time allowed on SIGTERM to checkpoint and hand jobs back (ms).
+pub const DEFAULT_GRACE_MS: u64 = 30_000;
+
 /// Worker node settings.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -36,7 +47,7 @@ pub struct WorkerConfig {
     pub device: DeviceArg,
 
     /// Jobs run at once.
-    #[arg(long, env = "STYLEFARM_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, env = "STYLEFARM_SLOTS", default_value_t = DEFAULT_SLOTS, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub slots: u32,
 
     /// CPU threads for libtorch (default: libtorch's choice).
@@ -45,7 +56,7 @@ pub struct WorkerConfig {
 
     /// Lease the next job and fetch its inputs once the running job is this far along
     /// (a fraction of its iterations), so the device does not wait for downloads.
-    #[arg(long, env = "STYLEFARM_PREFETCH_AT", default_value_t = 0.8, value_parser = fraction)]
+    #[arg(long, env = "STYLEFARM_PREFETCH_AT", default_value_t = DEFAULT_PREFETCH_AT, value_parser = fraction)]
     pub prefetch_at: f64,
 
     /// Lease a job only when a slot is free (no prefetching).
@@ -53,18 +64,18 @@ pub struct WorkerConfig {
     pub no_prefetch: bool,
 
     /// Write a checkpoint every this many iterations (and on SIGTERM).
-    #[arg(long, env = "STYLEFARM_CHECKPOINT_EVERY", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "STYLEFARM_CHECKPOINT_EVERY", default_value_t = DEFAULT_CHECKPOINT_EVERY, value_parser = clap::value_parser!(u32).range(1..))]
     pub checkpoint_every: u32,
 
     /// On SIGTERM, time allowed to checkpoint and hand jobs back before exiting (ms).
-    #[arg(long, env = "STYLEFARM_GRACE_MS", default_value_t = 30_000)]
+    #[arg(long, env = "STYLEFARM_GRACE_MS", default_value_t = DEFAULT_GRACE_MS)]
     pub grace_ms: u64,
 
     /// Largest input accepted, in pixels (checked before decoding).
     #[arg(
         long,
         env = "STYLEFARM_MAX_INPUT_PIXELS",
-        default_value_t = 100_000_000
+        default_value_t = DEFAULT_MAX_INPUT_PIXELS
     )]
     pub max_input_pixels: u64,
 
@@ -78,6 +89,33 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// A worker inside another process (`stylefarm run`): the given coordinator, weights
+    /// and device, storage in a local folder, every other setting at its default.
+    pub fn local(
+        coordinator: String,
+        storage: &std::path::Path,
+        weights: PathBuf,
+        name: String,
+        device: DeviceArg,
+        threads: Option<i32>,
+    ) -> Self {
+        Self {
+            coordinator,
+            weights,
+            name: Some(name),
+            device,
+            slots: DEFAULT_SLOTS,
+            threads,
+            prefetch_at: DEFAULT_PREFETCH_AT,
+            no_prefetch: false,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            grace_ms: DEFAULT_GRACE_MS,
+            max_input_pixels: DEFAULT_MAX_INPUT_PIXELS,
+            store: StorageArgs::local(storage),
+            log_json: false,
+        }
+    }
+
     /// The prefetch point as a fraction of a job's iterations, unless prefetching is off.
     pub fn prefetch(&self) -> Option<f64> {
         (!self.no_prefetch).then_some(self.prefetch_at)

@@ -1,9 +1,17 @@
 //! The worker node: registers with the coordinator, then each slot leases a job, runs
 //! it ([`attempt`]) and leases the next, until SIGTERM drains it.
+//!
+//! - [`attempt`]: one leased job from lease to last word (prepare, run, publish, report).
+//! - [`engine_thread`]: the engine on a thread of its own, reporting over a channel.
+//! - [`heartbeat`]: the heartbeats of a held job, on a task of their own.
+//! - [`stop`]: why an attempt's engine was asked to stop, as one signal.
+//! - [`config`]: the worker's flags.
 
 pub mod attempt;
 pub mod config;
 pub mod engine_thread;
+pub mod heartbeat;
+pub mod stop;
 
 use std::future::Future;
 use std::sync::Arc;

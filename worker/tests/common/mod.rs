@@ -12,31 +12,12 @@ use stylefarm_core::RenderParams;
 use stylefarm_weights::{synthetic, Architecture, Convention, WeightsInfo};
 use stylefarm_worker::engine::{image_io, RenderInputs};
 
-/// The repository root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `../shared` beside the checkout (fixtures and real weights), or STYLEFARM_SHARED.
-pub fn shared() -> PathBuf {
-    std::env::var_os("STYLEFARM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("..").join("shared"))
-}
-
-/// A fixture image, e.g. `content/tubingen.jpg`.
-pub fn fixture(rel: &str) -> PathBuf {
-    let p = shared().join("fixtures").join(rel);
-    assert!(p.exists(), "fixture {} is missing", p.display());
-    p
-}
+pub use stylefarm_testkit::fixtures::{fixture, root};
 
 /// The partial real VGG19 (Caffe convention, conv1_1..conv3_4).
 pub fn real_weights() -> WeightsInfo {
-    let p = shared()
-        .join("weights")
-        .join("vgg19-caffe-conv1_1-conv3_4.safetensors");
-    WeightsInfo::inspect(&p).expect("real weights readable")
+    WeightsInfo::inspect(&stylefarm_testkit::fixtures::real_weights())
+        .expect("real weights readable")
 }
 
 /// Seeded random weights written under `dir`.

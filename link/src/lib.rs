@@ -1,6 +1,6 @@
-//! How the binaries link libtorch; shared by the build scripts of every crate with
-//! binaries or tests that run the engine (worker, cli). Link arguments do not pass from
-//! a library to its dependents, so each such crate's build.rs calls [`libtorch`].
+//! How the binaries link libtorch: a build-dependency of every crate with binaries or
+//! tests that run the engine (worker, cli). Link arguments do not pass from a library to
+//! its dependents, so each such crate's build.rs calls [`libtorch`].
 
 /// Emits the link arguments:
 /// - an rpath to the libtorch that torch-sys found, so binaries and tests run without

@@ -1,0 +1,288 @@
+//! Jobs and wedges expanded into one [`PlannedJob`] per output: a wedge is the product
+//! of its contents, looks and swept parameters, each output named after what it varies.
+
+use marked_yaml::types::MarkedScalarNode;
+use marked_yaml::{Node, Span};
+use serde_json::Value;
+use stylefarm_core::spec::check_name;
+
+use super::params::{param_value, Params};
+use super::reader::Reader;
+use super::{ImageRef, ManifestError, PlannedJob, MAX_JOBS};
+
+impl Reader<'_> {
+    pub(super) fn job(
+        &self,
+        node: &Node,
+        field: &str,
+        defaults: &Params,
+    ) -> Result<PlannedJob, ManifestError> {
+        let m = self.mapping(node, field)?;
+        self.known_keys(
+            m,
+            field,
+            &["name", "content", "style", "styles", "init_image", "params"],
+        )?;
+        let content = m
+            .get_node("content")
+            .ok_or_else(|| self.at(node.span(), field, "needs `content`: the photo to restyle"))?;
+        let content = self.image(content, &format!("{field}.content"))?;
+        let styles = match (m.get_node("style"), m.get_node("styles")) {
+            (Some(s), None) => self.look(s, &format!("{field}.style"))?,
+            (None, Some(s)) => {
+                let s_field = format!("{field}.styles");
+                if !matches!(s, Node::Sequence(_)) {
+                    return Err(self.at(
+                        s.span(),
+                        &s_field,
+                        "expected a list of style images (use `style:` for one)",
+                    ));
+                }
+                self.look(s, &s_field)?
+            }
+            (Some(_), Some(s)) => {
+                return Err(self.at(s.span(), field, "give `style` or `styles`, not both"))
+            }
+            (None, None) => {
+                return Err(self.at(
+                    node.span(),
+                    field,
+                    "needs `style` (one image) or `styles` (a blend)",
+                ))
+            }
+        };
+        let init_image = match m.get_node("init_image") {
+            Some(n) => Some(self.image(n, &format!("{field}.init_image"))?),
+            None => None,
+        };
+        let mut params = defaults.clone();
+        if let Some(p) = m.get_node("params") {
+            params.apply(self, p, &format!("{field}.params"))?;
+        }
+        let name = match m.get_node("name") {
+            Some(n) => self.string(n, &format!("{field}.name"))?,
+            None => default_name(&content, &styles, &[]),
+        };
+        self.finish(node, field, name, content, styles, init_image, &params)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        node: &Node,
+        field: &str,
+        name: String,
+        content: ImageRef,
+        styles: Vec<(ImageRef, f64)>,
+        init_image: Option<ImageRef>,
+        params: &Params,
+    ) -> Result<PlannedJob, ManifestError> {
+        check_name(&name).map_err(|e| self.at(node.span(), &format!("{field}.name"), &e.reason))?;
+        let params = params.resolve(self, node.span(), field)?;
+        match (&params.init, &init_image) {
+            (stylefarm_core::InitKind::Image, None) => {
+                return Err(self.at(
+                    node.span(),
+                    &format!("{field}.init_image"),
+                    "required when init is image",
+                ))
+            }
+            (stylefarm_core::InitKind::Image, Some(_)) | (_, None) => {}
+            (_, Some(_)) => {
+                return Err(self.at(
+                    node.span(),
+                    &format!("{field}.init_image"),
+                    "given, but init is not image",
+                ))
+            }
+        }
+        Ok(PlannedJob {
+            name,
+            content,
+            styles,
+            init_image,
+            params,
+            line: node.span().start().map_or(0, marked_yaml::Marker::line),
+        })
+    }
+
+    pub(super) fn wedge(
+        &self,
+        node: &Node,
+        field: &str,
+        defaults: &Params,
+        jobs: &mut Vec<PlannedJob>,
+    ) -> Result<(), ManifestError> {
+        let m = self.mapping(node, field)?;
+        self.known_keys(
+            m,
+            field,
+            &[
+                "name",
+                "contents",
+                "styles",
+                "init_image",
+                "params",
+                "sweep",
+            ],
+        )?;
+        let list = |key: &str, what: &str| -> Result<&[Node], ManifestError> {
+            let n = m.get_node(key).ok_or_else(|| {
+                self.at(
+                    node.span(),
+                    field,
+                    &format!("needs `{key}`: a list of {what}"),
+                )
+            })?;
+            let items = self.sequence(n, &format!("{field}.{key}"))?;
+            if items.is_empty() {
+                return Err(self.at(
+                    n.span(),
+                    &format!("{field}.{key}"),
+                    &format!("is empty: list at least one of {what}"),
+                ));
+            }
+            Ok(items)
+        };
+        let contents = list("contents", "content photos")?
+            .iter()
+            .enumerate()
+            .map(|(i, n)| self.image(n, &format!("{field}.contents[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let looks = list("styles", "style images (a nested list is a blend)")?
+            .iter()
+            .enumerate()
+            .map(|(i, n)| self.look(n, &format!("{field}.styles[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let init_image = match m.get_node("init_image") {
+            Some(n) => Some(self.image(n, &format!("{field}.init_image"))?),
+            None => None,
+        };
+        let mut fixed = defaults.clone();
+        if let Some(p) = m.get_node("params") {
+            fixed.apply(self, p, &format!("{field}.params"))?;
+        }
+        // Swept parameters, in manifest order: (name, [(value node, its field)]).
+        // Each swept value is checked and converted once, not once per combination.
+        let mut sweep: Vec<(String, Vec<Swept>)> = Vec::new();
+        if let Some(s) = m.get_node("sweep") {
+            for (key, values) in self.mapping(s, &format!("{field}.sweep"))?.iter() {
+                let f = format!("{field}.sweep.{}", key.as_str());
+                let items = self.sequence(values, &f)?;
+                if items.is_empty() {
+                    return Err(self.at(values.span(), &f, "is empty: list the values to sweep"));
+                }
+                let name = key.as_str();
+                let values = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let field = format!("{f}[{i}]");
+                        Ok(Swept {
+                            value: param_value(self, name, n, &field)?,
+                            span: *n.span(),
+                            tag: format!(
+                                "{name}{}",
+                                tag(n.as_scalar().map_or("x", MarkedScalarNode::as_str))
+                            ),
+                            field,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ManifestError>>()?;
+                sweep.push((name.to_owned(), values));
+            }
+        }
+        let total = sweep
+            .iter()
+            .map(|(_, v)| v.len())
+            .try_fold(contents.len() * looks.len(), usize::checked_mul);
+        if total.is_none_or(|t| jobs.len() + t > MAX_JOBS) {
+            return Err(self.at(
+                node.span(),
+                field,
+                &format!("expands to more than {MAX_JOBS} jobs in all"),
+            ));
+        }
+        let prefix = match m.get_node("name") {
+            Some(n) => Some(self.string(n, &format!("{field}.name"))?),
+            None => None,
+        };
+        // Odometer over the swept values: the last parameter turns fastest.
+        let mut pick = vec![0usize; sweep.len()];
+        for content in &contents {
+            for look in &looks {
+                loop {
+                    let mut params = fixed.clone();
+                    let mut tags = Vec::new();
+                    for ((name, values), &k) in sweep.iter().zip(&pick) {
+                        let v = &values[k];
+                        params.insert(name, v.value.clone(), &v.span, &v.field);
+                        tags.push(v.tag.clone());
+                    }
+                    let mut name = default_name(content, look, &tags);
+                    if let Some(p) = &prefix {
+                        name = format!("{p}-{name}");
+                    }
+                    jobs.push(self.finish(
+                        node,
+                        field,
+                        name,
+                        content.clone(),
+                        look.clone(),
+                        init_image.clone(),
+                        &params,
+                    )?);
+                    if !advance(&mut pick, &sweep) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Steps the odometer; false once every combination was produced (and resets it).
+/// One value of a swept parameter, converted, with where it was written and the tag it
+/// adds to output names.
+struct Swept {
+    value: Value,
+    span: Span,
+    field: String,
+    tag: String,
+}
+
+fn advance(pick: &mut [usize], sweep: &[(String, Vec<Swept>)]) -> bool {
+    for i in (0..pick.len()).rev() {
+        pick[i] += 1;
+        if pick[i] < sweep[i].1.len() {
+            return true;
+        }
+        pick[i] = 0;
+    }
+    false
+}
+
+/// `content_style[+style2]` then `-tag` per swept parameter; characters an output name
+/// may not hold become `_`.
+fn default_name(content: &ImageRef, styles: &[(ImageRef, f64)], tags: &[String]) -> String {
+    let looks: Vec<String> = styles.iter().map(|(s, _)| s.stem()).collect();
+    let mut name = format!("{}_{}", content.stem(), looks.join("+"));
+    for t in tags {
+        name.push('-');
+        name.push_str(t);
+    }
+    tag(&name)
+}
+
+fn tag(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.+=@,".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
