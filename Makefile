@@ -54,6 +54,8 @@ build: venv
 
 test: venv garage deploy-check
 	cargo test --release --workspace
+	# Benches are built (not run), so a broken one fails here.
+	cargo bench --workspace --no-run
 
 # The Kubernetes manifests against Kubernetes' schema (strict: unknown fields fail).
 # deploy/tests checks them against the binaries, in `cargo test`.

@@ -5,6 +5,8 @@
 //! - [`batch`]: `submit`, `status`, `watch`, `cancel`, `retry`, `fetch` on a cluster,
 //!   through [`cluster`] (the coordinator client) and [`sheet`] (the contact sheet).
 //! - [`manifest`]: YAML batch manifests and their wedges.
+//! - [`weights`]: `weights fetch`, `list` and `inspect`: torchvision's VGG converted to
+//!   safetensors, the cache, a file's layers.
 //! - [`exit`]: exit codes, and where coordinator errors become CLI errors.
 //!
 //! `main.rs` parses [`Cli`], starts tracing and calls [`run`]; errors reach `main` as
@@ -62,7 +64,7 @@ pub enum Command {
     Retry(batch::RetryArgs),
     /// Download a batch's outputs and sidecars and write a contact sheet.
     Fetch(batch::FetchArgs),
-    /// VGG weights files: list the cache, inspect a file.
+    /// VGG weights files: fetch torchvision's, list the cache, inspect a file.
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
     /// Print a shell completion script (e.g. `stylefarm completions bash > /etc/bash_completion.d/stylefarm`).

@@ -5,6 +5,8 @@ use std::process::Command;
 mod common;
 
 use common::{shared, weights};
+use stylefarm_core::params::DEFAULT_ADAM_LR;
+use stylefarm_core::RenderParams;
 
 fn stylefarm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stylefarm"));
@@ -161,4 +163,121 @@ fn bad_parameters_are_named() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{err}");
     assert!(err.contains("--size"), "{err}");
+}
+
+/// `stylefarm render` with `args` (no weights needed: these fail before loading any).
+fn refused(args: &[&str]) -> String {
+    let run = stylefarm().arg("render").args(args).output().expect("runs");
+    assert!(!run.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&run.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_value_is_reported_under_the_flag_that_set_it_and_names_stay_as_written() {
+    let base = ["--content", "c.jpg", "--style", "s.jpg", "--out", "o.png"];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [base, extra].concat()
+    }
+    let err = refused(&with(&base, &["--bit-depth", "12"]));
+    assert!(err.contains("--bit-depth: 12 is not 8 or 16"), "{err}");
+    assert!(!err.contains("--output-bit-depth"), "{err}");
+    let err = refused(&with(&base, &["--style-layers", "relu1_1,relu1_1"]));
+    assert!(err.contains("--style-layers[1]"), "{err}");
+    assert!(err.contains("layer relu1_1 is listed twice"), "{err}");
+    assert!(!err.contains("relu1-1"), "{err}");
+    let err = refused(&with(&base, &["--style-layers", "relu1_1:-2"]));
+    assert!(err.contains("--style-layers[0].weight"), "{err}");
+}
+
+#[test]
+fn help_shows_the_engine_defaults() {
+    let run = stylefarm()
+        .args(["render", "--help"])
+        .output()
+        .expect("runs");
+    let help = String::from_utf8_lossy(&run.stdout);
+    let d = RenderParams::default();
+    // Each flag's help, with what follows it up to the next flag.
+    let of = |flag: &str| -> String {
+        let at = help
+            .find(&format!("{flag} <"))
+            .unwrap_or_else(|| panic!("{flag} not in\n{help}"));
+        let rest = &help[at + flag.len()..];
+        rest[..rest.find("\n  -").unwrap_or(rest.len())].to_owned()
+    };
+    for (flag, default) in [
+        ("--size", d.size.to_string()),
+        ("--iterations", d.iterations.to_string()),
+        ("--optimizer", "lbfgs".to_owned()),
+        ("--seed", d.seed.to_string()),
+        ("--init", "content".to_owned()),
+        ("--content-weight", d.content_weight.to_string()),
+        ("--style-weight", d.style_weight.to_string()),
+        ("--tv-weight", d.tv_weight.to_string()),
+        ("--style-scale", d.style_scale.to_string()),
+        ("--pooling", "max".to_owned()),
+        ("--bit-depth", d.output_bit_depth.to_string()),
+    ] {
+        let text = of(flag);
+        assert!(
+            text.contains(&format!("[default: {default}]")),
+            "{flag}: {text}"
+        );
+    }
+    let lr = of("--learning-rate");
+    assert!(
+        lr.contains(&format!(
+            "{} for L-BFGS, {DEFAULT_ADAM_LR} for Adam",
+            d.learning_rate
+        )),
+        "{lr}"
+    );
+}
+
+#[test]
+fn each_cause_is_printed_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nonexistent.jpg");
+    let missing = missing.to_str().expect("utf-8");
+    let weights = dir.path().join("missing.safetensors");
+    let weights = weights.to_str().expect("utf-8");
+    let runs: Vec<Vec<&str>> = vec![
+        vec![
+            "render",
+            "--content",
+            missing,
+            "--style",
+            missing,
+            "--out",
+            "o.png",
+            "--weights",
+            weights,
+        ],
+        vec!["weights", "inspect", weights],
+        vec!["run", missing, "--out", "out"],
+    ];
+    for args in runs {
+        let run = stylefarm()
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .expect("runs");
+        assert!(!run.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&run.stderr);
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("{args:?}: no error line in {err}"));
+        let parts: Vec<&str> = line.split(": ").collect();
+        for (i, p) in parts.iter().enumerate() {
+            assert!(
+                !parts[i + 1..].contains(p),
+                "{args:?}: {p:?} is printed twice in {line}"
+            );
+        }
+        assert!(
+            line.contains("No such file or directory"),
+            "{args:?}: {line}"
+        );
+    }
 }
