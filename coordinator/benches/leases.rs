@@ -2,8 +2,8 @@
 //! `stylefarm-coordinator` process on loopback.
 //!
 //! Two runs of 100,000 jobs in 20 batches each, 1,000 workers that lease, heartbeat once
-//! and complete until the queue is empty, leasing each next job with the completion of
-//! the one before (`lease_next`), as the real worker does:
+//! and complete until the queue is empty, each completion followed by a LeaseJob for
+//! the next job, as the real worker does:
 //! - paced: each simulated job takes 0.5 to 1.5 times `STYLEFARM_BENCH_JOB_MS` (default
 //!   150 ms, seeded, split around the heartbeat), so 1,000 workers offer a bit over
 //!   5,000 leases/s. This is
@@ -79,26 +79,26 @@ async fn channels(c: &Coordinator) -> Vec<Channel> {
     out
 }
 
-/// One worker: lease, heartbeat, complete (and lease the next) until the queue is
-/// empty, spending between half and 1.5 times `job` (seeded, uniform) on each job.
-/// Returns lease latencies: LeaseJob's, then CompleteJob-with-next's round trip.
+/// One worker: lease, heartbeat, complete until the queue is empty, spending between
+/// half and 1.5 times `job` (seeded, uniform) on each job. Returns LeaseJob latencies.
 async fn worker(ch: Channel, id: String, seed: u64, job: Duration) -> Vec<Duration> {
     let mut w = WorkerServiceClient::new(ch);
     let mut rng = stylefarm_core::rng::SplitMix64::new(seed);
     let mut lat = Vec::new();
-    // The first job comes from LeaseJob, each next one with the completion before it.
-    let t = Instant::now();
-    let mut next = w
-        .lease_job(v1::LeaseJobRequest {
-            worker_id: id.clone(),
-            wait_ms: 0,
-        })
-        .await
-        .expect("lease")
-        .into_inner()
-        .lease;
-    let mut leased_at = t;
-    while let Some(l) = next {
+    loop {
+        let leased_at = Instant::now();
+        let Some(l) = w
+            .lease_job(v1::LeaseJobRequest {
+                worker_id: id.clone(),
+                wait_ms: 0,
+            })
+            .await
+            .expect("lease")
+            .into_inner()
+            .lease
+        else {
+            break;
+        };
         lat.push(leased_at.elapsed());
         let this_job = job.mul_f32(0.5 + rng.next_f32());
         tokio::time::sleep(this_job / 2).await;
@@ -123,15 +123,10 @@ async fn worker(ch: Channel, id: String, seed: u64, job: Duration) -> Vec<Durati
             fencing_token: l.fencing_token,
             result_key: format!("{}/out.png", l.attempt_prefix),
             sidecar_key: format!("{}/out.json", l.attempt_prefix),
-            lease_next: true,
+            iteration: 10,
+            losses: None,
         };
-        leased_at = Instant::now();
-        next = w
-            .complete_job(done)
-            .await
-            .expect("complete")
-            .into_inner()
-            .next;
+        w.complete_job(done).await.expect("complete");
     }
     lat
 }

@@ -92,12 +92,16 @@ pub struct LeaseAsk {
 }
 
 /// What a finished attempt produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     /// The output image.
     pub result_key: String,
     /// Its JSON sidecar, if written.
     pub sidecar_key: Option<String>,
+    /// Iterations the attempt ran.
+    pub iteration: u32,
+    /// The losses at the output.
+    pub losses: Losses,
 }
 
 /// A job's stored record.

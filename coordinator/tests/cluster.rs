@@ -52,7 +52,8 @@ fn complete_req(worker: &str, l: &v1::Lease) -> v1::CompleteJobRequest {
         fencing_token: l.fencing_token,
         result_key: format!("{}/result.png", l.attempt_prefix),
         sidecar_key: format!("{}/result.json", l.attempt_prefix),
-        lease_next: false,
+        iteration: 0,
+        losses: None,
     }
 }
 
@@ -203,40 +204,6 @@ async fn priorities_then_fair_share_then_fifo() {
     // Equal priorities take turns; the low-priority batch waits for all of them.
     assert_eq!(&batches[..12], ["a", "b", "c"].repeat(4).as_slice());
     assert!(batches[12..].iter().all(|b| *b == "low"));
-    // Completing with lease_next hands out the next job in the same order.
-    let mut wc = c.worker().await;
-    let last = lease(&c, &w, 0).await;
-    assert!(last.is_none(), "all 16 jobs are leased");
-    let mut client = c.client().await;
-    let extra = client
-        .submit_batch(common::submit("extra", 0, 2))
-        .await
-        .expect("submit")
-        .into_inner()
-        .batch_id;
-    let first = lease(&c, &w, 0).await.expect("job");
-    let mut done = complete_req(&w, &first);
-    done.lease_next = true;
-    let next = wc
-        .complete_job(done)
-        .await
-        .expect("complete")
-        .into_inner()
-        .next
-        .expect("the next job");
-    assert_eq!((next.batch_id.as_str(), next.attempt), (extra.as_str(), 1));
-    assert_ne!(next.job_id, first.job_id);
-    let mut done = complete_req(&w, &next);
-    done.lease_next = true;
-    assert!(
-        wc.complete_job(done)
-            .await
-            .expect("complete")
-            .into_inner()
-            .next
-            .is_none(),
-        "queue empty"
-    );
     // FIFO within each batch.
     for token in ["a", "low"] {
         let names: Vec<&str> = order

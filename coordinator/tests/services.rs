@@ -98,7 +98,8 @@ impl Harness {
             fencing_token: l.fencing_token,
             result_key: key.into(),
             sidecar_key: String::new(),
-            lease_next: false,
+            iteration: 0,
+            losses: None,
         };
         self.worker
             .complete_job(Request::new(req))

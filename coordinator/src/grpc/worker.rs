@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::error::ApiError;
-use crate::model::{Completion, JobRecord, Lease, LeaseAsk};
+use crate::model::{Completion, JobRecord, Lease, LeaseAsk, Losses};
 use crate::state::State;
 use crate::store::Store;
 
@@ -197,22 +197,15 @@ impl<S: Store> WorkerService for WorkerApi<S> {
                 .map_err(ApiError::from)?
                 .to_owned(),
             sidecar_key: (!req.sidecar_key.is_empty()).then(|| req.sidecar_key.clone()),
+            iteration: req.iteration,
+            losses: req.losses.map(Losses::from).unwrap_or_default(),
         };
-        let started = Instant::now();
-        let store = &self.state.store;
-        let (record, next) = if req.lease_next {
-            let (record, next) = store
-                .complete_and_lease(job_id, req.fencing_token, done, self.ask(&req.worker_id))
-                .await
-                .map_err(ApiError::from)?;
-            (record, self.leased(next, started))
-        } else {
-            let record = store
-                .complete(job_id, req.fencing_token, done)
-                .await
-                .map_err(ApiError::from)?;
-            (record, None)
-        };
+        let record = self
+            .state
+            .store
+            .complete(job_id, req.fencing_token, done)
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(
             state = record.state.as_str(),
             attempt = record.attempt,
@@ -224,8 +217,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .with_label_values(&["succeeded"])
             .inc();
         self.state.publish([record]);
-        let next = next.map(|l| self.lease_answer(l)).transpose()?;
-        Ok(Response::new(v1::CompleteJobResponse { next }))
+        Ok(Response::new(v1::CompleteJobResponse {}))
     }
 
     #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]

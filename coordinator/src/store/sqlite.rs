@@ -926,6 +926,8 @@ mod tests {
         Completion {
             result_key: key.to_owned(),
             sidecar_key: None,
+            iteration: 10,
+            losses: Losses::default(),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use stylefarm_core::{JobSpec, ObjectRef};
+use stylefarm_core::{JobSpec, ObjectRef, Progress};
 use stylefarm_proto::v1;
 use stylefarm_storage::StorageError;
 use tokio::sync::mpsc;
@@ -16,7 +16,7 @@ use super::heartbeat::Heartbeats;
 use super::stop::{Stop, StopSignal};
 use super::Node;
 use crate::engine::EngineError;
-use crate::engine::Progress;
+use crate::engine::Progress as EngineProgress;
 use crate::job::{JobInputs, NamedBytes};
 
 /// Why an attempt failed, and whether another attempt could succeed.
@@ -246,7 +246,7 @@ struct Running {
 
 impl Running {
     /// An iteration finished: report it, and start prefetching once it is far enough.
-    fn on_progress(&mut self, node: &Arc<Node>, p: &Progress) {
+    fn on_progress(&mut self, node: &Arc<Node>, p: &EngineProgress) {
         if self.prefetch.is_none()
             && !node.draining.is_cancelled()
             && self.prefetch_from.is_some_and(|at| p.iteration >= at)
@@ -369,8 +369,8 @@ async fn conclude(
     match (finished, held.stop.reason()) {
         (_, Some(Stop::Lost)) => held.heartbeats.stop().await,
         // A render that finished is published even when a drain began meanwhile.
-        (Ok(Finished::Rendered { png, sidecar }), None | Some(Stop::Drain)) => {
-            let published = publish(node, &held.lease, name, png, sidecar).await;
+        (Ok(Finished::Rendered { png, sidecar, done }), None | Some(Stop::Drain)) => {
+            let published = publish(node, &held.lease, name, png, sidecar, &done).await;
             held.heartbeats.stop().await;
             match published {
                 Ok(req) => complete(node, req).await,
@@ -428,6 +428,7 @@ async fn publish(
     name: &str,
     png: Vec<u8>,
     sidecar: Vec<u8>,
+    done: &Progress,
 ) -> Result<v1::CompleteJobRequest, Failure> {
     let result_key = format!("{}/{name}.png", lease.attempt_prefix);
     let sidecar_key = format!("{}/{name}.json", lease.attempt_prefix);
@@ -439,7 +440,8 @@ async fn publish(
         fencing_token: lease.fencing_token,
         result_key,
         sidecar_key,
-        lease_next: false,
+        iteration: done.iteration,
+        losses: Some(v1::Losses::from(&done.losses)),
     })
 }
 

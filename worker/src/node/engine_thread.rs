@@ -37,6 +37,8 @@ pub enum Finished {
         png: Vec<u8>,
         /// The JSON sidecar.
         sidecar: Vec<u8>,
+        /// Iterations run and the losses at the output, as the sidecar records them.
+        done: stylefarm_core::Progress,
     },
     /// The cancel flag stopped it after `iteration` iterations (a checkpoint was sent).
     Stopped {
@@ -127,9 +129,15 @@ fn run(
                 serde_json::to_vec_pretty(&rendered.sidecar).map_err(|e| EngineError::Torch {
                     reason: format!("encoding the sidecar: {e}"),
                 })?;
+            let done = stylefarm_core::Progress {
+                iteration: rendered.sidecar.iterations_done,
+                losses: rendered.sidecar.final_losses,
+                checkpoint_key: None,
+            };
             return Ok(Finished::Rendered {
                 png: rendered.png,
                 sidecar,
+                done,
             });
         }
         // Only a checkpoint that holds new iterations is worth writing.
