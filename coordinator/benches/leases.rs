@@ -17,8 +17,7 @@
 //! concurrency, is the gRPC health check: an empty round trip on this machine. Sizes
 //! can be changed with STYLEFARM_BENCH_JOBS and STYLEFARM_BENCH_WORKERS.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use stylefarm_testkit::farm as common;
 
 use std::time::{Duration, Instant};
 

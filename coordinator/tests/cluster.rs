@@ -2,7 +2,7 @@
 //! expiry, fencing, cancel, priorities and fair share, operations endpoints, SIGTERM,
 //! and kill -9 then restart losing nothing.
 
-mod common;
+use stylefarm_testkit::farm as common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The services called directly, without a network: validation, idempotency, protocol
 //! checks, lease expiry under paused time, long-polling, cancel, watch.
 
-mod common;
+use stylefarm_testkit::farm as common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,8 +4,10 @@
 //!   loopback ports with a generated config, key and bucket, started from the binary
 //!   that `make garage` builds once and caches outside the checkout.
 //! - [`process`]: the farm's own binaries as child processes on port 0.
+//! - [`farm`]: valid requests and the coordinator binary with its gRPC clients.
 //! - [`fixtures`]: the shared fixture images and real weights.
 
+pub mod farm;
 pub mod fixtures;
 pub mod garage;
 pub mod process;

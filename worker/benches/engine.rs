@@ -6,8 +6,7 @@
 //! require grad, so backward also computes every weight gradient. Printed as ratios
 //! engine / reference (below 1: the engine is faster).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use stylefarm_worker_testkit as common;
 
 use std::time::Instant;
 

@@ -11,8 +11,7 @@
 //! beside the next render). STYLEFARM_BENCH_JOBS (default 10), STYLEFARM_BENCH_SIZE
 //! (default 128 px) and STYLEFARM_BENCH_ITERATIONS (default 40) size the jobs.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use stylefarm_worker_testkit as common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

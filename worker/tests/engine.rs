@@ -1,7 +1,7 @@
 //! The engine on real weights: determinism, bit-identical resume, layer checks, colour
 //! preservation, and every kind of bad input.
 
-mod common;
+use stylefarm_worker_testkit as common;
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, Ordering};

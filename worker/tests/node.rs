@@ -2,7 +2,7 @@
 //! real S3 server (Garage): jobs complete with their outputs in the bucket, a corrupt
 //! input fails only its job, SIGTERM drains.
 
-mod common;
+use stylefarm_worker_testkit as common;
 
 use std::path::Path;
 use std::process::Command;

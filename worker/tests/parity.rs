@@ -2,7 +2,7 @@
 //! same weights, images and point, every loss and the gradient agree to 1e-4, and ten
 //! L-BFGS iterations end at torch.optim.LBFGS's loss to 1e-3.
 
-mod common;
+use stylefarm_worker_testkit as common;
 
 use std::collections::HashMap;
 

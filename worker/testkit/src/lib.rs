@@ -1,6 +1,6 @@
-//! Shared helpers of the engine's integration tests: paths to the fixtures and the
-//! virtualenv's Python, synthetic weights, small images.
-#![allow(dead_code)]
+//! Shared by the worker's integration tests and benches: the real partial VGG19 and
+//! seeded synthetic weights, small fixture images and parameters, the virtualenv's
+//! Python and the PyTorch reference ([`reference`]).
 
 pub mod reference;
 
@@ -67,36 +67,4 @@ pub fn small_params(iterations: u32) -> RenderParams {
     }
 }
 
-/// A wire job spec: one content, one style, the layers the partial real weights hold.
-pub fn wire_spec(
-    name: &str,
-    content: &stylefarm_proto::v1::ObjectRef,
-    style: &stylefarm_proto::v1::ObjectRef,
-    weights_sha256: &str,
-    size: u32,
-    iterations: u32,
-) -> stylefarm_proto::v1::JobSpec {
-    use stylefarm_proto::v1;
-    let layer = |l: &str| v1::LayerWeight {
-        layer: l.into(),
-        weight: 1.0,
-    };
-    v1::JobSpec {
-        name: name.into(),
-        content: Some(content.clone()),
-        styles: vec![v1::StyleRef {
-            image: Some(style.clone()),
-            weight: 1.0,
-        }],
-        init_image: None,
-        params: Some(v1::RenderParams {
-            size: Some(size),
-            iterations: Some(iterations),
-            content_layers: vec![layer("relu3_2")],
-            style_layers: vec![layer("relu1_1"), layer("relu2_1"), layer("relu3_1")],
-            ..Default::default()
-        }),
-        weights_sha256: weights_sha256.into(),
-        output_key: String::new(),
-    }
-}
+pub use stylefarm_testkit::farm::wire_spec;

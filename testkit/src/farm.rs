@@ -1,39 +1,63 @@
-//! Shared by the coordinator's tests and benchmark: valid requests, a coordinator
-//! process on port 0, and gRPC clients.
-#![allow(dead_code)]
+//! Talking to the farm in tests and benchmarks: valid requests (job specs, submissions,
+//! registrations) and the coordinator binary on port 0 with its gRPC clients.
 
 use std::path::Path;
-
-pub use stylefarm_testkit::process::CoordinatorProc;
 
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
 use tonic::transport::Channel;
 
-/// A valid job spec named `name`.
+use crate::process::{workspace_bin, CoordinatorProc};
+
+/// A wire job spec: one content, one style, `size` and `iterations`, and the layers the
+/// partial real weights hold (relu1_1, relu2_1, relu3_1; relu3_2).
+pub fn wire_spec(
+    name: &str,
+    content: &v1::ObjectRef,
+    style: &v1::ObjectRef,
+    weights_sha256: &str,
+    size: u32,
+    iterations: u32,
+) -> v1::JobSpec {
+    let layer = |l: &str| v1::LayerWeight {
+        layer: l.into(),
+        weight: 1.0,
+    };
+    v1::JobSpec {
+        name: name.into(),
+        content: Some(content.clone()),
+        styles: vec![v1::StyleRef {
+            image: Some(style.clone()),
+            weight: 1.0,
+        }],
+        init_image: None,
+        params: Some(v1::RenderParams {
+            size: Some(size),
+            iterations: Some(iterations),
+            content_layers: vec![layer("relu3_2")],
+            style_layers: vec![layer("relu1_1"), layer("relu2_1"), layer("relu3_1")],
+            ..Default::default()
+        }),
+        weights_sha256: weights_sha256.into(),
+        output_key: String::new(),
+    }
+}
+
+/// A valid job spec named `name` over made-up inputs (for the coordinator alone: no
+/// worker reads them).
 pub fn spec(name: &str) -> v1::JobSpec {
     let object = |c: char| v1::ObjectRef {
         uri: format!("s3://inputs/{c}"),
         sha256: c.to_string().repeat(64),
         label: String::new(),
     };
-    v1::JobSpec {
-        name: name.to_owned(),
-        content: Some(object('a')),
-        styles: vec![v1::StyleRef {
-            image: Some(object('b')),
-            weight: 1.0,
-        }],
-        init_image: None,
-        params: Some(v1::RenderParams {
-            size: Some(64),
-            iterations: Some(20),
-            ..Default::default()
-        }),
-        weights_sha256: "c".repeat(64),
-        output_key: String::new(),
+    let mut spec = wire_spec(name, &object('a'), &object('b'), &"c".repeat(64), 64, 20);
+    if let Some(p) = spec.params.as_mut() {
+        p.content_layers.clear();
+        p.style_layers.clear();
     }
+    spec
 }
 
 /// A submission of `n` valid jobs.
@@ -59,7 +83,7 @@ pub fn register(name: &str) -> v1::RegisterWorkerRequest {
     }
 }
 
-/// The `stylefarm-coordinator` binary of this package, on loopback port 0.
+/// The workspace's `stylefarm-coordinator` binary, on loopback port 0.
 pub struct Coordinator(pub CoordinatorProc);
 
 impl std::ops::Deref for Coordinator {
@@ -78,16 +102,21 @@ impl std::ops::DerefMut for Coordinator {
 impl Coordinator {
     /// Starts the binary on `db` and waits until it serves.
     pub fn start(db: &Path, extra: &[&str]) -> Self {
-        let bin = Path::new(env!("CARGO_BIN_EXE_stylefarm-coordinator"));
-        Self(CoordinatorProc::start(bin, db, extra))
+        Self(CoordinatorProc::start(
+            &workspace_bin("stylefarm-coordinator"),
+            db,
+            extra,
+        ))
     }
 
+    /// A client of the client service.
     pub async fn client(&self) -> StyleFarmClient<Channel> {
         StyleFarmClient::connect(self.grpc.clone())
             .await
             .expect("connect")
     }
 
+    /// A client of the worker service.
     pub async fn worker(&self) -> WorkerServiceClient<Channel> {
         WorkerServiceClient::connect(self.grpc.clone())
             .await
