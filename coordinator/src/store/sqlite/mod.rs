@@ -3,107 +3,38 @@
 //! Writes go to one writer thread that commits them in groups: it takes every change
 //! waiting in its queue (up to [`MAX_GROUP`]), runs them in one transaction, commits
 //! once (one fsync) and only then answers each caller. A change of several statements
-//! runs in a savepoint of its own, so one that fails is undone alone. Reads use a second connection, which in
-//! WAL mode sees every committed change and never blocks the writer.
+//! runs in a savepoint of its own, so one that fails is undone alone. Reads use a second
+//! connection, which in WAL mode sees every committed change and never blocks the writer.
+//!
+//! - [`writer`]: the writer thread (group commits) and the WAL checkpointer.
+//! - `schema.sql`: the tables, indexes and trigger, each with its reason.
+//! - [`rows`]: job and batch records from their rows.
+//! - this module: opening the file, the write and read paths, and the [`Store`] impl.
 
-use std::collections::BTreeMap;
+mod rows;
+mod writer;
+
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use self::rows::{batch_exists, batch_row, job, job_row, jobs_where, state_of, JOB_COLUMNS};
+pub use self::writer::MAX_GROUP;
+use self::writer::{checkpoint_loop, write_loop, Op, Reply};
 
 use super::{HeartbeatAnswer, Store, StoreError};
 use crate::model::{
-    BatchRecord, Completion, JobRecord, JobState, Lease, LeaseAsk, Losses, NewBatch, NewWorker,
-    Progress, Stats, Submitted,
+    BatchRecord, Completion, JobRecord, JobState, Lease, LeaseAsk, NewBatch, NewWorker, Progress,
+    Stats, Submitted,
 };
-
-/// Most changes committed in one transaction.
-pub const MAX_GROUP: usize = 1024;
 
 const SCHEMA_VERSION: i64 = 1;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS batches (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    client_token TEXT UNIQUE,
-    manifest_sha256 TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    max_attempts INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    turn INTEGER NOT NULL DEFAULT 0,
-    queued INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS batches_ready ON batches (priority DESC, turn) WHERE queued > 0;
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    batch_id TEXT NOT NULL REFERENCES batches(id),
-    seq INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    iterations INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    attempt_limit INTEGER NOT NULL,
-    token INTEGER NOT NULL DEFAULT 0,
-    deadline_ms INTEGER,
-    worker TEXT,
-    iteration INTEGER NOT NULL DEFAULT 0,
-    loss_content REAL NOT NULL DEFAULT 0,
-    loss_style REAL NOT NULL DEFAULT 0,
-    loss_tv REAL NOT NULL DEFAULT 0,
-    loss_total REAL NOT NULL DEFAULT 0,
-    checkpoint_key TEXT,
-    result_key TEXT,
-    result_attempt INTEGER,
-    sidecar_key TEXT,
-    error TEXT,
-    version INTEGER NOT NULL DEFAULT 0,  -- bumped by every change (see BUMP)
-    UNIQUE (batch_id, name)
-) WITHOUT ROWID;
--- Rows stay small (specs live apart and are only read), and ids sort by batch and
--- sequence, so the jobs a group commit touches share pages.
-CREATE TABLE IF NOT EXISTS specs (
-    job_id TEXT PRIMARY KEY,
-    spec BLOB NOT NULL
-) WITHOUT ROWID;
--- Only queued jobs are indexed for leasing: a lease removes one entry, and the jobs
--- that run or ended cost the index nothing. (Per-batch lookups use the unique
--- (batch_id, name) index.)
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (batch_id, seq) WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs (deadline_ms) WHERE deadline_ms IS NOT NULL;
--- batches.queued follows the jobs in state 'queued', so leasing finds a batch with work
--- through an index instead of scanning jobs.
-CREATE TRIGGER IF NOT EXISTS jobs_queued_count AFTER UPDATE OF state ON jobs
-WHEN (old.state = 'queued') <> (new.state = 'queued')
-BEGIN
-    UPDATE batches SET queued = queued + (CASE WHEN new.state = 'queued' THEN 1 ELSE -1 END)
-    WHERE id = new.batch_id;
-END;
-CREATE TABLE IF NOT EXISTS worker_failures (
-    worker TEXT NOT NULL,
-    batch_id TEXT NOT NULL,
-    failures INTEGER NOT NULL,
-    PRIMARY KEY (worker, batch_id)
-);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    device TEXT NOT NULL,
-    gpu_model TEXT NOT NULL,
-    gpu_memory_bytes INTEGER NOT NULL,
-    slots INTEGER NOT NULL,
-    registered_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO counters (name, value) VALUES ('id', 0);
-";
+const SCHEMA: &str = include_str!("schema.sql");
 
 /// Part of every `UPDATE jobs`: a watcher drops events older than what it has seen.
 const BUMP: &str = "version = version + 1";
@@ -112,13 +43,6 @@ const BUMP: &str = "version = version + 1";
 /// still accepts its holder's last word while the lease is live.
 const LIVE_LEASE: &str = "id = ?1 AND token = ?2
     AND (state IN ('leased', 'running') OR (state = 'cancelled' AND deadline_ms IS NOT NULL))";
-
-const JOB_COLUMNS: &str = "id, batch_id, name, state, attempt, worker, iteration, iterations,
-    loss_content, loss_style, loss_tv, loss_total, checkpoint_key, result_key, result_attempt,
-    error, deadline_ms, version, sidecar_key";
-
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Op = Box<dyn FnOnce(&Connection) -> Reply + Send>;
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -281,51 +205,6 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn write_loop(conn: &Connection, rx: &mpsc::Receiver<Op>) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(op) => group.push(op),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let msg = format!("cannot begin a transaction: {e}");
-            for op in group {
-                op(conn)(Err(msg.clone()));
-            }
-            continue;
-        }
-        let mut replies = Vec::with_capacity(group.len());
-        for op in group {
-            replies.push(op(conn));
-        }
-        let commit = conn.execute_batch("COMMIT").map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            e.to_string()
-        });
-        if let Err(e) = &commit {
-            tracing::error!(cause = %e, changes = replies.len(), "group commit failed");
-        }
-        for reply in replies {
-            reply(commit.clone());
-        }
-    }
-}
-
-/// Copies the WAL back into the database file every 200 ms while the store is alive.
-/// A passive checkpoint never blocks the writer, so its I/O and fsyncs stay off the
-/// path of every acknowledged change; the writer only appends to the WAL.
-fn checkpoint_loop(conn: &Connection, alive: &AtomicBool) {
-    while alive.load(Ordering::SeqCst) {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(cause = %e, "WAL checkpoint failed; will retry");
-        }
-    }
-}
-
 /// Runs a parameterless statement through the statement cache; true when it succeeded.
 fn run_cached(conn: &Connection, sql: &str) -> bool {
     conn.prepare_cached(sql)
@@ -339,70 +218,6 @@ fn next(conn: &Connection, counter: &str) -> Result<i64, StoreError> {
         [counter],
         |r| r.get(0),
     )?)
-}
-
-fn state_of(s: &str) -> JobState {
-    // Only this module writes the column, with `as_str` names.
-    JobState::parse(s).unwrap_or(JobState::Failed)
-}
-
-fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
-    let state: String = r.get(3)?;
-    Ok(JobRecord {
-        job_id: r.get(0)?,
-        batch_id: r.get(1)?,
-        name: r.get(2)?,
-        state: state_of(&state),
-        attempt: r.get(4)?,
-        worker: r.get(5)?,
-        iteration: r.get(6)?,
-        iterations: r.get(7)?,
-        losses: Losses {
-            content: r.get(8)?,
-            style: r.get(9)?,
-            tv: r.get(10)?,
-            total: r.get(11)?,
-        },
-        checkpoint_key: r.get(12)?,
-        result_key: r.get(13)?,
-        result_attempt: r.get(14)?,
-        error: r.get(15)?,
-        deadline_ms: r.get(16)?,
-        version: r.get(17)?,
-        sidecar_key: r.get(18)?,
-    })
-}
-
-fn job(conn: &Connection, job_id: &str) -> Result<JobRecord, StoreError> {
-    conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
-        .query_row([job_id], job_row)
-        .optional()?
-        .ok_or_else(|| StoreError::NotFound {
-            what: "job",
-            id: job_id.to_owned(),
-        })
-}
-
-fn jobs_where(
-    conn: &Connection,
-    clause: &str,
-    args: impl rusqlite::Params,
-) -> Result<Vec<JobRecord>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {clause}"))?;
-    let rows = stmt.query_map(args, job_row)?.collect::<Result<_, _>>()?;
-    Ok(rows)
-}
-
-fn batch_exists(conn: &Connection, batch_id: &str) -> Result<(), StoreError> {
-    let found: Option<i64> = conn
-        .prepare_cached("SELECT 1 FROM batches WHERE id = ?1")?
-        .query_row([batch_id], |r| r.get(0))
-        .optional()?;
-    found.map(|_| ()).ok_or_else(|| StoreError::NotFound {
-        what: "batch",
-        id: batch_id.to_owned(),
-    })
 }
 
 /// Why a fenced update matched no row: the job is missing or the token is not live.
@@ -503,30 +318,6 @@ fn complete_tx(
          deadline_ms = NULL",
         &[&done.result_key, &done.sidecar_key],
     )
-}
-
-fn counts(conn: &Connection, batch_id: &str) -> Result<BTreeMap<JobState, u64>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE batch_id = ?1 GROUP BY state")?;
-    let rows = stmt
-        .query_map([batch_id], |r| {
-            let s: String = r.get(0)?;
-            Ok((state_of(&s), r.get::<_, i64>(1)? as u64))
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
-}
-
-fn batch_row(conn: &Connection, r: &Row<'_>) -> Result<BatchRecord, StoreError> {
-    let batch_id: String = r.get(0)?;
-    Ok(BatchRecord {
-        counts: counts(conn, &batch_id)?,
-        batch_id,
-        name: r.get(1)?,
-        priority: r.get(2)?,
-        max_attempts: r.get(3)?,
-        created_ms: r.get(4)?,
-    })
 }
 
 impl Store for SqliteStore {
@@ -901,325 +692,4 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::NewJob;
-
-    fn batch(token: &str, priority: i32, n: usize) -> NewBatch {
-        NewBatch {
-            name: token.to_owned(),
-            client_token: Some(token.to_owned()),
-            manifest_sha256: format!("sha-{token}-{n}"),
-            priority,
-            max_attempts: 3,
-            jobs: (0..n)
-                .map(|i| NewJob {
-                    name: format!("out{i}"),
-                    iterations: 10,
-                    spec: vec![i as u8],
-                })
-                .collect(),
-        }
-    }
-
-    fn done(key: &str) -> Completion {
-        Completion {
-            result_key: key.to_owned(),
-            sidecar_key: None,
-        }
-    }
-
-    fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = SqliteStore::open(&dir.path().join("state.db")).expect("open");
-        (dir, s)
-    }
-
-    async fn lease(s: &SqliteStore, worker: &str, now: i64, ms: i64) -> Option<Lease> {
-        let ask = LeaseAsk {
-            worker: worker.to_owned(),
-            now_ms: now,
-            lease_ms: ms,
-            max_worker_failures: 2,
-        };
-        s.lease(ask).await.expect("lease").map(|(l, _)| l)
-    }
-
-    #[tokio::test]
-    async fn submit_is_idempotent_per_token_and_refuses_a_reused_token() {
-        let (_d, s) = store();
-        let a = s.submit(batch("t1", 0, 2), 0).await.expect("submit");
-        assert!(!a.existing);
-        let b = s.submit(batch("t1", 0, 2), 1).await.expect("submit");
-        assert!(b.existing);
-        assert_eq!(a.batch_id, b.batch_id);
-        assert_eq!(s.jobs(&a.batch_id).await.expect("jobs").len(), 2);
-        let other = s.submit(batch("t1", 0, 3), 2).await;
-        assert!(
-            matches!(other, Err(StoreError::TokenReused { .. })),
-            "{other:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn priority_then_round_robin_then_fifo() {
-        let (_d, s) = store();
-        let low = s
-            .submit(batch("low", 0, 2), 0)
-            .await
-            .expect("submit")
-            .batch_id;
-        let a = s
-            .submit(batch("a", 5, 2), 0)
-            .await
-            .expect("submit")
-            .batch_id;
-        let b = s
-            .submit(batch("b", 5, 2), 0)
-            .await
-            .expect("submit")
-            .batch_id;
-        let mut order = Vec::new();
-        for _ in 0..6 {
-            order.push(lease(&s, "w", 0, 1000).await.expect("a job").job_id);
-        }
-        assert_eq!(
-            order,
-            vec![
-                format!("{a}-j000000"),
-                format!("{b}-j000000"),
-                format!("{a}-j000001"),
-                format!("{b}-j000001"),
-                format!("{low}-j000000"),
-                format!("{low}-j000001"),
-            ]
-        );
-        assert!(lease(&s, "w", 0, 1000).await.is_none());
-        let stats = s.stats().await.expect("stats");
-        assert_eq!(stats.jobs_by_state.get(&JobState::Leased), Some(&6));
-        assert!(stats.queued_by_batch.is_empty());
-    }
-
-    #[tokio::test]
-    async fn expiry_requeues_with_checkpoint_and_fences_the_old_token() {
-        let (_d, s) = store();
-        let id = s
-            .submit(batch("t", 0, 1), 0)
-            .await
-            .expect("submit")
-            .batch_id;
-        let first = lease(&s, "w1", 0, 100).await.expect("job");
-        let progress = Progress {
-            iteration: 40,
-            losses: Losses::default(),
-            checkpoint_key: Some("ck/40".into()),
-        };
-        let (_, rec) = s
-            .heartbeat(&first.job_id, first.token, progress, 50, 100)
-            .await
-            .expect("heartbeat");
-        assert_eq!(rec.state, JobState::Running);
-        assert!(
-            s.expire(149).await.expect("expire").is_empty(),
-            "deadline was extended"
-        );
-        let expired = s.expire(151).await.expect("expire");
-        assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].state, JobState::Queued);
-        assert!(expired[0].version > rec.version);
-        let second = lease(&s, "w2", 200, 100).await.expect("job");
-        assert_eq!(second.attempt, 2);
-        assert_eq!(second.checkpoint_key.as_deref(), Some("ck/40"));
-        assert!(second.token > first.token);
-        let stale = s
-            .complete(&first.job_id, first.token, done("late/output.png"))
-            .await;
-        assert!(
-            matches!(stale, Err(StoreError::StaleToken { .. })),
-            "{stale:?}"
-        );
-        s.complete(&second.job_id, second.token, done("attempt2/output.png"))
-            .await
-            .expect("complete");
-        let job = &s.jobs(&id).await.expect("jobs")[0];
-        assert_eq!(job.state, JobState::Succeeded);
-        assert_eq!(job.result_key.as_deref(), Some("attempt2/output.png"));
-        assert_eq!(job.result_attempt, Some(2));
-    }
-
-    #[tokio::test]
-    async fn failures_retry_then_fail_bad_workers_are_kept_off_and_retry_requeues() {
-        let (_d, s) = store();
-        let id = s
-            .submit(batch("t", 0, 2), 0)
-            .await
-            .expect("submit")
-            .batch_id;
-        for _ in 0..2 {
-            let l = lease(&s, "bad", 0, 100).await.expect("job");
-            s.fail(&l.job_id, l.token, "CUDA error", true)
-                .await
-                .expect("fail");
-        }
-        assert!(
-            lease(&s, "bad", 0, 100).await.is_none(),
-            "bad worker is kept off"
-        );
-        let l = lease(&s, "good", 0, 100).await.expect("job");
-        s.fail(&l.job_id, l.token, "corrupt input", false)
-            .await
-            .expect("fail");
-        let jobs = s.jobs(&id).await.expect("jobs");
-        let failed: Vec<_> = jobs
-            .iter()
-            .filter(|j| j.state == JobState::Failed)
-            .collect();
-        assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].error.as_deref(), Some("corrupt input"));
-        let batch = s.batch(&id).await.expect("batch");
-        assert_eq!(batch.counts.get(&JobState::Queued), Some(&1));
-        // Retrying forgets the bad worker's record and requeues the failed job.
-        let requeued = s.retry(&id, false).await.expect("retry");
-        assert_eq!(requeued.len(), 1);
-        assert!(lease(&s, "bad", 0, 100).await.is_some());
-    }
-
-    #[tokio::test]
-    async fn cancel_reaches_the_heartbeat_and_state_survives_reopening() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state.db");
-        let (id, lease_) = {
-            let s = SqliteStore::open(&path).expect("open");
-            let id = s
-                .submit(batch("t", 0, 3), 0)
-                .await
-                .expect("submit")
-                .batch_id;
-            let l = lease(&s, "w", 0, 10_000).await.expect("job");
-            let changed = s.cancel_batch(&id).await.expect("cancel");
-            assert_eq!(changed.len(), 3);
-            (id, l)
-        };
-        let s = SqliteStore::open(&path).expect("reopen");
-        let (answer, _) = s
-            .heartbeat(
-                &lease_.job_id,
-                lease_.token,
-                Progress::default(),
-                10,
-                10_000,
-            )
-            .await
-            .expect("heartbeat");
-        assert!(answer.cancelled);
-        let jobs = s.jobs(&id).await.expect("jobs");
-        assert!(jobs.iter().all(|j| j.state == JobState::Cancelled));
-        assert!(matches!(
-            s.cancel_batch("nope").await,
-            Err(StoreError::NotFound { .. })
-        ));
-        // The holder's last word releases the lease; the token is then stale.
-        s.fail(&lease_.job_id, lease_.token, "cancelled", false)
-            .await
-            .expect("release");
-        let again = s.complete(&lease_.job_id, lease_.token, done("x")).await;
-        assert!(
-            matches!(again, Err(StoreError::StaleToken { .. })),
-            "{again:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn complete_and_lease_is_one_change_and_a_stale_completion_leases_nothing() {
-        let (_d, s) = store();
-        s.submit(batch("t", 0, 3), 0).await.expect("submit");
-        let first = lease(&s, "w", 0, 100).await.expect("job");
-        let ask = |now| LeaseAsk {
-            worker: "w".into(),
-            now_ms: now,
-            lease_ms: 100,
-            max_worker_failures: 2,
-        };
-        let (rec, next) = s
-            .complete_and_lease(&first.job_id, first.token, done("r1"), ask(1))
-            .await
-            .expect("complete and lease");
-        assert_eq!(rec.state, JobState::Succeeded);
-        let (next, _) = next.expect("next job");
-        assert_ne!(next.job_id, first.job_id);
-        let stale = s
-            .complete_and_lease(&first.job_id, first.token, done("again"), ask(2))
-            .await;
-        assert!(
-            matches!(stale, Err(StoreError::StaleToken { .. })),
-            "{stale:?}"
-        );
-        // The refused call leased nothing: one job is still queued.
-        let stats = s.stats().await.expect("stats");
-        assert_eq!(stats.jobs_by_state.get(&JobState::Queued), Some(&1));
-    }
-
-    #[tokio::test]
-    async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_attempt() {
-        let (_d, s) = store();
-        let mut b = batch("t", 0, 1);
-        b.max_attempts = 1;
-        s.submit(b, 0).await.expect("submit");
-        let first = lease(&s, "w", 0, 100).await.expect("job");
-        let progress = Progress {
-            iteration: 30,
-            losses: Losses::default(),
-            checkpoint_key: Some("ck/30".into()),
-        };
-        let rec = s
-            .release(&first.job_id, first.token, progress)
-            .await
-            .expect("release");
-        assert_eq!((rec.state, rec.iteration), (JobState::Queued, 30));
-        let second = lease(&s, "w", 1, 100).await.expect("requeued");
-        assert_eq!(second.checkpoint_key.as_deref(), Some("ck/30"));
-        // The release did not use up the one allowed attempt: the second one ran, and
-        // its failure is the one that ends the job.
-        let rec = s
-            .fail(&second.job_id, second.token, "oom", true)
-            .await
-            .expect("fail");
-        assert_eq!(
-            rec.state,
-            JobState::Failed,
-            "the released attempt did not count, this one did"
-        );
-    }
-
-    #[tokio::test]
-    async fn concurrent_writers_share_group_commits_and_lose_nothing() {
-        let (_d, s) = store();
-        let s = Arc::new(s);
-        let id = s
-            .submit(batch("t", 0, 500), 0)
-            .await
-            .expect("submit")
-            .batch_id;
-        let mut tasks = Vec::new();
-        for w in 0..50 {
-            let s = Arc::clone(&s);
-            tasks.push(tokio::spawn(async move {
-                let mut finished = 0;
-                while let Some(l) = lease(&s, &format!("w{w}"), 0, 10_000).await {
-                    s.complete(&l.job_id, l.token, done("out"))
-                        .await
-                        .expect("complete");
-                    finished += 1;
-                }
-                finished
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await.expect("task");
-        }
-        assert_eq!(total, 500, "every job leased exactly once");
-        let b = s.batch(&id).await.expect("batch");
-        assert_eq!(b.counts.get(&JobState::Succeeded), Some(&500));
-    }
-}
+mod tests;

@@ -1,0 +1,320 @@
+use super::*;
+use crate::model::{Losses, NewJob};
+
+fn batch(token: &str, priority: i32, n: usize) -> NewBatch {
+    NewBatch {
+        name: token.to_owned(),
+        client_token: Some(token.to_owned()),
+        manifest_sha256: format!("sha-{token}-{n}"),
+        priority,
+        max_attempts: 3,
+        jobs: (0..n)
+            .map(|i| NewJob {
+                name: format!("out{i}"),
+                iterations: 10,
+                spec: vec![i as u8],
+            })
+            .collect(),
+    }
+}
+
+fn done(key: &str) -> Completion {
+    Completion {
+        result_key: key.to_owned(),
+        sidecar_key: None,
+    }
+}
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SqliteStore::open(&dir.path().join("state.db")).expect("open");
+    (dir, s)
+}
+
+async fn lease(s: &SqliteStore, worker: &str, now: i64, ms: i64) -> Option<Lease> {
+    let ask = LeaseAsk {
+        worker: worker.to_owned(),
+        now_ms: now,
+        lease_ms: ms,
+        max_worker_failures: 2,
+    };
+    s.lease(ask).await.expect("lease").map(|(l, _)| l)
+}
+
+#[tokio::test]
+async fn submit_is_idempotent_per_token_and_refuses_a_reused_token() {
+    let (_d, s) = store();
+    let a = s.submit(batch("t1", 0, 2), 0).await.expect("submit");
+    assert!(!a.existing);
+    let b = s.submit(batch("t1", 0, 2), 1).await.expect("submit");
+    assert!(b.existing);
+    assert_eq!(a.batch_id, b.batch_id);
+    assert_eq!(s.jobs(&a.batch_id).await.expect("jobs").len(), 2);
+    let other = s.submit(batch("t1", 0, 3), 2).await;
+    assert!(
+        matches!(other, Err(StoreError::TokenReused { .. })),
+        "{other:?}"
+    );
+}
+
+#[tokio::test]
+async fn priority_then_round_robin_then_fifo() {
+    let (_d, s) = store();
+    let low = s
+        .submit(batch("low", 0, 2), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let a = s
+        .submit(batch("a", 5, 2), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let b = s
+        .submit(batch("b", 5, 2), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        order.push(lease(&s, "w", 0, 1000).await.expect("a job").job_id);
+    }
+    assert_eq!(
+        order,
+        vec![
+            format!("{a}-j000000"),
+            format!("{b}-j000000"),
+            format!("{a}-j000001"),
+            format!("{b}-j000001"),
+            format!("{low}-j000000"),
+            format!("{low}-j000001"),
+        ]
+    );
+    assert!(lease(&s, "w", 0, 1000).await.is_none());
+    let stats = s.stats().await.expect("stats");
+    assert_eq!(stats.jobs_by_state.get(&JobState::Leased), Some(&6));
+    assert!(stats.queued_by_batch.is_empty());
+}
+
+#[tokio::test]
+async fn expiry_requeues_with_checkpoint_and_fences_the_old_token() {
+    let (_d, s) = store();
+    let id = s
+        .submit(batch("t", 0, 1), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let first = lease(&s, "w1", 0, 100).await.expect("job");
+    let progress = Progress {
+        iteration: 40,
+        losses: Losses::default(),
+        checkpoint_key: Some("ck/40".into()),
+    };
+    let (_, rec) = s
+        .heartbeat(&first.job_id, first.token, progress, 50, 100)
+        .await
+        .expect("heartbeat");
+    assert_eq!(rec.state, JobState::Running);
+    assert!(
+        s.expire(149).await.expect("expire").is_empty(),
+        "deadline was extended"
+    );
+    let expired = s.expire(151).await.expect("expire");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].state, JobState::Queued);
+    assert!(expired[0].version > rec.version);
+    let second = lease(&s, "w2", 200, 100).await.expect("job");
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.checkpoint_key.as_deref(), Some("ck/40"));
+    assert!(second.token > first.token);
+    let stale = s
+        .complete(&first.job_id, first.token, done("late/output.png"))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::StaleToken { .. })),
+        "{stale:?}"
+    );
+    s.complete(&second.job_id, second.token, done("attempt2/output.png"))
+        .await
+        .expect("complete");
+    let job = &s.jobs(&id).await.expect("jobs")[0];
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.result_key.as_deref(), Some("attempt2/output.png"));
+    assert_eq!(job.result_attempt, Some(2));
+}
+
+#[tokio::test]
+async fn failures_retry_then_fail_bad_workers_are_kept_off_and_retry_requeues() {
+    let (_d, s) = store();
+    let id = s
+        .submit(batch("t", 0, 2), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    for _ in 0..2 {
+        let l = lease(&s, "bad", 0, 100).await.expect("job");
+        s.fail(&l.job_id, l.token, "CUDA error", true)
+            .await
+            .expect("fail");
+    }
+    assert!(
+        lease(&s, "bad", 0, 100).await.is_none(),
+        "bad worker is kept off"
+    );
+    let l = lease(&s, "good", 0, 100).await.expect("job");
+    s.fail(&l.job_id, l.token, "corrupt input", false)
+        .await
+        .expect("fail");
+    let jobs = s.jobs(&id).await.expect("jobs");
+    let failed: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].error.as_deref(), Some("corrupt input"));
+    let batch = s.batch(&id).await.expect("batch");
+    assert_eq!(batch.counts.get(&JobState::Queued), Some(&1));
+    // Retrying forgets the bad worker's record and requeues the failed job.
+    let requeued = s.retry(&id, false).await.expect("retry");
+    assert_eq!(requeued.len(), 1);
+    assert!(lease(&s, "bad", 0, 100).await.is_some());
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_heartbeat_and_state_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let (id, lease_) = {
+        let s = SqliteStore::open(&path).expect("open");
+        let id = s
+            .submit(batch("t", 0, 3), 0)
+            .await
+            .expect("submit")
+            .batch_id;
+        let l = lease(&s, "w", 0, 10_000).await.expect("job");
+        let changed = s.cancel_batch(&id).await.expect("cancel");
+        assert_eq!(changed.len(), 3);
+        (id, l)
+    };
+    let s = SqliteStore::open(&path).expect("reopen");
+    let (answer, _) = s
+        .heartbeat(
+            &lease_.job_id,
+            lease_.token,
+            Progress::default(),
+            10,
+            10_000,
+        )
+        .await
+        .expect("heartbeat");
+    assert!(answer.cancelled);
+    let jobs = s.jobs(&id).await.expect("jobs");
+    assert!(jobs.iter().all(|j| j.state == JobState::Cancelled));
+    assert!(matches!(
+        s.cancel_batch("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // The holder's last word releases the lease; the token is then stale.
+    s.fail(&lease_.job_id, lease_.token, "cancelled", false)
+        .await
+        .expect("release");
+    let again = s.complete(&lease_.job_id, lease_.token, done("x")).await;
+    assert!(
+        matches!(again, Err(StoreError::StaleToken { .. })),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn complete_and_lease_is_one_change_and_a_stale_completion_leases_nothing() {
+    let (_d, s) = store();
+    s.submit(batch("t", 0, 3), 0).await.expect("submit");
+    let first = lease(&s, "w", 0, 100).await.expect("job");
+    let ask = |now| LeaseAsk {
+        worker: "w".into(),
+        now_ms: now,
+        lease_ms: 100,
+        max_worker_failures: 2,
+    };
+    let (rec, next) = s
+        .complete_and_lease(&first.job_id, first.token, done("r1"), ask(1))
+        .await
+        .expect("complete and lease");
+    assert_eq!(rec.state, JobState::Succeeded);
+    let (next, _) = next.expect("next job");
+    assert_ne!(next.job_id, first.job_id);
+    let stale = s
+        .complete_and_lease(&first.job_id, first.token, done("again"), ask(2))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::StaleToken { .. })),
+        "{stale:?}"
+    );
+    // The refused call leased nothing: one job is still queued.
+    let stats = s.stats().await.expect("stats");
+    assert_eq!(stats.jobs_by_state.get(&JobState::Queued), Some(&1));
+}
+
+#[tokio::test]
+async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_attempt() {
+    let (_d, s) = store();
+    let mut b = batch("t", 0, 1);
+    b.max_attempts = 1;
+    s.submit(b, 0).await.expect("submit");
+    let first = lease(&s, "w", 0, 100).await.expect("job");
+    let progress = Progress {
+        iteration: 30,
+        losses: Losses::default(),
+        checkpoint_key: Some("ck/30".into()),
+    };
+    let rec = s
+        .release(&first.job_id, first.token, progress)
+        .await
+        .expect("release");
+    assert_eq!((rec.state, rec.iteration), (JobState::Queued, 30));
+    let second = lease(&s, "w", 1, 100).await.expect("requeued");
+    assert_eq!(second.checkpoint_key.as_deref(), Some("ck/30"));
+    // The release did not use up the one allowed attempt: the second one ran, and
+    // its failure is the one that ends the job.
+    let rec = s
+        .fail(&second.job_id, second.token, "oom", true)
+        .await
+        .expect("fail");
+    assert_eq!(
+        rec.state,
+        JobState::Failed,
+        "the released attempt did not count, this one did"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_group_commits_and_lose_nothing() {
+    let (_d, s) = store();
+    let s = Arc::new(s);
+    let id = s
+        .submit(batch("t", 0, 500), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let mut tasks = Vec::new();
+    for w in 0..50 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let mut finished = 0;
+            while let Some(l) = lease(&s, &format!("w{w}"), 0, 10_000).await {
+                s.complete(&l.job_id, l.token, done("out"))
+                    .await
+                    .expect("complete");
+                finished += 1;
+            }
+            finished
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    assert_eq!(total, 500, "every job leased exactly once");
+    let b = s.batch(&id).await.expect("batch");
+    assert_eq!(b.counts.get(&JobState::Succeeded), Some(&500));
+}
