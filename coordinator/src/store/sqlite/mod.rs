@@ -249,6 +249,20 @@ fn fenced_update(
         .ok_or_else(|| not_live(conn, job_id, token))
 }
 
+/// Runs `UPDATE jobs SET {set}, {BUMP} WHERE {filter}` and returns every row it changed,
+/// whole, in no particular order.
+fn update_jobs(
+    tx: &Connection,
+    set: &str,
+    filter: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let sql = format!("UPDATE jobs SET {set}, {BUMP} WHERE {filter} RETURNING {JOB_COLUMNS}");
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let rows = stmt.query_map(args, job_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 /// Leases the next job for `ask.worker` (see [`Store::lease`]).
 fn lease_tx(
     tx: &Connection,
@@ -535,17 +549,14 @@ impl Store for SqliteStore {
     }
 
     async fn expire(&self, now_ms: i64) -> Result<Vec<JobRecord>, StoreError> {
-        self.write(move |tx| {
-            let ids: Vec<String> = tx
-                .prepare_cached(
-                    "UPDATE jobs SET state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
-                            deadline_ms = NULL, version = version + 1
-                     WHERE deadline_ms IS NOT NULL AND deadline_ms < ?1
-                     RETURNING id",
-                )?
-                .query_map([now_ms], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids.iter().map(|id| job(tx, id)).collect()
+        self.write_one(move |tx| {
+            update_jobs(
+                tx,
+                "state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
+                 deadline_ms = NULL",
+                "deadline_ms IS NOT NULL AND deadline_ms < ?1",
+                [now_ms],
+            )
         })
         .await
     }
@@ -554,36 +565,36 @@ impl Store for SqliteStore {
         let batch_id = batch_id.to_owned();
         self.write(move |tx| {
             batch_exists(tx, &batch_id)?;
-            let ids: Vec<String> = tx
-                .prepare_cached(
-                    "UPDATE jobs SET state = 'cancelled', version = version + 1
-                     WHERE batch_id = ?1 AND state IN ('queued', 'leased', 'running')
-                     RETURNING id",
-                )?
-                .query_map([&batch_id], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids.iter().map(|id| job(tx, id)).collect()
+            update_jobs(
+                tx,
+                "state = 'cancelled'",
+                "batch_id = ?1 AND state IN ('queued', 'leased', 'running')",
+                [&batch_id],
+            )
         })
         .await
     }
 
     async fn cancel_job(&self, job_id: &str) -> Result<JobRecord, StoreError> {
         let job_id = job_id.to_owned();
-        self.write(move |tx| {
+        self.write_one(move |tx| {
+            let cancelled = update_jobs(
+                tx,
+                "state = 'cancelled'",
+                "id = ?1 AND state IN ('queued', 'leased', 'running')",
+                [&job_id],
+            )?;
+            if let Some(record) = cancelled.into_iter().next() {
+                return Ok(record);
+            }
+            // Nothing changed: the job is missing, has ended, or was already cancelled.
             let current = job(tx, &job_id)?;
             match current.state {
                 JobState::Succeeded | JobState::Failed => Err(StoreError::AlreadyEnded {
                     job_id,
                     state: current.state.as_str(),
                 }),
-                JobState::Cancelled => Ok(current),
-                _ => {
-                    tx.execute(
-                        "UPDATE jobs SET state = 'cancelled', version = version + 1 WHERE id = ?1",
-                        [&job_id],
-                    )?;
-                    job(tx, &job_id)
-                }
+                _ => Ok(current),
             }
         })
         .await
@@ -597,18 +608,18 @@ impl Store for SqliteStore {
         let batch_id = batch_id.to_owned();
         self.write(move |tx| {
             batch_exists(tx, &batch_id)?;
-            tx.execute("DELETE FROM worker_failures WHERE batch_id = ?1", [&batch_id])?;
-            let ids: Vec<String> = tx
-                .prepare_cached(
-                    "UPDATE jobs SET state = 'queued', error = NULL, version = version + 1,
-                            attempt_limit = attempt + (SELECT max_attempts FROM batches WHERE id = ?1)
-                     WHERE batch_id = ?1 AND deadline_ms IS NULL
-                       AND (state = 'failed' OR (?2 AND state = 'cancelled'))
-                     RETURNING id",
-                )?
-                .query_map(params![batch_id, include_cancelled], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids.iter().map(|id| job(tx, id)).collect()
+            tx.execute(
+                "DELETE FROM worker_failures WHERE batch_id = ?1",
+                [&batch_id],
+            )?;
+            update_jobs(
+                tx,
+                "state = 'queued', error = NULL,
+                 attempt_limit = attempt + (SELECT max_attempts FROM batches WHERE id = ?1)",
+                "batch_id = ?1 AND deadline_ms IS NULL
+                 AND (state = 'failed' OR (?2 AND state = 'cancelled'))",
+                params![batch_id, include_cancelled],
+            )
         })
         .await
     }
