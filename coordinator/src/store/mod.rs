@@ -16,9 +16,13 @@ pub use sqlite::SqliteStore;
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed.
-    #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    /// The backend failed (a statement, the disk, a lock). Each backend converts its own
+    /// errors into this one, so the trait names no database library.
+    #[error("database error: {source}")]
+    Backend {
+        /// The backend's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A group commit failed; none of its changes were made.
     #[error("commit failed: {reason}")]
     Commit {

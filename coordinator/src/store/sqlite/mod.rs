@@ -11,6 +11,7 @@
 //! - [`rows`]: job and batch records from their rows.
 //! - this module: opening the file, the write and read paths, and the [`Store`] impl.
 
+mod error;
 mod rows;
 mod writer;
 
