@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -72,10 +73,32 @@ pub struct SqliteStore {
     alive: Arc<AtomicBool>,
 }
 
+/// How [`SqliteStore::open_with`] opens the file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a statement waits for a lock held by another connection (another
+    /// process on the file, a backup) before it fails as busy. 5 s by default.
+    pub busy_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 impl SqliteStore {
-    /// Opens (or creates) the database file and starts its writer thread.
+    /// Opens (or creates) the database file with the default [`Options`] and starts its
+    /// writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = connect(path)?;
+        Self::open_with(path, &Options::default())
+    }
+
+    /// Opens (or creates) the database file and starts its writer thread.
+    pub fn open_with(path: &Path, options: &Options) -> Result<Self, StoreError> {
+        let conn = connect(path, options)?;
         let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if found > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew {
@@ -99,8 +122,8 @@ impl SqliteStore {
         });
         // The writer never checkpoints; a thread of its own does, beside it.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let reader = connect(path)?;
-        let checkpointer = connect(path)?;
+        let reader = connect(path, options)?;
+        let checkpointer = connect(path, options)?;
         let (ops, rx) = mpsc::channel::<Op>();
         let alive = Arc::new(AtomicBool::new(true));
         let writer_alive = Arc::clone(&alive);
@@ -193,12 +216,12 @@ impl Drop for SqliteStore {
     }
 }
 
-fn connect(path: &Path) -> Result<Connection, StoreError> {
+fn connect(path: &Path, options: &Options) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(options.busy_timeout)?;
     // 16 MiB of page cache: the hot part of a 100k-job queue. (A much larger cache
     // costs more than it saves: SQLite walks it at the end of every transaction.)
     conn.pragma_update(None, "cache_size", -16_384)?;
