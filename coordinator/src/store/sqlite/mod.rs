@@ -15,7 +15,6 @@ mod error;
 mod rows;
 mod writer;
 
-use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -26,7 +25,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use self::rows::{batch_exists, batch_row, job, job_row, jobs_where, state_of, JOB_COLUMNS};
 pub use self::writer::MAX_GROUP;
-use self::writer::{checkpoint_loop, write_loop, Op, Reply};
+use self::writer::{checkpoint_loop, write_loop, Change, Op};
 
 use super::{HeartbeatAnswer, Store, StoreError};
 use crate::model::{
@@ -64,7 +63,7 @@ impl Counters {
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
-    ops: Option<mpsc::Sender<Op>>,
+    ops: Option<mpsc::Sender<Box<dyn Op>>>,
     /// Last fencing token and batch turn handed out. Only the writer thread moves them;
     /// they start from the largest values on disk, so tokens only grow across restarts.
     counters: Arc<Counters>,
@@ -124,7 +123,7 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = connect(path, options)?;
         let checkpointer = connect(path, options)?;
-        let (ops, rx) = mpsc::channel::<Op>();
+        let (ops, rx) = mpsc::channel::<Box<dyn Op>>();
         let alive = Arc::new(AtomicBool::new(true));
         let writer_alive = Arc::clone(&alive);
         let writer = std::thread::Builder::new()
@@ -175,19 +174,10 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let op: Op = Box::new(move |conn| {
-            let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
-                .unwrap_or(Err(StoreError::Closed));
-            let reply: Reply = Box::new(move |commit| {
-                let _ = tx.send(match commit {
-                    Ok(()) => out,
-                    Err(reason) => Err(StoreError::Commit { reason }),
-                });
-            });
-            reply
-        });
         let sender = self.ops.as_ref().ok_or(StoreError::Closed)?;
-        sender.send(op).map_err(|_| StoreError::Closed)?;
+        sender
+            .send(Box::new(Change { f, tx }))
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

@@ -31,6 +31,38 @@ fn store() -> (tempfile::TempDir, SqliteStore) {
     (dir, s)
 }
 
+/// A store that gives up on a held lock after `busy_ms` instead of 5 s.
+fn store_with(busy_ms: u64) -> (tempfile::TempDir, Arc<SqliteStore>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        busy_timeout: Duration::from_millis(busy_ms),
+    };
+    let s = SqliteStore::open_with(&dir.path().join("state.db"), &options).expect("open");
+    (dir, Arc::new(s))
+}
+
+/// Another connection to the store's file holding the write lock, as another process
+/// on the file (a backup, an operator's `sqlite3` shell) can. Dropping it releases it.
+fn hold_write_lock(dir: &tempfile::TempDir) -> Connection {
+    let other = Connection::open(dir.path().join("state.db")).expect("open");
+    other
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    other
+}
+
+/// Polls `done` every 10 ms for at most `limit`; true once it held.
+async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 async fn lease(s: &SqliteStore, worker: &str, now: i64, ms: i64) -> Option<Lease> {
     let ask = LeaseAsk {
         worker: worker.to_owned(),
@@ -317,4 +349,35 @@ async fn concurrent_writers_share_group_commits_and_lose_nothing() {
     assert_eq!(total, 500, "every job leased exactly once");
     let b = s.batch(&id).await.expect("batch");
     assert_eq!(b.counts.get(&JobState::Succeeded), Some(&500));
+}
+
+#[tokio::test]
+async fn a_group_that_cannot_begin_changes_nothing_and_every_caller_is_told() {
+    // The writer waits 600 ms for the lock, then gives up on BEGIN.
+    let (dir, s) = store_with(600);
+    let other = hold_write_lock(&dir);
+    // No client token: the change's first statement is a write, which (outside a
+    // transaction) would wait for the lock too.
+    let mut b = batch("t", 0, 2);
+    b.client_token = None;
+    let submit = tokio::spawn({
+        let s = Arc::clone(&s);
+        async move { s.submit(b, 0).await }
+    });
+    // The lock goes away once the store reports that BEGIN failed, and at the latest
+    // while a change run outside any transaction would still be waiting for it.
+    wait_until(Duration::from_millis(900), || !s.healthy()).await;
+    drop(other);
+    let refused = submit.await.expect("task");
+    assert!(
+        matches!(refused, Err(StoreError::Commit { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        s.batches(10).await.expect("batches").len(),
+        0,
+        "the refused submission left nothing on disk"
+    );
+    s.submit(batch("t", 0, 2), 1).await.expect("submit");
+    assert_eq!(s.batches(10).await.expect("batches").len(), 1);
 }
