@@ -212,6 +212,12 @@ pub trait Store: Send + Sync + 'static {
     /// Counts for the metrics endpoint.
     fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
 
-    /// False once the store can no longer commit (liveness).
-    fn healthy(&self) -> bool;
+    /// `Ok` while the store can commit; otherwise why not (its last storage failure, in
+    /// words fit for an operator: no statement, value or credential), for liveness.
+    fn health(&self) -> Result<(), String>;
+
+    /// False while the store cannot commit (see [`Store::health`]).
+    fn healthy(&self) -> bool {
+        self.health().is_ok()
+    }
 }

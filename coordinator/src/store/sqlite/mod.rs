@@ -16,7 +16,7 @@ mod rows;
 mod writer;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -25,7 +25,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use self::rows::{batch_exists, batch_row, job, job_row, jobs_where, state_of, JOB_COLUMNS};
 pub use self::writer::MAX_GROUP;
-use self::writer::{checkpoint_loop, write_loop, Change, Op};
+use self::writer::{checkpoint_loop, write_loop, Change, Health, Op};
 
 use super::{HeartbeatAnswer, Store, StoreError};
 use crate::model::{
@@ -69,7 +69,7 @@ pub struct SqliteStore {
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
     reader: Arc<Mutex<Connection>>,
-    alive: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
 /// How [`SqliteStore::open_with`] opens the file.
@@ -124,26 +124,25 @@ impl SqliteStore {
         let reader = connect(path, options)?;
         let checkpointer = connect(path, options)?;
         let (ops, rx) = mpsc::channel::<Box<dyn Op>>();
-        let alive = Arc::new(AtomicBool::new(true));
-        let writer_alive = Arc::clone(&alive);
+        let health = Arc::new(Health::new());
+        let writer_health = Arc::clone(&health);
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                write_loop(&conn, &rx);
-                writer_alive.store(false, Ordering::SeqCst);
+                write_loop(&conn, &rx, &writer_health);
             })
             .map_err(StoreError::Spawn)?;
-        let checkpoint_alive = Arc::clone(&alive);
+        let checkpoint_health = Arc::clone(&health);
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&checkpointer, &checkpoint_alive))
+            .spawn(move || checkpoint_loop(&checkpointer, &checkpoint_health))
             .map_err(StoreError::Spawn)?;
         Ok(Self {
             ops: Some(ops),
             counters,
             writer: Some(writer),
             reader: Arc::new(Mutex::new(reader)),
-            alive,
+            health,
         })
     }
 
@@ -711,8 +710,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    fn healthy(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
+    fn health(&self) -> Result<(), String> {
+        self.health.check()
     }
 }
 

@@ -381,3 +381,109 @@ async fn a_group_that_cannot_begin_changes_nothing_and_every_caller_is_told() {
     s.submit(batch("t", 0, 2), 1).await.expect("submit");
     assert_eq!(s.batches(10).await.expect("batches").len(), 1);
 }
+
+#[tokio::test]
+async fn a_held_lock_makes_the_store_unhealthy_until_a_commit_succeeds() {
+    let (dir, s) = store_with(100);
+    assert!(s.healthy());
+    let other = hold_write_lock(&dir);
+    let refused = s.submit(batch("t", 0, 1), 0).await;
+    assert!(
+        matches!(refused, Err(StoreError::Commit { .. })),
+        "{refused:?}"
+    );
+    let why = s
+        .health()
+        .expect_err("BEGIN failed: the store cannot commit");
+    assert!(why.contains("begin") && why.contains("locked"), "{why}");
+    drop(other);
+    s.submit(batch("t", 0, 1), 1).await.expect("submit");
+    assert!(s.healthy(), "a commit succeeded again");
+}
+
+/// Caps the database at the pages it has now (SQLite's `max_page_count`, set on the
+/// writer's connection, where it applies), or lifts the cap: a real "database or disk
+/// is full" without filling a disk.
+async fn cap_pages(s: &SqliteStore, capped: bool) {
+    s.write_one(move |conn| {
+        let limit: i64 = if capped {
+            conn.query_row("PRAGMA page_count", [], |r| r.get(0))?
+        } else {
+            i64::from(u32::MAX)
+        };
+        conn.query_row(&format!("PRAGMA max_page_count = {limit}"), [], |_| Ok(()))?;
+        Ok(())
+    })
+    .await
+    .expect("max_page_count");
+}
+
+#[tokio::test]
+async fn a_full_database_makes_the_store_unhealthy_until_a_commit_succeeds() {
+    let (_d, s) = store();
+    s.submit(batch("small", 0, 1), 0).await.expect("submit");
+    cap_pages(&s, true).await;
+    let mut big = batch("big", 0, 100);
+    for job in &mut big.jobs {
+        job.spec = vec![7; 4096];
+    }
+    let refused = s.submit(big.clone(), 1).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let why = s.health().expect_err("a statement found the database full");
+    assert!(why.contains("full"), "{why}");
+    // Lifting the cap is a change of its own; it commits and meets no storage failure.
+    cap_pages(&s, false).await;
+    assert!(s.healthy(), "a commit succeeded again");
+    s.submit(big, 2).await.expect("submit once there is room");
+    assert_eq!(s.batches(10).await.expect("batches").len(), 2);
+}
+
+#[tokio::test]
+async fn a_group_that_sqlite_rolls_back_part_way_runs_none_of_its_later_changes() {
+    let (dir, s) = store_with(5_000);
+    let small = s
+        .submit(batch("small", 0, 1), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    cap_pages(&s, true).await;
+    let mut big = batch("big", 0, 100);
+    for job in &mut big.jobs {
+        job.spec = vec![7; 4096];
+    }
+    // The writer waits for the lock with a first change while the next two queue up
+    // behind it; they then go into one group, the full database's error first.
+    let other = hold_write_lock(&dir);
+    let first = tokio::spawn({
+        let s = Arc::clone(&s);
+        async move { s.expire(0).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let full = tokio::spawn({
+        let s = Arc::clone(&s);
+        async move { s.submit(big, 1).await }
+    });
+    let cancel = tokio::spawn({
+        let s = Arc::clone(&s);
+        let small = small.clone();
+        async move { s.cancel_batch(&small).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(other);
+    first.await.expect("task").expect("expire");
+    let full = full.await.expect("task");
+    assert!(full.is_err(), "{full:?}");
+    // SQLite rolled the whole transaction back on SQLITE_FULL; the cancel behind it
+    // must not then run on its own, outside any transaction.
+    let cancel = cancel.await.expect("task");
+    assert!(
+        matches!(cancel, Err(StoreError::Commit { .. })),
+        "{cancel:?}"
+    );
+    let jobs = s.jobs(&small).await.expect("jobs");
+    assert_eq!(
+        jobs[0].state,
+        JobState::Queued,
+        "the refused cancel changed nothing"
+    );
+}
