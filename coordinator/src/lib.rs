@@ -126,15 +126,12 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
         .saturating_mul(2)
         .saturating_add(1 << 20);
 
-    let state =
-        Arc::new(
-            State::new(store, config)
-                .await
-                .map_err(|source| CoordinatorError::Open {
-                    path: PathBuf::new(),
-                    source,
-                })?,
-        );
+    let db = config.db.clone();
+    let state = Arc::new(
+        State::new(store, config)
+            .await
+            .map_err(|source| CoordinatorError::Open { path: db, source })?,
+    );
     let shutdown = state.shutdown.clone();
     let ops = Arc::new(ops::Ops {
         state: Arc::clone(&state),

@@ -528,3 +528,30 @@ async fn livez_fails_while_the_database_cannot_commit_and_says_why() {
     let (status, body) = livez().await;
     assert!(status.contains("200"), "{status} {body}");
 }
+
+#[tokio::test]
+async fn a_database_that_cannot_be_opened_or_loaded_is_named_in_the_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A directory is no database file: the store cannot open it.
+    let err = stylefarm_coordinator::start(Config::local(dir.path().to_owned()))
+        .await
+        .err()
+        .expect("a directory does not open");
+    let message = err.to_string();
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+    // A file whose workers table is not ours opens, then fails to load.
+    let db = dir.path().join("other.db");
+    rusqlite::Connection::open(&db)
+        .expect("open")
+        .execute_batch("CREATE TABLE workers (id TEXT PRIMARY KEY)")
+        .expect("create");
+    let err = stylefarm_coordinator::start(Config::local(db.clone()))
+        .await
+        .err()
+        .expect("the workers do not load");
+    let message = err.to_string();
+    assert!(message.contains(&db.display().to_string()), "{message}");
+}
