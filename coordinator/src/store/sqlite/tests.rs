@@ -291,7 +291,7 @@ async fn complete_and_lease_is_one_change_and_a_stale_completion_leases_nothing(
 async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_attempt() {
     let (_d, s) = store();
     let mut b = batch("t", 0, 1);
-    b.max_attempts = 1;
+    b.max_attempts = 2;
     s.submit(b, 0).await.expect("submit");
     let first = lease(&s, "w", 0, 100).await.expect("job");
     let progress = Progress {
@@ -306,17 +306,25 @@ async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_atte
     assert_eq!((rec.state, rec.iteration), (JobState::Queued, 30));
     let second = lease(&s, "w", 1, 100).await.expect("requeued");
     assert_eq!(second.checkpoint_key.as_deref(), Some("ck/30"));
-    // The release did not use up the one allowed attempt: the second one ran, and
-    // its failure is the one that ends the job.
+    assert_eq!(second.attempt, 2);
+    // Two attempts allowed, and the released one does not count: the failure of the
+    // second attempt is the first that counts, so the job is retried once more...
     let rec = s
         .fail(&second.job_id, second.token, "oom", true)
         .await
         .expect("fail");
     assert_eq!(
         rec.state,
-        JobState::Failed,
-        "the released attempt did not count, this one did"
+        JobState::Queued,
+        "the released attempt did not count against the two allowed"
     );
+    // ...and the failure of the third attempt, the second that counts, ends it.
+    let third = lease(&s, "w", 2, 100).await.expect("requeued");
+    let rec = s
+        .fail(&third.job_id, third.token, "oom", true)
+        .await
+        .expect("fail");
+    assert_eq!(rec.state, JobState::Failed, "two counted attempts failed");
 }
 
 #[tokio::test]
