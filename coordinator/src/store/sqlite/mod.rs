@@ -6,9 +6,11 @@
 //! runs in a savepoint of its own, so one that fails is undone alone. Reads use a second
 //! connection, which in WAL mode sees every committed change and never blocks the writer.
 //!
-//! - [`writer`]: the writer thread (group commits) and the WAL checkpointer.
+//! - [`writer`]: the writer thread (group commits: each change runs inside its group's
+//!   transaction or not at all) with the store's health, and the WAL checkpointer.
 //! - `schema.sql`: the tables, indexes and trigger, each with its reason.
 //! - [`rows`]: job and batch records from their rows.
+//! - [`error`]: SQLite's errors as [`StoreError`]s, and which mean it cannot commit.
 //! - this module: opening the file, the write and read paths, and the [`Store`] impl.
 
 mod error;
