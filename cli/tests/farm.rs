@@ -220,6 +220,10 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
         .into_iter()
         .flatten()
         .all(|j| j["state"] == "succeeded"));
+    // An ended job shows what it did: every iteration, not the last heartbeat's count.
+    for j in status["jobs"].as_array().into_iter().flatten() {
+        assert_eq!(j["iteration"], j["iterations"], "{j}");
+    }
     let table = expect(&run(&mut cluster("status")), 0);
     assert!(table.contains(&id) && table.contains("good"), "{table}");
 

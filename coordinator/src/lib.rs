@@ -47,38 +47,38 @@ use crate::store::{SqliteStore, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
     /// The database could not be opened.
-    #[error("cannot open the database {path}: {source}")]
+    #[error("cannot open the database {path}: {cause}")]
     Open {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: StoreError,
+        /// Why (in the message, so not also a `source()`; likewise below).
+        cause: StoreError,
     },
     /// An address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    Serve(tonic::transport::Error),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
     /// The ready file could not be written.
-    #[error("cannot write the ready file {path}: {source}")]
+    #[error("cannot write the ready file {path}: {cause}")]
     ReadyFile {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A server task panicked.
     #[error("a server task panicked: {0}")]
-    Panicked(#[from] tokio::task::JoinError),
+    Panicked(tokio::task::JoinError),
 }
 
 /// A coordinator serving in this process.
@@ -103,18 +103,18 @@ impl Running {
     pub async fn wait(self) -> Result<(), CoordinatorError> {
         let grpc = self.grpc.await;
         let http = self.http.await;
-        self.expiry.await?;
-        grpc??;
-        http??;
+        self.expiry.await.map_err(CoordinatorError::Panicked)?;
+        grpc.map_err(CoordinatorError::Panicked)??;
+        http.map_err(CoordinatorError::Panicked)??;
         Ok(())
     }
 }
 
 /// Opens the store, binds both listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
-    let store = SqliteStore::open(&config.db).map_err(|source| CoordinatorError::Open {
+    let store = SqliteStore::open(&config.db).map_err(|cause| CoordinatorError::Open {
         path: config.db.clone(),
-        source,
+        cause,
     })?;
     let grpc_listener = bind(config.listen).await?;
     let http_listener = bind(config.metrics_listen).await?;
@@ -126,15 +126,12 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
         .saturating_mul(2)
         .saturating_add(1 << 20);
 
-    let state =
-        Arc::new(
-            State::new(store, config)
-                .await
-                .map_err(|source| CoordinatorError::Open {
-                    path: PathBuf::new(),
-                    source,
-                })?,
-        );
+    let db = config.db.clone();
+    let state = Arc::new(
+        State::new(store, config)
+            .await
+            .map_err(|cause| CoordinatorError::Open { path: db, cause })?,
+    );
     let shutdown = state.shutdown.clone();
     let ops = Arc::new(ops::Ops {
         state: Arc::clone(&state),
@@ -173,7 +170,7 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
         server
             .serve_with_incoming_shutdown(incoming, signal)
             .await
-            .map_err(CoordinatorError::from)
+            .map_err(CoordinatorError::Serve)
     });
     let http_shutdown = shutdown.clone();
     let router = ops::router(Arc::clone(&ops));
@@ -190,8 +187,8 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
     tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, db = %state.config.db.display(), "coordinator serving");
     if let Some(path) = ready_file {
         let body = format!("{{\"grpc\":\"{grpc_addr}\",\"metrics\":\"{metrics_addr}\"}}\n");
-        write_atomically(&path, body.as_bytes())
-            .map_err(|source| CoordinatorError::ReadyFile { path, source })?;
+        stylefarm_core::fs::write_atomic(&path, body.as_bytes())
+            .map_err(|cause| CoordinatorError::ReadyFile { path, cause })?;
     }
     Ok(Running {
         grpc_addr,
@@ -220,17 +217,10 @@ pub async fn run(
 async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordinatorError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| CoordinatorError::Bind { addr, source })
+        .map_err(|cause| CoordinatorError::Bind { addr, cause })
 }
 
 fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, CoordinatorError> {
     l.local_addr()
-        .map_err(|source| CoordinatorError::Bind { addr, source })
-}
-
-/// Writes through a temporary file and a rename, so readers never see half a file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+        .map_err(|cause| CoordinatorError::Bind { addr, cause })
 }

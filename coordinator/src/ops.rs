@@ -48,14 +48,14 @@ async fn metrics<S: Store>(Extract(ops): Extract<Arc<Ops<S>>>) -> (StatusCode, S
     }
 }
 
-async fn livez<S: Store>(Extract(ops): Extract<Arc<Ops<S>>>) -> (StatusCode, &'static str) {
-    if ops.state.store.healthy() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
+/// Fails while the store cannot commit (see [`Store::health`]), and says why.
+async fn livez<S: Store>(Extract(ops): Extract<Arc<Ops<S>>>) -> (StatusCode, String) {
+    match ops.state.store.health() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the database writer has stopped\n",
-        )
+            format!("the database cannot commit: {reason}\n"),
+        ),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use stylefarm_coordinator::grpc::{ClientApi, WorkerApi};
 use stylefarm_coordinator::state::State;
+use stylefarm_coordinator::store::sqlite::Options;
 use stylefarm_coordinator::store::SqliteStore;
 use stylefarm_coordinator::Config;
 use stylefarm_proto::v1::style_farm_server::StyleFarm;
@@ -243,6 +244,20 @@ async fn submit_is_idempotent_per_token() {
 }
 
 #[tokio::test]
+async fn a_batch_is_queued_until_a_job_is_leased() {
+    let h = harness(|_| {}).await;
+    let id = h
+        .submit(common::submit("q", 0, 2))
+        .await
+        .expect("submit")
+        .batch_id;
+    assert_eq!(h.batch(&id).await.state, BatchState::Queued as i32);
+    let w = h.register("w").await;
+    h.lease(&w, 0).await.expect("job");
+    assert_eq!(h.batch(&id).await.state, BatchState::Running as i32);
+}
+
+#[tokio::test]
 async fn protocol_mismatch_and_unknown_workers_are_refused() {
     let h = harness(|_| {}).await;
     let mut old = common::register("w");
@@ -474,4 +489,84 @@ async fn a_watch_that_starts_after_some_jobs_finished_still_follows_the_batch() 
         last.expect("events").batch_state,
         BatchState::Succeeded as i32
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livez_fails_while_the_database_cannot_commit_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::local(dir.path().join("state.db"));
+    let options = Options {
+        busy_timeout: Duration::from_millis(100),
+    };
+    let store = SqliteStore::open_with(&config.db, &options).expect("open");
+    let state = Arc::new(State::new(store, config).await.expect("state"));
+    let client = ClientApi::new(Arc::clone(&state));
+    let ops = Arc::new(stylefarm_coordinator::ops::Ops {
+        state: Arc::clone(&state),
+        ready: true.into(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let router = stylefarm_coordinator::ops::router(ops);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let livez = || {
+        let addr = addr.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                stylefarm_testkit::process::http_get(&addr, "/livez")
+            })
+            .await
+            .expect("get")
+        }
+    };
+    assert!(livez().await.0.contains("200"));
+
+    // Another connection holds the write lock: the next change cannot begin.
+    let other = rusqlite::Connection::open(&state.config.db).expect("open");
+    other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let refused = client
+        .submit_batch(Request::new(common::submit("t", 0, 1)))
+        .await
+        .expect_err("the store cannot commit");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let (status, body) = livez().await;
+    assert!(status.contains("503"), "{status} {body}");
+    assert!(body.contains("locked"), "{body}");
+
+    drop(other);
+    client
+        .submit_batch(Request::new(common::submit("t", 0, 1)))
+        .await
+        .expect("submit");
+    let (status, body) = livez().await;
+    assert!(status.contains("200"), "{status} {body}");
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_be_opened_or_loaded_is_named_in_the_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A directory is no database file: the store cannot open it.
+    let err = stylefarm_coordinator::start(Config::local(dir.path().to_owned()))
+        .await
+        .err()
+        .expect("a directory does not open");
+    let message = err.to_string();
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+    // A file whose workers table is not ours opens, then fails to load.
+    let db = dir.path().join("other.db");
+    rusqlite::Connection::open(&db)
+        .expect("open")
+        .execute_batch("CREATE TABLE workers (id TEXT PRIMARY KEY)")
+        .expect("create");
+    let err = stylefarm_coordinator::start(Config::local(db.clone()))
+        .await
+        .err()
+        .expect("the workers do not load");
+    let message = err.to_string();
+    assert!(message.contains(&db.display().to_string()), "{message}");
 }

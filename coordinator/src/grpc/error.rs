@@ -56,9 +56,9 @@ impl From<ApiError> for Status {
                 }
                 StoreError::TokenReused { .. } => Code::AlreadyExists,
                 StoreError::Closed | StoreError::Commit { .. } => Code::Unavailable,
-                StoreError::Db(_) | StoreError::Spawn(_) | StoreError::SchemaTooNew { .. } => {
-                    Code::Internal
-                }
+                StoreError::Backend { .. }
+                | StoreError::Spawn(_)
+                | StoreError::SchemaTooNew { .. } => Code::Internal,
             },
         };
         if code == Code::Internal

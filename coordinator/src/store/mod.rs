@@ -16,9 +16,13 @@ pub use sqlite::SqliteStore;
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed.
-    #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    /// The backend failed (a statement, the disk, a lock). Each backend converts its own
+    /// errors into this one, so the trait names no database library.
+    #[error("database error: {cause}")]
+    Backend {
+        /// The backend's error (in the message, so not also a `source()`).
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A group commit failed; none of its changes were made.
     #[error("commit failed: {reason}")]
     Commit {
@@ -123,22 +127,14 @@ pub trait Store: Send + Sync + 'static {
         lease_ms: i64,
     ) -> impl Future<Output = Result<(HeartbeatAnswer, JobRecord), StoreError>> + Send;
 
-    /// Records the attempt's output (and its sidecar, if any) as the job's result.
+    /// Records the attempt's output (and its sidecar, if any) as the job's result, with
+    /// the iterations it ran and its final losses.
     fn complete(
         &self,
         job_id: &str,
         token: u64,
         done: Completion,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
-
-    /// [`Store::complete`], then [`Store::lease`] for the same worker, in one commit.
-    fn complete_and_lease(
-        &self,
-        job_id: &str,
-        token: u64,
-        done: Completion,
-        ask: LeaseAsk,
-    ) -> impl Future<Output = Result<(JobRecord, Option<(Lease, JobRecord)>), StoreError>> + Send;
 
     /// Records a failed attempt: requeued while attempts remain and `retryable`, else
     /// failed. Retryable failures count against the worker on this batch.
@@ -208,6 +204,12 @@ pub trait Store: Send + Sync + 'static {
     /// Counts for the metrics endpoint.
     fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
 
-    /// False once the store can no longer commit (liveness).
-    fn healthy(&self) -> bool;
+    /// `Ok` while the store can commit; otherwise why not (its last storage failure, in
+    /// words fit for an operator: no statement, value or credential), for liveness.
+    fn health(&self) -> Result<(), String>;
+
+    /// False while the store cannot commit (see [`Store::health`]).
+    fn healthy(&self) -> bool {
+        self.health().is_ok()
+    }
 }

@@ -1,0 +1,718 @@
+//! The embedded store: one SQLite database file in WAL mode with `synchronous=FULL`.
+//!
+//! Writes go to one writer thread that commits them in groups: it takes every change
+//! waiting in its queue (up to [`MAX_GROUP`]), runs them in one transaction, commits
+//! once (one fsync) and only then answers each caller. A change of several statements
+//! runs in a savepoint of its own, so one that fails is undone alone. Reads use a second
+//! connection, which in WAL mode sees every committed change and never blocks the writer.
+//!
+//! - [`writer`]: the writer thread (group commits: each change runs inside its group's
+//!   transaction or not at all) with the store's health, and the WAL checkpointer.
+//! - `schema.sql`: the tables, indexes and trigger, each with its reason.
+//! - [`rows`]: job and batch records from their rows.
+//! - [`error`]: SQLite's errors as [`StoreError`]s, and which mean it cannot commit.
+//! - this module: opening the file, the write and read paths, and the [`Store`] impl.
+
+mod error;
+mod rows;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use self::rows::{batch_exists, batch_row, job, job_row, jobs_where, state_of, JOB_COLUMNS};
+pub use self::writer::MAX_GROUP;
+use self::writer::{checkpoint_loop, write_loop, Change, Health, Op};
+
+use super::{HeartbeatAnswer, Store, StoreError};
+use crate::model::{
+    BatchRecord, Completion, JobRecord, JobState, Lease, LeaseAsk, NewBatch, NewWorker, Progress,
+    Stats, Submitted,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// Part of every `UPDATE jobs`: a watcher drops events older than what it has seen.
+const BUMP: &str = "version = version + 1";
+
+/// The holder of a live lease: `?1` is the job, `?2` the fencing token. A cancelled job
+/// still accepts its holder's last word while the lease is live.
+const LIVE_LEASE: &str = "id = ?1 AND token = ?2
+    AND (state IN ('leased', 'running') OR (state = 'cancelled' AND deadline_ms IS NOT NULL))";
+
+#[derive(Debug, Default)]
+struct Counters {
+    token: AtomicI64,
+    turn: AtomicI64,
+}
+
+impl Counters {
+    fn next_token(&self) -> i64 {
+        self.token.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn next_turn(&self) -> i64 {
+        self.turn.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    ops: Option<mpsc::Sender<Box<dyn Op>>>,
+    /// Last fencing token and batch turn handed out. Only the writer thread moves them;
+    /// they start from the largest values on disk, so tokens only grow across restarts.
+    counters: Arc<Counters>,
+    writer: Option<JoinHandle<()>>,
+    reader: Arc<Mutex<Connection>>,
+    health: Arc<Health>,
+}
+
+/// How [`SqliteStore::open_with`] opens the file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a statement waits for a lock held by another connection (another
+    /// process on the file, a backup) before it fails as busy. 5 s by default.
+    pub busy_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file with the default [`Options`] and starts its
+    /// writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, &Options::default())
+    }
+
+    /// Opens (or creates) the database file and starts its writer thread.
+    pub fn open_with(path: &Path, options: &Options) -> Result<Self, StoreError> {
+        let conn = connect(path, options)?;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let counters = Arc::new(Counters {
+            token: AtomicI64::new(conn.query_row(
+                "SELECT COALESCE(MAX(token), 0) FROM jobs",
+                [],
+                |r| r.get(0),
+            )?),
+            turn: AtomicI64::new(conn.query_row(
+                "SELECT COALESCE(MAX(turn), 0) FROM batches",
+                [],
+                |r| r.get(0),
+            )?),
+        });
+        // The writer never checkpoints; a thread of its own does, beside it.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let reader = connect(path, options)?;
+        let checkpointer = connect(path, options)?;
+        let (ops, rx) = mpsc::channel::<Box<dyn Op>>();
+        let health = Arc::new(Health::new());
+        let writer_health = Arc::clone(&health);
+        let writer = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                write_loop(&conn, &rx, &writer_health);
+            })
+            .map_err(StoreError::Spawn)?;
+        let checkpoint_health = Arc::clone(&health);
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpointer, &checkpoint_health))
+            .map_err(StoreError::Spawn)?;
+        Ok(Self {
+            ops: Some(ops),
+            counters,
+            writer: Some(writer),
+            reader: Arc::new(Mutex::new(reader)),
+            health,
+        })
+    }
+
+    /// Runs `f` in the next group commit, inside a savepoint of its own so that an error
+    /// undoes its changes alone, and resolves once it is on disk.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write_one(move |conn| {
+            let saved = run_cached(conn, "SAVEPOINT op");
+            let out = f(conn);
+            if saved {
+                if out.is_err() {
+                    run_cached(conn, "ROLLBACK TO op");
+                }
+                run_cached(conn, "RELEASE op");
+            }
+            out
+        })
+        .await
+    }
+
+    /// [`Self::write`] without the savepoint, for changes made by one statement (SQLite
+    /// undoes a failed statement by itself) or whose partial effect is harmless.
+    async fn write_one<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sender = self.ops.as_ref().ok_or(StoreError::Closed)?;
+        sender
+            .send(Box::new(Change { f, tx }))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on the read connection off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer commit what it holds and stop.
+        drop(self.ops.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn connect(path: &Path, options: &Options) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(options.busy_timeout)?;
+    // 16 MiB of page cache: the hot part of a 100k-job queue. (A much larger cache
+    // costs more than it saves: SQLite walks it at the end of every transaction.)
+    conn.pragma_update(None, "cache_size", -16_384)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}
+
+/// Runs a parameterless statement through the statement cache; true when it succeeded.
+fn run_cached(conn: &Connection, sql: &str) -> bool {
+    conn.prepare_cached(sql)
+        .and_then(|mut st| st.execute([]))
+        .is_ok()
+}
+
+fn next(conn: &Connection, counter: &str) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "UPDATE counters SET value = value + 1 WHERE name = ?1 RETURNING value",
+        [counter],
+        |r| r.get(0),
+    )?)
+}
+
+/// Why a fenced update matched no row: the job is missing or the token is not live.
+fn not_live(conn: &Connection, job_id: &str, token: u64) -> StoreError {
+    match job(conn, job_id) {
+        Ok(_) => StoreError::StaleToken {
+            job_id: job_id.to_owned(),
+            token,
+        },
+        Err(e) => e,
+    }
+}
+
+/// Runs a fenced `UPDATE jobs SET {set} WHERE <live lease>` and returns the new record.
+fn fenced_update(
+    conn: &Connection,
+    job_id: &str,
+    token: u64,
+    set: &str,
+    extra: &[&dyn rusqlite::ToSql],
+) -> Result<JobRecord, StoreError> {
+    let sql = format!("UPDATE jobs SET {set}, {BUMP} WHERE {LIVE_LEASE} RETURNING {JOB_COLUMNS}");
+    let token_sql = i64::try_from(token).unwrap_or(-1);
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&job_id, &token_sql];
+    args.extend_from_slice(extra);
+    conn.prepare_cached(&sql)?
+        .query_row(args.as_slice(), job_row)
+        .optional()?
+        .ok_or_else(|| not_live(conn, job_id, token))
+}
+
+/// Runs `UPDATE jobs SET {set}, {BUMP} WHERE {filter}` and returns every row it changed,
+/// whole, in no particular order.
+fn update_jobs(
+    tx: &Connection,
+    set: &str,
+    filter: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let sql = format!("UPDATE jobs SET {set}, {BUMP} WHERE {filter} RETURNING {JOB_COLUMNS}");
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let rows = stmt.query_map(args, job_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Leases the next job for `ask.worker` (see [`Store::lease`]).
+fn lease_tx(
+    tx: &Connection,
+    counters: &Counters,
+    ask: &LeaseAsk,
+) -> Result<Option<(Lease, JobRecord)>, StoreError> {
+    let batch_id: Option<String> = tx
+        .prepare_cached(
+            "SELECT b.id FROM batches b
+             WHERE b.queued > 0
+               AND NOT EXISTS (SELECT 1 FROM worker_failures f
+                               WHERE f.worker = ?1 AND f.batch_id = b.id AND f.failures >= ?2)
+             ORDER BY b.priority DESC, b.turn ASC LIMIT 1",
+        )?
+        .query_row(params![ask.worker, ask.max_worker_failures], |r| r.get(0))
+        .optional()?;
+    let Some(batch_id) = batch_id else {
+        return Ok(None);
+    };
+    let token = counters.next_token();
+    let deadline = ask.now_ms + ask.lease_ms;
+    // The batch's turn moves to the back of its priority level. (Should the job update
+    // below fail, a moved turn is harmless.)
+    tx.prepare_cached("UPDATE batches SET turn = ?2 WHERE id = ?1")?
+        .execute(params![batch_id, counters.next_turn()])?;
+    let record = tx
+        .prepare_cached(&format!(
+            "UPDATE jobs SET state = 'leased', attempt = attempt + 1, token = ?2,
+                    deadline_ms = ?3, worker = ?4, error = NULL, {BUMP}
+             WHERE id = (SELECT id FROM jobs WHERE batch_id = ?1 AND state = 'queued'
+                         ORDER BY seq LIMIT 1)
+             RETURNING {JOB_COLUMNS}"
+        ))?
+        .query_row(params![batch_id, token, deadline, ask.worker], job_row)?;
+    let spec: Vec<u8> = tx
+        .prepare_cached("SELECT spec FROM specs WHERE job_id = ?1")?
+        .query_row([&record.job_id], |r| r.get(0))?;
+    let lease = Lease {
+        job_id: record.job_id.clone(),
+        batch_id,
+        name: record.name.clone(),
+        spec,
+        attempt: record.attempt,
+        token: token as u64,
+        deadline_ms: deadline,
+        checkpoint_key: record.checkpoint_key.clone(),
+    };
+    Ok(Some((lease, record)))
+}
+
+/// Records a completion (see [`Store::complete`]): the result, and the iterations and
+/// losses it ended with. A cancelled job stays cancelled: the holder's last word only
+/// releases it.
+fn complete_tx(
+    tx: &Connection,
+    job_id: &str,
+    token: u64,
+    done: &Completion,
+) -> Result<JobRecord, StoreError> {
+    fenced_update(
+        tx,
+        job_id,
+        token,
+        "result_key = CASE WHEN state = 'cancelled' THEN result_key ELSE ?3 END,
+         result_attempt = CASE WHEN state = 'cancelled' THEN result_attempt ELSE attempt END,
+         sidecar_key = CASE WHEN state = 'cancelled' THEN sidecar_key ELSE ?4 END,
+         iteration = CASE WHEN state = 'cancelled' THEN iteration ELSE ?5 END,
+         loss_content = CASE WHEN state = 'cancelled' THEN loss_content ELSE ?6 END,
+         loss_style = CASE WHEN state = 'cancelled' THEN loss_style ELSE ?7 END,
+         loss_tv = CASE WHEN state = 'cancelled' THEN loss_tv ELSE ?8 END,
+         loss_total = CASE WHEN state = 'cancelled' THEN loss_total ELSE ?9 END,
+         state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'succeeded' END,
+         deadline_ms = NULL",
+        &[
+            &done.result_key,
+            &done.sidecar_key,
+            &done.iteration,
+            &done.losses.content,
+            &done.losses.style,
+            &done.losses.tv,
+            &done.losses.total,
+        ],
+    )
+}
+
+impl Store for SqliteStore {
+    async fn submit(&self, batch: NewBatch, now_ms: i64) -> Result<Submitted, StoreError> {
+        self.write(move |tx| {
+            if let Some(token) = &batch.client_token {
+                let existing: Option<(String, String)> = tx
+                    .query_row(
+                        "SELECT id, manifest_sha256 FROM batches WHERE client_token = ?1",
+                        [token],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((batch_id, sha)) = existing {
+                    if sha != batch.manifest_sha256 {
+                        return Err(StoreError::TokenReused {
+                            token: token.clone(),
+                            batch_id,
+                        });
+                    }
+                    return Ok(Submitted {
+                        batch_id,
+                        existing: true,
+                    });
+                }
+            }
+            let id = format!("b{:08}", next(tx, "id")?);
+            tx.execute(
+                "INSERT INTO batches (id, name, client_token, manifest_sha256, priority, max_attempts, created_ms, queued)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    id,
+                    batch.name,
+                    batch.client_token,
+                    batch.manifest_sha256,
+                    batch.priority,
+                    batch.max_attempts,
+                    now_ms,
+                    batch.jobs.len() as i64
+                ],
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (id, batch_id, seq, name, iterations, state, attempt_limit)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+            )?;
+            let mut insert_spec =
+                tx.prepare_cached("INSERT INTO specs (job_id, spec) VALUES (?1, ?2)")?;
+            for (seq, job) in batch.jobs.iter().enumerate() {
+                let job_id = format!("{id}-j{seq:06}");
+                insert.execute(params![
+                    job_id,
+                    id,
+                    seq as i64,
+                    job.name,
+                    job.iterations,
+                    batch.max_attempts
+                ])?;
+                insert_spec.execute(params![job_id, job.spec])?;
+            }
+            Ok(Submitted {
+                batch_id: id,
+                existing: false,
+            })
+        })
+        .await
+    }
+
+    async fn register_worker(&self, w: NewWorker, now_ms: i64) -> Result<String, StoreError> {
+        self.write(move |tx| {
+            let id = format!("w{:06}-{}", next(tx, "id")?, w.name);
+            tx.execute(
+                "INSERT INTO workers (id, name, device, gpu_model, gpu_memory_bytes, slots, registered_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![id, w.name, w.device, w.gpu_model, w.gpu_memory_bytes as i64, w.slots, now_ms],
+            )?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn workers(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT id, name FROM workers ORDER BY id")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn lease(&self, ask: LeaseAsk) -> Result<Option<(Lease, JobRecord)>, StoreError> {
+        let counters = Arc::clone(&self.counters);
+        self.write_one(move |tx| lease_tx(tx, &counters, &ask))
+            .await
+    }
+
+    async fn heartbeat(
+        &self,
+        job_id: &str,
+        token: u64,
+        progress: Progress,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<(HeartbeatAnswer, JobRecord), StoreError> {
+        let job_id = job_id.to_owned();
+        self.write_one(move |tx| {
+            let deadline = now_ms + lease_ms;
+            let l = progress.losses;
+            let record = fenced_update(
+                tx,
+                &job_id,
+                token,
+                "deadline_ms = ?3, iteration = ?4,
+                 loss_content = ?5, loss_style = ?6, loss_tv = ?7, loss_total = ?8,
+                 checkpoint_key = COALESCE(?9, checkpoint_key),
+                 state = CASE WHEN state = 'leased' THEN 'running' ELSE state END",
+                &[
+                    &deadline,
+                    &progress.iteration,
+                    &l.content,
+                    &l.style,
+                    &l.tv,
+                    &l.total,
+                    &progress.checkpoint_key,
+                ],
+            )?;
+            let answer = HeartbeatAnswer {
+                deadline_ms: deadline,
+                cancelled: record.state == JobState::Cancelled,
+            };
+            Ok((answer, record))
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        job_id: &str,
+        token: u64,
+        done: Completion,
+    ) -> Result<JobRecord, StoreError> {
+        let job_id = job_id.to_owned();
+        self.write_one(move |tx| complete_tx(tx, &job_id, token, &done))
+            .await
+    }
+
+    async fn fail(
+        &self,
+        job_id: &str,
+        token: u64,
+        error: &str,
+        retryable: bool,
+    ) -> Result<JobRecord, StoreError> {
+        let (job_id, error) = (job_id.to_owned(), error.to_owned());
+        self.write(move |tx| {
+            let record = fenced_update(
+                tx,
+                &job_id,
+                token,
+                "state = CASE WHEN state = 'cancelled' THEN 'cancelled'
+                              WHEN ?4 AND attempt < attempt_limit THEN 'queued'
+                              ELSE 'failed' END,
+                 error = ?3, deadline_ms = NULL",
+                &[&error, &retryable],
+            )?;
+            if let (Some(w), true) = (&record.worker, retryable) {
+                tx.prepare_cached(
+                    "INSERT INTO worker_failures (worker, batch_id, failures) VALUES (?1, ?2, 1)
+                     ON CONFLICT (worker, batch_id) DO UPDATE SET failures = failures + 1",
+                )?
+                .execute(params![w, record.batch_id])?;
+            }
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn release(
+        &self,
+        job_id: &str,
+        token: u64,
+        progress: Progress,
+    ) -> Result<JobRecord, StoreError> {
+        let job_id = job_id.to_owned();
+        self.write_one(move |tx| {
+            fenced_update(
+                tx,
+                &job_id,
+                token,
+                "state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
+                 attempt_limit = attempt_limit + 1, deadline_ms = NULL,
+                 iteration = ?3, checkpoint_key = COALESCE(?4, checkpoint_key)",
+                &[&progress.iteration, &progress.checkpoint_key],
+            )
+        })
+        .await
+    }
+
+    async fn expire(&self, now_ms: i64) -> Result<Vec<JobRecord>, StoreError> {
+        self.write_one(move |tx| {
+            update_jobs(
+                tx,
+                "state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
+                 deadline_ms = NULL",
+                "deadline_ms IS NOT NULL AND deadline_ms < ?1",
+                [now_ms],
+            )
+        })
+        .await
+    }
+
+    async fn cancel_batch(&self, batch_id: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let batch_id = batch_id.to_owned();
+        self.write(move |tx| {
+            batch_exists(tx, &batch_id)?;
+            update_jobs(
+                tx,
+                "state = 'cancelled'",
+                "batch_id = ?1 AND state IN ('queued', 'leased', 'running')",
+                [&batch_id],
+            )
+        })
+        .await
+    }
+
+    async fn cancel_job(&self, job_id: &str) -> Result<JobRecord, StoreError> {
+        let job_id = job_id.to_owned();
+        self.write_one(move |tx| {
+            let cancelled = update_jobs(
+                tx,
+                "state = 'cancelled'",
+                "id = ?1 AND state IN ('queued', 'leased', 'running')",
+                [&job_id],
+            )?;
+            if let Some(record) = cancelled.into_iter().next() {
+                return Ok(record);
+            }
+            // Nothing changed: the job is missing, has ended, or was already cancelled.
+            let current = job(tx, &job_id)?;
+            match current.state {
+                JobState::Succeeded | JobState::Failed => Err(StoreError::AlreadyEnded {
+                    job_id,
+                    state: current.state.as_str(),
+                }),
+                _ => Ok(current),
+            }
+        })
+        .await
+    }
+
+    async fn retry(
+        &self,
+        batch_id: &str,
+        include_cancelled: bool,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let batch_id = batch_id.to_owned();
+        self.write(move |tx| {
+            batch_exists(tx, &batch_id)?;
+            tx.execute(
+                "DELETE FROM worker_failures WHERE batch_id = ?1",
+                [&batch_id],
+            )?;
+            update_jobs(
+                tx,
+                "state = 'queued', error = NULL,
+                 attempt_limit = attempt + (SELECT max_attempts FROM batches WHERE id = ?1)",
+                "batch_id = ?1 AND deadline_ms IS NULL
+                 AND (state = 'failed' OR (?2 AND state = 'cancelled'))",
+                params![batch_id, include_cancelled],
+            )
+        })
+        .await
+    }
+
+    async fn batch(&self, batch_id: &str) -> Result<BatchRecord, StoreError> {
+        let batch_id = batch_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, priority, max_attempts, created_ms FROM batches WHERE id = ?1",
+            )?;
+            let mut rows = stmt.query([&batch_id])?;
+            match rows.next()? {
+                Some(r) => batch_row(conn, r),
+                None => Err(StoreError::NotFound {
+                    what: "batch",
+                    id: batch_id,
+                }),
+            }
+        })
+        .await
+    }
+
+    async fn batches(&self, limit: u32) -> Result<Vec<BatchRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, priority, max_attempts, created_ms FROM batches
+                 ORDER BY id DESC LIMIT ?1",
+            )?;
+            let mut rows = stmt.query([limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(batch_row(conn, r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn jobs(&self, batch_id: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let batch_id = batch_id.to_owned();
+        self.read(move |conn| {
+            batch_exists(conn, &batch_id)?;
+            jobs_where(conn, "batch_id = ?1 ORDER BY seq", [&batch_id])
+        })
+        .await
+    }
+
+    async fn job(&self, job_id: &str) -> Result<JobRecord, StoreError> {
+        let job_id = job_id.to_owned();
+        self.read(move |conn| job(conn, &job_id)).await
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        self.read(|conn| {
+            let jobs_by_state = conn
+                .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?
+                .query_map([], |r| {
+                    let s: String = r.get(0)?;
+                    Ok((state_of(&s), r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            let queued_by_batch = conn
+                .prepare_cached(
+                    "SELECT id, name, queued FROM batches WHERE queued > 0 ORDER BY id",
+                )?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(Stats {
+                jobs_by_state,
+                queued_by_batch,
+            })
+        })
+        .await
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.health.check()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,76 @@
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    client_token TEXT UNIQUE,
+    manifest_sha256 TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    turn INTEGER NOT NULL DEFAULT 0,
+    queued INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS batches_ready ON batches (priority DESC, turn) WHERE queued > 0;
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    batch_id TEXT NOT NULL REFERENCES batches(id),
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    iterations INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    attempt_limit INTEGER NOT NULL,
+    token INTEGER NOT NULL DEFAULT 0,
+    deadline_ms INTEGER,
+    worker TEXT,
+    iteration INTEGER NOT NULL DEFAULT 0,
+    loss_content REAL NOT NULL DEFAULT 0,
+    loss_style REAL NOT NULL DEFAULT 0,
+    loss_tv REAL NOT NULL DEFAULT 0,
+    loss_total REAL NOT NULL DEFAULT 0,
+    checkpoint_key TEXT,
+    result_key TEXT,
+    result_attempt INTEGER,
+    sidecar_key TEXT,
+    error TEXT,
+    version INTEGER NOT NULL DEFAULT 0,  -- bumped by every change (see BUMP)
+    UNIQUE (batch_id, name)
+) WITHOUT ROWID;
+-- Rows stay small (specs live apart and are only read), and ids sort by batch and
+-- sequence, so the jobs a group commit touches share pages.
+CREATE TABLE IF NOT EXISTS specs (
+    job_id TEXT PRIMARY KEY,
+    spec BLOB NOT NULL
+) WITHOUT ROWID;
+-- Only queued jobs are indexed for leasing: a lease removes one entry, and the jobs
+-- that run or ended cost the index nothing. (Per-batch lookups use the unique
+-- (batch_id, name) index.)
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (batch_id, seq) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_deadline ON jobs (deadline_ms) WHERE deadline_ms IS NOT NULL;
+-- batches.queued follows the jobs in state 'queued', so leasing finds a batch with work
+-- through an index instead of scanning jobs.
+CREATE TRIGGER IF NOT EXISTS jobs_queued_count AFTER UPDATE OF state ON jobs
+WHEN (old.state = 'queued') <> (new.state = 'queued')
+BEGIN
+    UPDATE batches SET queued = queued + (CASE WHEN new.state = 'queued' THEN 1 ELSE -1 END)
+    WHERE id = new.batch_id;
+END;
+CREATE TABLE IF NOT EXISTS worker_failures (
+    worker TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    PRIMARY KEY (worker, batch_id)
+);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    device TEXT NOT NULL,
+    gpu_model TEXT NOT NULL,
+    gpu_memory_bytes INTEGER NOT NULL,
+    slots INTEGER NOT NULL,
+    registered_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('id', 0);

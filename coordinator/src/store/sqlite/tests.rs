@@ -1,0 +1,506 @@
+use super::*;
+use crate::model::{Losses, NewJob};
+
+fn batch(token: &str, priority: i32, n: usize) -> NewBatch {
+    NewBatch {
+        name: token.to_owned(),
+        client_token: Some(token.to_owned()),
+        manifest_sha256: format!("sha-{token}-{n}"),
+        priority,
+        max_attempts: 3,
+        jobs: (0..n)
+            .map(|i| NewJob {
+                name: format!("out{i}"),
+                iterations: 10,
+                spec: vec![i as u8],
+            })
+            .collect(),
+    }
+}
+
+fn done(key: &str) -> Completion {
+    Completion {
+        result_key: key.to_owned(),
+        sidecar_key: None,
+        iteration: 10,
+        losses: Losses::default(),
+    }
+}
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SqliteStore::open(&dir.path().join("state.db")).expect("open");
+    (dir, s)
+}
+
+/// A store that gives up on a held lock after `busy_ms` instead of 5 s.
+fn store_with(busy_ms: u64) -> (tempfile::TempDir, Arc<SqliteStore>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        busy_timeout: Duration::from_millis(busy_ms),
+    };
+    let s = SqliteStore::open_with(&dir.path().join("state.db"), &options).expect("open");
+    (dir, Arc::new(s))
+}
+
+/// Another connection to the store's file holding the write lock, as another process
+/// on the file (a backup, an operator's `sqlite3` shell) can. Dropping it releases it.
+fn hold_write_lock(dir: &tempfile::TempDir) -> Connection {
+    let other = Connection::open(dir.path().join("state.db")).expect("open");
+    other
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    other
+}
+
+/// Polls `done` every 10 ms for at most `limit`; true once it held.
+async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+async fn lease(s: &SqliteStore, worker: &str, now: i64, ms: i64) -> Option<Lease> {
+    let ask = LeaseAsk {
+        worker: worker.to_owned(),
+        now_ms: now,
+        lease_ms: ms,
+        max_worker_failures: 2,
+    };
+    s.lease(ask).await.expect("lease").map(|(l, _)| l)
+}
+
+#[tokio::test]
+async fn submit_is_idempotent_per_token_and_refuses_a_reused_token() {
+    let (_d, s) = store();
+    let a = s.submit(batch("t1", 0, 2), 0).await.expect("submit");
+    assert!(!a.existing);
+    let b = s.submit(batch("t1", 0, 2), 1).await.expect("submit");
+    assert!(b.existing);
+    assert_eq!(a.batch_id, b.batch_id);
+    assert_eq!(s.jobs(&a.batch_id).await.expect("jobs").len(), 2);
+    let other = s.submit(batch("t1", 0, 3), 2).await;
+    assert!(
+        matches!(other, Err(StoreError::TokenReused { .. })),
+        "{other:?}"
+    );
+}
+
+#[tokio::test]
+async fn priority_then_round_robin_then_fifo() {
+    let (_d, s) = store();
+    let low = s
+        .submit(batch("low", 0, 2), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let a = s
+        .submit(batch("a", 5, 2), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let b = s
+        .submit(batch("b", 5, 2), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        order.push(lease(&s, "w", 0, 1000).await.expect("a job").job_id);
+    }
+    assert_eq!(
+        order,
+        vec![
+            format!("{a}-j000000"),
+            format!("{b}-j000000"),
+            format!("{a}-j000001"),
+            format!("{b}-j000001"),
+            format!("{low}-j000000"),
+            format!("{low}-j000001"),
+        ]
+    );
+    assert!(lease(&s, "w", 0, 1000).await.is_none());
+    let stats = s.stats().await.expect("stats");
+    assert_eq!(stats.jobs_by_state.get(&JobState::Leased), Some(&6));
+    assert!(stats.queued_by_batch.is_empty());
+}
+
+#[tokio::test]
+async fn expiry_requeues_with_checkpoint_and_fences_the_old_token() {
+    let (_d, s) = store();
+    let id = s
+        .submit(batch("t", 0, 1), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let first = lease(&s, "w1", 0, 100).await.expect("job");
+    let progress = Progress {
+        iteration: 40,
+        losses: Losses::default(),
+        checkpoint_key: Some("ck/40".into()),
+    };
+    let (_, rec) = s
+        .heartbeat(&first.job_id, first.token, progress, 50, 100)
+        .await
+        .expect("heartbeat");
+    assert_eq!(rec.state, JobState::Running);
+    assert!(
+        s.expire(149).await.expect("expire").is_empty(),
+        "deadline was extended"
+    );
+    let expired = s.expire(151).await.expect("expire");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].state, JobState::Queued);
+    assert!(expired[0].version > rec.version);
+    let second = lease(&s, "w2", 200, 100).await.expect("job");
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.checkpoint_key.as_deref(), Some("ck/40"));
+    assert!(second.token > first.token);
+    let stale = s
+        .complete(&first.job_id, first.token, done("late/output.png"))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::StaleToken { .. })),
+        "{stale:?}"
+    );
+    s.complete(&second.job_id, second.token, done("attempt2/output.png"))
+        .await
+        .expect("complete");
+    let job = &s.jobs(&id).await.expect("jobs")[0];
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.result_key.as_deref(), Some("attempt2/output.png"));
+    assert_eq!(job.result_attempt, Some(2));
+}
+
+#[tokio::test]
+async fn failures_retry_then_fail_bad_workers_are_kept_off_and_retry_requeues() {
+    let (_d, s) = store();
+    let id = s
+        .submit(batch("t", 0, 2), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    for _ in 0..2 {
+        let l = lease(&s, "bad", 0, 100).await.expect("job");
+        s.fail(&l.job_id, l.token, "CUDA error", true)
+            .await
+            .expect("fail");
+    }
+    assert!(
+        lease(&s, "bad", 0, 100).await.is_none(),
+        "bad worker is kept off"
+    );
+    let l = lease(&s, "good", 0, 100).await.expect("job");
+    s.fail(&l.job_id, l.token, "corrupt input", false)
+        .await
+        .expect("fail");
+    let jobs = s.jobs(&id).await.expect("jobs");
+    let failed: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].error.as_deref(), Some("corrupt input"));
+    let batch = s.batch(&id).await.expect("batch");
+    assert_eq!(batch.counts.get(&JobState::Queued), Some(&1));
+    // Retrying forgets the bad worker's record and requeues the failed job.
+    let requeued = s.retry(&id, false).await.expect("retry");
+    assert_eq!(requeued.len(), 1);
+    assert!(lease(&s, "bad", 0, 100).await.is_some());
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_heartbeat_and_state_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let (id, lease_) = {
+        let s = SqliteStore::open(&path).expect("open");
+        let id = s
+            .submit(batch("t", 0, 3), 0)
+            .await
+            .expect("submit")
+            .batch_id;
+        let l = lease(&s, "w", 0, 10_000).await.expect("job");
+        let changed = s.cancel_batch(&id).await.expect("cancel");
+        assert_eq!(changed.len(), 3);
+        (id, l)
+    };
+    let s = SqliteStore::open(&path).expect("reopen");
+    let (answer, _) = s
+        .heartbeat(
+            &lease_.job_id,
+            lease_.token,
+            Progress::default(),
+            10,
+            10_000,
+        )
+        .await
+        .expect("heartbeat");
+    assert!(answer.cancelled);
+    let jobs = s.jobs(&id).await.expect("jobs");
+    assert!(jobs.iter().all(|j| j.state == JobState::Cancelled));
+    assert!(matches!(
+        s.cancel_batch("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // The holder's last word releases the lease; the token is then stale.
+    s.fail(&lease_.job_id, lease_.token, "cancelled", false)
+        .await
+        .expect("release");
+    let again = s.complete(&lease_.job_id, lease_.token, done("x")).await;
+    assert!(
+        matches!(again, Err(StoreError::StaleToken { .. })),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_completed_job_shows_the_iterations_it_ran_not_its_last_heartbeat() {
+    let (_d, s) = store();
+    s.submit(batch("t", 0, 1), 0).await.expect("submit");
+    let l = lease(&s, "w", 0, 100).await.expect("job");
+    let beat = Progress {
+        iteration: 92,
+        losses: Losses::default(),
+        checkpoint_key: None,
+    };
+    s.heartbeat(&l.job_id, l.token, beat, 1, 100)
+        .await
+        .expect("heartbeat");
+    let losses = Losses {
+        content: 1.0,
+        style: 2.0,
+        tv: 0.5,
+        total: 3.5,
+    };
+    let finished = Completion {
+        iteration: 100,
+        losses,
+        ..done("out.png")
+    };
+    let rec = s
+        .complete(&l.job_id, l.token, finished)
+        .await
+        .expect("complete");
+    assert_eq!(
+        (rec.state, rec.iteration, rec.losses),
+        (JobState::Succeeded, 100, losses)
+    );
+    assert_eq!(s.job(&l.job_id).await.expect("job").iteration, 100);
+}
+
+#[tokio::test]
+async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_attempt() {
+    let (_d, s) = store();
+    let mut b = batch("t", 0, 1);
+    b.max_attempts = 2;
+    s.submit(b, 0).await.expect("submit");
+    let first = lease(&s, "w", 0, 100).await.expect("job");
+    let progress = Progress {
+        iteration: 30,
+        losses: Losses::default(),
+        checkpoint_key: Some("ck/30".into()),
+    };
+    let rec = s
+        .release(&first.job_id, first.token, progress)
+        .await
+        .expect("release");
+    assert_eq!((rec.state, rec.iteration), (JobState::Queued, 30));
+    let second = lease(&s, "w", 1, 100).await.expect("requeued");
+    assert_eq!(second.checkpoint_key.as_deref(), Some("ck/30"));
+    assert_eq!(second.attempt, 2);
+    // Two attempts allowed, and the released one does not count: the failure of the
+    // second attempt is the first that counts, so the job is retried once more...
+    let rec = s
+        .fail(&second.job_id, second.token, "oom", true)
+        .await
+        .expect("fail");
+    assert_eq!(
+        rec.state,
+        JobState::Queued,
+        "the released attempt did not count against the two allowed"
+    );
+    // ...and the failure of the third attempt, the second that counts, ends it.
+    let third = lease(&s, "w", 2, 100).await.expect("requeued");
+    let rec = s
+        .fail(&third.job_id, third.token, "oom", true)
+        .await
+        .expect("fail");
+    assert_eq!(rec.state, JobState::Failed, "two counted attempts failed");
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_group_commits_and_lose_nothing() {
+    let (_d, s) = store();
+    let s = Arc::new(s);
+    let id = s
+        .submit(batch("t", 0, 500), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let mut tasks = Vec::new();
+    for w in 0..50 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let mut finished = 0;
+            while let Some(l) = lease(&s, &format!("w{w}"), 0, 10_000).await {
+                s.complete(&l.job_id, l.token, done("out"))
+                    .await
+                    .expect("complete");
+                finished += 1;
+            }
+            finished
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    assert_eq!(total, 500, "every job leased exactly once");
+    let b = s.batch(&id).await.expect("batch");
+    assert_eq!(b.counts.get(&JobState::Succeeded), Some(&500));
+}
+
+#[tokio::test]
+async fn a_group_that_cannot_begin_changes_nothing_and_every_caller_is_told() {
+    // The writer waits 600 ms for the lock, then gives up on BEGIN.
+    let (dir, s) = store_with(600);
+    let other = hold_write_lock(&dir);
+    // No client token: the change's first statement is a write, which (outside a
+    // transaction) would wait for the lock too.
+    let mut b = batch("t", 0, 2);
+    b.client_token = None;
+    let submit = tokio::spawn({
+        let s = Arc::clone(&s);
+        async move { s.submit(b, 0).await }
+    });
+    // The lock goes away once the store reports that BEGIN failed, and at the latest
+    // while a change run outside any transaction would still be waiting for it.
+    wait_until(Duration::from_millis(900), || !s.healthy()).await;
+    drop(other);
+    let refused = submit.await.expect("task");
+    assert!(
+        matches!(refused, Err(StoreError::Commit { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        s.batches(10).await.expect("batches").len(),
+        0,
+        "the refused submission left nothing on disk"
+    );
+    s.submit(batch("t", 0, 2), 1).await.expect("submit");
+    assert_eq!(s.batches(10).await.expect("batches").len(), 1);
+}
+
+#[tokio::test]
+async fn a_held_lock_makes_the_store_unhealthy_until_a_commit_succeeds() {
+    let (dir, s) = store_with(100);
+    assert!(s.healthy());
+    let other = hold_write_lock(&dir);
+    let refused = s.submit(batch("t", 0, 1), 0).await;
+    assert!(
+        matches!(refused, Err(StoreError::Commit { .. })),
+        "{refused:?}"
+    );
+    let why = s
+        .health()
+        .expect_err("BEGIN failed: the store cannot commit");
+    assert!(why.contains("begin") && why.contains("locked"), "{why}");
+    drop(other);
+    s.submit(batch("t", 0, 1), 1).await.expect("submit");
+    assert!(s.healthy(), "a commit succeeded again");
+}
+
+/// Caps the database at the pages it has now (SQLite's `max_page_count`, set on the
+/// writer's connection, where it applies), or lifts the cap: a real "database or disk
+/// is full" without filling a disk.
+async fn cap_pages(s: &SqliteStore, capped: bool) {
+    s.write_one(move |conn| {
+        let limit: i64 = if capped {
+            conn.query_row("PRAGMA page_count", [], |r| r.get(0))?
+        } else {
+            i64::from(u32::MAX)
+        };
+        conn.query_row(&format!("PRAGMA max_page_count = {limit}"), [], |_| Ok(()))?;
+        Ok(())
+    })
+    .await
+    .expect("max_page_count");
+}
+
+#[tokio::test]
+async fn a_full_database_makes_the_store_unhealthy_until_a_commit_succeeds() {
+    let (_d, s) = store();
+    s.submit(batch("small", 0, 1), 0).await.expect("submit");
+    cap_pages(&s, true).await;
+    let mut big = batch("big", 0, 100);
+    for job in &mut big.jobs {
+        job.spec = vec![7; 4096];
+    }
+    let refused = s.submit(big.clone(), 1).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let why = s.health().expect_err("a statement found the database full");
+    assert!(why.contains("full"), "{why}");
+    // Lifting the cap is a change of its own; it commits and meets no storage failure.
+    cap_pages(&s, false).await;
+    assert!(s.healthy(), "a commit succeeded again");
+    s.submit(big, 2).await.expect("submit once there is room");
+    assert_eq!(s.batches(10).await.expect("batches").len(), 2);
+}
+
+#[tokio::test]
+async fn a_group_that_sqlite_rolls_back_part_way_runs_none_of_its_later_changes() {
+    let (dir, s) = store_with(5_000);
+    let small = s
+        .submit(batch("small", 0, 1), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    cap_pages(&s, true).await;
+    let mut big = batch("big", 0, 100);
+    for job in &mut big.jobs {
+        job.spec = vec![7; 4096];
+    }
+    // The writer waits for the lock with a first change while the next two queue up
+    // behind it; they then go into one group, the full database's error first.
+    let other = hold_write_lock(&dir);
+    let first = tokio::spawn({
+        let s = Arc::clone(&s);
+        async move { s.expire(0).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let full = tokio::spawn({
+        let s = Arc::clone(&s);
+        async move { s.submit(big, 1).await }
+    });
+    let cancel = tokio::spawn({
+        let s = Arc::clone(&s);
+        let small = small.clone();
+        async move { s.cancel_batch(&small).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(other);
+    // (Should the writer have been slow to take the first change, all three share a
+    // group and the first is refused too; what follows holds either way.)
+    let _ = first.await.expect("task");
+    let full = full.await.expect("task");
+    assert!(full.is_err(), "{full:?}");
+    // SQLite rolled the whole transaction back on SQLITE_FULL; the cancel behind it
+    // must not then run on its own, outside any transaction.
+    let cancel = cancel.await.expect("task");
+    assert!(
+        matches!(cancel, Err(StoreError::Commit { .. })),
+        "{cancel:?}"
+    );
+    let jobs = s.jobs(&small).await.expect("jobs");
+    assert_eq!(
+        jobs[0].state,
+        JobState::Queued,
+        "the refused cancel changed nothing"
+    );
+}
