@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use stylefarm_testkit::garage::Garage;
-use stylefarm_testkit::process::{workspace_bin, CoordinatorProc, Proc};
+use stylefarm_testkit::process::{output_within, workspace_bin, CoordinatorProc, Proc};
 
 mod common;
 
@@ -23,8 +24,12 @@ fn stylefarm(args: &[&str]) -> Command {
     c
 }
 
+/// Every command of these tests ends well within this; one that does not (a `watch`
+/// whose worker died) fails the test with its output instead of hanging it.
+const COMMAND_LIMIT: Duration = Duration::from_secs(600);
+
 fn run(c: &mut Command) -> Output {
-    c.output().expect("stylefarm runs")
+    output_within(c, COMMAND_LIMIT)
 }
 
 fn text(o: &Output) -> String {

@@ -125,14 +125,10 @@ async fn expiry_requeues_with_checkpoint_and_stale_tokens_are_rejected() {
 
     let (status, body) = c.http_get("/metrics");
     assert!(status.contains("200"), "{status}");
-    assert!(
-        body.contains("stylefarm_lease_expirations_total 1"),
-        "{body}"
-    );
-    assert!(
-        body.contains("stylefarm_jobs{state=\"succeeded\"} 1"),
-        "{body}"
-    );
+    // Whole lines: `..._total 1` must not also match 10 to 19.
+    let line = |l: &str| body.lines().any(|b| b == l);
+    assert!(line("stylefarm_lease_expirations_total 1"), "{body}");
+    assert!(line("stylefarm_jobs{state=\"succeeded\"} 1"), "{body}");
     assert!(body.contains("stylefarm_lease_seconds_bucket"), "{body}");
 }
 

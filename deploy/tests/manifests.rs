@@ -14,7 +14,9 @@ use std::time::Duration;
 use stylefarm_deploy::{Container, Deploy};
 use stylefarm_testkit::fixtures::{real_weights, shared};
 use stylefarm_testkit::garage::Garage;
-use stylefarm_testkit::process::{http_get, poll_file, ready_field, workspace_bin, Proc};
+use stylefarm_testkit::process::{
+    http_get, output_within, poll_file, ready_field, workspace_bin, Proc,
+};
 
 const COORDINATOR: (&str, &str) = ("StatefulSet", "stylefarm-coordinator");
 const WORKER: (&str, &str) = ("Deployment", "stylefarm-worker");
@@ -382,14 +384,15 @@ fn the_farm_runs_as_deployed() {
     )
     .expect("manifest");
     let cli = |args: &[&str]| {
-        let out = Command::new(workspace_bin("stylefarm"))
-            .args(args)
-            .args(["--coordinator", &format!("http://{}", bound("grpc"))])
-            .env_remove("STYLEFARM_COORDINATOR")
-            .env_remove("STYLEFARM_STORAGE")
-            .env("STYLEFARM_WEIGHTS", &weights)
-            .output()
-            .expect("stylefarm runs");
+        let out = output_within(
+            Command::new(workspace_bin("stylefarm"))
+                .args(args)
+                .args(["--coordinator", &format!("http://{}", bound("grpc"))])
+                .env_remove("STYLEFARM_COORDINATOR")
+                .env_remove("STYLEFARM_STORAGE")
+                .env("STYLEFARM_WEIGHTS", &weights),
+            Duration::from_secs(600),
+        );
         assert!(
             out.status.success(),
             "stylefarm {args:?}: {}",
