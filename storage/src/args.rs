@@ -138,3 +138,96 @@ impl StorageArgs {
         Ok(opts)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        storage: StorageArgs,
+    }
+
+    fn args(argv: &[&str]) -> StorageArgs {
+        Cli::try_parse_from(std::iter::once("test").chain(argv.iter().copied()))
+            .expect("parse")
+            .storage
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn s3_roots_need_working_settings_at_open_local_ones_do_not() {
+        let s3 = args(&["--storage=s3://bucket/p"]);
+        let err = s3.open_with_env(&env(&[])).err().expect("no credentials");
+        assert!(matches!(err, StorageError::Credentials { .. }), "{err}");
+        let local = args(&["--storage=/tmp/farm"]);
+        assert!(local.open_with_env(&env(&[])).is_ok());
+        // Half a credential stops even a local process: it is a mistake either way.
+        let half = args(&["--storage=/tmp/farm", "--s3-secret-key=S"]);
+        assert!(half.open_with_env(&env(&[])).is_err());
+        let bad = args(&[
+            "--storage=s3://bucket/p",
+            "--s3-endpoint=minio:9000",
+            "--s3-aws-chain",
+        ]);
+        let err = bad.open_with_env(&env(&[])).err().expect("endpoint");
+        assert!(matches!(err, StorageError::Config { .. }), "{err}");
+    }
+
+    #[test]
+    fn aws_variables_fill_what_the_flags_leave_out() {
+        let a = args(&["--storage=s3://bucket/p"]);
+        let opts = a
+            .s3_options(&env(&[
+                ("AWS_ACCESS_KEY_ID", "AK"),
+                ("AWS_SECRET_ACCESS_KEY", "SK"),
+                ("AWS_SESSION_TOKEN", "T"),
+                ("AWS_ENDPOINT_URL", "http://generic:9000"),
+                ("AWS_ENDPOINT_URL_S3", "http://s3-only:9000"),
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ]))
+            .expect("options");
+        assert_eq!(opts.access_key.as_deref(), Some("AK"));
+        assert_eq!(opts.secret_key.as_deref(), Some("SK"));
+        assert_eq!(opts.session_token.as_deref(), Some("T"));
+        assert_eq!(opts.endpoint.as_deref(), Some("http://s3-only:9000"));
+        assert_eq!(opts.region.as_deref(), Some("eu-west-1"));
+        assert!(!opts.aws_chain);
+
+        let flags = args(&[
+            "--storage=s3://bucket/p",
+            "--s3-endpoint=http://flag:9000",
+            "--s3-region=garage",
+            "--s3-access-key=A",
+            "--s3-secret-key=S",
+        ]);
+        let opts = flags
+            .s3_options(&env(&[
+                ("AWS_ENDPOINT_URL", "http://generic:9000"),
+                ("AWS_REGION", "eu-west-1"),
+                ("AWS_PROFILE", "prod"),
+            ]))
+            .expect("options");
+        assert_eq!(opts.endpoint.as_deref(), Some("http://flag:9000"));
+        assert_eq!(opts.region.as_deref(), Some("garage"));
+        assert_eq!(opts.access_key.as_deref(), Some("A"));
+        assert!(!opts.aws_chain, "keys given outright win over a profile");
+
+        let profile = a
+            .s3_options(&env(&[("AWS_PROFILE", "prod")]))
+            .expect("options");
+        assert!(profile.aws_chain && profile.access_key.is_none());
+    }
+}

@@ -115,12 +115,12 @@ pub fn resolve(
         if other.is_empty() {
             String::new()
         } else {
-            format!(" ({other} is set, but the conventions are not mixed)")
+            format!("; {other} is set, but the two conventions are not mixed")
         }
     };
     let half = |has: String, lacks: &str, other: String| StorageError::Credentials {
         reason: format!(
-            "half a credential: {has} is set but no {lacks} is{}; {HOW_TO_GIVE}",
+            "half a credential: {has} is set, but no {lacks}{}; {HOW_TO_GIVE}",
             mixed(&other)
         ),
     };

@@ -256,3 +256,105 @@ pub fn retry_for(deadline: Duration) -> RetryPolicy {
         ..RetryPolicy::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed() -> S3Options {
+        S3Options {
+            access_key: Some("A".into()),
+            secret_key: Some("S".into()),
+            ..S3Options::default()
+        }
+    }
+
+    #[test]
+    fn endpoints_must_be_http_urls_with_a_host() {
+        for good in [
+            "http://127.0.0.1:3900",
+            "https://s3.example.com",
+            "http://minio.storage.svc:9000/",
+            "http://[::1]:3900",
+            "https://user@host/base",
+        ] {
+            assert_eq!(check_endpoint(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "127.0.0.1:3900",
+            "localhost",
+            "http//127.0.0.1:3900",
+            "ftp://host",
+            "http://",
+            "http://:3900",
+            "http://host:port",
+            "http://host:99999",
+            "http://ho st",
+            "http://[::1:3900",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn options_are_checked_before_any_request() {
+        assert!(keyed().check().is_ok());
+        let chain = S3Options {
+            aws_chain: true,
+            ..S3Options::default()
+        };
+        assert!(chain.check().is_ok());
+
+        let err = S3Options::default().check().expect_err("no credentials");
+        assert!(matches!(err, StorageError::Credentials { .. }), "{err}");
+        assert!(err.to_string().contains("--s3-aws-chain"), "{err}");
+        let half = S3Options {
+            secret_key: Some("S".into()),
+            ..S3Options::default()
+        };
+        let err = half.check().expect_err("half");
+        assert!(err.to_string().contains("half a credential"), "{err}");
+
+        let bad_endpoint = S3Options {
+            endpoint: Some("localhost:3900".into()),
+            ..keyed()
+        };
+        let err = bad_endpoint.check().expect_err("endpoint");
+        assert!(matches!(err, StorageError::Config { .. }), "{err}");
+        assert!(err.to_string().contains("--s3-endpoint"), "{err}");
+        let bad_region = S3Options {
+            region: Some("us east 1".into()),
+            ..keyed()
+        };
+        let err = bad_region.check().expect_err("region");
+        assert!(err.to_string().contains("--s3-region"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let opts = S3Options {
+            secret_key: Some("TOPSECRET".into()),
+            session_token: Some("TOKEN".into()),
+            ..keyed()
+        };
+        let shown = format!("{opts:?}");
+        assert!(
+            !shown.contains("TOPSECRET") && !shown.contains("TOKEN"),
+            "{shown}"
+        );
+    }
+
+    /// Without credentials an S3 request fails at once, asking nothing of the network,
+    /// and a local-only process never needs them.
+    #[tokio::test]
+    async fn no_credentials_fail_the_first_s3_request_not_local_ones() {
+        let storage = Storage::new(S3Options::default());
+        let url = ObjectUrl::parse("s3://some-bucket/key").expect("url");
+        let err = storage.get(&url).await.expect_err("no credentials");
+        assert!(matches!(err, StorageError::Credentials { .. }), "{err}");
+        assert!(err.is_configuration());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = ObjectUrl::File(dir.path().join("x"));
+        storage.put(&local, b"x".to_vec()).await.expect("local put");
+    }
+}

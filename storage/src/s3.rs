@@ -256,6 +256,11 @@ fn finish<T>(url: &str, outcome: Outcome<T, StorageError>) -> Result<T, StorageE
     }
 }
 
+/// What the AWS default credential chain tries, in order, for messages.
+const CHAIN_SOURCES: &str = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile (AWS_PROFILE, \
+~/.aws/config, ~/.aws/credentials), web identity (AWS_WEB_IDENTITY_TOKEN_FILE), container \
+credentials (AWS_CONTAINER_CREDENTIALS_*) and the EC2 instance metadata service";
+
 /// Where to set the region, for messages.
 const REGION_HINT: &str =
     "check the region (--s3-region, STYLEFARM_S3_REGION, AWS_REGION) and the endpoint (--s3-endpoint, STYLEFARM_S3_ENDPOINT, AWS_ENDPOINT_URL)";
@@ -294,7 +299,7 @@ where
             if let Some(cred) = credentials_error(err) {
                 permanent(StorageError::Credentials {
                     reason: format!(
-                        "the AWS credential chain (asked for with --s3-aws-chain, STYLEFARM_S3_AWS_CHAIN or AWS_PROFILE) gave none for {url}: {}",
+                        "the AWS credential chain (asked for with --s3-aws-chain, STYLEFARM_S3_AWS_CHAIN or AWS_PROFILE) gave none for {url}; it tries {CHAIN_SOURCES}: {}",
                         credentials_summary(cred)
                     ),
                 })
