@@ -26,7 +26,7 @@ pub enum StorageError {
         bucket: String,
     },
     /// The credentials were refused or lack the permission.
-    #[error("{url}: access denied ({reason}); check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or --s3-access-key/--s3-secret-key)")]
+    #[error("{url}: access denied ({reason}); check the access key, the secret key and the bucket's permissions (--s3-access-key, --s3-secret-key[-file] or their STYLEFARM_S3_* variables; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")]
     Denied {
         /// The object.
         url: String,
@@ -43,6 +43,30 @@ pub enum StorageError {
         /// Time spent retrying.
         seconds: f64,
         /// The last failure.
+        reason: String,
+    },
+    /// S3 credentials are missing, half given, or could not be loaded. Found before
+    /// any request, or on the first; never retried.
+    #[error("S3 credentials: {reason}")]
+    Credentials {
+        /// What is wrong and which flags and variables to set.
+        reason: String,
+    },
+    /// A setting cannot work (an endpoint that is not a URL). Found at start.
+    #[error("{setting}: {reason}")]
+    Config {
+        /// The flag and variable.
+        setting: String,
+        /// Why, and what would work.
+        reason: String,
+    },
+    /// The request cannot reach its object as configured: a wrong region, an endpoint
+    /// whose host does not resolve. Never retried.
+    #[error("{url}: {reason}")]
+    Misconfigured {
+        /// The object.
+        url: String,
+        /// What is wrong and which setting to check.
         reason: String,
     },
     /// Any other refusal from the server.
@@ -77,5 +101,18 @@ impl StorageError {
     /// True for [`StorageError::NotFound`].
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
+    }
+
+    /// True when the process's configuration is at fault (credentials, endpoint,
+    /// region), not the object: every request would fail the same way until an
+    /// operator changes a setting.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            Self::Credentials { .. }
+                | Self::Config { .. }
+                | Self::Misconfigured { .. }
+                | Self::Denied { .. }
+        )
     }
 }

@@ -3,13 +3,17 @@
 //! - [`url`]: addresses, `s3://bucket/key` or a local path ([`ObjectUrl`]).
 //! - [`Storage`]: one interface over both. Local writes are atomic (temporary file,
 //!   fsync, rename); S3 goes through [`s3`] (aws-sdk-s3, multipart for large objects).
-//! - [`retry`]: transient failures (5xx, timeouts, throttling, connection resets) are
-//!   retried with capped exponential backoff until a deadline; permanent ones (403,
-//!   404, no such bucket) fail at once with an error naming the bucket and key.
+//! - [`args`]: the flags every binary shares ([`StorageArgs`]); [`credentials`] decides
+//!   from them and the environment which S3 credentials to use, once, at start.
+//! - [`retry`]: transient failures (5xx, timeouts, throttling, refused or reset
+//!   connections) are retried with capped exponential backoff until a deadline;
+//!   permanent ones (403, 404, no such bucket, missing or refused credentials, a wrong
+//!   region or endpoint) fail at once with an error naming the object and what to fix.
 //! - Inputs are content-addressed: [`Storage::put_input`] stores bytes under
 //!   `inputs/sha256/<hex>` below a root and skips the upload when they are there.
 
 pub mod args;
+pub mod credentials;
 pub mod error;
 mod local;
 pub mod retry;
@@ -27,26 +31,134 @@ pub use error::StorageError;
 pub use retry::RetryPolicy;
 pub use url::ObjectUrl;
 
-/// How to reach S3. Every field falls back to the usual AWS settings when absent.
-#[derive(Debug, Clone, Default)]
+/// How to reach S3. [`StorageArgs::open`] fills it from flags and the environment.
+#[derive(Clone, Default)]
 pub struct S3Options {
-    /// Endpoint of an S3-compatible server, e.g. `http://127.0.0.1:3900`
-    /// (else `AWS_ENDPOINT_URL`, else AWS).
+    /// Endpoint of an S3-compatible server, e.g. `http://127.0.0.1:3900` (else AWS).
     pub endpoint: Option<String>,
-    /// Region (else `AWS_REGION`, else `us-east-1`).
+    /// Region (else the AWS chain's when `aws_chain`, else `us-east-1`).
     pub region: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`), which most self-hosted servers need.
     pub path_style: bool,
-    /// Access key id (else the AWS credential chain).
+    /// Access key id; with `secret_key`, the credentials.
     pub access_key: Option<String>,
     /// Secret key.
     pub secret_key: Option<String>,
+    /// Session token of temporary keys.
+    pub session_token: Option<String>,
+    /// Without keys: use the AWS default credential chain (profiles, SSO, web identity,
+    /// containers, EC2 instance metadata). Without keys and without this, S3 requests
+    /// fail at once with [`StorageError::Credentials`].
+    pub aws_chain: bool,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
 }
 
+impl std::fmt::Debug for S3Options {
+    // Never the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "…"))
+            .field("session_token", &self.session_token.as_ref().map(|_| "…"))
+            .field("aws_chain", &self.aws_chain)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl S3Options {
+    /// Checks what can be checked without a request: the endpoint is an http(s) URL,
+    /// the region a name, and there are credentials (both keys, or the AWS chain).
+    pub fn check(&self) -> Result<(), StorageError> {
+        if let Some(endpoint) = &self.endpoint {
+            check_endpoint(endpoint).map_err(|reason| StorageError::Config {
+                setting: "S3 endpoint (--s3-endpoint, STYLEFARM_S3_ENDPOINT, AWS_ENDPOINT_URL)"
+                    .into(),
+                reason: format!("{endpoint:?} {reason}"),
+            })?;
+        }
+        if let Some(region) = &self.region {
+            let ok = !region.is_empty()
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !ok {
+                return Err(StorageError::Config {
+                    setting: "S3 region (--s3-region, STYLEFARM_S3_REGION, AWS_REGION)".into(),
+                    reason: format!(
+                        "{region:?} is not a region name (letters, digits, '-', e.g. us-east-1)"
+                    ),
+                });
+            }
+        }
+        match (&self.access_key, &self.secret_key) {
+            (Some(_), Some(_)) => Ok(()),
+            (Some(_), None) | (None, Some(_)) => Err(StorageError::Credentials {
+                reason: format!(
+                    "half a credential: only the {} is set; {}",
+                    if self.access_key.is_some() {
+                        "access key"
+                    } else {
+                        "secret key"
+                    },
+                    credentials::HOW_TO_GIVE
+                ),
+            }),
+            (None, None) if self.aws_chain => Ok(()),
+            (None, None) => Err(StorageError::Credentials {
+                reason: credentials::NONE_FOUND.into(),
+            }),
+        }
+    }
+}
+
+/// Why `endpoint` is not an `http://` or `https://` URL with a host, if it is not.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return Err(
+            "is not a URL: it needs http:// or https://, e.g. http://127.0.0.1:3900".into(),
+        );
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("has scheme {scheme}://; use http:// or https://"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => return Err("has an unclosed '[' in its host".into()),
+        }
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("names no host".into());
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "<>\\^`{|}\"".contains(c))
+    {
+        return Err(format!("has an invalid host {host:?}"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("has an invalid port {p:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// Reads and writes objects by address. The S3 client is made on first use, so a
-/// local-only process never needs AWS settings.
+/// local-only process never needs S3 settings; settings that cannot work fail that
+/// first use (and every later one) at once.
 pub struct Storage {
     opts: S3Options,
     s3: OnceCell<s3::S3>,
@@ -61,15 +173,17 @@ impl Storage {
         }
     }
 
-    async fn s3(&self) -> &s3::S3 {
-        self.s3.get_or_init(|| s3::S3::connect(&self.opts)).await
+    async fn s3(&self) -> Result<&s3::S3, StorageError> {
+        self.s3
+            .get_or_try_init(|| s3::S3::connect(&self.opts))
+            .await
     }
 
     /// Stores `bytes` at `url`, replacing what is there.
     pub async fn put(&self, url: &ObjectUrl, bytes: Vec<u8>) -> Result<(), StorageError> {
         match url {
             ObjectUrl::File(p) => local::put(p, bytes).await,
-            ObjectUrl::S3 { bucket, key } => self.s3().await.put(bucket, key, bytes).await,
+            ObjectUrl::S3 { bucket, key } => self.s3().await?.put(bucket, key, bytes).await,
         }
     }
 
@@ -77,7 +191,7 @@ impl Storage {
     pub async fn get(&self, url: &ObjectUrl) -> Result<Vec<u8>, StorageError> {
         match url {
             ObjectUrl::File(p) => local::get(p).await,
-            ObjectUrl::S3 { bucket, key } => self.s3().await.get(bucket, key).await,
+            ObjectUrl::S3 { bucket, key } => self.s3().await?.get(bucket, key).await,
         }
     }
 
@@ -85,7 +199,7 @@ impl Storage {
     pub async fn exists(&self, url: &ObjectUrl) -> Result<bool, StorageError> {
         match url {
             ObjectUrl::File(p) => local::exists(p).await,
-            ObjectUrl::S3 { bucket, key } => self.s3().await.exists(bucket, key).await,
+            ObjectUrl::S3 { bucket, key } => self.s3().await?.exists(bucket, key).await,
         }
     }
 
@@ -140,5 +254,107 @@ pub fn retry_for(deadline: Duration) -> RetryPolicy {
     RetryPolicy {
         deadline,
         ..RetryPolicy::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed() -> S3Options {
+        S3Options {
+            access_key: Some("A".into()),
+            secret_key: Some("S".into()),
+            ..S3Options::default()
+        }
+    }
+
+    #[test]
+    fn endpoints_must_be_http_urls_with_a_host() {
+        for good in [
+            "http://127.0.0.1:3900",
+            "https://s3.example.com",
+            "http://minio.storage.svc:9000/",
+            "http://[::1]:3900",
+            "https://user@host/base",
+        ] {
+            assert_eq!(check_endpoint(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "127.0.0.1:3900",
+            "localhost",
+            "http//127.0.0.1:3900",
+            "ftp://host",
+            "http://",
+            "http://:3900",
+            "http://host:port",
+            "http://host:99999",
+            "http://ho st",
+            "http://[::1:3900",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn options_are_checked_before_any_request() {
+        assert!(keyed().check().is_ok());
+        let chain = S3Options {
+            aws_chain: true,
+            ..S3Options::default()
+        };
+        assert!(chain.check().is_ok());
+
+        let err = S3Options::default().check().expect_err("no credentials");
+        assert!(matches!(err, StorageError::Credentials { .. }), "{err}");
+        assert!(err.to_string().contains("--s3-aws-chain"), "{err}");
+        let half = S3Options {
+            secret_key: Some("S".into()),
+            ..S3Options::default()
+        };
+        let err = half.check().expect_err("half");
+        assert!(err.to_string().contains("half a credential"), "{err}");
+
+        let bad_endpoint = S3Options {
+            endpoint: Some("localhost:3900".into()),
+            ..keyed()
+        };
+        let err = bad_endpoint.check().expect_err("endpoint");
+        assert!(matches!(err, StorageError::Config { .. }), "{err}");
+        assert!(err.to_string().contains("--s3-endpoint"), "{err}");
+        let bad_region = S3Options {
+            region: Some("us east 1".into()),
+            ..keyed()
+        };
+        let err = bad_region.check().expect_err("region");
+        assert!(err.to_string().contains("--s3-region"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let opts = S3Options {
+            secret_key: Some("TOPSECRET".into()),
+            session_token: Some("TOKEN".into()),
+            ..keyed()
+        };
+        let shown = format!("{opts:?}");
+        assert!(
+            !shown.contains("TOPSECRET") && !shown.contains("TOKEN"),
+            "{shown}"
+        );
+    }
+
+    /// Without credentials an S3 request fails at once, asking nothing of the network,
+    /// and a local-only process never needs them.
+    #[tokio::test]
+    async fn no_credentials_fail_the_first_s3_request_not_local_ones() {
+        let storage = Storage::new(S3Options::default());
+        let url = ObjectUrl::parse("s3://some-bucket/key").expect("url");
+        let err = storage.get(&url).await.expect_err("no credentials");
+        assert!(matches!(err, StorageError::Credentials { .. }), "{err}");
+        assert!(err.is_configuration());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = ObjectUrl::File(dir.path().join("x"));
+        storage.put(&local, b"x".to_vec()).await.expect("local put");
     }
 }

@@ -168,6 +168,7 @@ impl Garage {
                 deadline,
                 ..RetryPolicy::default()
             },
+            ..S3Options::default()
         }
     }
 
