@@ -20,10 +20,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_parent(path)
 }
 
-/// `NAME.tmp-PID` beside `path`: unique per process, so two writers do not share it.
+/// `.NAME.PID.tmp` beside `path`: hidden (listings skip it), and unique per process, so
+/// two writers do not share it.
 fn temporary_beside(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(format!(".tmp-{}", std::process::id()));
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".{}.tmp", std::process::id()));
     path.with_file_name(name)
 }
 

@@ -219,9 +219,9 @@ pub fn resolve(
 /// The secret key in `path`, without surrounding whitespace.
 fn read_secret(path: &Path) -> Result<String, StorageError> {
     let secret = std::fs::read_to_string(path)
-        .map_err(|source| StorageError::Io {
+        .map_err(|cause| StorageError::Io {
             path: format!("S3 secret key file {}", path.display()),
-            source,
+            cause,
         })?
         .trim()
         .to_owned();

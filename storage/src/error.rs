@@ -78,12 +78,12 @@ pub enum StorageError {
         reason: String,
     },
     /// A local file operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not also a `source()`).
+        cause: std::io::Error,
     },
     /// The stored bytes are not what their address promises.
     #[error("{url}: content has sha256 {actual}, expected {expected}")]

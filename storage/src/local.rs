@@ -1,20 +1,20 @@
-//! The local directory backend: writes go to a temporary file that is synced and
-//! renamed into place, so a reader never sees half an object.
+//! The local directory backend: writes go through core's `write_atomic` (a hidden
+//! temporary file, synced and renamed into place), so a reader never sees half an object.
 
 use std::path::Path;
 
 use crate::url::stays_inside;
 use crate::StorageError;
 
-fn io(path: &Path, source: std::io::Error) -> StorageError {
-    if source.kind() == std::io::ErrorKind::NotFound {
+fn io(path: &Path, cause: std::io::Error) -> StorageError {
+    if cause.kind() == std::io::ErrorKind::NotFound {
         StorageError::NotFound {
             url: path.display().to_string(),
         }
     } else {
         StorageError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         }
     }
 }
@@ -33,33 +33,16 @@ fn checked(path: &Path) -> Result<(), StorageError> {
 /// Writes `bytes` to `path` atomically, creating directories.
 pub async fn put(path: &Path, bytes: Vec<u8>) -> Result<(), StorageError> {
     checked(path)?;
+    let shown = path.to_owned();
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(&path, e)
-        })
+        stylefarm_core::fs::write_atomic(&path, &bytes).map_err(|e| io(&path, e))
     })
     .await
-    .map_err(|e| StorageError::Io {
-        path: String::new(),
-        source: std::io::Error::other(e),
-    })?
+    .map_err(|e| io(&shown, std::io::Error::other(e)))?
 }
 
 /// Reads the file at `path`.
