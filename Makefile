@@ -75,17 +75,19 @@ deploy-check: $(DEPLOY_STAMP)
 demo: build
 	target/release/stylefarm run examples/demo.yaml --out $(DEMO_OUT) $(if $(wildcard $(STYLEFARM_WEIGHTS)),--weights $(STYLEFARM_WEIGHTS))
 
+# Benches name --workspace so they resolve the features `make test` does and reuse its
+# build (a `-p` selection resolves its own and rebuilds).
 bench-engine: venv
-	cargo bench -p stylefarm-worker --bench engine
+	cargo bench --workspace --bench engine
 
 # Worker idle time between jobs, prefetch off vs on (real coordinator, Garage, worker).
 bench-worker: venv garage
 	cargo build --release --workspace --bins
-	cargo bench -p stylefarm-worker --bench idle
+	cargo bench --workspace --bench idle
 
 # Simulated workers against a real coordinator process; needs no libtorch.
 bench-coordinator:
-	cargo bench -p stylefarm-coordinator --bench leases
+	cargo bench --workspace --bench leases
 
 fmt:
 	cargo fmt --all

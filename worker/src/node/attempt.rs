@@ -27,10 +27,13 @@ struct Failure {
 
 impl From<StorageError> for Failure {
     fn from(e: StorageError) -> Self {
+        // An outage, a local I/O error or this worker's own storage settings
+        // (credentials, endpoint, region): another worker may well succeed. Counted
+        // against this worker, so a misconfigured one is kept off the batch.
         let retryable = matches!(
             e,
             StorageError::Unavailable { .. } | StorageError::Io { .. }
-        );
+        ) || e.is_configuration();
         Self {
             message: e.to_string(),
             retryable,
