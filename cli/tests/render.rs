@@ -239,8 +239,11 @@ fn each_cause_is_printed_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nonexistent.jpg");
     let missing = missing.to_str().expect("utf-8");
-    let weights = dir.path().join("missing.safetensors");
-    let weights = weights.to_str().expect("utf-8");
+    let no_weights = dir.path().join("missing.safetensors");
+    let no_weights = no_weights.to_str().expect("utf-8");
+    // Real weights, so that the missing content is what fails.
+    let real = weights();
+    let real = real.to_str().expect("utf-8");
     let runs: Vec<Vec<&str>> = vec![
         vec![
             "render",
@@ -251,9 +254,9 @@ fn each_cause_is_printed_once() {
             "--out",
             "o.png",
             "--weights",
-            weights,
+            real,
         ],
-        vec!["weights", "inspect", weights],
+        vec!["weights", "inspect", no_weights],
         vec!["run", missing, "--out", "out"],
     ];
     for args in runs {
