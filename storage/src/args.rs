@@ -141,11 +141,10 @@ impl StorageArgs {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use clap::Parser;
 
     use super::*;
+    use crate::credentials::tests::env;
 
     #[derive(Parser)]
     struct Cli {
@@ -157,14 +156,6 @@ mod tests {
         Cli::try_parse_from(std::iter::once("test").chain(argv.iter().copied()))
             .expect("parse")
             .storage
-    }
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |k| map.get(k).cloned()
     }
 
     #[test]
