@@ -9,6 +9,10 @@ use std::process::Command;
 
 use stylefarm_testkit::process::workspace_bin;
 
+mod common;
+
+use common::flag_help;
+
 fn readme() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
         .expect("README.md")
@@ -62,29 +66,6 @@ fn help(bin: &Path, args: &[&str]) -> String {
         bin.display()
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The text clap prints for `flag`: its line and description up to the next flag.
-fn flag_help<'a>(help: &'a str, flag: &str) -> Option<&'a str> {
-    let at = help
-        .match_indices(flag)
-        .find(|(i, _)| {
-            let after = help[i + flag.len()..].chars().next();
-            matches!(after, Some(' ' | '\n' | '=' | '<' | ','))
-        })?
-        .0;
-    let rest = &help[at..];
-    // Up to the next line that starts another flag.
-    let mut end = rest.len();
-    let mut offset = 0;
-    for (i, line) in rest.split_inclusive('\n').enumerate() {
-        if i > 0 && line.trim_start().starts_with('-') {
-            end = offset;
-            break;
-        }
-        offset += line.len();
-    }
-    Some(&rest[..end])
 }
 
 /// `512`, `1.0` and `1` compare as numbers; anything else as text.

@@ -197,13 +197,10 @@ fn help_shows_the_engine_defaults() {
         .expect("runs");
     let help = String::from_utf8_lossy(&run.stdout);
     let d = RenderParams::default();
-    // Each flag's help, with what follows it up to the next flag.
     let of = |flag: &str| -> String {
-        let at = help
-            .find(&format!("{flag} <"))
-            .unwrap_or_else(|| panic!("{flag} not in\n{help}"));
-        let rest = &help[at + flag.len()..];
-        rest[..rest.find("\n  -").unwrap_or(rest.len())].to_owned()
+        common::flag_help(&help, flag)
+            .unwrap_or_else(|| panic!("{flag} not in\n{help}"))
+            .to_owned()
     };
     for (flag, default) in [
         ("--size", d.size.to_string()),

@@ -98,10 +98,9 @@ pub struct Completion {
     pub result_key: String,
     /// Its JSON sidecar, if written.
     pub sidecar_key: Option<String>,
-    /// Iterations the attempt ran.
-    pub iteration: u32,
-    /// The losses at the output.
-    pub losses: Losses,
+    /// Iterations the attempt ran and the losses at the output; `None` from a worker
+    /// that does not report them (the last heartbeat's figures stand).
+    pub progress: Option<(u32, Losses)>,
 }
 
 /// A job's stored record.

@@ -69,7 +69,8 @@ impl fmt::Display for JobState {
 /// Where a batch is, derived from its jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchState {
-    /// Every job is waiting for a worker: nothing has started or ended.
+    /// Every job is waiting for a worker: none has ended and none is held (jobs handed
+    /// back or whose lease expired wait again too).
     Queued,
     /// Some job has not ended, and some job has started or ended.
     Running,

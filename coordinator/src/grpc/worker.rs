@@ -197,8 +197,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
                 .map_err(ApiError::from)?
                 .to_owned(),
             sidecar_key: (!req.sidecar_key.is_empty()).then(|| req.sidecar_key.clone()),
-            iteration: req.iteration,
-            losses: req.losses.map(Losses::from).unwrap_or_default(),
+            progress: req.losses.map(|l| (req.iteration, Losses::from(l))),
         };
         let record = self
             .state

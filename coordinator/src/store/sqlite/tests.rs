@@ -22,8 +22,7 @@ fn done(key: &str) -> Completion {
     Completion {
         result_key: key.to_owned(),
         sidecar_key: None,
-        iteration: 10,
-        losses: Losses::default(),
+        progress: None,
     }
 }
 
@@ -279,8 +278,7 @@ async fn a_completed_job_shows_the_iterations_it_ran_not_its_last_heartbeat() {
         total: 3.5,
     };
     let finished = Completion {
-        iteration: 100,
-        losses,
+        progress: Some((100, losses)),
         ..done("out.png")
     };
     let rec = s
@@ -292,6 +290,30 @@ async fn a_completed_job_shows_the_iterations_it_ran_not_its_last_heartbeat() {
         (JobState::Succeeded, 100, losses)
     );
     assert_eq!(s.job(&l.job_id).await.expect("job").iteration, 100);
+}
+
+#[tokio::test]
+async fn a_completion_without_figures_keeps_the_last_heartbeats() {
+    let (_d, s) = store();
+    s.submit(batch("t", 0, 1), 0).await.expect("submit");
+    let l = lease(&s, "w", 0, 100).await.expect("job");
+    let beat = Progress {
+        iteration: 92,
+        losses: Losses {
+            total: 7.0,
+            ..Losses::default()
+        },
+        checkpoint_key: None,
+    };
+    s.heartbeat(&l.job_id, l.token, beat, 1, 100)
+        .await
+        .expect("heartbeat");
+    // An older worker reports no figures with its completion.
+    let rec = s
+        .complete(&l.job_id, l.token, done("out.png"))
+        .await
+        .expect("complete");
+    assert_eq!((rec.iteration, rec.losses.total), (92, 7.0));
 }
 
 #[tokio::test]
