@@ -349,7 +349,9 @@ pub async fn fetch(
     Ok(done)
 }
 
-async fn write_atomic(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
+/// Replaces `path` with `bytes` (core's `write_atomic`, fsyncs included) on a blocking
+/// thread, off the async runtime.
+pub(crate) async fn write_atomic(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
     let owned = path.to_owned();
     tokio::task::spawn_blocking(move || stylefarm_core::fs::write_atomic(&owned, &bytes))
         .await?

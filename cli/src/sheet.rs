@@ -75,9 +75,7 @@ pub async fn write(jobs: &[Fetched], storage: &Storage, path: &Path) -> anyhow::
     sheet
         .write_to(&mut png, image::ImageFormat::Png)
         .context("encoding the contact sheet")?;
-    stylefarm_core::fs::write_atomic(path, png.get_ref())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::cluster::write_atomic(path, png.into_inner()).await
 }
 
 /// An input's thumbnail source; `None` (drawn as a grey box) when it cannot be read.

@@ -187,8 +187,14 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
     tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, db = %state.config.db.display(), "coordinator serving");
     if let Some(path) = ready_file {
         let body = format!("{{\"grpc\":\"{grpc_addr}\",\"metrics\":\"{metrics_addr}\"}}\n");
-        stylefarm_core::fs::write_atomic(&path, body.as_bytes())
-            .map_err(|cause| CoordinatorError::ReadyFile { path, cause })?;
+        // Its fsyncs on a blocking thread, off the runtime that now serves.
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || {
+            stylefarm_core::fs::write_atomic(&target, body.as_bytes())
+        })
+        .await
+        .map_err(CoordinatorError::Panicked)?
+        .map_err(|cause| CoordinatorError::ReadyFile { path, cause })?;
     }
     Ok(Running {
         grpc_addr,
