@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use stylefarm_net::ClientArgs;
 use stylefarm_storage::StorageArgs;
 use stylefarm_weights::WeightsInfo;
 
@@ -19,6 +20,21 @@ pub struct CoordinatorArg {
         default_value = "http://127.0.0.1:7070"
     )]
     pub coordinator: String,
+
+    /// TLS and the token.
+    #[command(flatten)]
+    pub auth: ClientArgs,
+}
+
+impl CoordinatorArg {
+    /// Connects as the flags say.
+    pub async fn connect(&self) -> anyhow::Result<Coordinator> {
+        let auth = self
+            .auth
+            .load()
+            .map_err(|e| crate::exit::CliError::Invalid(e.to_string()))?;
+        Coordinator::connect(&self.coordinator, &auth).await
+    }
 }
 
 /// `stylefarm submit`.
@@ -100,7 +116,7 @@ pub fn load(
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let (manifest, weights) = load(&args.manifest, args.weights)?;
     let (root, storage) = args.storage.open()?;
-    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let mut c = args.coordinator.connect().await?;
     let (id, existing) = c
         .submit(&manifest, &weights.sha256, &storage, &root)
         .await?;
@@ -119,7 +135,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 
 /// Prints a batch's jobs, or the newest batches.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let mut c = args.coordinator.connect().await?;
     match &args.batch {
         Some(id) => {
             let b = c.batch(id, true).await?;
@@ -217,7 +233,7 @@ fn batch_json(b: &stylefarm_proto::v1::Batch) -> serde_json::Value {
 
 /// Follows a batch to its end; the exit code says how it ended.
 pub async fn watch(args: BatchArg) -> anyhow::Result<()> {
-    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let mut c = args.coordinator.connect().await?;
     let b = c.watch(&args.batch, false).await?;
     eprintln!("batch {} {}", b.batch_id, batch_state_name(b.state));
     cluster::outcome(&b)
@@ -225,7 +241,7 @@ pub async fn watch(args: BatchArg) -> anyhow::Result<()> {
 
 /// Cancels a batch.
 pub async fn cancel(args: BatchArg) -> anyhow::Result<()> {
-    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let mut c = args.coordinator.connect().await?;
     let b = c.cancel(&args.batch).await?;
     println!("batch {} {}", b.batch_id, batch_state_name(b.state));
     Ok(())
@@ -233,7 +249,7 @@ pub async fn cancel(args: BatchArg) -> anyhow::Result<()> {
 
 /// Queues failed (and cancelled) jobs again.
 pub async fn retry(args: RetryArgs) -> anyhow::Result<()> {
-    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let mut c = args.coordinator.connect().await?;
     let b = c.retry(&args.batch, args.failed).await?;
     println!("batch {} {}", b.batch_id, batch_state_name(b.state));
     Ok(())
@@ -242,7 +258,7 @@ pub async fn retry(args: RetryArgs) -> anyhow::Result<()> {
 /// Downloads outputs and sidecars and writes the contact sheet.
 pub async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     let (root, storage) = args.storage.open()?;
-    let mut c = Coordinator::connect(&args.coordinator.coordinator).await?;
+    let mut c = args.coordinator.connect().await?;
     let b = c.batch(&args.batch, true).await?;
     let fetched = cluster::fetch(&b, &storage, &root, &args.out).await?;
     if fetched.is_empty() {

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -14,7 +13,8 @@ use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
 use stylefarm_proto::{convert, v1};
 use stylefarm_storage::{ObjectUrl, Storage};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
+use stylefarm_net::client::Channel;
+use stylefarm_net::{ClientAuth, NetError};
 
 use crate::exit::{from_status, CliError};
 use crate::manifest::{ImageRef, Manifest};
@@ -26,18 +26,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Connects, failing with [`CliError::Unreachable`] when nobody answers.
-    pub async fn connect(addr: &str) -> anyhow::Result<Self> {
-        let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
-            .map_err(|e| CliError::Invalid(format!("--coordinator {addr:?} is not a URL: {e}")))?
-            .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| CliError::Unreachable {
-                addr: addr.to_owned(),
-                cause: format!("{e}"),
-            })?;
+    /// Connects, failing with [`CliError::Unreachable`] when nobody answers or the TLS
+    /// handshake fails (the cause says which).
+    pub async fn connect(addr: &str, auth: &ClientAuth) -> anyhow::Result<Self> {
+        let channel = auth.connect(addr).await.map_err(|e| match e {
+            NetError::Connect { addr, cause } => CliError::Unreachable { addr, cause },
+            other => CliError::Invalid(other.to_string()),
+        })?;
         Ok(Self {
             addr: addr.to_owned(),
             client: StyleFarmClient::new(channel),

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use stylefarm_net::ClientAuth;
 use stylefarm_storage::StorageArgs;
 use stylefarm_worker::device::DeviceArg;
 use stylefarm_worker::node::WorkerConfig;
@@ -44,7 +45,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let state = args.out.join(".stylefarm");
     let store = state.join("store");
     std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
-    let config = stylefarm_coordinator::Config::local(state.join("coordinator.db"));
+    // Loopback only, and even there only this process's workers and client get in: with
+    // a token it gave itself, in memory only.
+    let token = stylefarm_net::token::generate();
+    let auth = ClientAuth::loopback(&token);
+    let mut config = stylefarm_coordinator::Config::local(state.join("coordinator.db"));
+    config.local_token = Some(stylefarm_coordinator::config::LocalToken(token));
     let coordinator = stylefarm_coordinator::start(config).await?;
     let addr = format!("http://{}", coordinator.grpc_addr);
 
@@ -60,6 +66,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             format!("local-{i}"),
             args.device,
             Some(i32::try_from(threads).unwrap_or(i32::MAX)),
+            auth.clone(),
         );
         let stop = stop.clone();
         workers.spawn(
@@ -68,7 +75,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let (root, storage) = StorageArgs::local(&store).open()?;
-    let mut c = Coordinator::connect(&addr).await?;
+    let mut c = Coordinator::connect(&addr, &auth).await?;
     let (id, existing) = c
         .submit(&manifest, &weights.sha256, &storage, &root)
         .await?;

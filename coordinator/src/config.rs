@@ -6,15 +6,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use stylefarm_core::limits::{MAX_ATTEMPTS, MAX_JOBS_PER_BATCH};
+use stylefarm_net::{Role, TlsFiles};
 
 /// `stylefarm-coordinator` flags.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "stylefarm-coordinator",
     version,
-    about = "The stylefarm coordinator: batches, jobs and leases over gRPC"
+    about = "The stylefarm coordinator: batches, jobs and leases over gRPC",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Config {
+    /// Without a subcommand: serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// gRPC address (client and worker services, gRPC health).
     #[arg(long, env = "STYLEFARM_LISTEN", default_value = "0.0.0.0:7070")]
     pub listen: SocketAddr,
@@ -68,18 +74,188 @@ pub struct Config {
     /// Log JSON lines instead of text.
     #[arg(long, env = "STYLEFARM_LOG_JSON")]
     pub log_json: bool,
+
+    /// The gRPC port's certificate chain (PEM). Re-read when it changes and on SIGHUP.
+    #[arg(long, env = "STYLEFARM_TLS_CERT_FILE", value_name = "FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Its private key (PEM).
+    #[arg(long, env = "STYLEFARM_TLS_KEY_FILE", value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Require every client to present a certificate signed by this CA (mutual TLS).
+    #[arg(long, env = "STYLEFARM_TLS_CLIENT_CA_FILE", value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// The identities allowed in: one line per identity, `NAME ROLES sha256:HEX
+    /// [max-priority=N]` (see `token add`). Re-read when it changes and on SIGHUP.
+    #[arg(long, env = "STYLEFARM_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// How often the TLS and tokens files are checked for changes (milliseconds).
+    #[arg(long, env = "STYLEFARM_RELOAD_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u32).range(100..))]
+    pub reload_interval_ms: u32,
+
+    /// Serve without TLS or without a tokens file. Anyone who reaches the port can then
+    /// read and change everything; loopback only unless --insecure-non-loopback.
+    #[arg(long, env = "STYLEFARM_INSECURE")]
+    pub insecure: bool,
+
+    /// With --insecure, also listen on addresses other than loopback.
+    #[arg(long, env = "STYLEFARM_INSECURE_NON_LOOPBACK", requires = "insecure")]
+    pub insecure_non_loopback: bool,
+
+    /// A token this process gave itself (`stylefarm run`): one `local` identity holding
+    /// every role, in memory only.
+    #[arg(skip)]
+    pub local_token: Option<LocalToken>,
+}
+
+/// `stylefarm-coordinator` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Manage the tokens file.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `stylefarm-coordinator token ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Add an identity with a new token: prints the token once (only its hash is kept).
+    Add {
+        /// The identity's name (batches it submits are owned by it).
+        name: String,
+        /// Its roles (repeat or separate with commas).
+        #[arg(long, required = true, value_delimiter = ',')]
+        role: Vec<Role>,
+        /// The highest batch priority it may submit at (submitters).
+        #[arg(long, default_value_t = 0)]
+        max_priority: i32,
+        /// The tokens file (created, readable by its owner only, when missing).
+        #[arg(long, env = "STYLEFARM_TOKENS_FILE", value_name = "FILE")]
+        tokens_file: PathBuf,
+    },
+}
+
+/// Runs a subcommand; its output is for a person at a terminal.
+pub fn run_command(command: &Command) -> std::process::ExitCode {
+    match command {
+        Command::Token(TokenCommand::Add {
+            name,
+            role,
+            max_priority,
+            tokens_file,
+        }) => {
+            let mut roles = role.clone();
+            roles.sort();
+            roles.dedup();
+            let identity = stylefarm_net::Identity {
+                name: name.clone(),
+                roles,
+                max_priority: *max_priority,
+            };
+            match stylefarm_net::token::add(tokens_file, &identity) {
+                Ok(token) => {
+                    println!("{token}");
+                    eprintln!(
+                        "added {name} to {}; the token above is shown only now: put it in the \
+                         client's --token-file (the coordinator re-reads the tokens file within \
+                         its reload interval, or at once on SIGHUP)",
+                        tokens_file.display()
+                    );
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// A token kept out of debug output.
+#[derive(Clone)]
+pub struct LocalToken(pub String);
+
+impl std::fmt::Debug for LocalToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalToken(..)")
+    }
+}
+
+/// How the gRPC port is protected, as the flags ask.
+#[derive(Debug)]
+pub struct Security {
+    /// TLS, when configured.
+    pub tls: Option<TlsFiles>,
+    /// Whether it runs without TLS or tokens, by request.
+    pub insecure: bool,
 }
 
 impl Config {
-    /// A configuration for the given database with every other setting at its default
-    /// and both servers on loopback port 0 (embedded use and tests).
+    /// A configuration for the given database with every other setting at its default,
+    /// both servers on loopback port 0 and no TLS (embedded use and tests).
     pub fn local(db: PathBuf) -> Self {
         use clap::Parser;
         let mut c = Self::parse_from(["stylefarm-coordinator"]);
         c.db = db;
         c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.metrics_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        // Loopback, for this machine's processes; callers that share it further add a
+        // token (`local_token`) or a tokens file.
+        c.insecure = true;
         c
+    }
+
+    /// What the security flags ask for, or why they cannot be served: the coordinator
+    /// does not start without TLS and a tokens file unless told `--insecure`, and an
+    /// insecure one stays on loopback unless told `--insecure-non-loopback` too.
+    pub fn security(&self) -> Result<Security, String> {
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca_file.clone(),
+            }),
+            _ => None,
+        };
+        let authenticated = self.tokens_file.is_some() || self.local_token.is_some();
+        if tls.is_some() && authenticated {
+            return Ok(Security {
+                tls,
+                insecure: false,
+            });
+        }
+        if !self.insecure {
+            let missing = match (tls.is_some(), authenticated) {
+                (false, false) => "TLS (--tls-cert-file, --tls-key-file) and a tokens file (--tokens-file)",
+                (false, true) => "TLS (--tls-cert-file, --tls-key-file)",
+                _ => "a tokens file (--tokens-file)",
+            };
+            return Err(format!(
+                "refusing to serve without {missing}: anyone who reaches {} could read and change every batch. \
+                 Give them, or --insecure to run without on loopback",
+                self.listen
+            ));
+        }
+        if !self.listen.ip().is_loopback() && !self.insecure_non_loopback {
+            return Err(format!(
+                "--insecure serves {} without protection, which is not loopback; \
+                 add --insecure-non-loopback if that is really meant",
+                self.listen
+            ));
+        }
+        Ok(Security {
+            tls,
+            insecure: true,
+        })
+    }
+
+    /// The interval at which TLS and tokens files are checked for changes.
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_millis(u64::from(self.reload_interval_ms))
     }
 
     /// The lease length.

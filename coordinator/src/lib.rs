@@ -15,8 +15,11 @@
 //!   presumed dead cannot overwrite a newer attempt.
 //! - [`model`]: batches, jobs, workers, leases.
 //! - [`ops`] and [`metrics`]: `/metrics`, `/livez`, `/readyz` over HTTP.
+//! - [`auth`]: the identity behind each call's token and what each role may do; TLS
+//!   itself and the tokens file format are `stylefarm_net`'s.
 //! - [`config`]: flags with `STYLEFARM_*` fallbacks; [`start`]/[`run`] wire it all up.
 
+pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod metrics;
@@ -33,12 +36,15 @@ use std::sync::Arc;
 
 use stylefarm_proto::v1::style_farm_server::StyleFarmServer;
 use stylefarm_proto::v1::worker_service_server::WorkerServiceServer;
+use stylefarm_net::{Identity, Role, ServerTls, Tokens};
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+use crate::auth::Auth;
 use crate::grpc::{ClientApi, WorkerApi};
 use crate::state::State;
 use crate::store::{SqliteStore, StoreError};
@@ -76,6 +82,15 @@ pub enum CoordinatorError {
         /// Why.
         cause: std::io::Error,
     },
+    /// The flags ask for an unprotected port without saying so.
+    #[error("{0}")]
+    Insecure(String),
+    /// The TLS files are not usable.
+    #[error("TLS: {0}")]
+    Tls(stylefarm_net::NetError),
+    /// The tokens file is not usable.
+    #[error("tokens: {0}")]
+    Tokens(stylefarm_net::token::TokenError),
     /// A server task panicked.
     #[error("a server task panicked: {0}")]
     Panicked(tokio::task::JoinError),
@@ -91,6 +106,7 @@ pub struct Running {
     grpc: JoinHandle<Result<(), CoordinatorError>>,
     http: JoinHandle<Result<(), CoordinatorError>>,
     expiry: JoinHandle<()>,
+    reload: JoinHandle<()>,
 }
 
 impl Running {
@@ -104,6 +120,7 @@ impl Running {
         let grpc = self.grpc.await;
         let http = self.http.await;
         self.expiry.await.map_err(CoordinatorError::Panicked)?;
+        self.reload.await.map_err(CoordinatorError::Panicked)?;
         grpc.map_err(CoordinatorError::Panicked)??;
         http.map_err(CoordinatorError::Panicked)??;
         Ok(())
@@ -112,6 +129,35 @@ impl Running {
 
 /// Opens the store, binds both listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
+    let security = config.security().map_err(CoordinatorError::Insecure)?;
+    let tls = security
+        .tls
+        .clone()
+        .map(ServerTls::load)
+        .transpose()
+        .map_err(CoordinatorError::Tls)?
+        .map(Arc::new);
+    let auth = Arc::new(match (&config.tokens_file, &config.local_token) {
+        (Some(path), _) => Auth::from_file(path.clone()).map_err(CoordinatorError::Tokens)?,
+        (None, Some(token)) => Auth::fixed(Tokens::single(
+            Identity {
+                name: "local".into(),
+                roles: vec![Role::Admin],
+                max_priority: i32::MAX,
+            },
+            &token.0,
+        )),
+        (None, None) => Auth::open(),
+    });
+    if security.insecure {
+        tracing::warn!(
+            listen = %config.listen,
+            tls = tls.is_some(),
+            tokens = config.tokens_file.is_some() || config.local_token.is_some(),
+            "INSECURE: serving without TLS or without tokens, as --insecure asks; \
+             whoever reaches this port can read and change every batch"
+        );
+    }
     let store = SqliteStore::open(&config.db).map_err(|cause| CoordinatorError::Open {
         path: config.db.clone(),
         cause,
@@ -147,13 +193,18 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
         .await;
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(
+        .add_service(InterceptedService::new(
             StyleFarmServer::new(ClientApi::new(Arc::clone(&state)))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(WorkerServiceServer::new(WorkerApi::new(Arc::clone(&state))));
+            auth.interceptor(),
+        ))
+        .add_service(InterceptedService::new(
+            WorkerServiceServer::new(WorkerApi::new(Arc::clone(&state))),
+            auth.interceptor(),
+        ));
     let grpc_shutdown = shutdown.clone();
+    let grpc_tls = tls.clone();
     let grpc = tokio::spawn(async move {
         let signal = async move {
             grpc_shutdown.cancelled().await;
@@ -165,13 +216,27 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
                 .await;
             tracing::info!("draining gRPC requests");
         };
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        server
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await
-            .map_err(CoordinatorError::Serve)
+        match grpc_tls {
+            Some(tls) => server
+                .serve_with_incoming_shutdown(tls.incoming(grpc_listener), signal)
+                .await
+                .map_err(CoordinatorError::Serve),
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
+                    .with_nodelay(Some(true));
+                server
+                    .serve_with_incoming_shutdown(incoming, signal)
+                    .await
+                    .map_err(CoordinatorError::Serve)
+            }
+        }
     });
+    let reload = tokio::spawn(reload_loop(
+        tls.clone(),
+        Arc::clone(&auth),
+        state.config.reload_interval(),
+        shutdown.clone(),
+    ));
     let http_shutdown = shutdown.clone();
     let router = ops::router(Arc::clone(&ops));
     let http = tokio::spawn(async move {
@@ -184,7 +249,7 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
     let expiry = tokio::spawn(async move { expiry_state.expire_loop().await });
 
     ops.ready.store(true, Ordering::SeqCst);
-    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, db = %state.config.db.display(), "coordinator serving");
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, db = %state.config.db.display(), tls = tls.is_some(), "coordinator serving");
     if let Some(path) = ready_file {
         let body = format!("{{\"grpc\":\"{grpc_addr}\",\"metrics\":\"{metrics_addr}\"}}\n");
         // Its fsyncs on a blocking thread, off the runtime that now serves.
@@ -203,7 +268,60 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
         grpc,
         http,
         expiry,
+        reload,
     })
+}
+
+/// Re-reads the TLS and tokens files on SIGHUP and whenever `every` passes; a file that
+/// changed takes effect for the next connection (TLS) or call (tokens). A file that no
+/// longer loads keeps what was loaded before, and says why.
+async fn reload_loop(
+    tls: Option<Arc<ServerTls>>,
+    auth: Arc<Auth>,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    if tls.is_none() && !auth.reloadable() {
+        return;
+    }
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(cause = %e, "no SIGHUP reloads; files are still polled"))
+        .ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<()>();
+        let asked = tokio::select! {
+            _ = tick.tick() => false,
+            () = hup => true,
+            () = shutdown.cancelled() => return,
+        };
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(true) => tracing::info!("TLS certificate reloaded"),
+                Ok(false) if asked => tracing::info!("TLS files unchanged"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(cause = %e, "TLS files not reloaded; the previous ones stay in use"),
+            }
+        }
+        match auth.reload() {
+            Ok(Some(n)) => tracing::info!(identities = n, "tokens file reloaded"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(cause = %e, "tokens file not reloaded; the previous identities stay in use"),
+        }
+    }
 }
 
 /// Serves until `shutdown` resolves, then drains and returns.

@@ -9,6 +9,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let config = stylefarm_coordinator::Config::parse();
+    if let Some(command) = &config.command {
+        return stylefarm_coordinator::config::run_command(command);
+    }
     stylefarm_core::telemetry::init(config.log_json, "info");
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.worker_threads {

@@ -21,7 +21,7 @@ pub struct Metrics {
     /// Attempts reported finished, by outcome.
     pub attempts: IntCounterVec,
     jobs: IntGaugeVec,
-    queue_depth: IntGaugeVec,
+    batches_waiting: IntGauge,
     workers_live: IntGauge,
     workers_registered: IntGauge,
 }
@@ -60,9 +60,12 @@ impl Metrics {
         .expect("valid counter");
         let jobs = IntGaugeVec::new(Opts::new("stylefarm_jobs", "Jobs by state"), &["state"])
             .expect("valid gauge");
-        let queue_depth = IntGaugeVec::new(
-            Opts::new("stylefarm_queue_depth", "Queued jobs by batch"),
-            &["batch", "name"],
+        // Counts only: no batch id, name or owner becomes a label (they would tell
+        // anyone who reaches the metrics port what is being rendered, and grow without
+        // bound).
+        let batches_waiting = IntGauge::new(
+            "stylefarm_batches_waiting",
+            "Batches with queued jobs",
         )
         .expect("valid gauge");
         let workers_live = IntGauge::new(
@@ -79,7 +82,7 @@ impl Metrics {
             Box::new(expirations.clone()),
             Box::new(attempts.clone()),
             Box::new(jobs.clone()),
-            Box::new(queue_depth.clone()),
+            Box::new(batches_waiting.clone()),
             Box::new(workers_live.clone()),
             Box::new(workers_registered.clone()),
         ] {
@@ -92,7 +95,7 @@ impl Metrics {
             expirations,
             attempts,
             jobs,
-            queue_depth,
+            batches_waiting,
             workers_live,
             workers_registered,
         }
@@ -104,12 +107,7 @@ impl Metrics {
             let n = stats.jobs_by_state.get(&s).copied().unwrap_or(0);
             self.jobs.with_label_values(&[s.as_str()]).set(n as i64);
         }
-        self.queue_depth.reset();
-        for (id, name, n) in &stats.queued_by_batch {
-            self.queue_depth
-                .with_label_values(&[id, name])
-                .set(*n as i64);
-        }
+        self.batches_waiting.set(stats.batches_waiting as i64);
         self.workers_live.set(live as i64);
         self.workers_registered.set(registered as i64);
         let mut out = Vec::new();

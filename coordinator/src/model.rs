@@ -21,6 +21,8 @@ pub struct NewJob {
 pub struct NewBatch {
     /// Display name.
     pub name: String,
+    /// The identity that submits it.
+    pub owner: String,
     /// Idempotency token: the same token and manifest return the same batch.
     pub client_token: Option<String>,
     /// SHA-256 of the submitted manifest, to tell a retry from a reused token.
@@ -47,6 +49,8 @@ pub struct Submitted {
 pub struct NewWorker {
     /// Its name (host or pod name).
     pub name: String,
+    /// The identity that registers it: only that identity may act as this worker.
+    pub identity: String,
     /// `cpu` or `cuda:N`.
     pub device: String,
     /// GPU model, empty on CPU.
@@ -147,6 +151,8 @@ pub struct BatchRecord {
     pub batch_id: String,
     /// Display name.
     pub name: String,
+    /// The identity that submitted it.
+    pub owner: String,
     /// Priority.
     pub priority: i32,
     /// Attempts per job.
@@ -169,6 +175,6 @@ impl BatchRecord {
 pub struct Stats {
     /// Jobs per state, over every batch.
     pub jobs_by_state: BTreeMap<JobState, u64>,
-    /// Queued jobs per batch (batch id, batch name, count) for batches with any.
-    pub queued_by_batch: Vec<(String, String, u64)>,
+    /// Batches with queued jobs (a count: nothing about any batch leaves through metrics).
+    pub batches_waiting: u64,
 }

@@ -39,33 +39,46 @@ impl Clock {
     }
 }
 
-/// Registered workers and when each was last heard from (in memory; registrations
-/// themselves are in the store, so they survive a restart).
+/// Registered workers, the identity each belongs to and when each was last heard from
+/// (in memory; registrations themselves are in the store, so they survive a restart).
 #[derive(Debug, Default)]
 pub struct Workers {
-    last_seen_ms: Mutex<HashMap<String, i64>>,
+    by_id: Mutex<HashMap<String, (String, i64)>>,
+}
+
+/// What [`Workers::seen`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Registered by this identity: marked as heard from.
+    Yours,
+    /// Never registered.
+    Unknown,
+    /// Registered by another identity.
+    NotYours,
 }
 
 impl Workers {
-    /// Records a registered worker (at start-up: not yet seen).
-    pub fn add(&self, id: String, now_ms: Option<i64>) {
-        self.lock().insert(id, now_ms.unwrap_or(i64::MIN));
+    /// Records a worker registered by `identity` (at start-up: not yet seen).
+    pub fn add(&self, id: String, identity: String, now_ms: Option<i64>) {
+        self.lock()
+            .insert(id, (identity, now_ms.unwrap_or(i64::MIN)));
     }
 
-    /// Marks a worker as seen; false when it never registered.
-    pub fn seen(&self, id: &str, now_ms: i64) -> bool {
+    /// Marks a worker as seen when `identity` registered it.
+    pub fn seen(&self, id: &str, identity: &str, now_ms: i64) -> Seen {
         match self.lock().get_mut(id) {
-            Some(t) => {
+            Some((owner, t)) if owner == identity => {
                 *t = now_ms;
-                true
+                Seen::Yours
             }
-            None => false,
+            Some(_) => Seen::NotYours,
+            None => Seen::Unknown,
         }
     }
 
     /// Workers heard from since `since_ms`.
     pub fn live(&self, since_ms: i64) -> usize {
-        self.lock().values().filter(|t| **t >= since_ms).count()
+        self.lock().values().filter(|(_, t)| *t >= since_ms).count()
     }
 
     /// Workers ever registered.
@@ -73,8 +86,8 @@ impl Workers {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
-        self.last_seen_ms.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64)>> {
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -102,8 +115,8 @@ impl<S: Store> State<S> {
     /// State over an opened store; loads the registered workers.
     pub async fn new(store: S, config: Config) -> Result<Self, crate::store::StoreError> {
         let workers = Workers::default();
-        for (id, _name) in store.workers().await? {
-            workers.add(id, None);
+        for (id, identity) in store.workers().await? {
+            workers.add(id, identity, None);
         }
         let (events, _) = broadcast::channel(4096);
         Ok(Self {

@@ -6,7 +6,7 @@ use std::path::Path;
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
-use tonic::transport::Channel;
+use stylefarm_net::client::Channel;
 
 use crate::process::{workspace_bin, CoordinatorProc};
 
@@ -109,18 +109,29 @@ impl Coordinator {
         ))
     }
 
-    /// A client of the client service.
+    /// A client of the client service, as `admin`.
     pub async fn client(&self) -> StyleFarmClient<Channel> {
-        StyleFarmClient::connect(self.grpc.clone())
-            .await
-            .expect("connect")
+        self.client_as("admin").await
     }
 
-    /// A client of the worker service.
+    /// A client of the client service, as `identity`.
+    pub async fn client_as(&self, identity: &str) -> StyleFarmClient<Channel> {
+        StyleFarmClient::new(self.channel(identity).await)
+    }
+
+    /// A client of the worker service, as `worker`.
     pub async fn worker(&self) -> WorkerServiceClient<Channel> {
-        WorkerServiceClient::connect(self.grpc.clone())
-            .await
-            .expect("connect")
+        self.worker_as("worker").await
+    }
+
+    /// A client of the worker service, as `identity`.
+    pub async fn worker_as(&self, identity: &str) -> WorkerServiceClient<Channel> {
+        WorkerServiceClient::new(self.channel(identity).await)
+    }
+
+    /// A connection as `identity`.
+    pub async fn channel(&self, identity: &str) -> Channel {
+        self.auth(identity).connect(&self.grpc).await.expect("connect")
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use stylefarm_net::ClientAuth;
+
+use crate::pki::{tokens, Pki, Tokens};
+
 /// A workspace binary (`stylefarm-coordinator`, `stylefarm-worker`, `stylefarm`) from the
 /// target directory the tests were built into. `cargo test --workspace` (and so
 /// `make test`) builds every binary before running any test.
@@ -85,37 +89,84 @@ impl Drop for Proc {
     }
 }
 
-/// A `stylefarm-coordinator` process on loopback port 0.
+/// A `stylefarm-coordinator` process on loopback port 0: over TLS with tokens unless
+/// started with `--insecure`.
 pub struct CoordinatorProc {
     /// The process.
     pub proc: Proc,
-    /// `http://127.0.0.1:PORT` of its gRPC service.
+    /// `https://127.0.0.1:PORT` of its gRPC service (`http://` when insecure).
     pub grpc: String,
     /// `127.0.0.1:PORT` of its operations (metrics, health) endpoint.
     pub metrics: String,
+    /// Its certificates and tokens (none when insecure).
+    pub security: Option<Security>,
+}
+
+/// A secure coordinator's CA, certificates and tokens.
+pub struct Security {
+    /// Certificates.
+    pub pki: Pki,
+    /// Identities.
+    pub tokens: Tokens,
 }
 
 impl CoordinatorProc {
     /// Starts the binary on the database `db` and waits (polling its ready file) until
-    /// it serves.
+    /// it serves. Unless `extra` holds `--insecure` it serves TLS with a certificate
+    /// and tokens kept beside `db` (made on first use), so a restart on the same `db`
+    /// is the same farm to its clients.
     pub fn start(binary: &Path, db: &Path, extra: &[&str]) -> Self {
         let ready = db.with_extension(format!("ready-{}", std::process::id()));
         let _ = std::fs::remove_file(&ready);
-        let proc = Proc::spawn(
-            Command::new(binary)
-                .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-                .arg("--db")
-                .arg(db)
-                .arg("--ready-file")
-                .arg(&ready)
-                .args(extra)
-                .env("RUST_LOG", "warn"),
-        );
+        let security = (!extra.contains(&"--insecure")).then(|| {
+            let dir = db.with_extension("security");
+            Security {
+                pki: Pki::new(&dir.join("pki")),
+                tokens: tokens(&dir.join("tokens")),
+            }
+        });
+        let mut cmd = Command::new(binary);
+        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--db")
+            .arg(db)
+            .arg("--ready-file")
+            .arg(&ready);
+        if let Some(s) = &security {
+            cmd.arg("--tls-cert-file")
+                .arg(&s.pki.cert)
+                .arg("--tls-key-file")
+                .arg(&s.pki.key)
+                .arg("--tokens-file")
+                .arg(&s.tokens.file);
+        }
+        let proc = Proc::spawn(cmd.args(extra).env("RUST_LOG", "warn"));
         let body = poll_file(&ready, Duration::from_secs(30));
+        let scheme = if security.is_some() { "https" } else { "http" };
         Self {
-            grpc: format!("http://{}", ready_field(&body, "grpc")),
+            grpc: format!("{scheme}://{}", ready_field(&body, "grpc")),
             metrics: ready_field(&body, "metrics"),
             proc,
+            security,
+        }
+    }
+
+    /// The flags that make a `stylefarm` or `stylefarm-worker` process reach this
+    /// coordinator as `identity` (one of [`crate::pki::IDENTITIES`]).
+    pub fn client_flags(&self, identity: &str) -> Vec<String> {
+        let mut flags = vec![format!("--coordinator={}", self.grpc)];
+        if let Some(s) = &self.security {
+            flags.push(format!("--tls-ca-file={}", s.pki.ca.display()));
+            flags.push(format!("--token-file={}", s.tokens.token_file(identity).display()));
+        }
+        flags
+    }
+
+    /// How an in-process client reaches it as `identity`.
+    #[allow(clippy::expect_used)]
+    pub fn auth(&self, identity: &str) -> ClientAuth {
+        match &self.security {
+            Some(s) => ClientAuth::with_ca(&s.pki.ca, Some(s.tokens.token(identity))).expect("CA"),
+            None => ClientAuth::default(),
         }
     }
 

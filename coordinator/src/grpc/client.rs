@@ -8,8 +8,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use stylefarm_net::{Identity, Role};
+
 use super::convert;
 use super::error::ApiError;
+use crate::auth;
 use crate::model::{BatchState, JobRecord, JobState};
 use crate::state::State;
 use crate::store::Store;
@@ -34,6 +37,12 @@ impl<S: Store> ClientApi<S> {
         let b = self.state.store.batch(batch_id).await?;
         Ok(convert::batch(&b, &[]))
     }
+
+    /// Refuses a change to `batch_id` unless `who` owns it or is an admin.
+    async fn may_change(&self, who: &Identity, batch_id: &str) -> Result<(), ApiError> {
+        let b = self.state.store.batch(batch_id).await?;
+        auth::owner_or_admin(who, &b.owner, batch_id)
+    }
 }
 
 #[tonic::async_trait]
@@ -43,10 +52,12 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::SubmitBatchRequest>,
     ) -> Result<Response<v1::SubmitBatchResponse>, Status> {
+        let who = auth::caller(&req, Role::Submitter)?;
+        auth::priority(&who, req.get_ref().priority)?;
         // Validating and encoding up to 100,000 jobs is CPU work: keep it off the runtime.
         let config = self.state.config.clone();
         let req = req.into_inner();
-        let batch = tokio::task::spawn_blocking(move || convert::new_batch(&req, &config))
+        let batch = tokio::task::spawn_blocking(move || convert::new_batch(&req, &config, &who.name))
             .await
             .map_err(|e| Status::internal(format!("validating the batch failed: {e}")))?
             .map_err(ApiError::from)?;
@@ -72,6 +83,7 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::GetBatchRequest>,
     ) -> Result<Response<v1::Batch>, Status> {
+        auth::caller(&req, Role::Submitter)?;
         let req = req.into_inner();
         let id = convert::id("batch_id", &req.batch_id).map_err(ApiError::from)?;
         let b = self.state.store.batch(id).await.map_err(ApiError::from)?;
@@ -88,6 +100,7 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::ListBatchesRequest>,
     ) -> Result<Response<v1::ListBatchesResponse>, Status> {
+        auth::caller(&req, Role::Submitter)?;
         let limit = match req.get_ref().limit {
             0 => 100,
             n => n.min(MAX_LIST),
@@ -110,6 +123,7 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::WatchBatchRequest>,
     ) -> Result<Response<Self::WatchBatchStream>, Status> {
+        auth::caller(&req, Role::Submitter)?;
         let batch_id = convert::id("batch_id", &req.get_ref().batch_id)
             .map_err(ApiError::from)?
             .to_owned();
@@ -137,7 +151,9 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::CancelBatchRequest>,
     ) -> Result<Response<v1::Batch>, Status> {
+        let who = auth::caller(&req, Role::Submitter)?;
         let id = convert::id("batch_id", &req.get_ref().batch_id).map_err(ApiError::from)?;
+        self.may_change(&who, id).await?;
         let changed = self
             .state
             .store
@@ -154,8 +170,10 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::RetryJobsRequest>,
     ) -> Result<Response<v1::Batch>, Status> {
+        let who = auth::caller(&req, Role::Submitter)?;
         let req = req.into_inner();
         let id = convert::id("batch_id", &req.batch_id).map_err(ApiError::from)?;
+        self.may_change(&who, id).await?;
         let changed = self
             .state
             .store
@@ -172,7 +190,10 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::JobStatus>, Status> {
+        let who = auth::caller(&req, Role::Submitter)?;
         let id = convert::id("job_id", &req.get_ref().job_id).map_err(ApiError::from)?;
+        let batch_id = self.state.store.job(id).await.map_err(ApiError::from)?.batch_id;
+        self.may_change(&who, &batch_id).await?;
         let job = self
             .state
             .store

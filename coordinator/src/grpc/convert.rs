@@ -17,7 +17,11 @@ const MAX_LABEL: usize = 200;
 
 /// Validates a submission and expands it into the batch to store. Errors name the job
 /// (index and output name) and the field.
-pub fn new_batch(req: &v1::SubmitBatchRequest, config: &Config) -> Result<NewBatch, InvalidField> {
+pub fn new_batch(
+    req: &v1::SubmitBatchRequest,
+    config: &Config,
+    owner: &str,
+) -> Result<NewBatch, InvalidField> {
     let size = req.encoded_len();
     if size > config.max_manifest_bytes {
         return Err(InvalidField::new(
@@ -81,6 +85,7 @@ pub fn new_batch(req: &v1::SubmitBatchRequest, config: &Config) -> Result<NewBat
     unkeyed.client_token.clear();
     Ok(NewBatch {
         name: req.name.clone(),
+        owner: owner.to_owned(),
         client_token: (!req.client_token.is_empty()).then(|| req.client_token.clone()),
         manifest_sha256: hex::encode(Sha256::digest(unkeyed.encode_to_vec())),
         priority: req.priority,
@@ -90,7 +95,10 @@ pub fn new_batch(req: &v1::SubmitBatchRequest, config: &Config) -> Result<NewBat
 }
 
 /// Validates a registration (the protocol version is checked by the service).
-pub fn new_worker(req: &v1::RegisterWorkerRequest) -> Result<NewWorker, InvalidField> {
+pub fn new_worker(
+    req: &v1::RegisterWorkerRequest,
+    identity: &str,
+) -> Result<NewWorker, InvalidField> {
     label("name", &req.name, false)?;
     if req.name.contains('/') {
         return Err(InvalidField::new("name", "must not contain '/'"));
@@ -101,6 +109,7 @@ pub fn new_worker(req: &v1::RegisterWorkerRequest) -> Result<NewWorker, InvalidF
     }
     Ok(NewWorker {
         name: req.name.clone(),
+        identity: identity.to_owned(),
         device: req.device.clone(),
         gpu_model: req.gpu_model.clone(),
         gpu_memory_bytes: req.gpu_memory_bytes,
@@ -186,6 +195,7 @@ pub fn batch(b: &BatchRecord, jobs: &[JobRecord]) -> v1::Batch {
     v1::Batch {
         batch_id: b.batch_id.clone(),
         name: b.name.clone(),
+        owner: b.owner.clone(),
         state: v1::BatchState::from(b.state()) as i32,
         priority: b.priority,
         created_unix_ms: b.created_ms,

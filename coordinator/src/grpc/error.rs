@@ -39,6 +39,22 @@ pub enum ApiError {
     /// The coordinator is shutting down.
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// No usable bearer token.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// A known caller without the right.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A worker reported a key outside its attempt's prefix.
+    #[error("{field} {key:?} is not under this attempt's prefix {prefix}/")]
+    KeyOutsideAttempt {
+        /// Which key.
+        field: &'static str,
+        /// As reported.
+        key: String,
+        /// Where it must lie.
+        prefix: String,
+    },
 }
 
 impl From<ApiError> for Status {
@@ -49,6 +65,9 @@ impl From<ApiError> for Status {
             ApiError::UnknownWorker { .. } => Code::NotFound,
             ApiError::CorruptSpec { .. } => Code::Internal,
             ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::Forbidden(_) => Code::PermissionDenied,
+            ApiError::KeyOutsideAttempt { .. } => Code::InvalidArgument,
             ApiError::Store(s) => match s {
                 StoreError::NotFound { .. } => Code::NotFound,
                 StoreError::StaleToken { .. } | StoreError::AlreadyEnded { .. } => {

@@ -9,11 +9,14 @@ use stylefarm_proto::v1::{self, worker_service_server::WorkerService};
 use stylefarm_proto::PROTOCOL_VERSION;
 use tonic::{Request, Response, Status};
 
+use stylefarm_net::Role;
+
 use super::convert;
 use super::error::ApiError;
+use crate::auth;
 use crate::model::{Completion, JobRecord, Lease, LeaseAsk, Losses};
-use crate::state::State;
-use crate::store::Store;
+use crate::state::{Seen, State};
+use crate::store::{Store, StoreError};
 
 /// Serves [`WorkerService`] over the shared state.
 pub struct WorkerApi<S> {
@@ -28,15 +31,39 @@ impl<S> WorkerApi<S> {
 }
 
 impl<S: Store> WorkerApi<S> {
-    fn known_worker<'a>(&self, worker_id: &'a str) -> Result<&'a str, ApiError> {
-        let id = convert::id("worker_id", worker_id)?;
-        if self.state.workers.seen(id, self.state.clock.now_ms()) {
-            Ok(id)
-        } else {
-            Err(ApiError::UnknownWorker {
+    /// The worker a call names, when the caller may act as a worker and registered it.
+    fn known_worker<'a, T>(
+        &self,
+        req: &'a Request<T>,
+        worker_id: impl Fn(&T) -> &str,
+    ) -> Result<&'a str, ApiError> {
+        let who = auth::caller(req, Role::Worker)?;
+        let id = convert::id("worker_id", worker_id(req.get_ref()))?;
+        match self.state.workers.seen(id, &who.name, self.state.clock.now_ms()) {
+            Seen::Yours => Ok(id),
+            Seen::Unknown => Err(ApiError::UnknownWorker {
                 worker_id: id.to_owned(),
-            })
+            }),
+            Seen::NotYours => Err(ApiError::Forbidden(format!(
+                "worker {id} was registered by another identity; {} may not act as it",
+                who.name
+            ))),
         }
+    }
+
+    /// The job a worker's call is about, when that worker holds its lease. A lease held
+    /// by another worker reads as a token no longer live: for an honest worker whose
+    /// lease moved on that is what happened.
+    async fn held(&self, worker: &str, job_id: &str, token: u64) -> Result<JobRecord, ApiError> {
+        let job = self.state.store.job(job_id).await?;
+        if job.worker.as_deref() != Some(worker) {
+            return Err(StoreError::StaleToken {
+                job_id: job_id.to_owned(),
+                token,
+            }
+            .into());
+        }
+        Ok(job)
     }
 
     fn ask(&self, worker_id: &str) -> LeaseAsk {
@@ -95,6 +122,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         &self,
         req: Request<v1::RegisterWorkerRequest>,
     ) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
+        let who = auth::caller(&req, Role::Worker)?;
         let req = req.into_inner();
         if req.protocol_version != PROTOCOL_VERSION {
             return Err(ApiError::ProtocolMismatch {
@@ -103,7 +131,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             }
             .into());
         }
-        let worker = convert::new_worker(&req).map_err(ApiError::from)?;
+        let worker = convert::new_worker(&req, &who.name).map_err(ApiError::from)?;
         let now = self.state.clock.now_ms();
         let id = self
             .state
@@ -111,8 +139,8 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .register_worker(worker, now)
             .await
             .map_err(ApiError::from)?;
-        self.state.workers.add(id.clone(), Some(now));
-        tracing::info!(worker = %id, gpu = %req.gpu_model, slots = req.slots, "worker registered");
+        self.state.workers.add(id.clone(), who.name.clone(), Some(now));
+        tracing::info!(worker = %id, identity = %who.name, gpu = %req.gpu_model, slots = req.slots, "worker registered");
         Ok(Response::new(v1::RegisterWorkerResponse {
             worker_id: id,
             lease_ms: self.state.config.lease_ms,
@@ -126,8 +154,9 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         &self,
         req: Request<v1::LeaseJobRequest>,
     ) -> Result<Response<v1::LeaseJobResponse>, Status> {
+        let worker = self.known_worker(&req, |r| &r.worker_id)?.to_owned();
+        let worker = worker.as_str();
         let req = req.into_inner();
-        let worker = self.known_worker(&req.worker_id)?;
         let wait = Duration::from_millis(u64::from(
             req.wait_ms.min(self.state.config.max_lease_wait_ms),
         ));
@@ -162,9 +191,13 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         &self,
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let worker = self.known_worker(&req, |r| &r.worker_id)?.to_owned();
         let req = req.into_inner();
-        self.known_worker(&req.worker_id)?;
         let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
+        let job = self.held(&worker, job_id, req.fencing_token).await?;
+        if !req.checkpoint_key.is_empty() {
+            checkpoint_under_attempt(&job, &req.checkpoint_key)?;
+        }
         let s = &self.state;
         let (answer, record) = s
             .store
@@ -189,9 +222,14 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         &self,
         req: Request<v1::CompleteJobRequest>,
     ) -> Result<Response<v1::CompleteJobResponse>, Status> {
+        let worker = self.known_worker(&req, |r| &r.worker_id)?.to_owned();
         let req = req.into_inner();
-        self.known_worker(&req.worker_id)?;
         let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
+        let job = self.held(&worker, job_id, req.fencing_token).await?;
+        under_attempt(&job, "result_key", &req.result_key)?;
+        if !req.sidecar_key.is_empty() {
+            under_attempt(&job, "sidecar_key", &req.sidecar_key)?;
+        }
         let done = Completion {
             result_key: convert::id("result_key", &req.result_key)
                 .map_err(ApiError::from)?
@@ -224,9 +262,13 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         &self,
         req: Request<v1::ReleaseJobRequest>,
     ) -> Result<Response<v1::ReleaseJobResponse>, Status> {
+        let worker = self.known_worker(&req, |r| &r.worker_id)?.to_owned();
         let req = req.into_inner();
-        self.known_worker(&req.worker_id)?;
         let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
+        let job = self.held(&worker, job_id, req.fencing_token).await?;
+        if !req.checkpoint_key.is_empty() {
+            checkpoint_under_attempt(&job, &req.checkpoint_key)?;
+        }
         let progress = crate::model::Progress {
             iteration: req.iteration,
             losses: crate::model::Losses::default(),
@@ -257,9 +299,10 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         &self,
         req: Request<v1::FailJobRequest>,
     ) -> Result<Response<v1::FailJobResponse>, Status> {
+        let worker = self.known_worker(&req, |r| &r.worker_id)?.to_owned();
         let req = req.into_inner();
-        self.known_worker(&req.worker_id)?;
         let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
+        self.held(&worker, job_id, req.fencing_token).await?;
         let record = self
             .state
             .store
@@ -280,4 +323,38 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         self.state.publish([record]);
         Ok(Response::new(v1::FailJobResponse {}))
     }
+}
+
+/// Refuses a key a worker reports unless it lies under the prefix of the attempt it
+/// holds (`batches/B/jobs/J/attempt-NNN/...`): a worker names only what it wrote.
+fn under_attempt(job: &JobRecord, field: &'static str, key: &str) -> Result<(), ApiError> {
+    let prefix = convert::attempt_prefix(&job.batch_id, &job.job_id, job.attempt);
+    let rest = key
+        .strip_prefix(prefix.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or_default();
+    let clean = !rest.is_empty()
+        && key.len() <= 1024
+        && rest
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && !rest.chars().any(char::is_control);
+    if clean {
+        Ok(())
+    } else {
+        Err(ApiError::KeyOutsideAttempt {
+            field,
+            key: key.chars().take(200).collect(),
+            prefix,
+        })
+    }
+}
+
+/// A checkpoint key is the attempt's own, or the one the lease handed over (a worker
+/// that hands a job back before checkpointing passes on what it resumed from).
+fn checkpoint_under_attempt(job: &JobRecord, key: &str) -> Result<(), ApiError> {
+    if job.checkpoint_key.as_deref() == Some(key) {
+        return Ok(());
+    }
+    under_attempt(job, "checkpoint_key", key)
 }

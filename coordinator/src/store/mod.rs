@@ -106,7 +106,7 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
-    /// Every registered worker id with its name (loaded at start-up).
+    /// Every registered worker id with the identity that registered it (loaded at start-up).
     fn workers(&self) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 
     /// Leases the next job for the asking worker: highest batch priority, then the

@@ -18,6 +18,8 @@ pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 100_000_000;
 /// Time allowed on SIGTERM to checkpoint and hand jobs back (ms).
 pub const DEFAULT_GRACE_MS: u64 = 30_000;
 
+use stylefarm_net::{ClientArgs, ClientAuth};
+
 /// Worker node settings.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -33,6 +35,14 @@ pub struct WorkerConfig {
         default_value = "http://127.0.0.1:7070"
     )]
     pub coordinator: String,
+
+    /// TLS and the token.
+    #[command(flatten)]
+    pub auth: ClientArgs,
+
+    /// Settings given in-process instead of read from files (`stylefarm run`).
+    #[arg(skip)]
+    pub local_auth: Option<ClientAuth>,
 
     /// VGG weights (safetensors); jobs for other weights are refused.
     #[arg(long, env = "STYLEFARM_WEIGHTS")]
@@ -98,9 +108,12 @@ impl WorkerConfig {
         name: String,
         device: DeviceArg,
         threads: Option<i32>,
+        auth: ClientAuth,
     ) -> Self {
         Self {
             coordinator,
+            auth: ClientArgs::default(),
+            local_auth: Some(auth),
             weights,
             name: Some(name),
             device,

@@ -17,7 +17,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
 use stylefarm_storage::{ObjectUrl, Storage};
@@ -25,7 +24,7 @@ use stylefarm_weights::WeightsInfo;
 use tch::Device;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
+use stylefarm_net::client::Channel;
 use tonic::Code;
 
 pub use config::WorkerConfig;
@@ -72,10 +71,11 @@ pub async fn run(
     }
     let weights = Arc::new(WeightsInfo::inspect(&config.weights)?);
     let (root, storage) = config.store.open()?;
-    let channel = tonic::transport::Endpoint::from_shared(config.coordinator.clone())
-        .with_context(|| format!("--coordinator {:?} is not a URL", config.coordinator))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
+    let auth = match &config.local_auth {
+        Some(auth) => auth.clone(),
+        None => config.auth.load()?,
+    };
+    let channel = auth.connect_lazy(&config.coordinator)?;
 
     let draining = CancellationToken::new();
     tokio::spawn({

@@ -35,7 +35,12 @@ use crate::model::{
     Stats, Submitted,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// From version 1: batches gained owners and workers the identity that registered them.
+/// (A column added with a default is a change to the schema record only: instant.)
+const MIGRATE_FROM_1: &str = "ALTER TABLE batches ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE workers ADD COLUMN identity TEXT NOT NULL DEFAULT '';";
 
 const SCHEMA: &str = include_str!("schema.sql");
 
@@ -49,13 +54,19 @@ const LIVE_LEASE: &str = "id = ?1 AND token = ?2
 
 #[derive(Debug, Default)]
 struct Counters {
-    token: AtomicI64,
     turn: AtomicI64,
 }
 
 impl Counters {
+    /// A fencing token nobody can guess (63 random bits): a lease is proven by holding
+    /// its token, so tokens must not be derivable from one another.
     fn next_token(&self) -> i64 {
-        self.token.fetch_add(1, Ordering::SeqCst) + 1
+        let mut bytes = [0u8; 8];
+        // Without the system's generator there is no safe token; it does not fail on
+        // the systems stylefarm runs on.
+        #[allow(clippy::expect_used)]
+        getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+        (i64::from_le_bytes(bytes) & i64::MAX).max(1)
     }
 
     fn next_turn(&self) -> i64 {
@@ -66,8 +77,8 @@ impl Counters {
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     ops: Option<mpsc::Sender<Box<dyn Op>>>,
-    /// Last fencing token and batch turn handed out. Only the writer thread moves them;
-    /// they start from the largest values on disk, so tokens only grow across restarts.
+    /// The last batch turn handed out. Only the writer thread moves it; it starts from
+    /// the largest value on disk.
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
     reader: Arc<Mutex<Connection>>,
@@ -107,14 +118,12 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
+        if found == 1 {
+            conn.execute_batch(&format!("BEGIN; {MIGRATE_FROM_1} COMMIT;"))?;
+        }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let counters = Arc::new(Counters {
-            token: AtomicI64::new(conn.query_row(
-                "SELECT COALESCE(MAX(token), 0) FROM jobs",
-                [],
-                |r| r.get(0),
-            )?),
             turn: AtomicI64::new(conn.query_row(
                 "SELECT COALESCE(MAX(turn), 0) FROM batches",
                 [],
@@ -366,11 +375,16 @@ fn complete_tx(
 impl Store for SqliteStore {
     async fn submit(&self, batch: NewBatch, now_ms: i64) -> Result<Submitted, StoreError> {
         self.write(move |tx| {
-            if let Some(token) = &batch.client_token {
+            // Tokens are the owner's: the same token from another identity is another batch.
+            let client_key = batch
+                .client_token
+                .as_ref()
+                .map(|t| format!("{}:{t}", batch.owner));
+            if let (Some(token), Some(key)) = (&batch.client_token, &client_key) {
                 let existing: Option<(String, String)> = tx
                     .query_row(
                         "SELECT id, manifest_sha256 FROM batches WHERE client_token = ?1",
-                        [token],
+                        [key],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
@@ -389,17 +403,18 @@ impl Store for SqliteStore {
             }
             let id = format!("b{:08}", next(tx, "id")?);
             tx.execute(
-                "INSERT INTO batches (id, name, client_token, manifest_sha256, priority, max_attempts, created_ms, queued)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO batches (id, name, client_token, manifest_sha256, priority, max_attempts, created_ms, queued, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     id,
                     batch.name,
-                    batch.client_token,
+                    client_key,
                     batch.manifest_sha256,
                     batch.priority,
                     batch.max_attempts,
                     now_ms,
-                    batch.jobs.len() as i64
+                    batch.jobs.len() as i64,
+                    batch.owner
                 ],
             )?;
             let mut insert = tx.prepare_cached(
@@ -432,9 +447,9 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let id = format!("w{:06}-{}", next(tx, "id")?, w.name);
             tx.execute(
-                "INSERT INTO workers (id, name, device, gpu_model, gpu_memory_bytes, slots, registered_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![id, w.name, w.device, w.gpu_model, w.gpu_memory_bytes as i64, w.slots, now_ms],
+                "INSERT INTO workers (id, name, device, gpu_model, gpu_memory_bytes, slots, registered_ms, identity)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![id, w.name, w.device, w.gpu_model, w.gpu_memory_bytes as i64, w.slots, now_ms, w.identity],
             )?;
             Ok(id)
         })
@@ -443,7 +458,7 @@ impl Store for SqliteStore {
 
     async fn workers(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare("SELECT id, name FROM workers ORDER BY id")?;
+            let mut stmt = conn.prepare("SELECT id, identity FROM workers ORDER BY id")?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
@@ -640,7 +655,7 @@ impl Store for SqliteStore {
         let batch_id = batch_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, name, priority, max_attempts, created_ms FROM batches WHERE id = ?1",
+                "SELECT id, name, priority, max_attempts, created_ms, owner FROM batches WHERE id = ?1",
             )?;
             let mut rows = stmt.query([&batch_id])?;
             match rows.next()? {
@@ -657,7 +672,7 @@ impl Store for SqliteStore {
     async fn batches(&self, limit: u32) -> Result<Vec<BatchRecord>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, name, priority, max_attempts, created_ms FROM batches
+                "SELECT id, name, priority, max_attempts, created_ms, owner FROM batches
                  ORDER BY id DESC LIMIT ?1",
             )?;
             let mut rows = stmt.query([limit])?;
@@ -693,17 +708,12 @@ impl Store for SqliteStore {
                     Ok((state_of(&s), r.get::<_, i64>(1)? as u64))
                 })?
                 .collect::<Result<_, _>>()?;
-            let queued_by_batch = conn
-                .prepare_cached(
-                    "SELECT id, name, queued FROM batches WHERE queued > 0 ORDER BY id",
-                )?
-                .query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
-                })?
-                .collect::<Result<_, _>>()?;
+            let batches_waiting: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM batches WHERE queued > 0")?
+                .query_row([], |r| r.get(0))?;
             Ok(Stats {
                 jobs_by_state,
-                queued_by_batch,
+                batches_waiting: batches_waiting as u64,
             })
         })
         .await

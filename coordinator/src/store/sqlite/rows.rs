@@ -101,5 +101,6 @@ pub(super) fn batch_row(conn: &Connection, r: &Row<'_>) -> Result<BatchRecord, S
         priority: r.get(2)?,
         max_attempts: r.get(3)?,
         created_ms: r.get(4)?,
+        owner: r.get(5)?,
     })
 }

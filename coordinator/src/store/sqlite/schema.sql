@@ -1,13 +1,14 @@
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
-    client_token TEXT UNIQUE,
+    client_token TEXT UNIQUE,  -- 'OWNER:TOKEN': one owner's token never finds another's batch
     manifest_sha256 TEXT NOT NULL,
     priority INTEGER NOT NULL,
     max_attempts INTEGER NOT NULL,
     created_ms INTEGER NOT NULL,
     turn INTEGER NOT NULL DEFAULT 0,
-    queued INTEGER NOT NULL DEFAULT 0
+    queued INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT ''  -- the identity that submitted it
 );
 CREATE INDEX IF NOT EXISTS batches_ready ON batches (priority DESC, turn) WHERE queued > 0;
 CREATE TABLE IF NOT EXISTS jobs (
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS workers (
     gpu_model TEXT NOT NULL,
     gpu_memory_bytes INTEGER NOT NULL,
     slots INTEGER NOT NULL,
-    registered_ms INTEGER NOT NULL
+    registered_ms INTEGER NOT NULL,
+    identity TEXT NOT NULL DEFAULT ''  -- the identity that registered it; only it may use it
 );
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,

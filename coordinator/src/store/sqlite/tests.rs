@@ -4,6 +4,7 @@ use crate::model::{Losses, NewJob};
 fn batch(token: &str, priority: i32, n: usize) -> NewBatch {
     NewBatch {
         name: token.to_owned(),
+        owner: "alice".into(),
         client_token: Some(token.to_owned()),
         manifest_sha256: format!("sha-{token}-{n}"),
         priority,
@@ -126,7 +127,7 @@ async fn priority_then_round_robin_then_fifo() {
     assert!(lease(&s, "w", 0, 1000).await.is_none());
     let stats = s.stats().await.expect("stats");
     assert_eq!(stats.jobs_by_state.get(&JobState::Leased), Some(&6));
-    assert!(stats.queued_by_batch.is_empty());
+    assert_eq!(stats.batches_waiting, 0);
 }
 
 #[tokio::test]
@@ -525,4 +526,61 @@ async fn a_group_that_sqlite_rolls_back_part_way_runs_none_of_its_later_changes(
         JobState::Queued,
         "the refused cancel changed nothing"
     );
+}
+
+#[tokio::test]
+async fn a_client_token_is_its_owners_and_the_owner_is_kept() {
+    let (_d, s) = store();
+    let first = s.submit(batch("t", 0, 1), 0).await.expect("submit");
+    let again = s.submit(batch("t", 0, 1), 0).await.expect("again");
+    assert_eq!((again.batch_id.as_str(), again.existing), (first.batch_id.as_str(), true));
+    let mut bobs = batch("t", 0, 1);
+    bobs.owner = "bob".into();
+    let bobs = s.submit(bobs, 0).await.expect("bob's");
+    assert!(!bobs.existing, "bob's token found alice's batch");
+    assert_ne!(bobs.batch_id, first.batch_id);
+    assert_eq!(s.batch(&first.batch_id).await.expect("batch").owner, "alice");
+    assert_eq!(s.batch(&bobs.batch_id).await.expect("batch").owner, "bob");
+    let stats = s.stats().await.expect("stats");
+    assert_eq!(stats.batches_waiting, 2);
+}
+
+#[tokio::test]
+async fn fencing_tokens_are_not_one_counter() {
+    let (_d, s) = store();
+    s.submit(batch("t", 0, 3), 0).await.expect("submit");
+    let tokens: Vec<u64> = [
+        lease(&s, "w", 0, 1000).await,
+        lease(&s, "w", 0, 1000).await,
+        lease(&s, "w", 0, 1000).await,
+    ]
+    .into_iter()
+    .map(|l| l.expect("leased").token)
+    .collect();
+    // Three consecutive leases of a counter differ by one; random 63-bit tokens almost
+    // never come within a million of each other.
+    for pair in tokens.windows(2) {
+        assert!(pair[0].abs_diff(pair[1]) > 1_000_000, "guessable tokens: {tokens:?}");
+    }
+    assert!(tokens.iter().all(|t| *t > 0 && *t <= i64::MAX as u64));
+}
+
+#[tokio::test]
+async fn a_version_1_database_gains_owners_and_identities() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let s = SqliteStore::open(&path).expect("open");
+    let id = s.submit(batch("t", 0, 1), 0).await.expect("submit").batch_id;
+    drop(s);
+    let conn = Connection::open(&path).expect("raw");
+    conn.execute_batch(
+        "ALTER TABLE batches DROP COLUMN owner; ALTER TABLE workers DROP COLUMN identity;
+         PRAGMA user_version = 1;",
+    )
+    .expect("make it version 1");
+    drop(conn);
+    let s = SqliteStore::open(&path).expect("migrate");
+    assert_eq!(s.batch(&id).await.expect("batch").owner, "");
+    let again = s.submit(batch("u", 0, 1), 0).await.expect("submit");
+    assert_eq!(s.batch(&again.batch_id).await.expect("batch").owner, "alice");
 }

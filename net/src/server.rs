@@ -1,0 +1,171 @@
+//! The coordinator's side of TLS: certificates read from files and re-read when they
+//! change (cert-manager rotation, a SIGHUP), and an accept loop that hands tonic only
+//! connections whose handshake finished.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{read_pem, NetError};
+
+/// A handshake that takes longer is dropped (a slow or silent peer holds nothing).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more connections wait in the listen backlog.
+const MAX_HANDSHAKES: usize = 512;
+
+/// The files the coordinator's TLS is made of.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// When set, every client must present a certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
+}
+
+struct Loaded {
+    config: Arc<ServerConfig>,
+    fingerprint: [u8; 32],
+}
+
+/// The coordinator's TLS settings, reloadable while it serves.
+pub struct ServerTls {
+    files: TlsFiles,
+    current: RwLock<Loaded>,
+}
+
+impl ServerTls {
+    /// Reads the files; fails with what is wrong with which.
+    pub fn load(files: TlsFiles) -> Result<Self, NetError> {
+        let loaded = build(&files)?;
+        Ok(Self {
+            files,
+            current: RwLock::new(loaded),
+        })
+    }
+
+    /// Re-reads the files. `Ok(true)`: they changed and new connections use them;
+    /// `Ok(false)`: unchanged; an error keeps the settings in use.
+    pub fn reload(&self) -> Result<bool, NetError> {
+        let loaded = build(&self.files)?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.fingerprint == loaded.fingerprint {
+            return Ok(false);
+        }
+        *current = loaded;
+        Ok(true)
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        TlsAcceptor::from(Arc::clone(&current.config))
+    }
+
+    /// The TLS connections arriving on `listener`, for `serve_with_incoming`. Failed
+    /// handshakes are logged at debug level and dropped.
+    pub fn incoming(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+            loop {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                let (tcp, peer) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of descriptors and the like: back off instead of spinning.
+                            tracing::warn!(cause = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    () = tx.closed() => return,
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = self.acceptor();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, cause = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+fn build(files: &TlsFiles) -> Result<Loaded, NetError> {
+    let cert_pem = read_pem(&files.cert)?;
+    let key_pem = read_pem(&files.key)?;
+    let ca_pem = files.client_ca.as_deref().map(read_pem).transpose()?;
+    let mut hasher = Sha256::new();
+    for part in [Some(&cert_pem), Some(&key_pem), ca_pem.as_ref()] {
+        let part = part.map(Vec::as_slice).unwrap_or_default();
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let tls = |path: &PathBuf, reason: String| NetError::Tls {
+        path: path.clone(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(&files.cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(tls(&files.cert, "holds no CERTIFICATE block".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| tls(&files.key, format!("holds no private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&files.cert, e.to_string()))?;
+    let builder = match (&files.client_ca, &ca_pem) {
+        (Some(path), Some(pem)) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| tls(path, e.to_string()))?;
+                roots.add(cert).map_err(|e| tls(path, e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(tls(path, "holds no CERTIFICATE block".into()));
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| tls(path, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(&files.key, format!("does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Loaded {
+        config: Arc::new(config),
+        fingerprint: hasher.finalize().into(),
+    })
+}
