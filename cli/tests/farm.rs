@@ -171,13 +171,13 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
     ];
     let cluster = |cmd: &str| {
         let mut c = stylefarm(&[cmd]);
-        c.arg(format!("--coordinator={}", coordinator.grpc));
+        c.args(coordinator.client_flags("alice"));
         c
     };
     let mut worker = Proc::spawn(
         Command::new(workspace_bin("stylefarm-worker"))
+            .args(coordinator.client_flags("worker"))
             .args([
-                &format!("--coordinator={}", coordinator.grpc),
                 "--device=cpu",
                 "--name=w",
                 "--threads=1",

@@ -16,6 +16,9 @@
 //! coordinator's CPU. The reference, in the same run with the same connections and
 //! concurrency, is the gRPC health check: an empty round trip on this machine. Sizes
 //! can be changed with STYLEFARM_BENCH_JOBS and STYLEFARM_BENCH_WORKERS.
+//!
+//! Everything runs twice, on a coordinator of its own each: over TLS with bearer tokens
+//! (the default) and in plaintext (`--insecure`); the last line gives their ratio.
 
 use stylefarm_testkit::farm as common;
 
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 use common::Coordinator;
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
-use tonic::transport::Channel;
+use stylefarm_net::client::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
@@ -68,12 +71,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn channels(c: &Coordinator) -> Vec<Channel> {
     let mut out = Vec::new();
     for _ in 0..CONNECTIONS {
-        let ch = Channel::from_shared(c.grpc.clone())
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
-        out.push(ch);
+        out.push(c.channel("worker").await);
     }
     out
 }
@@ -250,11 +248,62 @@ async fn main() {
     let jobs = env_usize("STYLEFARM_BENCH_JOBS", 100_000);
     let workers = env_usize("STYLEFARM_BENCH_WORKERS", 1000);
     let job_ms = env_usize("STYLEFARM_BENCH_JOB_MS", 150);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = Coordinator::start(
-        &dir.path().join("bench.db"),
-        &["--lease-ms", "600000", "--worker-threads", "1"],
+    // The same work over TLS with tokens (the default) and in plaintext (--insecure),
+    // each on a coordinator of its own.
+    let secure = measure("TLS + tokens", &[], jobs, workers, job_ms).await;
+    let plain = measure("plaintext", &["--insecure"], jobs, workers, job_ms).await;
+
+    println!();
+    println!(
+        "{} CPUs shared by the coordinator (1 gRPC thread + the database writer) and the simulated workers (1 thread); {jobs} jobs per run, {workers} workers, {CONNECTIONS} connections",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    println!(
+        "| transport | run | leases/s | lease p50 | lease p99 | store p99 (bucket) | coordinator CPU | wall |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for m in [&secure, &plain] {
+        for (name, r) in [
+            (format!("paced ({job_ms} ms jobs)"), &m.paced),
+            ("saturated (0 ms jobs)".to_owned(), &m.saturated),
+        ] {
+            println!(
+                "| {} | {name} | {:.0} | {:.2} ms | {:.2} ms | <= {} ms | {:.1} s ({:.0}% of a core) | {:.1} s |",
+                m.name, r.leases_per_s, r.p50_ms, r.p99_ms, r.server_p99_ms, r.cpu_s, 100.0 * r.cpu_s / r.wall_s, r.wall_s
+            );
+        }
+    }
+    println!("goal: >= 5000 leases/s with p99 <= 20 ms (paced run); TLS + tokens >= 0.8 of plaintext");
+    for m in [&secure, &plain] {
+        println!(
+            "reference ({}): empty gRPC health checks {:.0}/s (coordinator at {:.0}% of a core); saturated coordinator RPCs/s (2 per job) to empty RPCs/s: {:.2}",
+            m.name,
+            m.rpc_per_s,
+            100.0 * m.ref_cpu,
+            2.0 * m.saturated.leases_per_s / m.rpc_per_s
+        );
+    }
+    println!(
+        "ratio, TLS + tokens to plaintext leases/s: paced {:.2}, saturated {:.2}",
+        secure.paced.leases_per_s / plain.paced.leases_per_s,
+        secure.saturated.leases_per_s / plain.saturated.leases_per_s
+    );
+}
+
+/// Both runs and the reference against one coordinator started with `extra`.
+struct Measured {
+    name: &'static str,
+    paced: Run,
+    saturated: Run,
+    rpc_per_s: f64,
+    ref_cpu: f64,
+}
+
+async fn measure(name: &'static str, extra: &[&str], jobs: usize, workers: usize, job_ms: usize) -> Measured {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = vec!["--lease-ms", "600000", "--worker-threads", "1"];
+    args.extend_from_slice(extra);
+    let c = Coordinator::start(&dir.path().join("bench.db"), &args);
     let pid = c.proc.id();
     let chs = channels(&c).await;
     let mut ids = Vec::new();
@@ -276,32 +325,11 @@ async fn main() {
     let ref_start = Instant::now();
     let rpc_per_s = reference(&chs, workers, 2 * jobs.min(50_000)).await;
     let ref_cpu = (cpu_seconds(pid) - ref_cpu0) / ref_start.elapsed().as_secs_f64();
-
-    println!();
-    println!(
-        "{} CPUs shared by the coordinator (1 gRPC thread + the database writer) and the simulated workers (1 thread); {jobs} jobs per run, {workers} workers, {CONNECTIONS} connections",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!(
-        "| run | leases/s | lease p50 | lease p99 | store p99 (bucket) | coordinator CPU | wall |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for (name, r) in [
-        (format!("paced ({job_ms} ms jobs)"), &paced),
-        ("saturated (0 ms jobs)".to_owned(), &saturated),
-    ] {
-        println!(
-            "| {name} | {:.0} | {:.2} ms | {:.2} ms | <= {} ms | {:.1} s ({:.0}% of a core) | {:.1} s |",
-            r.leases_per_s, r.p50_ms, r.p99_ms, r.server_p99_ms, r.cpu_s, 100.0 * r.cpu_s / r.wall_s, r.wall_s
-        );
+    Measured {
+        name,
+        paced,
+        saturated,
+        rpc_per_s,
+        ref_cpu,
     }
-    println!("goal: >= 5000 leases/s with p99 <= 20 ms (paced run)");
-    println!(
-        "reference: empty gRPC health checks {rpc_per_s:.0}/s (coordinator at {:.0}% of a core)",
-        100.0 * ref_cpu
-    );
-    println!(
-        "ratio, saturated coordinator RPCs/s (2 per job) to empty RPCs/s: {:.2}",
-        2.0 * saturated.leases_per_s / rpc_per_s
-    );
 }

@@ -41,7 +41,11 @@ fn heartbeat_req(worker: &str, l: &v1::Lease, iteration: u32, ck: &str) -> v1::H
             tv: 0.5,
             total: 3.5,
         }),
-        checkpoint_key: ck.into(),
+        checkpoint_key: if ck.is_empty() {
+            String::new()
+        } else {
+            format!("{}/{ck}", l.attempt_prefix)
+        },
     }
 }
 
@@ -95,7 +99,7 @@ async fn expiry_requeues_with_checkpoint_and_stale_tokens_are_rejected() {
     let second = lease(&c, &alive, 10_000).await.expect("requeued job");
     assert_eq!(second.job_id, first.job_id);
     assert_eq!(second.attempt, 2);
-    assert_eq!(second.checkpoint_key, "ck/12");
+    assert_eq!(second.checkpoint_key, format!("{}/ck/12", first.attempt_prefix));
 
     let mut w = c.worker().await;
     let stale = w
@@ -267,7 +271,8 @@ async fn kill_9_and_restart_loses_nothing() {
     }
     assert_eq!(after[2].error, "corrupt input: truncated JPEG");
     assert_eq!(
-        after[3].checkpoint_key, "ck/34",
+        after[3].checkpoint_key,
+        format!("{}/ck/34", leases[3].attempt_prefix),
         "the last acknowledged heartbeat survived"
     );
     assert_eq!(after[3].iteration, 34);
@@ -307,12 +312,7 @@ async fn health_readiness_and_sigterm_drain() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = Coordinator::start(&dir.path().join("c.db"), &[]);
-    let channel = tonic::transport::Channel::from_shared(c.grpc.clone())
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut health = HealthClient::new(channel);
+    let mut health = HealthClient::new(c.channel("worker").await);
     for service in ["stylefarm.v1.StyleFarm", "stylefarm.v1.WorkerService"] {
         let r = health
             .check(HealthCheckRequest {

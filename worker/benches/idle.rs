@@ -76,9 +76,8 @@ async fn main() {
         let started = Instant::now();
         let mut worker = Proc::spawn(
             Command::new(env!("CARGO_BIN_EXE_stylefarm-worker"))
+                .args(coordinator.client_flags("worker"))
                 .args([
-                    "--coordinator",
-                    &coordinator.grpc,
                     "--storage",
                     &root.to_string(),
                 ])
@@ -129,9 +128,7 @@ async fn main() {
 }
 
 async fn submit(c: &CoordinatorProc, name: &str, jobs: Vec<v1::JobSpec>) -> String {
-    let mut client = StyleFarmClient::connect(c.grpc.clone())
-        .await
-        .expect("connect");
+    let mut client = StyleFarmClient::new(c.auth("admin").connect(&c.grpc).await.expect("connect"));
     let req = v1::SubmitBatchRequest {
         name: name.into(),
         client_token: name.into(),
@@ -148,9 +145,7 @@ async fn submit(c: &CoordinatorProc, name: &str, jobs: Vec<v1::JobSpec>) -> Stri
 }
 
 async fn wait(c: &CoordinatorProc, batch: &str) -> Vec<v1::JobStatus> {
-    let mut client = StyleFarmClient::connect(c.grpc.clone())
-        .await
-        .expect("connect");
+    let mut client = StyleFarmClient::new(c.auth("admin").connect(&c.grpc).await.expect("connect"));
     loop {
         let req = v1::GetBatchRequest {
             batch_id: batch.into(),

@@ -68,7 +68,7 @@ impl Farm {
     fn worker(&self, name: &str, extra: &[&str]) -> Worker {
         Proc::spawn(
             Command::new(env!("CARGO_BIN_EXE_stylefarm-worker"))
-                .args(["--coordinator", &self.coordinator.grpc])
+                .args(self.coordinator.client_flags("worker"))
                 .args(["--storage", &self.root().to_string()])
                 .arg("--weights")
                 .arg(&self.weights.path)
@@ -100,10 +100,9 @@ impl Farm {
         )
     }
 
-    async fn client(&self) -> StyleFarmClient<tonic::transport::Channel> {
-        StyleFarmClient::connect(self.coordinator.grpc.clone())
-            .await
-            .expect("connect")
+    async fn client(&self) -> StyleFarmClient<stylefarm_net::client::Channel> {
+        let auth = self.coordinator.auth("admin");
+        StyleFarmClient::new(auth.connect(&self.coordinator.grpc).await.expect("connect"))
     }
 
     /// Follows the batch until it ends; returns its jobs.
