@@ -17,6 +17,21 @@ use stylefarm_proto::v1::{self, BatchState, JobState};
 use tokio_stream::StreamExt;
 use tonic::{Code, Request};
 
+/// A request from an admin (these tests call the services directly, past the
+/// interceptor that identifies callers; `tests/auth.rs` covers that part).
+fn call<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.extensions_mut()
+        .insert(stylefarm_coordinator::auth::Caller(std::sync::Arc::new(
+            stylefarm_net::Identity {
+                name: "admin".into(),
+                roles: vec![stylefarm_net::Role::Admin],
+                max_priority: 0,
+            },
+        )));
+    req
+}
+
 struct Harness {
     _dir: tempfile::TempDir,
     state: Arc<State<SqliteStore>>,
@@ -44,7 +59,7 @@ impl Harness {
         req: v1::SubmitBatchRequest,
     ) -> Result<v1::SubmitBatchResponse, tonic::Status> {
         self.client
-            .submit_batch(Request::new(req))
+            .submit_batch(call(req))
             .await
             .map(|r| r.into_inner())
     }
@@ -52,7 +67,7 @@ impl Harness {
     async fn register(&self, name: &str) -> String {
         let r = self
             .worker
-            .register_worker(Request::new(common::register(name)))
+            .register_worker(call(common::register(name)))
             .await
             .expect("register");
         r.into_inner().worker_id
@@ -64,7 +79,7 @@ impl Harness {
             wait_ms,
         };
         self.worker
-            .lease_job(Request::new(req))
+            .lease_job(call(req))
             .await
             .expect("lease")
             .into_inner()
@@ -87,7 +102,7 @@ impl Harness {
             checkpoint_key: ck.into(),
         };
         self.worker
-            .heartbeat(Request::new(req))
+            .heartbeat(call(req))
             .await
             .map(|r| r.into_inner())
     }
@@ -103,7 +118,7 @@ impl Harness {
             losses: None,
         };
         self.worker
-            .complete_job(Request::new(req))
+            .complete_job(call(req))
             .await
             .map(|_| ())
     }
@@ -114,7 +129,7 @@ impl Harness {
             include_jobs: true,
         };
         self.client
-            .get_batch(Request::new(req))
+            .get_batch(call(req))
             .await
             .expect("get")
             .into_inner()
@@ -221,7 +236,7 @@ async fn bad_submissions_are_invalid_argument_naming_job_and_field() {
     // Nothing was stored by any of them.
     let list = h
         .client
-        .list_batches(Request::new(v1::ListBatchesRequest { limit: 0 }))
+        .list_batches(call(v1::ListBatchesRequest { limit: 0 }))
         .await
         .expect("list");
     assert!(list.into_inner().batches.is_empty());
@@ -264,7 +279,7 @@ async fn protocol_mismatch_and_unknown_workers_are_refused() {
     old.protocol_version = stylefarm_proto::PROTOCOL_VERSION + 1;
     let err = h
         .worker
-        .register_worker(Request::new(old))
+        .register_worker(call(old))
         .await
         .expect_err("mismatch");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -282,7 +297,7 @@ async fn protocol_mismatch_and_unknown_workers_are_refused() {
     no_slots.slots = 0;
     invalid(
         h.worker
-            .register_worker(Request::new(no_slots))
+            .register_worker(call(no_slots))
             .await
             .expect_err("slots"),
         &["slots"],
@@ -294,7 +309,7 @@ async fn protocol_mismatch_and_unknown_workers_are_refused() {
     };
     let err = h
         .worker
-        .lease_job(Request::new(req))
+        .lease_job(call(req))
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
@@ -322,7 +337,7 @@ async fn an_expired_lease_requeues_with_its_checkpoint_and_the_old_token_is_fenc
         first.spec.as_ref().expect("spec").output_key,
         format!("batches/{batch}/outputs/out00000.png")
     );
-    h.heartbeat(&w1, &first, 7, "ck/7")
+    h.heartbeat(&w1, &first, 7, &format!("{}/ck/7", first.attempt_prefix))
         .await
         .expect("heartbeat");
 
@@ -338,7 +353,7 @@ async fn an_expired_lease_requeues_with_its_checkpoint_and_the_old_token_is_fenc
     let second = h.lease(&w2, 0).await.expect("requeued job");
     assert_eq!(second.job_id, first.job_id);
     assert_eq!(second.attempt, 2);
-    assert_eq!(second.checkpoint_key, "ck/7");
+    assert_eq!(second.checkpoint_key, format!("{}/ck/7", first.attempt_prefix));
     let stale = h
         .heartbeat(&w1, &first, 8, "")
         .await
@@ -387,7 +402,7 @@ async fn cancel_reaches_the_running_worker_and_watch_ends_with_the_batch() {
     let w = h.register("w").await;
     let watch = h
         .client
-        .watch_batch(Request::new(v1::WatchBatchRequest {
+        .watch_batch(call(v1::WatchBatchRequest {
             batch_id: batch.clone(),
         }))
         .await
@@ -397,7 +412,7 @@ async fn cancel_reaches_the_running_worker_and_watch_ends_with_the_batch() {
     assert!(!h.heartbeat(&w, &l, 3, "").await.expect("hb").cancelled);
     let cancelled = h
         .client
-        .cancel_batch(Request::new(v1::CancelBatchRequest {
+        .cancel_batch(call(v1::CancelBatchRequest {
             batch_id: batch.clone(),
         }))
         .await
@@ -424,7 +439,7 @@ async fn cancel_reaches_the_running_worker_and_watch_ends_with_the_batch() {
 
     let retried = h
         .client
-        .retry_jobs(Request::new(v1::RetryJobsRequest {
+        .retry_jobs(call(v1::RetryJobsRequest {
             batch_id: batch.clone(),
             include_cancelled: true,
         }))
@@ -434,7 +449,7 @@ async fn cancel_reaches_the_running_worker_and_watch_ends_with_the_batch() {
     assert_eq!(retried.into_inner().jobs_by_state.get("queued"), Some(&1));
     let missing = h
         .client
-        .get_batch(Request::new(v1::GetBatchRequest {
+        .get_batch(call(v1::GetBatchRequest {
             batch_id: "b404".into(),
             include_jobs: false,
         }))
@@ -454,12 +469,12 @@ async fn a_watch_that_starts_after_some_jobs_finished_still_follows_the_batch() 
     let w = h.register("w").await;
     // The first job finishes before anyone watches; two are left.
     let first = h.lease(&w, 0).await.expect("job");
-    h.complete(&w, &first, "out/first.png")
+    h.complete(&w, &first, &format!("{}/first.png", first.attempt_prefix))
         .await
         .expect("complete");
     let mut events = h
         .client
-        .watch_batch(Request::new(v1::WatchBatchRequest {
+        .watch_batch(call(v1::WatchBatchRequest {
             batch_id: batch.clone(),
         }))
         .await
@@ -476,7 +491,7 @@ async fn a_watch_that_starts_after_some_jobs_finished_still_follows_the_batch() 
     }
     for _ in 0..2 {
         let l = h.lease(&w, 0).await.expect("job");
-        h.complete(&w, &l, "out/x.png").await.expect("complete");
+        h.complete(&w, &l, &format!("{}/x.png", l.attempt_prefix)).await.expect("complete");
     }
     let mut last = None;
     while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), events.next())
@@ -527,7 +542,7 @@ async fn livez_fails_while_the_database_cannot_commit_and_says_why() {
     let other = rusqlite::Connection::open(&state.config.db).expect("open");
     other.execute_batch("BEGIN IMMEDIATE").expect("lock");
     let refused = client
-        .submit_batch(Request::new(common::submit("t", 0, 1)))
+        .submit_batch(call(common::submit("t", 0, 1)))
         .await
         .expect_err("the store cannot commit");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
@@ -537,7 +552,7 @@ async fn livez_fails_while_the_database_cannot_commit_and_says_why() {
 
     drop(other);
     client
-        .submit_batch(Request::new(common::submit("t", 0, 1)))
+        .submit_batch(call(common::submit("t", 0, 1)))
         .await
         .expect("submit");
     let (status, body) = livez().await;

@@ -47,12 +47,28 @@ impl Pki {
         if pki.client_key.exists() {
             return pki;
         }
-        let (params, key) = ca("stylefarm test CA");
+        // Named after the folder: two test CAs must not share a name, or a client would
+        // take one for the other's issuer and fail on the signature instead.
+        let name = dir.file_name().map_or("", |n| n.to_str().unwrap_or_default());
+        let (params, key) = ca(&format!("stylefarm test CA {name}"));
         write(&pki.ca, &params.self_signed(&key).expect("CA").pem());
         pki.issuer = Some((params, key));
         pki.issue("server", Purpose::Server, valid_now());
         pki.issue("client", Purpose::Client, valid_now());
         pki
+    }
+
+    /// The same CA with another server certificate and key (files the test made).
+    pub fn with_server(&self, cert: PathBuf, key: PathBuf) -> Self {
+        Self {
+            ca: self.ca.clone(),
+            cert,
+            key,
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            dir: self.dir.clone(),
+            issuer: None,
+        }
     }
 
     /// Issues a certificate and key under this CA into `NAME.pem` and `NAME.key`, valid
