@@ -31,7 +31,8 @@ pub struct Metadata {
     pub name: String,
 }
 
-/// The parts of a workload's or a Service's `spec` the tests read.
+/// The parts of a workload's, a Service's, a NetworkPolicy's or a cert-manager
+/// Certificate's `spec` the tests read.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Spec {
@@ -43,13 +44,110 @@ pub struct Spec {
     /// A StatefulSet's per-pod volumes.
     #[serde(default)]
     pub volume_claim_templates: Vec<ClaimTemplate>,
+    /// A NetworkPolicy's pods.
+    pub pod_selector: Option<LabelSelector>,
+    /// A NetworkPolicy's directions (`Ingress`, `Egress`).
+    #[serde(default)]
+    pub policy_types: Vec<String>,
+    /// A NetworkPolicy's ingress rules.
+    #[serde(default)]
+    pub ingress: Vec<IngressRule>,
+    /// The Secret a Certificate is written to.
+    pub secret_name: Option<String>,
+    /// A Certificate's DNS names.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// A Certificate's issuer.
+    pub issuer_ref: Option<IssuerRef>,
 }
 
 /// A pod template.
 #[derive(Debug, Deserialize)]
 pub struct Template {
+    /// The pod's labels.
+    #[serde(default)]
+    pub metadata: TemplateMetadata,
     /// The pod's spec.
     pub spec: PodSpec,
+}
+
+/// A pod template's `metadata`.
+#[derive(Debug, Default, Deserialize)]
+pub struct TemplateMetadata {
+    /// The pod's labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A label selector (`matchLabels` only: `matchExpressions` fail to parse, so a test
+/// never reads a selector as wider than it is).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    /// Labels a match carries.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl LabelSelector {
+    /// Whether an object with `labels` matches (an empty selector matches all).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// A NetworkPolicy ingress rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressRule {
+    /// Who may connect (empty: anyone).
+    #[serde(default)]
+    pub from: Vec<Peer>,
+    /// To which ports (empty: all).
+    #[serde(default)]
+    pub ports: Vec<PolicyPort>,
+}
+
+/// A NetworkPolicy peer.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Peer {
+    /// Pods (in the policy's namespace, or in `namespace_selector`'s).
+    pub pod_selector: Option<LabelSelector>,
+    /// Namespaces.
+    pub namespace_selector: Option<LabelSelector>,
+    /// Addresses.
+    pub ip_block: Option<IpBlock>,
+}
+
+/// An address range.
+#[derive(Debug, Deserialize)]
+pub struct IpBlock {
+    /// The range.
+    pub cidr: String,
+}
+
+/// A NetworkPolicy port.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyPort {
+    /// A port name or number (absent: all).
+    pub port: Option<String>,
+    /// `TCP` unless it says.
+    pub protocol: Option<String>,
+    /// The end of a range.
+    pub end_port: Option<u16>,
+}
+
+/// A Certificate's issuer.
+#[derive(Debug, Deserialize)]
+pub struct IssuerRef {
+    /// `Issuer` or `ClusterIssuer`.
+    pub kind: Option<String>,
+    /// Its name.
+    pub name: String,
 }
 
 /// A pod.
@@ -63,6 +161,16 @@ pub struct PodSpec {
     /// The pod's volumes.
     #[serde(default)]
     pub volumes: Vec<Volume>,
+    /// Who the pod's processes run as.
+    pub security_context: Option<PodSecurityContext>,
+}
+
+/// A pod's `securityContext`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    /// The group that owns the pod's volumes (Secret files included).
+    pub fs_group: Option<u32>,
 }
 
 /// A container.
@@ -245,6 +353,8 @@ pub struct SecretVolume {
     /// Its keys as files.
     #[serde(default)]
     pub items: Vec<KeyToPath>,
+    /// The files' mode (Kubernetes' default: 0644).
+    pub default_mode: Option<u32>,
 }
 
 /// A Secret key as a file.
@@ -256,14 +366,18 @@ pub struct KeyToPath {
     pub path: String,
 }
 
-/// `kustomization.yaml`.
+/// `kustomization.yaml` (a Kustomization, or a Component's).
 #[derive(Debug, Deserialize)]
 pub struct Kustomization {
-    /// The namespace everything goes in.
+    /// `Kustomization` or `Component`.
+    pub kind: String,
+    /// The namespace everything goes in (a Component has none).
+    #[serde(default)]
     pub namespace: String,
     /// The resource files.
     pub resources: Vec<String>,
     /// Image names and where they are pushed.
+    #[serde(default)]
     pub images: Vec<KustomizeImage>,
 }
 

@@ -2,18 +2,22 @@
 //! `make deploy-check`'s job; these tests catch what a schema cannot: a variable no
 //! binary reads (clap ignores unknown ones silently), a probe on a path or port the
 //! coordinator does not serve, a grace period shorter than the worker's drain, a weights
-//! path the job does not write, state on a volume that does not persist. The last test
-//! runs the coordinator and a worker with the environment the manifests give them,
-//! against a real S3 server, and renders a job through them with the CLI.
+//! path the job does not write, state on a volume that does not persist, a key or token
+//! file that is not a read-only Secret, a NetworkPolicy that lets more in than it says.
+//! The last test runs the coordinator and a worker with the environment the manifests
+//! give them (TLS, tokens), against a real S3 server, and renders a job through them
+//! with the CLI.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use stylefarm_deploy::{Container, Deploy};
+use stylefarm_deploy::{Container, Deploy, PodSpec};
 use stylefarm_testkit::fixtures::{real_weights, shared};
 use stylefarm_testkit::garage::Garage;
+use stylefarm_testkit::pki::{tokens, Pki};
 use stylefarm_testkit::process::{
     http_get, output_within, poll_file, ready_field, workspace_bin, Proc,
 };
@@ -23,6 +27,8 @@ const WORKER: (&str, &str) = ("Deployment", "stylefarm-worker");
 const WEIGHTS_JOB: (&str, &str) = ("Job", "stylefarm-weights");
 /// The file `stylefarm weights fetch vgg19` writes into its cache folder.
 const FETCHED_VGG19: &str = "stylefarm/weights/vgg19-torchvision.safetensors";
+/// The label studios put on the pods that submit (README.md).
+const SUBMITTER_LABEL: &str = "stylefarm.io/submitter";
 
 fn deploy() -> Deploy {
     Deploy::load(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("manifests parse")
@@ -46,6 +52,29 @@ fn port_of(addr: &str) -> u16 {
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{addr} has no port"))
+}
+
+/// The host of `https://HOST:PORT`.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split([':', '/']).next().unwrap_or_default()
+}
+
+/// `STYLEFARM_*_FILE` variables: the files a binary reads keys, tokens or certificates
+/// from (the coordinator's ready file is one it writes).
+fn is_file_setting(name: &str) -> bool {
+    name.starts_with("STYLEFARM_") && name.ends_with("_FILE") && name != "STYLEFARM_READY_FILE"
+}
+
+/// The labels of a workload's pods.
+fn pod_labels<'a>(d: &'a Deploy, (kind, name): (&str, &str)) -> &'a BTreeMap<String, String> {
+    &d.get(kind, name)
+        .spec
+        .template
+        .as_ref()
+        .unwrap_or_else(|| panic!("{kind} {name} has no pod template"))
+        .metadata
+        .labels
 }
 
 #[test]
@@ -83,7 +112,7 @@ fn the_manifests_are_whole_and_agree_with_each_other() {
     }
 
     // The Service reaches the coordinator's named ports.
-    let (_, coordinator) = d.pod(COORDINATOR.0, COORDINATOR.1);
+    let (coordinator_pod, coordinator) = d.pod(COORDINATOR.0, COORDINATOR.1);
     let service = d.get("Service", COORDINATOR.1);
     for p in &service.spec.ports {
         coordinator.port(&p.target_port);
@@ -127,9 +156,13 @@ fn the_manifests_are_whole_and_agree_with_each_other() {
         .iter()
         .find(|p| p.name == "grpc")
         .expect("grpc port");
+    // Over TLS, by the Service's namespaced name (the certificate's, cert-manager/).
     assert_eq!(
         wenv["STYLEFARM_COORDINATOR"],
-        format!("http://{}:{}", service.metadata.name, grpc.port)
+        format!(
+            "https://{}.{}.svc:{}",
+            service.metadata.name, d.kustomization.namespace, grpc.port
+        )
     );
     assert_eq!(
         wenv["STYLEFARM_WORKER_NAME"], "stylefarm-worker-abc",
@@ -193,16 +226,279 @@ fn the_manifests_are_whole_and_agree_with_each_other() {
     let access = &wenv["STYLEFARM_S3_ACCESS_KEY"];
     assert_eq!(access.split('/').next(), Some(volume.secret_name.as_str()));
 
-    // README.md tells how to create that Secret, with these keys.
+    // TLS and tokens: the coordinator serves a certificate and checks tokens, the worker
+    // presents a token and checks the certificate against a CA. Certificate and key are
+    // one Secret's, so they change together.
+    for (pod, c, env, vars) in [
+        (
+            coordinator_pod,
+            coordinator,
+            &env,
+            &[
+                "STYLEFARM_TLS_CERT_FILE",
+                "STYLEFARM_TLS_KEY_FILE",
+                "STYLEFARM_TOKENS_FILE",
+            ][..],
+        ),
+        (
+            worker_pod,
+            worker,
+            &wenv,
+            &["STYLEFARM_TOKEN_FILE", "STYLEFARM_TLS_CA_FILE"][..],
+        ),
+    ] {
+        for var in vars {
+            let path = env
+                .get(*var)
+                .unwrap_or_else(|| panic!("{}: {var} is set", c.name));
+            assert!(
+                pod.secret_file(c, path).is_some(),
+                "{}: {var}={path} is a key of a mounted Secret",
+                c.name
+            );
+        }
+    }
+    let secret_of = |var: &str| {
+        coordinator_pod
+            .secret_file(coordinator, &env[var])
+            .map(|(s, _)| s.secret_name.clone())
+    };
+    assert_eq!(
+        secret_of("STYLEFARM_TLS_CERT_FILE"),
+        secret_of("STYLEFARM_TLS_KEY_FILE")
+    );
+
+    // README.md tells how to create every Secret a pod uses, with its keys.
     let readme = std::fs::read_to_string(d.dir.join("README.md")).expect("deploy/README.md");
-    let keys = volume
-        .items
-        .iter()
-        .map(|i| i.key.as_str())
-        .chain(access.split('/').nth(1));
-    for needle in keys.chain([volume.secret_name.as_str()]) {
+    let mut needles: BTreeSet<&str> = access.split('/').collect();
+    for (_, spec) in d.pods() {
+        for secret in spec.volumes.iter().filter_map(|v| v.secret.as_ref()) {
+            needles.insert(&secret.secret_name);
+            needles.extend(secret.items.iter().map(|i| i.key.as_str()));
+        }
+    }
+    for needle in needles {
         assert!(readme.contains(needle), "deploy/README.md names {needle}");
     }
+}
+
+/// Every key, token and certificate a container reads is a file of a Secret mounted
+/// read-only into that container, readable by the pod's group only; and no manifest
+/// turns the coordinator's TLS and tokens off.
+#[test]
+fn every_file_setting_is_a_read_only_secret() {
+    let d = deploy();
+    for (pod, spec) in d.pods() {
+        for c in &spec.containers {
+            let env = d.env(c, "pod", &|name, key| format!("{name}/{key}"));
+            for (name, path) in env.iter().filter(|(k, _)| is_file_setting(k)) {
+                let (mount, _) = c
+                    .mount_of(path)
+                    .unwrap_or_else(|| panic!("{pod}: {name}={path} is on no mount"));
+                assert!(
+                    spec.secret_file(c, path).is_some(),
+                    "{pod}: {name}={path} is not a key of a Secret mounted at {}",
+                    mount.mount_path
+                );
+            }
+            for name in env.keys() {
+                assert!(
+                    !name.starts_with("STYLEFARM_INSECURE"),
+                    "{pod}: {name} is for development, not a cluster"
+                );
+            }
+            for m in &c.volume_mounts {
+                let Some(secret) = spec.volume(&m.name).and_then(|v| v.secret.as_ref()) else {
+                    continue;
+                };
+                let name = &secret.secret_name;
+                assert!(m.read_only, "{pod}: Secret {name} is mounted read-only");
+                // Kubernetes' default is 0644. (YAML's 0440 is decimal 440 to some
+                // parsers: the manifests write 288, which reads as 0440 everywhere.)
+                let mode = secret.default_mode.unwrap_or(0o644);
+                assert_eq!(
+                    mode & !0o440,
+                    0,
+                    "{pod}: Secret {name}'s files are {mode:#o}; at most 0440"
+                );
+                // Secret files are root's; the non-root process reads them as their group.
+                assert!(
+                    spec.security_context
+                        .as_ref()
+                        .and_then(|s| s.fs_group)
+                        .is_some(),
+                    "{pod}: mounts Secret {name} but sets no fsGroup to read it with"
+                );
+            }
+        }
+    }
+}
+
+/// The NetworkPolicy isolates the coordinator: gRPC from the workers and from pods
+/// labelled as submitters, metrics from the monitoring namespace, nothing else.
+#[test]
+fn only_workers_submitters_and_monitoring_reach_the_coordinator() {
+    let d = deploy();
+    let (_, c) = d.pod(COORDINATOR.0, COORDINATOR.1);
+    let coordinator = pod_labels(&d, COORDINATOR);
+    let worker = pod_labels(&d, WORKER);
+    let selecting: Vec<_> = d
+        .resources
+        .values()
+        .filter(|r| r.kind == "NetworkPolicy")
+        .filter(|r| {
+            r.spec
+                .pod_selector
+                .as_ref()
+                .expect("a NetworkPolicy selects pods")
+                .matches(coordinator)
+        })
+        .collect();
+    assert_eq!(
+        selecting.len(),
+        1,
+        "one NetworkPolicy selects the coordinator"
+    );
+    let policy = selecting[0];
+    let name = &policy.metadata.name;
+    assert!(
+        !policy
+            .spec
+            .pod_selector
+            .as_ref()
+            .is_some_and(|s| s.matches(worker)),
+        "{name} selects the coordinator only"
+    );
+    assert!(
+        policy.spec.policy_types.iter().any(|t| t == "Ingress"),
+        "{name} is an ingress policy"
+    );
+
+    // Who reaches which port.
+    let mut allowed: BTreeMap<u16, Vec<&stylefarm_deploy::Peer>> = BTreeMap::new();
+    for rule in &policy.spec.ingress {
+        assert!(
+            !rule.from.is_empty(),
+            "{name}: a rule without from admits anyone"
+        );
+        assert!(
+            !rule.ports.is_empty(),
+            "{name}: a rule without ports opens every port"
+        );
+        for p in &rule.ports {
+            assert!(p.end_port.is_none(), "{name}: single ports, no ranges");
+            assert_eq!(p.protocol.as_deref().unwrap_or("TCP"), "TCP");
+            let port = c.port(p.port.as_deref().expect("a rule names its ports"));
+            allowed.entry(port).or_default().extend(&rule.from);
+        }
+    }
+    let (grpc, metrics) = (c.port("grpc"), c.port("metrics"));
+    assert_eq!(
+        allowed.keys().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([grpc, metrics]),
+        "{name} opens gRPC and metrics, nothing else"
+    );
+
+    // gRPC: pods chosen by label (an ipBlock for clients outside the cluster is the
+    // documented addition), among them this namespace's workers and the submitters.
+    for peer in &allowed[&grpc] {
+        assert!(
+            peer.ip_block.is_some()
+                || peer
+                    .pod_selector
+                    .as_ref()
+                    .is_some_and(|s| !s.match_labels.is_empty()),
+            "{name}: gRPC peers are labelled pods: {peer:?}"
+        );
+    }
+    assert!(
+        allowed[&grpc].iter().any(|p| p.namespace_selector.is_none()
+            && p.pod_selector.as_ref().is_some_and(|s| s.matches(worker))),
+        "{name}: the workers reach gRPC"
+    );
+    let submitter = BTreeMap::from([(SUBMITTER_LABEL.to_owned(), "true".to_owned())]);
+    assert!(
+        allowed[&grpc].iter().any(|p| p
+            .pod_selector
+            .as_ref()
+            .is_some_and(|s| s.match_labels == submitter)),
+        "{name}: pods labelled {SUBMITTER_LABEL}: \"true\" reach gRPC"
+    );
+
+    // Metrics: every pod of the monitoring namespace, nothing else.
+    let monitoring = BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_owned(),
+        "monitoring".to_owned(),
+    )]);
+    match &allowed[&metrics][..] {
+        [peer] => {
+            assert_eq!(
+                peer.namespace_selector.as_ref().map(|s| &s.match_labels),
+                Some(&monitoring),
+                "{name}: metrics from the monitoring namespace"
+            );
+            assert!(peer.ip_block.is_none());
+        }
+        peers => panic!("{name}: metrics from the monitoring namespace only: {peers:?}"),
+    }
+
+    let readme = std::fs::read_to_string(d.dir.join("README.md")).expect("deploy/README.md");
+    for needle in [SUBMITTER_LABEL, "ipBlock", name.as_str()] {
+        assert!(readme.contains(needle), "deploy/README.md names {needle}");
+    }
+}
+
+/// The optional cert-manager component issues the Secret the coordinator mounts, for the
+/// name the workers dial, from an Issuer of its own.
+#[test]
+fn the_cert_manager_component_issues_the_coordinators_certificate() {
+    let d = deploy();
+    let cm = Deploy::load(&d.dir.join("cert-manager")).expect("cert-manager/ parses");
+    assert_eq!(cm.kustomization.kind, "Component");
+    let listed: BTreeSet<&str> = cm
+        .kustomization
+        .resources
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let files: BTreeSet<&str> = cm.resources.keys().map(String::as_str).collect();
+    assert_eq!(
+        listed, files,
+        "cert-manager/ lists every manifest and only those"
+    );
+    let base = std::fs::read_to_string(d.dir.join("kustomization.yaml")).expect("kustomization");
+    assert!(
+        base.contains("components:") && base.contains("- cert-manager"),
+        "kustomization.yaml shows how to enable cert-manager/"
+    );
+
+    let (cpod, c) = d.pod(COORDINATOR.0, COORDINATOR.1);
+    let env = d.env(c, "stylefarm-coordinator-0", &|_, _| unreachable!());
+    let (secret, _) = cpod
+        .secret_file(c, &env["STYLEFARM_TLS_CERT_FILE"])
+        .expect("the certificate is a Secret's");
+    let cert = cm
+        .resources
+        .values()
+        .find(|r| {
+            r.kind == "Certificate"
+                && r.spec.secret_name.as_deref() == Some(secret.secret_name.as_str())
+        })
+        .unwrap_or_else(|| panic!("a Certificate writes {}", secret.secret_name));
+    let (_, w) = d.pod(WORKER.0, WORKER.1);
+    let wenv = d.env(w, "stylefarm-worker-abc", &|name, key| {
+        format!("{name}/{key}")
+    });
+    for host in [host_of(&wenv["STYLEFARM_COORDINATOR"]), "localhost"] {
+        assert!(
+            cert.spec.dns_names.iter().any(|n| n == host),
+            "{} is for {host} (workers; `kubectl port-forward`)",
+            cert.metadata.name
+        );
+    }
+    let issuer = cert.spec.issuer_ref.as_ref().expect("issuerRef");
+    assert_eq!(issuer.kind.as_deref(), Some("Issuer"));
+    cm.get("Issuer", &issuer.name);
 }
 
 /// Every STYLEFARM_* variable a manifest sets is one its binary reads: clap would
@@ -266,17 +562,79 @@ fn local(c: &Container, path: &str, root: &Path) -> PathBuf {
     root.join(&m.name).join(rest)
 }
 
+/// Writes each file `env`'s `STYLEFARM_*_FILE` variables name where `c`'s Secret
+/// volumes would put it (under `root`), with the content `secrets` holds for that
+/// Secret and key (`name/key`) and the volume's mode, and points the variable there.
+fn mount_secrets(
+    pod: &PodSpec,
+    c: &Container,
+    env: &mut BTreeMap<String, String>,
+    root: &Path,
+    secrets: &BTreeMap<String, String>,
+) {
+    let files: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| is_file_setting(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (var, path) in files {
+        let (secret, item) = pod
+            .secret_file(c, &path)
+            .unwrap_or_else(|| panic!("{}: {var}={path} is no Secret's", c.name));
+        let id = format!("{}/{}", secret.secret_name, item.key);
+        let content = secrets
+            .get(&id)
+            .unwrap_or_else(|| panic!("the test has no {id} for {var}"));
+        let file = local(c, &path, root);
+        std::fs::create_dir_all(file.parent().expect("folder")).expect("volume");
+        std::fs::write(&file, content).expect("secret file");
+        let mode = secret.default_mode.unwrap_or(0o644);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("mode");
+        env.insert(var, file.display().to_string());
+    }
+}
+
 #[test]
 fn the_farm_runs_as_deployed() {
     let d = deploy();
     let garage = Garage::start();
     let dir = tempfile::tempdir().expect("tempdir");
 
+    // What the operator puts in the Secrets (README.md): a CA and the coordinator's
+    // certificate for 127.0.0.1, the tokens file with the workers' and alice's
+    // identities, the workers' token, the S3 keys.
+    let pki_dir = dir.path().join("pki");
+    std::fs::create_dir_all(&pki_dir).expect("pki folder");
+    let pki = Pki::new(&pki_dir);
+    let tokens_dir = dir.path().join("tokens");
+    std::fs::create_dir_all(&tokens_dir).expect("tokens folder");
+    let ids = tokens(&tokens_dir);
+    let read =
+        |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let secrets: BTreeMap<String, String> = [
+        ("stylefarm-s3/access-key-id", garage.access_key.clone()),
+        ("stylefarm-s3/secret-access-key", garage.secret_key.clone()),
+        ("stylefarm-coordinator-tls/tls.crt", read(&pki.cert)),
+        ("stylefarm-coordinator-tls/tls.key", read(&pki.key)),
+        ("stylefarm-ca/ca.crt", read(&pki.ca)),
+        ("stylefarm-tokens/tokens", read(&ids.file)),
+        (
+            "stylefarm-worker-token/token",
+            read(&ids.token_file("worker")),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let secret = |name: &str, key: &str| secrets[&format!("{name}/{key}")].clone();
+
     // The coordinator as the StatefulSet runs it; only its listen addresses (port 0, so
-    // tests never collide) and its volume (a folder here) differ.
+    // tests never collide) and its volumes (folders here) differ.
     let (cpod, c) = d.pod(COORDINATOR.0, COORDINATOR.1);
-    let mut cenv = d.env(c, "stylefarm-coordinator-0", &|_, _| unreachable!());
-    let db = local(c, &cenv["STYLEFARM_DB"], dir.path());
+    let croot = dir.path().join("coordinator");
+    let mut cenv = d.env(c, "stylefarm-coordinator-0", &secret);
+    mount_secrets(cpod, c, &mut cenv, &croot, &secrets);
+    let db = local(c, &cenv["STYLEFARM_DB"], &croot);
     std::fs::create_dir_all(db.parent().expect("db folder")).expect("volume");
     let ready = dir.path().join("coordinator.ready");
     let listens = [
@@ -299,7 +657,7 @@ fn the_farm_runs_as_deployed() {
     ]
     .into();
 
-    // Every probe answers 200 on the port it names.
+    // Every probe answers 200 on the port it names: plain HTTP, no certificate, no token.
     for (kind, probe) in c.probes() {
         let get = probe
             .http_get
@@ -314,65 +672,19 @@ fn the_farm_runs_as_deployed() {
             get.path
         );
     }
+    let coordinator_url = format!("https://{}", bound("grpc"));
 
-    // A worker as the Deployment runs it, against the real S3 server. What differs: the
-    // coordinator's and the S3 server's addresses, the bucket, the region, its volumes
-    // (folders here) and the device (this machine may have no GPU; the manifest asks
-    // for CUDA and the worker would refuse to start).
+    // The worker's volumes: its Secrets, and the weights the job would have fetched.
     let (wpod, w) = d.pod(WORKER.0, WORKER.1);
-    let secrets: BTreeMap<String, String> = [
-        (
-            "stylefarm-s3/access-key-id".to_owned(),
-            garage.access_key.clone(),
-        ),
-        (
-            "stylefarm-s3/secret-access-key".to_owned(),
-            garage.secret_key.clone(),
-        ),
-    ]
-    .into();
-    let secret = |name: &str, key: &str| secrets[&format!("{name}/{key}")].clone();
+    let wroot = dir.path().join("worker");
     let mut wenv = d.env(w, "stylefarm-worker-7d9f-abcde", &secret);
-    let secret_file = local(w, &wenv["STYLEFARM_S3_SECRET_KEY_FILE"], dir.path());
-    std::fs::create_dir_all(secret_file.parent().expect("folder")).expect("volume");
-    let (_, item) = wpod
-        .secret_file(w, &wenv["STYLEFARM_S3_SECRET_KEY_FILE"])
-        .expect("secret item");
-    std::fs::write(&secret_file, secret("stylefarm-s3", &item.key)).expect("secret file");
-    let weights = local(w, &wenv["STYLEFARM_WEIGHTS"], dir.path());
+    mount_secrets(wpod, w, &mut wenv, &wroot, &secrets);
+    let weights = local(w, &wenv["STYLEFARM_WEIGHTS"], &wroot);
     std::fs::create_dir_all(weights.parent().expect("folder")).expect("volume");
-    let real = real_weights();
-    std::fs::copy(&real, &weights).expect("weights");
-    assert!(
-        wenv["STYLEFARM_STORAGE"].starts_with("s3://"),
-        "workers use S3"
-    );
-    assert_eq!(wenv["STYLEFARM_DEVICE"], "cuda");
-    let storage = format!("s3://{}/farm", garage.bucket);
-    for (k, v) in [
-        ("STYLEFARM_COORDINATOR", bound("grpc")),
-        ("STYLEFARM_S3_ENDPOINT", garage.endpoint.clone()),
-        ("STYLEFARM_STORAGE", storage.clone()),
-        ("STYLEFARM_S3_REGION", "garage".into()),
-        (
-            "STYLEFARM_S3_SECRET_KEY_FILE",
-            secret_file.display().to_string(),
-        ),
-        ("STYLEFARM_WEIGHTS", weights.display().to_string()),
-        ("STYLEFARM_DEVICE", "cpu".into()),
-    ] {
-        let v = if k == "STYLEFARM_COORDINATOR" {
-            format!("http://{v}")
-        } else {
-            v
-        };
-        wenv.insert(k.into(), v);
-    }
-    let (bin, args) = binary(w);
-    assert!(args.is_empty());
-    let mut worker = spawn(&bin, &wenv);
+    std::fs::copy(real_weights(), &weights).expect("weights");
 
-    // A user submits a small batch with the CLI and watches it finish.
+    // A user (alice, a submitter) submits a small batch with the CLI, over TLS with her
+    // token, before any worker runs, so that the job waits in the queue.
     let manifest = dir.path().join("small.yaml");
     std::fs::write(
         &manifest,
@@ -387,7 +699,11 @@ fn the_farm_runs_as_deployed() {
         let out = output_within(
             Command::new(workspace_bin("stylefarm"))
                 .args(args)
-                .args(["--coordinator", &format!("http://{}", bound("grpc"))])
+                .args(["--coordinator", &coordinator_url])
+                .arg("--tls-ca-file")
+                .arg(&pki.ca)
+                .arg("--token-file")
+                .arg(ids.token_file("alice"))
                 .env_remove("STYLEFARM_COORDINATOR")
                 .env_remove("STYLEFARM_STORAGE")
                 .env("STYLEFARM_WEIGHTS", &weights),
@@ -400,6 +716,7 @@ fn the_farm_runs_as_deployed() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
+    let storage = format!("s3://{}/farm", garage.bucket);
     let m = manifest.display().to_string();
     let batch = cli(&[
         "submit",
@@ -416,6 +733,53 @@ fn the_farm_runs_as_deployed() {
         "--s3-secret-key",
         &garage.secret_key,
     ]);
+
+    // Metrics are open to the monitoring namespace, unauthenticated: counts only, with
+    // nothing of the queued batch (README.md).
+    let (status, metrics) = http_get(&bound("metrics"), "/metrics");
+    assert!(status.ends_with(" 200 OK"), "/metrics answered {status}");
+    for private in [
+        batch.as_str(),
+        "deployed",
+        "alice",
+        "tubingen",
+        "starry_night",
+    ] {
+        assert!(
+            !metrics.contains(private),
+            "/metrics shows {private}:\n{metrics}"
+        );
+    }
+
+    // A worker as the Deployment runs it, against the real S3 server. What differs: the
+    // coordinator's address (127.0.0.1, which the test certificate names) and the S3
+    // server's, the bucket, the region, its volumes (folders here) and the device (this
+    // machine may have no GPU; the manifest asks for CUDA and the worker would refuse
+    // to start).
+    assert!(
+        wenv["STYLEFARM_STORAGE"].starts_with("s3://"),
+        "workers use S3"
+    );
+    assert_eq!(wenv["STYLEFARM_DEVICE"], "cuda");
+    assert!(
+        wenv["STYLEFARM_COORDINATOR"].starts_with("https://"),
+        "workers use TLS"
+    );
+    for (k, v) in [
+        ("STYLEFARM_COORDINATOR", coordinator_url.clone()),
+        ("STYLEFARM_S3_ENDPOINT", garage.endpoint.clone()),
+        ("STYLEFARM_STORAGE", storage.clone()),
+        ("STYLEFARM_S3_REGION", "garage".into()),
+        ("STYLEFARM_WEIGHTS", weights.display().to_string()),
+        ("STYLEFARM_DEVICE", "cpu".into()),
+    ] {
+        wenv.insert(k.into(), v);
+    }
+    let (bin, args) = binary(w);
+    assert!(args.is_empty());
+    let mut worker = spawn(&bin, &wenv);
+
+    // The worker renders the batch; alice watches it finish.
     cli(&["watch", &batch]);
     let status = cli(&["status", &batch, "--json"]);
     assert!(status.contains("succeeded"), "{status}");
