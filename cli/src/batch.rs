@@ -144,9 +144,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "batch {} ({}): {}",
+                "batch {} ({}, owner {}): {}",
                 b.batch_id,
                 b.name,
+                b.owner,
                 batch_state_name(b.state)
             );
             let mut rows = vec![vec![
@@ -179,6 +180,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             let mut rows = vec![vec![
                 "BATCH".into(),
                 "NAME".into(),
+                "OWNER".into(),
                 "STATE".into(),
                 "JOBS".into(),
             ]];
@@ -191,6 +193,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 rows.push(vec![
                     b.batch_id.clone(),
                     b.name.clone(),
+                    b.owner.clone(),
                     batch_state_name(b.state).into(),
                     counts.join(", "),
                 ]);
@@ -223,6 +226,7 @@ fn batch_json(b: &stylefarm_proto::v1::Batch) -> serde_json::Value {
     serde_json::json!({
         "batch_id": b.batch_id,
         "name": b.name,
+        "owner": b.owner,
         "state": batch_state_name(b.state),
         "priority": b.priority,
         "created_unix_ms": b.created_unix_ms,

@@ -9,12 +9,12 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use stylefarm_core::{BatchState, JobSpec, JobState, ObjectRef, StyleRef};
+use stylefarm_net::client::Channel;
+use stylefarm_net::{ClientAuth, NetError};
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
 use stylefarm_proto::{convert, v1};
 use stylefarm_storage::{ObjectUrl, Storage};
 use tokio_stream::StreamExt;
-use stylefarm_net::client::Channel;
-use stylefarm_net::{ClientAuth, NetError};
 
 use crate::exit::{from_status, CliError};
 use crate::manifest::{ImageRef, Manifest};

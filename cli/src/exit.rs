@@ -72,6 +72,11 @@ pub fn from_status(addr: &str, s: &tonic::Status) -> anyhow::Error {
         .into(),
         Code::InvalidArgument => CliError::Invalid(s.message().to_owned()).into(),
         Code::NotFound => anyhow::anyhow!("not found: {}", s.message()),
+        Code::Unauthenticated => anyhow::anyhow!(
+            "the coordinator at {addr} did not accept the token: {} (give --token-file or STYLEFARM_TOKEN_FILE)",
+            s.message()
+        ),
+        Code::PermissionDenied => anyhow::anyhow!("not allowed: {}", s.message()),
         _ => anyhow::anyhow!("the coordinator answered {:?}: {}", s.code(), s.message()),
     }
 }

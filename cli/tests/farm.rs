@@ -177,11 +177,7 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
     let mut worker = Proc::spawn(
         Command::new(workspace_bin("stylefarm-worker"))
             .args(coordinator.client_flags("worker"))
-            .args([
-                "--device=cpu",
-                "--name=w",
-                "--threads=1",
-            ])
+            .args(["--device=cpu", "--name=w", "--threads=1"])
             .arg("--weights")
             .arg(weights())
             .args(&storage)

@@ -25,9 +25,9 @@ use stylefarm_testkit::farm as common;
 use std::time::{Duration, Instant};
 
 use common::Coordinator;
+use stylefarm_net::client::Channel;
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
-use stylefarm_net::client::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
@@ -273,7 +273,9 @@ async fn main() {
             );
         }
     }
-    println!("goal: >= 5000 leases/s with p99 <= 20 ms (paced run); TLS + tokens >= 0.8 of plaintext");
+    println!(
+        "goal: >= 5000 leases/s with p99 <= 20 ms (paced run); TLS + tokens >= 0.8 of plaintext"
+    );
     for m in [&secure, &plain] {
         println!(
             "reference ({}): empty gRPC health checks {:.0}/s (coordinator at {:.0}% of a core); saturated coordinator RPCs/s (2 per job) to empty RPCs/s: {:.2}",
@@ -299,7 +301,13 @@ struct Measured {
     ref_cpu: f64,
 }
 
-async fn measure(name: &'static str, extra: &[&str], jobs: usize, workers: usize, job_ms: usize) -> Measured {
+async fn measure(
+    name: &'static str,
+    extra: &[&str],
+    jobs: usize,
+    workers: usize,
+    job_ms: usize,
+) -> Measured {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut args = vec!["--lease-ms", "600000", "--worker-threads", "1"];
     args.extend_from_slice(extra);

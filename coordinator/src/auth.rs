@@ -89,13 +89,18 @@ impl Auth {
     }
 
     /// The caller a request's metadata proves.
-    pub fn identify(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Arc<Identity>, ApiError> {
+    pub fn identify(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Arc<Identity>, ApiError> {
         if matches!(self.source, Source::Open) {
             return Ok(anonymous());
         }
         let value = metadata
             .get("authorization")
-            .ok_or(ApiError::Unauthenticated("no bearer token; give --token-file"))?;
+            .ok_or(ApiError::Unauthenticated(
+                "no bearer token; give --token-file",
+            ))?;
         let token = value
             .to_str()
             .ok()

@@ -76,15 +76,30 @@ pub struct Config {
     pub log_json: bool,
 
     /// The gRPC port's certificate chain (PEM). Re-read when it changes and on SIGHUP.
-    #[arg(long, env = "STYLEFARM_TLS_CERT_FILE", value_name = "FILE", requires = "tls_key_file")]
+    #[arg(
+        long,
+        env = "STYLEFARM_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "tls_key_file"
+    )]
     pub tls_cert_file: Option<PathBuf>,
 
     /// Its private key (PEM).
-    #[arg(long, env = "STYLEFARM_TLS_KEY_FILE", value_name = "FILE", requires = "tls_cert_file")]
+    #[arg(
+        long,
+        env = "STYLEFARM_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
     pub tls_key_file: Option<PathBuf>,
 
     /// Require every client to present a certificate signed by this CA (mutual TLS).
-    #[arg(long, env = "STYLEFARM_TLS_CLIENT_CA_FILE", value_name = "FILE", requires = "tls_cert_file")]
+    #[arg(
+        long,
+        env = "STYLEFARM_TLS_CLIENT_CA_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
     pub tls_client_ca_file: Option<PathBuf>,
 
     /// The identities allowed in: one line per identity, `NAME ROLES sha256:HEX
@@ -230,7 +245,9 @@ impl Config {
         }
         if !self.insecure {
             let missing = match (tls.is_some(), authenticated) {
-                (false, false) => "TLS (--tls-cert-file, --tls-key-file) and a tokens file (--tokens-file)",
+                (false, false) => {
+                    "TLS (--tls-cert-file, --tls-key-file) and a tokens file (--tokens-file)"
+                }
                 (false, true) => "TLS (--tls-cert-file, --tls-key-file)",
                 _ => "a tokens file (--tokens-file)",
             };

@@ -34,13 +34,13 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use stylefarm_net::{Identity, Role, ServerTls, Tokens};
 use stylefarm_proto::v1::style_farm_server::StyleFarmServer;
 use stylefarm_proto::v1::worker_service_server::WorkerServiceServer;
-use stylefarm_net::{Identity, Role, ServerTls, Tokens};
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::Config;
 
@@ -313,13 +313,17 @@ async fn reload_loop(
                 Ok(true) => tracing::info!("TLS certificate reloaded"),
                 Ok(false) if asked => tracing::info!("TLS files unchanged"),
                 Ok(false) => {}
-                Err(e) => tracing::error!(cause = %e, "TLS files not reloaded; the previous ones stay in use"),
+                Err(e) => {
+                    tracing::error!(cause = %e, "TLS files not reloaded; the previous ones stay in use")
+                }
             }
         }
         match auth.reload() {
             Ok(Some(n)) => tracing::info!(identities = n, "tokens file reloaded"),
             Ok(None) => {}
-            Err(e) => tracing::error!(cause = %e, "tokens file not reloaded; the previous identities stay in use"),
+            Err(e) => {
+                tracing::error!(cause = %e, "tokens file not reloaded; the previous identities stay in use")
+            }
         }
     }
 }

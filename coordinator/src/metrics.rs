@@ -63,11 +63,9 @@ impl Metrics {
         // Counts only: no batch id, name or owner becomes a label (they would tell
         // anyone who reaches the metrics port what is being rendered, and grow without
         // bound).
-        let batches_waiting = IntGauge::new(
-            "stylefarm_batches_waiting",
-            "Batches with queued jobs",
-        )
-        .expect("valid gauge");
+        let batches_waiting =
+            IntGauge::new("stylefarm_batches_waiting", "Batches with queued jobs")
+                .expect("valid gauge");
         let workers_live = IntGauge::new(
             "stylefarm_workers_live",
             "Workers heard from within one lease period",

@@ -34,7 +34,10 @@ fn auth(c: &Coordinator, caller: &str) -> ClientAuth {
 }
 
 async fn channel(c: &Coordinator, caller: &str) -> Channel {
-    auth(c, caller).connect(&c.grpc).await.expect("connect over TLS")
+    auth(c, caller)
+        .connect(&c.grpc)
+        .await
+        .expect("connect over TLS")
 }
 
 fn code<T>(r: Result<T, tonic::Status>) -> Code {
@@ -46,7 +49,13 @@ fn code_of<T>(r: &Result<T, tonic::Status>) -> Code {
 }
 
 /// A batch of `n` jobs submitted by `who`; its id and its jobs' ids.
-async fn batch_of(c: &Coordinator, who: &str, token: &str, priority: i32, n: usize) -> (String, Vec<String>) {
+async fn batch_of(
+    c: &Coordinator,
+    who: &str,
+    token: &str,
+    priority: i32,
+    n: usize,
+) -> (String, Vec<String>) {
     let mut client = c.client_as(who).await;
     let id = client
         .submit_batch(common::submit(token, priority, n))
@@ -151,9 +160,15 @@ fn expected() -> BTreeMap<(&'static str, &'static str), Code> {
         ("FailJob", [Unauth, Unauth, Ok, Denied, Denied, Ok]),
         ("ReleaseJob", [Unauth, Unauth, Ok, Denied, Denied, Ok]),
         // A submitter above its maximum priority (alice may use 10, bob 0).
-        ("SubmitBatch at priority 10", [Unauth, Unauth, Denied, Ok, Denied, Ok]),
+        (
+            "SubmitBatch at priority 10",
+            [Unauth, Unauth, Denied, Ok, Denied, Ok],
+        ),
         // Another identity's registered worker.
-        ("LeaseJob as another's worker", [Unauth, Unauth, Denied, Denied, Denied, Denied]),
+        (
+            "LeaseJob as another's worker",
+            [Unauth, Unauth, Denied, Denied, Denied, Denied],
+        ),
     ];
     let mut out = BTreeMap::new();
     for (rpc, codes) in rows {
@@ -184,17 +199,35 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
             got.insert((rpc, caller), code);
         };
 
-        put("SubmitBatch", code(client.submit_batch(common::submit(&format!("own-{caller}"), 0, 1)).await));
+        put(
+            "SubmitBatch",
+            code(
+                client
+                    .submit_batch(common::submit(&format!("own-{caller}"), 0, 1))
+                    .await,
+            ),
+        );
         put(
             "SubmitBatch at priority 10",
-            code(client.submit_batch(common::submit(&format!("high-{caller}"), 10, 1)).await),
+            code(
+                client
+                    .submit_batch(common::submit(&format!("high-{caller}"), 10, 1))
+                    .await,
+            ),
         );
         let get = v1::GetBatchRequest {
             batch_id: target.clone(),
             include_jobs: false,
         };
         put("GetBatch", code(client.get_batch(get).await));
-        put("ListBatches", code(client.list_batches(v1::ListBatchesRequest { limit: 5 }).await));
+        put(
+            "ListBatches",
+            code(
+                client
+                    .list_batches(v1::ListBatchesRequest { limit: 5 })
+                    .await,
+            ),
+        );
         let watch = v1::WatchBatchRequest {
             batch_id: target.clone(),
         };
@@ -215,9 +248,18 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
 
         put(
             "LeaseJob as another's worker",
-            code(worker.lease_job(v1::LeaseJobRequest { worker_id: foreign.clone(), wait_ms: 0 }).await),
+            code(
+                worker
+                    .lease_job(v1::LeaseJobRequest {
+                        worker_id: foreign.clone(),
+                        wait_ms: 0,
+                    })
+                    .await,
+            ),
         );
-        let registered = worker.register_worker(common::register(&format!("w-{caller}"))).await;
+        let registered = worker
+            .register_worker(common::register(&format!("w-{caller}")))
+            .await;
         put("RegisterWorker", code_of(&registered));
         // Callers that cannot register act as worker2's worker (their role is refused first).
         let id = registered.map_or(foreign.clone(), |r| r.into_inner().worker_id);
@@ -241,10 +283,26 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
             leases[0] = r.get_ref().lease.clone().expect("a job");
         }
         let key = format!("{}/out.png", leases[0].attempt_prefix);
-        put("Heartbeat", code(worker.heartbeat(heartbeat(&id, &leases[0], String::new())).await));
-        put("CompleteJob", code(worker.complete_job(complete(&id, &leases[0], key)).await));
-        put("FailJob", code(worker.fail_job(fail(&id, &leases[1])).await));
-        put("ReleaseJob", code(worker.release_job(release(&id, &leases[2])).await));
+        put(
+            "Heartbeat",
+            code(
+                worker
+                    .heartbeat(heartbeat(&id, &leases[0], String::new()))
+                    .await,
+            ),
+        );
+        put(
+            "CompleteJob",
+            code(worker.complete_job(complete(&id, &leases[0], key)).await),
+        );
+        put(
+            "FailJob",
+            code(worker.fail_job(fail(&id, &leases[1])).await),
+        );
+        put(
+            "ReleaseJob",
+            code(worker.release_job(release(&id, &leases[2])).await),
+        );
     }
 
     let want = expected();
@@ -252,10 +310,19 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
     for (key, code) in &want {
         let g = got.get(key).copied();
         if g != Some(*code) {
-            wrong.push(format!("{:<30} {:<7} expected {code:?}, got {g:?}", key.0, key.1));
+            wrong.push(format!(
+                "{:<30} {:<7} expected {code:?}, got {g:?}",
+                key.0, key.1
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{} of {} cells differ:\n{}", wrong.len(), want.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cells differ:\n{}",
+        wrong.len(),
+        want.len(),
+        wrong.join("\n")
+    );
     assert_eq!(got.len(), want.len(), "a row or caller was not exercised");
 
     // Ownership is shown: alice's batches say so.
@@ -267,8 +334,14 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
         .expect("list")
         .into_inner()
         .batches;
-    assert!(b.iter().any(|b| b.owner == "alice" && b.name == "batch-target-bob"), "{b:?}");
-    assert!(b.iter().any(|b| b.owner == "bob" && b.name == "batch-own-bob"));
+    assert!(
+        b.iter()
+            .any(|b| b.owner == "alice" && b.name == "batch-target-bob"),
+        "{b:?}"
+    );
+    assert!(b
+        .iter()
+        .any(|b| b.owner == "bob" && b.name == "batch-own-bob"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,23 +359,54 @@ async fn a_worker_acts_only_on_its_own_lease_and_names_only_keys_of_its_attempt(
 
     // Another identity cannot speak as the holder at all...
     for (what, got) in [
-        ("heartbeat", code(theirs.heartbeat(heartbeat(&holder, &l, String::new())).await)),
-        ("complete", code(theirs.complete_job(complete(&holder, &l, key.clone())).await)),
+        (
+            "heartbeat",
+            code(
+                theirs
+                    .heartbeat(heartbeat(&holder, &l, String::new()))
+                    .await,
+            ),
+        ),
+        (
+            "complete",
+            code(
+                theirs
+                    .complete_job(complete(&holder, &l, key.clone()))
+                    .await,
+            ),
+        ),
         ("fail", code(theirs.fail_job(fail(&holder, &l)).await)),
-        ("release", code(theirs.release_job(release(&holder, &l)).await)),
+        (
+            "release",
+            code(theirs.release_job(release(&holder, &l)).await),
+        ),
     ] {
-        assert_eq!(got, Code::PermissionDenied, "{what} as another identity's worker");
+        assert_eq!(
+            got,
+            Code::PermissionDenied,
+            "{what} as another identity's worker"
+        );
     }
     // ...and no other worker, its own or the same identity's, can use the lease even with
     // the right job and token.
     for (w, client) in [(&other, &mut theirs), (&sibling, &mut mine)] {
         for (what, got) in [
-            ("heartbeat", code(client.heartbeat(heartbeat(w, &l, String::new())).await)),
-            ("complete", code(client.complete_job(complete(w, &l, key.clone())).await)),
+            (
+                "heartbeat",
+                code(client.heartbeat(heartbeat(w, &l, String::new())).await),
+            ),
+            (
+                "complete",
+                code(client.complete_job(complete(w, &l, key.clone())).await),
+            ),
             ("fail", code(client.fail_job(fail(w, &l)).await)),
             ("release", code(client.release_job(release(w, &l)).await)),
         ] {
-            assert_eq!(got, Code::FailedPrecondition, "{what} by {w}, which does not hold the lease");
+            assert_eq!(
+                got,
+                Code::FailedPrecondition,
+                "{what} by {w}, which does not hold the lease"
+            );
         }
     }
     // The holder names only keys under its attempt's prefix.
@@ -321,21 +425,41 @@ async fn a_worker_acts_only_on_its_own_lease_and_names_only_keys_of_its_attempt(
             .await
             .expect_err(&bad);
         assert_eq!(s.code(), Code::InvalidArgument, "{bad}: {}", s.message());
-        assert!(s.message().contains("result_key") && s.message().contains(p.as_str()), "{}", s.message());
+        assert!(
+            s.message().contains("result_key") && s.message().contains(p.as_str()),
+            "{}",
+            s.message()
+        );
         let s = mine
             .heartbeat(heartbeat(&holder, &l, bad.clone()))
             .await
             .expect_err(&bad);
-        assert_eq!(s.code(), Code::InvalidArgument, "checkpoint {bad}: {}", s.message());
+        assert_eq!(
+            s.code(),
+            Code::InvalidArgument,
+            "checkpoint {bad}: {}",
+            s.message()
+        );
     }
-    mine.heartbeat(heartbeat(&holder, &l, format!("{p}/checkpoint-1.safetensors")))
+    mine.heartbeat(heartbeat(
+        &holder,
+        &l,
+        format!("{p}/checkpoint-1.safetensors"),
+    ))
+    .await
+    .expect("its own checkpoint");
+    mine.complete_job(complete(&holder, &l, key))
         .await
-        .expect("its own checkpoint");
-    mine.complete_job(complete(&holder, &l, key)).await.expect("its own result");
+        .expect("its own result");
 }
 
 /// A coordinator in this process over TLS from `pki`, with the tokens in `tokens`.
-async fn serve(dir: &Path, pki: &Pki, tokens: &Path, client_ca: Option<&Path>) -> stylefarm_coordinator::Running {
+async fn serve(
+    dir: &Path,
+    pki: &Pki,
+    tokens: &Path,
+    client_ca: Option<&Path>,
+) -> stylefarm_coordinator::Running {
     let mut config = Config::local(dir.join(format!("c{}.db", rand_suffix())));
     config.insecure = false;
     config.tls_cert_file = Some(pki.cert.clone());
@@ -361,7 +485,8 @@ async fn try_list(auth: &ClientAuth, addr: &str) -> Result<(), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_refuses_a_wrong_ca_plaintext_an_expired_certificate_and_a_missing_client_certificate() {
+async fn tls_refuses_a_wrong_ca_plaintext_an_expired_certificate_and_a_missing_client_certificate()
+{
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&dir.path().join("pki"));
     let tokens = pki::tokens(&dir.path().join("tokens"));
@@ -370,12 +495,17 @@ async fn tls_refuses_a_wrong_ca_plaintext_an_expired_certificate_and_a_missing_c
     let addr = format!("https://{}", c.grpc_addr);
 
     let right = ClientAuth::with_ca(&pki.ca, Some(admin)).expect("CA");
-    try_list(&right, &addr).await.expect("the right CA connects");
+    try_list(&right, &addr)
+        .await
+        .expect("the right CA connects");
 
     let stranger = pki::stranger_ca(dir.path(), "stranger");
-    let err = try_list(&ClientAuth::with_ca(&stranger, Some(admin)).expect("CA"), &addr)
-        .await
-        .expect_err("a wrong CA");
+    let err = try_list(
+        &ClientAuth::with_ca(&stranger, Some(admin)).expect("CA"),
+        &addr,
+    )
+    .await
+    .expect_err("a wrong CA");
     assert!(err.contains("UnknownIssuer"), "a wrong CA: {err}");
 
     // Plaintext to the TLS port: the server sees no ClientHello and hangs up.
@@ -391,7 +521,10 @@ async fn tls_refuses_a_wrong_ca_plaintext_an_expired_certificate_and_a_missing_c
     let err = try_list(&right, &format!("https://{}", e.grpc_addr))
         .await
         .expect_err("an expired certificate");
-    assert!(err.to_lowercase().contains("expired"), "an expired certificate: {err}");
+    assert!(
+        err.to_lowercase().contains("expired"),
+        "an expired certificate: {err}"
+    );
 
     // Mutual TLS: no client certificate, no service; the CA's client certificate, service.
     let m = serve(dir.path(), &pki, &tokens.file, Some(&pki.ca)).await;
@@ -399,16 +532,22 @@ async fn tls_refuses_a_wrong_ca_plaintext_an_expired_certificate_and_a_missing_c
     // TLS 1.3 finishes the client's side of the handshake before the server checks the
     // certificate, so the client learns of the refusal as the connection closing (or, when
     // it reads first, as the CertificateRequired alert); either way no call gets through.
-    let err = try_list(&right, &maddr).await.expect_err("no client certificate");
+    let err = try_list(&right, &maddr)
+        .await
+        .expect_err("no client certificate");
     assert!(
-        err.starts_with("Unknown") || err.starts_with("Unavailable") || err.contains("CertificateRequired"),
+        err.starts_with("Unknown")
+            || err.starts_with("Unavailable")
+            || err.contains("CertificateRequired"),
         "no client certificate: {err}"
     );
     let with_cert = ClientAuth::with_ca(&pki.ca, Some(admin))
         .expect("CA")
         .with_identity(&pki.client_cert, &pki.client_key)
         .expect("client identity");
-    try_list(&with_cert, &maddr).await.expect("mutual TLS with the CA's client certificate");
+    try_list(&with_cert, &maddr)
+        .await
+        .expect("mutual TLS with the CA's client certificate");
     for r in [c, e, m] {
         r.shutdown();
         r.wait().await.expect("stop");
@@ -443,7 +582,11 @@ async fn changed_tokens_and_certificates_take_effect_without_a_restart() {
 
     // Bob's line removed, carol added: bob is refused, carol admitted.
     let text = std::fs::read_to_string(&tokens.file).expect("read");
-    let kept: String = text.lines().filter(|l| !l.starts_with("bob ")).map(|l| format!("{l}\n")).collect();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.starts_with("bob "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert_ne!(kept, text);
     std::fs::write(&tokens.file, kept).expect("write");
     let carol_token = stylefarm_net::token::add(
@@ -457,15 +600,21 @@ async fn changed_tokens_and_certificates_take_effect_without_a_restart() {
     .expect("add carol");
     let carol = ClientAuth::with_ca(&pki.ca, Some(&carol_token)).expect("CA");
     eventually("bob refused", async || {
-        try_list(&bob, &addr).await.is_err_and(|e| e.starts_with("Unauthenticated"))
+        try_list(&bob, &addr)
+            .await
+            .is_err_and(|e| e.starts_with("Unauthenticated"))
     })
     .await;
-    try_list(&carol, &addr).await.expect("carol after the reload");
+    try_list(&carol, &addr)
+        .await
+        .expect("carol after the reload");
 
     // A broken tokens file keeps the identities in use.
     std::fs::write(&tokens.file, "carol boss sha256:00\n").expect("write");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    try_list(&carol, &addr).await.expect("carol still, the broken file was not taken");
+    try_list(&carol, &addr)
+        .await
+        .expect("carol still, the broken file was not taken");
 
     // Rotation to a certificate from another CA: clients of the new CA get in, clients
     // of the old one no longer do.
@@ -473,8 +622,13 @@ async fn changed_tokens_and_certificates_take_effect_without_a_restart() {
     std::fs::copy(&next.cert, served.join("tls.crt")).expect("rotate cert");
     std::fs::copy(&next.key, served.join("tls.key")).expect("rotate key");
     let carol_next = ClientAuth::with_ca(&next.ca, Some(&carol_token)).expect("CA");
-    eventually("the new certificate served", async || try_list(&carol_next, &addr).await.is_ok()).await;
-    let err = try_list(&carol, &addr).await.expect_err("the old CA no longer fits");
+    eventually("the new certificate served", async || {
+        try_list(&carol_next, &addr).await.is_ok()
+    })
+    .await;
+    let err = try_list(&carol, &addr)
+        .await
+        .expect_err("the old CA no longer fits");
     assert!(err.contains("UnknownIssuer"), "{err}");
     c.shutdown();
     c.wait().await.expect("stop");
@@ -484,22 +638,36 @@ async fn changed_tokens_and_certificates_take_effect_without_a_restart() {
 async fn sighup_rereads_the_tokens_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Polling once an hour: only the signal can make the change take effect in time.
-    let c = Coordinator::start(&dir.path().join("c.db"), &["--reload-interval-ms", "3600000"]);
+    let c = Coordinator::start(
+        &dir.path().join("c.db"),
+        &["--reload-interval-ms", "3600000"],
+    );
     let s = c.security.as_ref().expect("secure");
     let bob = auth(&c, "bob");
     try_list(&bob, &c.grpc).await.expect("bob before");
     let text = std::fs::read_to_string(&s.tokens.file).expect("read");
-    let kept: String = text.lines().filter(|l| !l.starts_with("bob ")).map(|l| format!("{l}\n")).collect();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.starts_with("bob "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(&s.tokens.file, kept).expect("write");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    try_list(&bob, &c.grpc).await.expect("no reload without the signal");
+    try_list(&bob, &c.grpc)
+        .await
+        .expect("no reload without the signal");
     c.proc.signal("HUP");
     eventually("bob refused after SIGHUP", async || {
-        try_list(&bob, &c.grpc).await.is_err_and(|e| e.starts_with("Unauthenticated"))
+        try_list(&bob, &c.grpc)
+            .await
+            .is_err_and(|e| e.starts_with("Unauthenticated"))
     })
     .await;
     let (status, _) = c.http_get("/livez");
-    assert!(status.contains("200"), "SIGHUP does not stop the coordinator: {status}");
+    assert!(
+        status.contains("200"),
+        "SIGHUP does not stop the coordinator: {status}"
+    );
 }
 
 #[test]
@@ -508,24 +676,48 @@ fn the_coordinator_refuses_to_serve_unprotected_unless_told() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("c.db");
     let run = |args: &[&str]| {
-        let listen = if args.contains(&"--insecure") { "0.0.0.0:0" } else { "127.0.0.1:0" };
+        let listen = if args.contains(&"--insecure") {
+            "0.0.0.0:0"
+        } else {
+            "127.0.0.1:0"
+        };
         let out = stylefarm_testkit::process::output_within(
             std::process::Command::new(&bin)
-                .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0", "--db"])
+                .args([
+                    "--listen",
+                    listen,
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                    "--db",
+                ])
                 .arg(&db)
                 .args(args)
                 .env_remove("STYLEFARM_INSECURE"),
             Duration::from_secs(20),
         );
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, err) = run(&[]);
-    assert!(!ok && err.contains("refusing to serve without TLS"), "{err}");
+    assert!(
+        !ok && err.contains("refusing to serve without TLS"),
+        "{err}"
+    );
     let (ok, err) = run(&["--insecure"]);
     assert!(!ok && err.contains("--insecure-non-loopback"), "{err}");
     let pki = Pki::new(&dir.path().join("pki"));
-    let (ok, err) = run(&["--tls-cert-file", pki.cert.to_str().expect("utf-8"), "--tls-key-file", pki.key.to_str().expect("utf-8")]);
-    assert!(!ok && err.contains("a tokens file (--tokens-file)"), "{err}");
+    let (ok, err) = run(&[
+        "--tls-cert-file",
+        pki.cert.to_str().expect("utf-8"),
+        "--tls-key-file",
+        pki.key.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        !ok && err.contains("a tokens file (--tokens-file)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -543,16 +735,34 @@ fn token_add_prints_the_token_once_and_keeps_only_its_hash() {
         )
     };
     let out = add("alice", &["--role", "submitter", "--max-priority", "5"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let token = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
     assert!(token.starts_with("sft_"), "{token}");
     let text = std::fs::read_to_string(&file).expect("read");
-    assert!(!text.contains(&token) && text.starts_with("alice submitter sha256:") && text.contains("max-priority=5"), "{text}");
+    assert!(
+        !text.contains(&token)
+            && text.starts_with("alice submitter sha256:")
+            && text.contains("max-priority=5"),
+        "{text}"
+    );
     let tokens = stylefarm_net::Tokens::load(&file).expect("load");
     assert_eq!(tokens.identify(&token).expect("alice").max_priority, 5);
     let out = add("alice", &["--role", "admin"]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already has an identity named \"alice\""));
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("already has an identity named \"alice\"")
+    );
     let out = add("ops", &["--role", "worker,admin"]);
     assert!(out.status.success());
-    assert!(std::fs::read_to_string(&file).expect("read").contains("ops worker,admin sha256:"));
+    assert!(std::fs::read_to_string(&file)
+        .expect("read")
+        .contains("ops worker,admin sha256:"));
 }

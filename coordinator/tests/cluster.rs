@@ -99,7 +99,10 @@ async fn expiry_requeues_with_checkpoint_and_stale_tokens_are_rejected() {
     let second = lease(&c, &alive, 10_000).await.expect("requeued job");
     assert_eq!(second.job_id, first.job_id);
     assert_eq!(second.attempt, 2);
-    assert_eq!(second.checkpoint_key, format!("{}/ck/12", first.attempt_prefix));
+    assert_eq!(
+        second.checkpoint_key,
+        format!("{}/ck/12", first.attempt_prefix)
+    );
 
     let mut w = c.worker().await;
     let stale = w

@@ -117,10 +117,7 @@ impl Harness {
             iteration: 0,
             losses: None,
         };
-        self.worker
-            .complete_job(call(req))
-            .await
-            .map(|_| ())
+        self.worker.complete_job(call(req)).await.map(|_| ())
     }
 
     async fn batch(&self, id: &str) -> v1::Batch {
@@ -307,11 +304,7 @@ async fn protocol_mismatch_and_unknown_workers_are_refused() {
         worker_id: "w999-ghost".into(),
         wait_ms: 0,
     };
-    let err = h
-        .worker
-        .lease_job(call(req))
-        .await
-        .expect_err("unknown");
+    let err = h.worker.lease_job(call(req)).await.expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("register again"));
 }
@@ -353,7 +346,10 @@ async fn an_expired_lease_requeues_with_its_checkpoint_and_the_old_token_is_fenc
     let second = h.lease(&w2, 0).await.expect("requeued job");
     assert_eq!(second.job_id, first.job_id);
     assert_eq!(second.attempt, 2);
-    assert_eq!(second.checkpoint_key, format!("{}/ck/7", first.attempt_prefix));
+    assert_eq!(
+        second.checkpoint_key,
+        format!("{}/ck/7", first.attempt_prefix)
+    );
     let stale = h
         .heartbeat(&w1, &first, 8, "")
         .await
@@ -491,7 +487,9 @@ async fn a_watch_that_starts_after_some_jobs_finished_still_follows_the_batch() 
     }
     for _ in 0..2 {
         let l = h.lease(&w, 0).await.expect("job");
-        h.complete(&w, &l, &format!("{}/x.png", l.attempt_prefix)).await.expect("complete");
+        h.complete(&w, &l, &format!("{}/x.png", l.attempt_prefix))
+            .await
+            .expect("complete");
     }
     let mut last = None;
     while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), events.next())

@@ -28,11 +28,21 @@ pub struct ClientArgs {
     pub tls_ca_file: Option<PathBuf>,
 
     /// Client certificate (PEM) for coordinators that require one (mutual TLS).
-    #[arg(long, env = "STYLEFARM_TLS_CERT_FILE", value_name = "FILE", requires = "tls_key_file")]
+    #[arg(
+        long,
+        env = "STYLEFARM_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "tls_key_file"
+    )]
     pub tls_cert_file: Option<PathBuf>,
 
     /// The client certificate's private key (PEM).
-    #[arg(long, env = "STYLEFARM_TLS_KEY_FILE", value_name = "FILE", requires = "tls_cert_file")]
+    #[arg(
+        long,
+        env = "STYLEFARM_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
     pub tls_key_file: Option<PathBuf>,
 
     /// File holding this caller's bearer token (from `stylefarm-coordinator token add`).
@@ -141,12 +151,15 @@ impl ClientAuth {
                 }
                 if self.token.is_some() && !is_loopback(uri.host().unwrap_or_default()) {
                     return Err(bad(
-                        "a token is never sent in plaintext beyond this machine; use https://".into(),
+                        "a token is never sent in plaintext beyond this machine; use https://"
+                            .into(),
                     ));
                 }
                 Ok(endpoint)
             }
-            _ => Err(bad("the address must start with https:// (or http:// on loopback)".into())),
+            _ => Err(bad(
+                "the address must start with https:// (or http:// on loopback)".into(),
+            )),
         }
     }
 
@@ -191,7 +204,11 @@ impl Bearer {
 
 impl std::fmt::Debug for Bearer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Bearer(..)" } else { "Bearer(none)" })
+        f.write_str(if self.0.is_some() {
+            "Bearer(..)"
+        } else {
+            "Bearer(none)"
+        })
     }
 }
 
@@ -207,7 +224,10 @@ impl Interceptor for Bearer {
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -220,10 +240,15 @@ mod tests {
         assert!(auth.endpoint("http://127.0.0.1:7070").is_ok());
         assert!(auth.endpoint("http://[::1]:7070").is_ok());
         assert!(auth.endpoint("http://localhost:7070").is_ok());
-        let err = auth.endpoint("http://10.0.0.5:7070").expect_err("remote").to_string();
+        let err = auth
+            .endpoint("http://10.0.0.5:7070")
+            .expect_err("remote")
+            .to_string();
         assert!(err.contains("never sent in plaintext"), "{err}");
         let err = auth.endpoint("ftp://x").expect_err("scheme").to_string();
         assert!(err.contains("https://"), "{err}");
-        assert!(ClientAuth::default().endpoint("http://10.0.0.5:7070").is_ok());
+        assert!(ClientAuth::default()
+            .endpoint("http://10.0.0.5:7070")
+            .is_ok());
     }
 }

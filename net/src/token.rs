@@ -208,7 +208,9 @@ fn parse_line(line: &str) -> Result<(Identity, [u8; 32]), String> {
     check_name(name)?;
     let roles = roles
         .split(',')
-        .map(|r| Role::parse(r).ok_or_else(|| format!("unknown role {r:?} (worker, submitter, admin)")))
+        .map(|r| {
+            Role::parse(r).ok_or_else(|| format!("unknown role {r:?} (worker, submitter, admin)"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let hex_digest = digest
         .strip_prefix("sha256:")
@@ -296,11 +298,7 @@ pub fn add(path: &Path, identity: &Identity) -> Result<String, TokenError> {
         }
     };
     let tokens = Tokens::parse(path, &existing)?;
-    if tokens
-        .by_hash
-        .values()
-        .any(|i| i.name == identity.name)
-    {
+    if tokens.by_hash.values().any(|i| i.name == identity.name) {
         return Err(TokenError::Name(format!(
             "{} already has an identity named {:?}",
             path.display(),
@@ -360,9 +358,7 @@ fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<String, Tok
     let file = std::fs::File::open(path).map_err(read)?;
     let mut text = String::new();
     // Read one byte past the limit, so a file that grew since any check is still caught.
-    file.take(max + 1)
-        .read_to_string(&mut text)
-        .map_err(read)?;
+    file.take(max + 1).read_to_string(&mut text).map_err(read)?;
     let len = text.len() as u64;
     if len > max {
         return Err(TokenError::TooLarge {
@@ -408,7 +404,11 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
-            assert_eq!(mode & 0o077, 0, "the tokens file is readable by others: {mode:o}");
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "the tokens file is readable by others: {mode:o}"
+            );
         }
     }
 
@@ -417,15 +417,32 @@ mod tests {
         let h = "0".repeat(64);
         for (text, want) in [
             ("alice".to_owned(), "line 1: expected"),
-            (format!("# c\n\nalice boss sha256:{h}"), "line 3: unknown role \"boss\""),
+            (
+                format!("# c\n\nalice boss sha256:{h}"),
+                "line 3: unknown role \"boss\"",
+            ),
             (format!("alice worker md5:{h}"), "sha256:HEX"),
             (format!("a/b worker sha256:{h}"), "identity name"),
-            (format!("a worker sha256:{h}\na admin sha256:{}", "1".repeat(64)), "line 2: identity \"a\" appears twice"),
-            (format!("a worker sha256:{h}\nb admin sha256:{h}"), "line 2: this token hash"),
-            (format!("a submitter sha256:{h} max-priority=x"), "max-priority \"x\""),
-            (format!("a submitter sha256:{h} colour=red"), "unknown option"),
+            (
+                format!("a worker sha256:{h}\na admin sha256:{}", "1".repeat(64)),
+                "line 2: identity \"a\" appears twice",
+            ),
+            (
+                format!("a worker sha256:{h}\nb admin sha256:{h}"),
+                "line 2: this token hash",
+            ),
+            (
+                format!("a submitter sha256:{h} max-priority=x"),
+                "max-priority \"x\"",
+            ),
+            (
+                format!("a submitter sha256:{h} colour=red"),
+                "unknown option",
+            ),
         ] {
-            let err = Tokens::parse(Path::new("t"), &text).expect_err(&text).to_string();
+            let err = Tokens::parse(Path::new("t"), &text)
+                .expect_err(&text)
+                .to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
     }
@@ -441,7 +458,10 @@ mod tests {
             let err = read_token(&path).expect_err(bad).to_string();
             assert!(err.starts_with(&format!("{}: ", path.display())), "{err}");
             if bad.trim().len() > 1 {
-                assert!(!err.contains(bad.trim()), "the error shows the content: {err}");
+                assert!(
+                    !err.contains(bad.trim()),
+                    "the error shows the content: {err}"
+                );
             }
         }
     }

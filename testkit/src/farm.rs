@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
+use stylefarm_net::client::Channel;
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
-use stylefarm_net::client::Channel;
 
 use crate::process::{workspace_bin, CoordinatorProc};
 
@@ -131,7 +131,10 @@ impl Coordinator {
 
     /// A connection as `identity`.
     pub async fn channel(&self, identity: &str) -> Channel {
-        self.auth(identity).connect(&self.grpc).await.expect("connect")
+        self.auth(identity)
+            .connect(&self.grpc)
+            .await
+            .expect("connect")
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

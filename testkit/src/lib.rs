@@ -9,6 +9,6 @@
 
 pub mod farm;
 pub mod fixtures;
-pub mod pki;
 pub mod garage;
+pub mod pki;
 pub mod process;

@@ -49,7 +49,9 @@ impl Pki {
         }
         // Named after the folder: two test CAs must not share a name, or a client would
         // take one for the other's issuer and fail on the signature instead.
-        let name = dir.file_name().map_or("", |n| n.to_str().unwrap_or_default());
+        let name = dir
+            .file_name()
+            .map_or("", |n| n.to_str().unwrap_or_default());
         let (params, key) = ca(&format!("stylefarm test CA {name}"));
         write(&pki.ca, &params.self_signed(&key).expect("CA").pem());
         pki.issuer = Some((params, key));
@@ -73,8 +75,16 @@ impl Pki {
 
     /// Issues a certificate and key under this CA into `NAME.pem` and `NAME.key`, valid
     /// over `validity` (see [`valid_now`] and [`expired`]).
-    pub fn issue(&self, name: &str, purpose: Purpose, validity: (OffsetDateTime, OffsetDateTime)) -> (PathBuf, PathBuf) {
-        let (ca_params, ca_key) = self.issuer.as_ref().expect("this Pki made its CA in this process");
+    pub fn issue(
+        &self,
+        name: &str,
+        purpose: Purpose,
+        validity: (OffsetDateTime, OffsetDateTime),
+    ) -> (PathBuf, PathBuf) {
+        let (ca_params, ca_key) = self
+            .issuer
+            .as_ref()
+            .expect("this Pki made its CA in this process");
         let mut params = match purpose {
             Purpose::Server => CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]),
             Purpose::Client => CertificateParams::new(Vec::<String>::new()),
@@ -90,7 +100,10 @@ impl Pki {
         let cert = params
             .signed_by(&key, &Issuer::from_params(ca_params, ca_key))
             .expect("sign");
-        let (cert_path, key_path) = (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}.key")));
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        );
         write(&cert_path, &cert.pem());
         write(&key_path, &key.serialize_pem());
         (cert_path, key_path)
@@ -165,7 +178,10 @@ impl Tokens {
     /// The token of `name`.
     #[allow(clippy::expect_used)]
     pub fn token(&self, name: &str) -> &str {
-        self.tokens.get(name).map(String::as_str).expect("a known identity")
+        self.tokens
+            .get(name)
+            .map(String::as_str)
+            .expect("a known identity")
     }
 
     /// The file holding `name`'s token (a client's `--token-file`).
@@ -184,7 +200,10 @@ pub fn tokens(dir: &Path) -> Tokens {
     for (name, role, max_priority) in IDENTITIES {
         let path = dir.join(format!("{name}.token"));
         let token = if made {
-            std::fs::read_to_string(&path).expect("token file").trim().to_owned()
+            std::fs::read_to_string(&path)
+                .expect("token file")
+                .trim()
+                .to_owned()
         } else {
             let identity = Identity {
                 name: name.into(),

@@ -156,7 +156,10 @@ impl CoordinatorProc {
         let mut flags = vec![format!("--coordinator={}", self.grpc)];
         if let Some(s) = &self.security {
             flags.push(format!("--tls-ca-file={}", s.pki.ca.display()));
-            flags.push(format!("--token-file={}", s.tokens.token_file(identity).display()));
+            flags.push(format!(
+                "--token-file={}",
+                s.tokens.token_file(identity).display()
+            ));
         }
         flags
     }

@@ -77,10 +77,7 @@ async fn main() {
         let mut worker = Proc::spawn(
             Command::new(env!("CARGO_BIN_EXE_stylefarm-worker"))
                 .args(coordinator.client_flags("worker"))
-                .args([
-                    "--storage",
-                    &root.to_string(),
-                ])
+                .args(["--storage", &root.to_string()])
                 .arg("--weights")
                 .arg(&weights.path)
                 .args(["--device", "cpu", "--name", "bench"])

@@ -57,10 +57,11 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         // Validating and encoding up to 100,000 jobs is CPU work: keep it off the runtime.
         let config = self.state.config.clone();
         let req = req.into_inner();
-        let batch = tokio::task::spawn_blocking(move || convert::new_batch(&req, &config, &who.name))
-            .await
-            .map_err(|e| Status::internal(format!("validating the batch failed: {e}")))?
-            .map_err(ApiError::from)?;
+        let batch =
+            tokio::task::spawn_blocking(move || convert::new_batch(&req, &config, &who.name))
+                .await
+                .map_err(|e| Status::internal(format!("validating the batch failed: {e}")))?
+                .map_err(ApiError::from)?;
         let jobs = batch.jobs.len();
         let submitted = self
             .state
@@ -192,7 +193,13 @@ impl<S: Store> StyleFarm for ClientApi<S> {
     ) -> Result<Response<v1::JobStatus>, Status> {
         let who = auth::caller(&req, Role::Submitter)?;
         let id = convert::id("job_id", &req.get_ref().job_id).map_err(ApiError::from)?;
-        let batch_id = self.state.store.job(id).await.map_err(ApiError::from)?.batch_id;
+        let batch_id = self
+            .state
+            .store
+            .job(id)
+            .await
+            .map_err(ApiError::from)?
+            .batch_id;
         self.may_change(&who, &batch_id).await?;
         let job = self
             .state

@@ -39,7 +39,11 @@ impl<S: Store> WorkerApi<S> {
     ) -> Result<&'a str, ApiError> {
         let who = auth::caller(req, Role::Worker)?;
         let id = convert::id("worker_id", worker_id(req.get_ref()))?;
-        match self.state.workers.seen(id, &who.name, self.state.clock.now_ms()) {
+        match self
+            .state
+            .workers
+            .seen(id, &who.name, self.state.clock.now_ms())
+        {
             Seen::Yours => Ok(id),
             Seen::Unknown => Err(ApiError::UnknownWorker {
                 worker_id: id.to_owned(),
@@ -139,7 +143,9 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .register_worker(worker, now)
             .await
             .map_err(ApiError::from)?;
-        self.state.workers.add(id.clone(), who.name.clone(), Some(now));
+        self.state
+            .workers
+            .add(id.clone(), who.name.clone(), Some(now));
         tracing::info!(worker = %id, identity = %who.name, gpu = %req.gpu_model, slots = req.slots, "worker registered");
         Ok(Response::new(v1::RegisterWorkerResponse {
             worker_id: id,
@@ -186,7 +192,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]
+    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id))]
     async fn heartbeat(
         &self,
         req: Request<v1::HeartbeatRequest>,
@@ -217,7 +223,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]
+    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id))]
     async fn complete_job(
         &self,
         req: Request<v1::CompleteJobRequest>,
@@ -257,7 +263,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         Ok(Response::new(v1::CompleteJobResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]
+    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id))]
     async fn release_job(
         &self,
         req: Request<v1::ReleaseJobRequest>,
@@ -294,7 +300,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         Ok(Response::new(v1::ReleaseJobResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id, token = req.get_ref().fencing_token))]
+    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id))]
     async fn fail_job(
         &self,
         req: Request<v1::FailJobRequest>,

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use stylefarm_net::client::Channel;
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
 use stylefarm_storage::{ObjectUrl, Storage};
@@ -24,7 +25,6 @@ use stylefarm_weights::WeightsInfo;
 use tch::Device;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use stylefarm_net::client::Channel;
 use tonic::Code;
 
 pub use config::WorkerConfig;

@@ -533,13 +533,19 @@ async fn a_client_token_is_its_owners_and_the_owner_is_kept() {
     let (_d, s) = store();
     let first = s.submit(batch("t", 0, 1), 0).await.expect("submit");
     let again = s.submit(batch("t", 0, 1), 0).await.expect("again");
-    assert_eq!((again.batch_id.as_str(), again.existing), (first.batch_id.as_str(), true));
+    assert_eq!(
+        (again.batch_id.as_str(), again.existing),
+        (first.batch_id.as_str(), true)
+    );
     let mut bobs = batch("t", 0, 1);
     bobs.owner = "bob".into();
     let bobs = s.submit(bobs, 0).await.expect("bob's");
     assert!(!bobs.existing, "bob's token found alice's batch");
     assert_ne!(bobs.batch_id, first.batch_id);
-    assert_eq!(s.batch(&first.batch_id).await.expect("batch").owner, "alice");
+    assert_eq!(
+        s.batch(&first.batch_id).await.expect("batch").owner,
+        "alice"
+    );
     assert_eq!(s.batch(&bobs.batch_id).await.expect("batch").owner, "bob");
     let stats = s.stats().await.expect("stats");
     assert_eq!(stats.batches_waiting, 2);
@@ -560,7 +566,10 @@ async fn fencing_tokens_are_not_one_counter() {
     // Three consecutive leases of a counter differ by one; random 63-bit tokens almost
     // never come within a million of each other.
     for pair in tokens.windows(2) {
-        assert!(pair[0].abs_diff(pair[1]) > 1_000_000, "guessable tokens: {tokens:?}");
+        assert!(
+            pair[0].abs_diff(pair[1]) > 1_000_000,
+            "guessable tokens: {tokens:?}"
+        );
     }
     assert!(tokens.iter().all(|t| *t > 0 && *t <= i64::MAX as u64));
 }
@@ -570,7 +579,11 @@ async fn a_version_1_database_gains_owners_and_identities() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.db");
     let s = SqliteStore::open(&path).expect("open");
-    let id = s.submit(batch("t", 0, 1), 0).await.expect("submit").batch_id;
+    let id = s
+        .submit(batch("t", 0, 1), 0)
+        .await
+        .expect("submit")
+        .batch_id;
     drop(s);
     let conn = Connection::open(&path).expect("raw");
     conn.execute_batch(
@@ -582,5 +595,8 @@ async fn a_version_1_database_gains_owners_and_identities() {
     let s = SqliteStore::open(&path).expect("migrate");
     assert_eq!(s.batch(&id).await.expect("batch").owner, "");
     let again = s.submit(batch("u", 0, 1), 0).await.expect("submit");
-    assert_eq!(s.batch(&again.batch_id).await.expect("batch").owner, "alice");
+    assert_eq!(
+        s.batch(&again.batch_id).await.expect("batch").owner,
+        "alice"
+    );
 }
