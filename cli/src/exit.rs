@@ -39,13 +39,24 @@ pub enum CliError {
         detail: String,
     },
     /// No answer from the coordinator.
-    #[error("cannot reach the coordinator at {addr}: {cause} (set --coordinator or STYLEFARM_COORDINATOR)")]
+    #[error("cannot reach the coordinator at {addr}: {cause} ({})", hint(cause))]
     Unreachable {
         /// The address tried.
         addr: String,
         /// Why.
         cause: String,
     },
+}
+
+/// What to check, from what went wrong.
+fn hint(cause: &str) -> &'static str {
+    if cause.contains("certificate") || cause.contains("CertificateRequired") {
+        "check --tls-ca-file (the CA that signed the coordinator's certificate) and, for mutual TLS, --tls-cert-file and --tls-key-file"
+    } else if cause.contains("connection closed during a call") {
+        "use https:// for a coordinator with TLS; one that requires client certificates also closes connections without one"
+    } else {
+        "set --coordinator or STYLEFARM_COORDINATOR"
+    }
 }
 
 /// The exit code for an error that reached `main`.
@@ -68,6 +79,16 @@ pub fn from_status(addr: &str, s: &tonic::Status) -> anyhow::Error {
         Code::Unavailable | Code::DeadlineExceeded => CliError::Unreachable {
             addr: addr.to_owned(),
             cause: s.message().to_owned(),
+        }
+        .into(),
+        // Made on this side from a connection that broke mid-call (the coordinator's own
+        // answers carry no source).
+        _ if std::error::Error::source(s).is_some() => CliError::Unreachable {
+            addr: addr.to_owned(),
+            cause: format!(
+                "connection closed during a call: {}",
+                std::error::Error::source(s).map_or_else(String::new, stylefarm_net::chain)
+            ),
         }
         .into(),
         Code::InvalidArgument => CliError::Invalid(s.message().to_owned()).into(),

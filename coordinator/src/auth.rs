@@ -99,7 +99,7 @@ impl Auth {
         let value = metadata
             .get("authorization")
             .ok_or(ApiError::Unauthenticated(
-                "no bearer token; give --token-file",
+                "no bearer token",
             ))?;
         let token = value
             .to_str()
