@@ -60,6 +60,13 @@ impl Auth {
     /// The identities of a tokens file; [`Auth::reload`] re-reads it.
     pub fn from_file(path: PathBuf) -> Result<Self, TokenError> {
         let (tokens, hash) = load(&path)?;
+        if tokens.is_empty() {
+            return Err(TokenError::Name(format!(
+                "{} holds no identities: add one with `stylefarm-coordinator token add NAME --role ROLE --tokens-file {}`",
+                path.display(),
+                path.display()
+            )));
+        }
         Ok(Self {
             source: Source::File(path, Mutex::new(hash)),
             tokens: RwLock::new(Arc::new(tokens)),
@@ -76,6 +83,13 @@ impl Auth {
         let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
         if *last == hash {
             return Ok(None);
+        }
+        if tokens.is_empty() {
+            // Most likely caught mid-rewrite; an empty file locks everyone out.
+            return Err(TokenError::Name(format!(
+                "{} now holds no identities; keeping the ones loaded (to let nobody in, stop the coordinator)",
+                path.display()
+            )));
         }
         *last = hash;
         let n = tokens.len();
@@ -98,13 +112,17 @@ impl Auth {
         }
         let value = metadata
             .get("authorization")
-            .ok_or(ApiError::Unauthenticated(
-                "no bearer token",
-            ))?;
+            .ok_or(ApiError::Unauthenticated("no bearer token"))?;
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                // The scheme is case-insensitive (RFC 9110).
+                let (scheme, token) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(token.trim())
+            })
             .filter(|t| t.len() <= MAX_TOKEN)
             .ok_or(ApiError::Unauthenticated(
                 "the authorization header is not `Bearer TOKEN`",

@@ -218,6 +218,13 @@ impl Config {
         c.db = db;
         c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.metrics_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        // Nothing from a deployment's environment: no certificates or tokens files meant
+        // for a coordinator elsewhere.
+        c.tls_cert_file = None;
+        c.tls_key_file = None;
+        c.tls_client_ca_file = None;
+        c.tokens_file = None;
+        c.insecure_non_loopback = false;
         // Loopback, for this machine's processes; callers that share it further add a
         // token (`local_token`) or a tokens file.
         c.insecure = true;

@@ -149,7 +149,7 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
         )),
         (None, None) => Auth::open(),
     });
-    if security.insecure {
+    if security.insecure && config.local_token.is_none() {
         tracing::warn!(
             listen = %config.listen,
             tls = tls.is_some(),
@@ -191,7 +191,11 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
     health
         .set_serving::<WorkerServiceServer<WorkerApi<SqliteStore>>>()
         .await;
+    // Dead peers are found by HTTP/2 pings; one connection cannot open streams without end.
     let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .max_concurrent_streams(Some(4096))
         .add_service(health_service)
         .add_service(InterceptedService::new(
             StyleFarmServer::new(ClientApi::new(Arc::clone(&state)))

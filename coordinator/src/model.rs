@@ -23,6 +23,9 @@ pub struct NewBatch {
     pub name: String,
     /// The identity that submits it.
     pub owner: String,
+    /// Whether the same client token also finds a batch submitted before batches had
+    /// owners (true for admins, `stylefarm run`'s own identity among them).
+    pub adopt_unowned: bool,
     /// Idempotency token: the same token and manifest return the same batch.
     pub client_token: Option<String>,
     /// SHA-256 of the submitted manifest, to tell a retry from a reused token.

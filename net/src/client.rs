@@ -30,7 +30,7 @@ pub struct ClientArgs {
     /// Client certificate (PEM) for coordinators that require one (mutual TLS).
     #[arg(
         long,
-        env = "STYLEFARM_TLS_CERT_FILE",
+        env = "STYLEFARM_TLS_CLIENT_CERT_FILE",
         value_name = "FILE",
         requires = "tls_key_file"
     )]
@@ -39,7 +39,7 @@ pub struct ClientArgs {
     /// The client certificate's private key (PEM).
     #[arg(
         long,
-        env = "STYLEFARM_TLS_KEY_FILE",
+        env = "STYLEFARM_TLS_CLIENT_KEY_FILE",
         value_name = "FILE",
         requires = "tls_cert_file"
     )]

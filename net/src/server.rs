@@ -2,8 +2,12 @@
 //! change (cert-manager rotation, a SIGHUP), and an accept loop that hands tonic only
 //! connections whose handshake finished.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::server::WebPkiClientVerifier;
@@ -11,18 +15,23 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 
 use crate::{read_pem, NetError};
 
-/// A handshake that takes longer is dropped (a slow or silent peer holds nothing).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; more connections wait in the listen backlog.
-const MAX_HANDSHAKES: usize = 512;
+/// A handshake that takes longer is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once from one address: a silent peer cannot take the
+/// slots everyone else needs. Its further connections are closed at once.
+const MAX_HANDSHAKES_PER_PEER: usize = 16;
+/// Connections open at once, handshaking or serving; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 8192;
 
 /// The files the coordinator's TLS is made of.
 #[derive(Debug, Clone)]
@@ -74,17 +83,23 @@ impl ServerTls {
     }
 
     /// The TLS connections arriving on `listener`, for `serve_with_incoming`. Failed
-    /// handshakes are logged at debug level and dropped.
+    /// handshakes are logged at debug level and dropped. The stream ends (and the
+    /// listener closes) when the server drops it.
     pub fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
-    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    ) -> ReceiverStream<std::io::Result<Conn>> {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+            let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+            let handshaking: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
             loop {
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    return;
+                let slot = tokio::select! {
+                    slot = Arc::clone(&open).acquire_owned() => match slot {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    },
+                    () = tx.closed() => return,
                 };
                 let (tcp, peer) = tokio::select! {
                     accepted = listener.accept() => match accepted {
@@ -98,14 +113,20 @@ impl ServerTls {
                     },
                     () = tx.closed() => return,
                 };
+                let Some(_turn) = PeerTurn::take(&handshaking, peer.ip()) else {
+                    tracing::debug!(%peer, "too many handshakes from this address; closed");
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = self.acceptor();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(_turn);
+                    match handshake {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
+                            let _ = tx.send(Ok(Conn { tls, _slot: slot })).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, cause = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -114,6 +135,93 @@ impl ServerTls {
             }
         });
         ReceiverStream::new(rx)
+    }
+}
+
+/// One of a peer's handshakes in progress; counted down when dropped.
+struct PeerTurn {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerTurn {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerTurn {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A served TLS connection; it holds its place among [`MAX_CONNECTIONS`] until closed.
+pub struct Conn {
+    tls: TlsStream<TcpStream>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tls.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 }
 

@@ -224,9 +224,9 @@ fn parse_line(line: &str) -> Result<(Identity, [u8; 32]), String> {
             Some(("max-priority", n)) => {
                 max_priority = n
                     .parse()
-                    .map_err(|_| format!("max-priority {n:?} is not an integer"))?;
+                    .map_err(|_| format!("max-priority {} is not an integer", shown(n)))?;
             }
-            _ => return Err(format!("unknown option {option:?} (max-priority=N)")),
+            _ => return Err(format!("unknown option {} (max-priority=N)", shown(option))),
         }
     }
     Ok((
@@ -239,8 +239,30 @@ fn parse_line(line: &str) -> Result<(Identity, [u8; 32]), String> {
     ))
 }
 
+/// A field of a tokens file as an error shows it: quoted, unless it could be a token
+/// pasted into the wrong column (errors are logged).
+fn shown(field: &str) -> String {
+    if field.contains(PREFIX) || field.len() > 40 {
+        "(a value that looks like a token, not shown)".to_owned()
+    } else {
+        format!("{field:?}")
+    }
+}
+
+/// Names the coordinator gives callers itself: without a tokens file (`anonymous`) and
+/// inside `stylefarm run` (`local`).
+pub const RESERVED: [&str; 2] = ["anonymous", "local"];
+
 /// Identity names: 1 to 64 of `A-Z a-z 0-9 . _ -`, so they print and log safely.
 pub fn check_name(name: &str) -> Result<(), String> {
+    if RESERVED.contains(&name) {
+        return Err(format!(
+            "identity name {name:?} is reserved (it owns what a coordinator without tokens, or stylefarm run, did)"
+        ));
+    }
+    if name.starts_with(PREFIX) {
+        return Err("an identity name must not look like a token (sft_...)".into());
+    }
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

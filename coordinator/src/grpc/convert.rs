@@ -7,6 +7,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use stylefarm_core::limits::MAX_ATTEMPTS;
 use stylefarm_core::{InvalidField, JobSpec};
+use stylefarm_net::Identity;
 use stylefarm_proto::v1;
 
 use crate::config::Config;
@@ -20,7 +21,7 @@ const MAX_LABEL: usize = 200;
 pub fn new_batch(
     req: &v1::SubmitBatchRequest,
     config: &Config,
-    owner: &str,
+    owner: &Identity,
 ) -> Result<NewBatch, InvalidField> {
     let size = req.encoded_len();
     if size > config.max_manifest_bytes {
@@ -85,7 +86,8 @@ pub fn new_batch(
     unkeyed.client_token.clear();
     Ok(NewBatch {
         name: req.name.clone(),
-        owner: owner.to_owned(),
+        owner: owner.name.clone(),
+        adopt_unowned: owner.is_admin(),
         client_token: (!req.client_token.is_empty()).then(|| req.client_token.clone()),
         manifest_sha256: hex::encode(Sha256::digest(unkeyed.encode_to_vec())),
         priority: req.priority,

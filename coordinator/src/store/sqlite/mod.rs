@@ -39,8 +39,12 @@ const SCHEMA_VERSION: i64 = 2;
 
 /// From version 1: batches gained owners and workers the identity that registered them.
 /// (A column added with a default is a change to the schema record only: instant.)
+/// Client tokens become `OWNER:TOKEN`; batches from before owners have the owner ''
+/// (admins still find them by token, see `NewBatch::adopt_unowned`). Workers registered
+/// before identities belong to nobody: they register again.
 const MIGRATE_FROM_1: &str = "ALTER TABLE batches ADD COLUMN owner TEXT NOT NULL DEFAULT '';
-    ALTER TABLE workers ADD COLUMN identity TEXT NOT NULL DEFAULT '';";
+    ALTER TABLE workers ADD COLUMN identity TEXT NOT NULL DEFAULT '';
+    UPDATE batches SET client_token = ':' || client_token WHERE client_token IS NOT NULL;";
 
 const SCHEMA: &str = include_str!("schema.sql");
 
@@ -118,11 +122,12 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
-        if found == 1 {
-            conn.execute_batch(&format!("BEGIN; {MIGRATE_FROM_1} COMMIT;"))?;
-        }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Migration, schema and version in one transaction: a crash or error part way
+        // leaves the file as it was.
+        let migrate = if found == 1 { MIGRATE_FROM_1 } else { "" };
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {migrate} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))?;
         let counters = Arc::new(Counters {
             turn: AtomicI64::new(conn.query_row(
                 "SELECT COALESCE(MAX(turn), 0) FROM batches",
@@ -381,13 +386,18 @@ impl Store for SqliteStore {
                 .as_ref()
                 .map(|t| format!("{}:{t}", batch.owner));
             if let (Some(token), Some(key)) = (&batch.client_token, &client_key) {
-                let existing: Option<(String, String)> = tx
-                    .query_row(
-                        "SELECT id, manifest_sha256 FROM batches WHERE client_token = ?1",
-                        [key],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
+                let unowned = format!(":{token}");
+                let mut find = tx.prepare_cached(
+                    "SELECT id, manifest_sha256 FROM batches WHERE client_token = ?1",
+                )?;
+                let mut existing: Option<(String, String)> = find
+                    .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
+                if existing.is_none() && batch.adopt_unowned {
+                    existing = find
+                        .query_row([&unowned], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                }
                 if let Some((batch_id, sha)) = existing {
                     if sha != batch.manifest_sha256 {
                         return Err(StoreError::TokenReused {

@@ -5,6 +5,7 @@ fn batch(token: &str, priority: i32, n: usize) -> NewBatch {
     NewBatch {
         name: token.to_owned(),
         owner: "alice".into(),
+        adopt_unowned: false,
         client_token: Some(token.to_owned()),
         manifest_sha256: format!("sha-{token}-{n}"),
         priority,
