@@ -149,12 +149,16 @@ impl<S: Store> State<S> {
         i64::from(self.config.lease_ms)
     }
 
-    /// Requeues expired leases once; returns how many.
+    /// Requeues expired leases once (or fails their jobs when their attempts are spent);
+    /// returns how many.
     pub async fn expire_once(&self) -> Result<usize, crate::store::StoreError> {
         let expired = self.store.expire(self.clock.now_ms()).await?;
         let n = expired.len();
         for job in &expired {
-            tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = ?job.worker, "lease expired; job requeued");
+            match job.state {
+                crate::model::JobState::Failed => tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = ?job.worker, cause = job.error.as_deref().unwrap_or_default(), "lease expired; attempts spent, job failed"),
+                _ => tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = ?job.worker, "lease expired; job requeued"),
+            }
         }
         self.metrics.expirations.inc_by(n as u64);
         self.publish(expired);

@@ -592,3 +592,63 @@ async fn the_next_job_is_prefetched_while_one_runs_and_handed_back_on_sigterm() 
         "the running job kept its checkpoint: {jobs:#?}"
     );
 }
+
+impl Farm {
+    /// Polls the batch's first job until `ok` holds for it (at most 120 s).
+    async fn until_first(&self, batch: &str, what: &str, ok: impl Fn(&v1::JobStatus) -> bool) -> v1::JobStatus {
+        let start = std::time::Instant::now();
+        loop {
+            let job = self.first_job(batch).await;
+            if ok(&job) {
+                return job;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "{what}: not within 120 s; {job:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_dies_every_time_fails_when_its_attempts_are_spent_and_the_batch_goes_on() {
+    let farm = Farm::start(1500).await;
+    let (content, style) = farm.tubingen_and_starry_night().await;
+    // The first job runs long enough to be killed in; the second is quick.
+    let batch = farm
+        .submit(
+            "poison",
+            vec![
+                spec("poison", &content, &style, &farm.weights, 100_000),
+                spec("fine", &content, &style, &farm.weights, 5),
+            ],
+        )
+        .await;
+    let mut ids = Vec::new();
+    for name in ["k1", "k2", "k3"] {
+        let mut w = farm.worker(name, &["--no-prefetch"]);
+        let job = farm
+            .until_first(&batch, &format!("the poison job running on {name}"), |j| {
+                j.state == v1::JobState::Running as i32 && j.worker.ends_with(&format!("-{name}"))
+            })
+            .await;
+        ids.push(job.worker.clone());
+        w.kill9();
+        // Until the dead worker's lease runs out the job is not free again (and a new
+        // worker would take the quick job instead).
+        farm.until_first(&batch, "the poison job leaves the dead worker", |j| {
+            j.state != v1::JobState::Running as i32 && j.state != v1::JobState::Leased as i32
+        })
+        .await;
+    }
+    let poison = farm.first_job(&batch).await;
+    assert_eq!(poison.state, v1::JobState::Failed as i32, "{poison:?}");
+    assert_eq!(
+        poison.error,
+        format!("attempts spent (3 of 3): lease expired 3 times, workers {}", ids.join(", "))
+    );
+    // The rest of the batch still runs, and the failed job is never handed out again.
+    let _survivor = farm.worker("survivor", &["--no-prefetch"]);
+    let (state, jobs) = farm.wait(&batch, Duration::from_secs(120)).await;
+    assert_eq!(state, v1::BatchState::Failed as i32);
+    assert_eq!(jobs[1].state, v1::JobState::Succeeded as i32, "{:?}", jobs[1]);
+    assert_eq!(jobs[0].attempt, 3, "the failed job was leased again");
+}

@@ -39,10 +39,12 @@ const SCHEMA_VERSION: i64 = 2;
 
 /// From version 1: batches gained owners and workers the identity that registered them.
 /// (A column added with a default is a change to the schema record only: instant.)
-/// Client tokens become `OWNER:TOKEN`; batches from before owners have the owner ''
+/// Jobs count their expired leases and whose they were. Client tokens become `OWNER:TOKEN`; batches from before owners have the owner ''
 /// (admins still find them by token, see `NewBatch::adopt_unowned`). Workers registered
 /// before identities belong to nobody: they register again.
 const MIGRATE_FROM_1: &str = "ALTER TABLE batches ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN expiries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN expired_workers TEXT NOT NULL DEFAULT '';
     ALTER TABLE workers ADD COLUMN identity TEXT NOT NULL DEFAULT '';
     UPDATE batches SET client_token = ':' || client_token WHERE client_token IS NOT NULL;";
 
@@ -587,9 +589,24 @@ impl Store for SqliteStore {
 
     async fn expire(&self, now_ms: i64) -> Result<Vec<JobRecord>, StoreError> {
         self.write_one(move |tx| {
+            // An expired lease is a spent attempt (its worker died, hung or was cut off):
+            // once the attempts are spent the job fails and says how. (SET sees the row
+            // as it was, so every expression below reads the old state and counts.)
             update_jobs(
                 tx,
-                "state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
+                "state = CASE WHEN state = 'cancelled' THEN 'cancelled'
+                              WHEN attempt < attempt_limit THEN 'queued'
+                              ELSE 'failed' END,
+                 expiries = expiries + 1,
+                 expired_workers = expired_workers
+                     || CASE WHEN expired_workers = '' THEN '' ELSE ', ' END
+                     || COALESCE(worker, '?'),
+                 error = CASE WHEN state <> 'cancelled' AND attempt >= attempt_limit THEN
+                     'attempts spent (' || attempt || ' of ' || attempt_limit || '): lease expired '
+                     || (expiries + 1) || CASE WHEN expiries = 0 THEN ' time' ELSE ' times' END
+                     || ', workers ' || expired_workers
+                     || CASE WHEN expired_workers = '' THEN '' ELSE ', ' END || COALESCE(worker, '?')
+                     ELSE error END,
                  deadline_ms = NULL",
                 "deadline_ms IS NOT NULL AND deadline_ms < ?1",
                 [now_ms],

@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     sidecar_key TEXT,
     error TEXT,
     version INTEGER NOT NULL DEFAULT 0,  -- bumped by every change (see BUMP)
+    expiries INTEGER NOT NULL DEFAULT 0,  -- leases that ran out: each spends its attempt
+    expired_workers TEXT NOT NULL DEFAULT '',  -- whose they were, for the error
     UNIQUE (batch_id, name)
 ) WITHOUT ROWID;
 -- Rows stay small (specs live apart and are only read), and ids sort by batch and

@@ -161,7 +161,7 @@ async fn expiry_requeues_with_checkpoint_and_fences_the_old_token() {
     let second = lease(&s, "w2", 200, 100).await.expect("job");
     assert_eq!(second.attempt, 2);
     assert_eq!(second.checkpoint_key.as_deref(), Some("ck/40"));
-    assert!(second.token > first.token);
+    assert_ne!(second.token, first.token);
     let stale = s
         .complete(&first.job_id, first.token, done("late/output.png"))
         .await;
@@ -589,6 +589,7 @@ async fn a_version_1_database_gains_owners_and_identities() {
     let conn = Connection::open(&path).expect("raw");
     conn.execute_batch(
         "ALTER TABLE batches DROP COLUMN owner; ALTER TABLE workers DROP COLUMN identity;
+         ALTER TABLE jobs DROP COLUMN expiries; ALTER TABLE jobs DROP COLUMN expired_workers;
          PRAGMA user_version = 1;",
     )
     .expect("make it version 1");
@@ -600,4 +601,32 @@ async fn a_version_1_database_gains_owners_and_identities() {
         s.batch(&again.batch_id).await.expect("batch").owner,
         "alice"
     );
+}
+
+#[tokio::test]
+async fn every_expired_lease_spends_an_attempt_and_the_last_one_fails_the_job_saying_how() {
+    let (_d, s) = store();
+    let id = s.submit(batch("t", 0, 2), 0).await.expect("submit").batch_id;
+    // Three workers each lease the first job and vanish (max_attempts is 3).
+    let mut now = 0;
+    for (i, w) in ["a", "b", "c"].into_iter().enumerate() {
+        let l = lease(&s, w, now, 100).await.expect("job");
+        assert_eq!((l.name.as_str(), l.attempt), ("out0", i as u32 + 1));
+        now += 101;
+        let expired = s.expire(now).await.expect("expire");
+        assert_eq!(expired.len(), 1);
+        let want = if i < 2 { JobState::Queued } else { JobState::Failed };
+        assert_eq!(expired[0].state, want, "after {w}'s lease expired");
+    }
+    let jobs = s.jobs(&id).await.expect("jobs");
+    assert_eq!(jobs[0].state, JobState::Failed);
+    assert_eq!(
+        jobs[0].error.as_deref(),
+        Some("attempts spent (3 of 3): lease expired 3 times, workers a, b, c")
+    );
+    // Never leased again; the batch's other job still runs.
+    let next = lease(&s, "d", now, 100).await.expect("the other job");
+    assert_eq!(next.name, "out1");
+    s.complete(&next.job_id, next.token, done("out1.png")).await.expect("complete");
+    assert!(lease(&s, "e", now, 100).await.is_none(), "a failed job was leased again");
 }
