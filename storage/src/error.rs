@@ -85,15 +85,15 @@ pub enum StorageError {
         /// Why (in the message, so not also a `source()`).
         cause: std::io::Error,
     },
-    /// The stored bytes are not what their address promises.
-    #[error("{url}: content has sha256 {actual}, expected {expected}")]
+    /// The stored bytes are not what their address promises. (The bytes' own hash is
+    /// not kept: an error that told it would let whoever names an object learn its
+    /// content's hash.)
+    #[error("{url}: content does not match its sha256 {expected}")]
     Corrupt {
         /// The object.
         url: String,
         /// Its address's hash.
         expected: String,
-        /// The bytes' hash.
-        actual: String,
     },
 }
 

@@ -232,12 +232,10 @@ impl Storage {
     pub async fn get_input(&self, input: &ObjectRef) -> Result<Vec<u8>, StorageError> {
         let url = ObjectUrl::parse(&input.uri)?;
         let bytes = self.get(&url).await?;
-        let actual = sha256_hex(&bytes);
-        if actual != input.sha256 {
+        if sha256_hex(&bytes) != input.sha256 {
             return Err(StorageError::Corrupt {
                 url: input.uri.clone(),
                 expected: input.sha256.clone(),
-                actual,
             });
         }
         Ok(bytes)

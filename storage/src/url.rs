@@ -87,6 +87,29 @@ impl ObjectUrl {
         })
     }
 
+    /// Whether this address lies below `prefix` (a directory, or a key prefix ending at a
+    /// `/`), judged on the text: an address with a `.` or `..` part, or an empty S3 key
+    /// part, is never below anything.
+    pub fn is_within(&self, prefix: &ObjectUrl) -> bool {
+        match (self, prefix) {
+            (Self::S3 { bucket, key }, Self::S3 { bucket: pb, key: pk }) => {
+                let clean = !key.is_empty()
+                    && key.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+                let pk = pk.trim_end_matches('/');
+                clean
+                    && bucket == pb
+                    && (pk.is_empty() || key.strip_prefix(pk).is_some_and(|r| r.starts_with('/')))
+            }
+            (Self::File(path), Self::File(dir)) => {
+                let clean = path
+                    .components()
+                    .all(|c| !matches!(c, Component::ParentDir | Component::CurDir));
+                clean && path != dir && path.starts_with(dir)
+            }
+            _ => false,
+        }
+    }
+
     /// True for local paths.
     pub fn is_local(&self) -> bool {
         matches!(self, Self::File(_))
@@ -138,5 +161,49 @@ mod tests {
         for bad in ["", "/abs", "a/../b", "a//b", "./a"] {
             assert!(root.join(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod within_tests {
+    use super::ObjectUrl;
+
+    fn url(s: &str) -> ObjectUrl {
+        ObjectUrl::parse(s).expect(s)
+    }
+
+    #[test]
+    fn only_addresses_below_the_prefix_are_within_it() {
+        let s3 = url("s3://farm/studio/inputs");
+        let dir = url("/srv/farm/inputs");
+        for inside in ["s3://farm/studio/inputs/sha256/ab", "s3://farm/studio/inputs/x"] {
+            assert!(url(inside).is_within(&s3), "{inside}");
+        }
+        for outside in [
+            "s3://farm/studio/inputsx/a",
+            "s3://farm/studio/inputs",
+            "s3://farm/studio/inputs/",
+            "s3://farm/studio/inputs/../secrets/k",
+            "s3://farm/studio/inputs//a",
+            "s3://other/studio/inputs/a",
+            "s3://farm/studio/outputs/a",
+            "/srv/farm/inputs/a",
+        ] {
+            assert!(!url(outside).is_within(&s3), "{outside}");
+        }
+        assert!(url("/srv/farm/inputs/sha256/ab").is_within(&dir));
+        // A `.` inside a path names the same place (paths drop it when read).
+        assert!(url("/srv/farm/inputs/./a").is_within(&dir));
+        for outside in [
+            "/srv/farm/inputs",
+            "/srv/farm/inputs/../secret",
+            "/srv/farm/inputsx/a",
+            "/dev/zero",
+            "/proc/self/environ",
+            "s3://farm/srv/farm/inputs/a",
+        ] {
+            assert!(!url(outside).is_within(&dir), "{outside}");
+        }
+        assert!(url("s3://farm/any/key").is_within(&url("s3://farm")));
     }
 }

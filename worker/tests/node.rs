@@ -652,3 +652,56 @@ async fn a_job_whose_worker_dies_every_time_fails_when_its_attempts_are_spent_an
     assert_eq!(jobs[1].state, v1::JobState::Succeeded as i32, "{:?}", jobs[1]);
     assert_eq!(jobs[0].attempt, 3, "the failed job was leased again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_outside_the_inputs_prefix_are_refused_and_errors_tell_no_hash() {
+    let farm = Farm::start(30_000).await;
+    let (content, style) = farm.tubingen_and_starry_night().await;
+    // Something of the worker's own in the same bucket, outside inputs/.
+    let secret = farm.root().join("secrets/s3-key").expect("key");
+    farm.storage.put(&secret, b"hunter2".to_vec()).await.expect("put");
+    let secret_sha = stylefarm_storage::sha256_hex(b"hunter2");
+    let named = |uri: String| v1::ObjectRef {
+        uri,
+        sha256: "0".repeat(64),
+        label: String::new(),
+    };
+    let with = |name: &str, c: v1::ObjectRef| spec(name, &c, &style, &farm.weights, 5);
+    let root = farm.root().to_string();
+    let batch = farm
+        .submit(
+            "outside",
+            vec![
+                with("proc", named("/proc/self/environ".into())),
+                with("bucket", named(secret.to_string())),
+                with("traversal", named(format!("{root}/inputs/../secrets/s3-key"))),
+                with("mismatch", named(content.uri.clone())),
+                with("fine", content.clone()),
+            ],
+        )
+        .await;
+    let _w = farm.worker("w", &[]);
+    let (_, jobs) = farm.wait(&batch, Duration::from_secs(120)).await;
+    let by_name: std::collections::HashMap<_, _> = jobs.iter().map(|j| (j.name.as_str(), j)).collect();
+    for name in ["proc", "bucket", "traversal"] {
+        let j = by_name[name];
+        assert_eq!(j.state, v1::JobState::Failed as i32, "{j:?}");
+        assert_eq!(j.attempt, 1, "refused inputs are not retried: {j:?}");
+        assert!(
+            j.error.contains("is outside the places this worker reads inputs from")
+                && j.error.contains(&format!("{root}/inputs/")),
+            "{name}: {}",
+            j.error
+        );
+    }
+    let m = by_name["mismatch"];
+    assert_eq!(m.state, v1::JobState::Failed as i32, "{m:?}");
+    assert!(m.error.contains("does not match its sha256"), "{}", m.error);
+    // The content-addressed URI names its own hash; beyond what the submitter gave, no
+    // hash of anything read appears.
+    for j in &jobs {
+        let said = j.error.replace(&content.uri, "URI");
+        assert!(!said.contains(&secret_sha) && !said.contains(&content.sha256), "a hash leaked: {}", j.error);
+    }
+    assert_eq!(by_name["fine"].state, v1::JobState::Succeeded as i32);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use stylefarm_core::{JobSpec, ObjectRef, Progress};
 use stylefarm_proto::v1;
-use stylefarm_storage::StorageError;
+use stylefarm_storage::{ObjectUrl, StorageError};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -164,6 +164,24 @@ pub async fn run(node: &Arc<Node>, ready: Ready) -> Option<Ready> {
     }
 }
 
+/// Refuses an input outside the places this worker reads inputs from: a job spec must
+/// not make a worker read its own files (`/proc/self/environ`, a mounted secret) or a
+/// bucket its credentials happen to reach.
+fn allowed_input(node: &Node, uri: &str) -> Result<(), StorageError> {
+    let url = ObjectUrl::parse(uri)?;
+    if node.inputs.iter().any(|p| url.is_within(p)) {
+        return Ok(());
+    }
+    let places: Vec<String> = node.inputs.iter().map(|p| format!("{p}/")).collect();
+    Err(StorageError::InvalidUrl {
+        url: uri.to_owned(),
+        reason: format!(
+            "is outside the places this worker reads inputs from ({}; more with --input-prefix)",
+            places.join(", ")
+        ),
+    })
+}
+
 async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
     let wire = lease.spec.clone().ok_or_else(|| Failure {
         message: "the lease carries no job spec".into(),
@@ -185,6 +203,7 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
         });
     }
     let fetch = |r: ObjectRef| async move {
+        allowed_input(node, &r.uri)?;
         let bytes = node.storage.get_input(&r).await?;
         Ok::<_, StorageError>(NamedBytes {
             source: r.uri,

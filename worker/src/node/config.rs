@@ -89,6 +89,11 @@ pub struct WorkerConfig {
     )]
     pub max_input_pixels: u64,
 
+    /// Further places inputs may be read from (`s3://bucket/prefix` or a directory),
+    /// besides the storage root's `inputs/`; repeat, or separate with commas.
+    #[arg(long, env = "STYLEFARM_INPUT_PREFIXES", value_delimiter = ',', value_name = "URL")]
+    pub input_prefix: Vec<String>,
+
     /// Storage.
     #[command(flatten)]
     pub store: StorageArgs,
@@ -124,6 +129,7 @@ impl WorkerConfig {
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             grace_ms: DEFAULT_GRACE_MS,
             max_input_pixels: DEFAULT_MAX_INPUT_PIXELS,
+            input_prefix: Vec::new(),
             store: StorageArgs::local(storage),
             log_json: false,
         }

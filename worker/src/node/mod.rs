@@ -17,6 +17,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use stylefarm_net::client::Channel;
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
@@ -35,6 +37,8 @@ pub struct Node {
     pub config: WorkerConfig,
     /// Where checkpoints and results go.
     pub root: ObjectUrl,
+    /// The only places inputs are read from: `root/inputs/` and `--input-prefix`.
+    pub inputs: Vec<ObjectUrl>,
     /// Inputs, checkpoints, results.
     pub storage: Storage,
     /// The network.
@@ -71,6 +75,10 @@ pub async fn run(
     }
     let weights = Arc::new(WeightsInfo::inspect(&config.weights)?);
     let (root, storage) = config.store.open()?;
+    let mut inputs = vec![root.join("inputs")?];
+    for p in &config.input_prefix {
+        inputs.push(ObjectUrl::parse(p).with_context(|| format!("--input-prefix {p}"))?);
+    }
     let auth = match &config.local_auth {
         Some(auth) => auth.clone(),
         None => config.auth.load()?,
@@ -121,6 +129,7 @@ pub async fn run(
     );
     let node = Arc::new(Node {
         root,
+        inputs,
         storage,
         weights,
         device,
