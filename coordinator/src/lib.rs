@@ -96,6 +96,10 @@ pub enum CoordinatorError {
     Panicked(tokio::task::JoinError),
 }
 
+/// Largest worker-service request: every field a worker sends is bounded far below it
+/// (labels, keys, a failure's message).
+const MAX_WORKER_MESSAGE: usize = 64 << 10;
+
 /// A coordinator serving in this process.
 pub struct Running {
     /// Where the gRPC services listen.
@@ -167,10 +171,9 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
     let grpc_addr = local_addr(&grpc_listener, config.listen)?;
     let metrics_addr = local_addr(&http_listener, config.metrics_listen)?;
     let ready_file = config.ready_file.clone();
-    let max_message = config
-        .max_manifest_bytes
-        .saturating_mul(2)
-        .saturating_add(1 << 20);
+    // A submission is refused past --max-manifest-bytes (its encoded size), so nothing
+    // larger is decoded; a little more for the gRPC frame.
+    let max_message = config.max_manifest_bytes.saturating_add(1024);
 
     let db = config.db.clone();
     let state = Arc::new(
@@ -204,7 +207,8 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
             auth.interceptor(),
         ))
         .add_service(InterceptedService::new(
-            WorkerServiceServer::new(WorkerApi::new(Arc::clone(&state))),
+            WorkerServiceServer::new(WorkerApi::new(Arc::clone(&state)))
+                .max_decoding_message_size(MAX_WORKER_MESSAGE),
             auth.interceptor(),
         ));
     let grpc_shutdown = shutdown.clone();

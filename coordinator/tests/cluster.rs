@@ -425,3 +425,46 @@ async fn kill_9_under_load_keeps_every_acknowledged_change() {
         lost.first()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_worker_fields_are_refused_or_cut_and_the_coordinator_stays_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&dir.path().join("c.db"), &[]);
+    let mut w = c.worker().await;
+    // A 4 MiB GPU model: past the worker service's message limit.
+    let mut huge = common::register("huge");
+    huge.gpu_model = "x".repeat(4 << 20);
+    let s = w.register_worker(huge).await.expect_err("4 MiB registration");
+    assert!(matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{s:?}");
+    // 10 KiB: within the message limit, past the field's.
+    let mut long = common::register("long");
+    long.gpu_model = "x".repeat(10 << 10);
+    let s = w.register_worker(long).await.expect_err("10 KiB GPU model");
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("gpu_model"), "{}", s.message());
+
+    // A 60 KiB failure message is kept cut to 4 KiB, and says so.
+    let batch = c
+        .client()
+        .await
+        .submit_batch(common::submit("t", 0, 1))
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id;
+    let id = register(&c, "w").await;
+    let l = lease(&c, &id, 0).await.expect("job");
+    let fail = v1::FailJobRequest {
+        worker_id: id.clone(),
+        job_id: l.job_id.clone(),
+        fencing_token: l.fencing_token,
+        error: "é".repeat(30 << 10),
+        retryable: false,
+    };
+    w.fail_job(fail).await.expect("fail");
+    let job = &jobs(&c, &batch).await[0];
+    assert!(job.error.len() <= 4096 + 64, "kept {} bytes", job.error.len());
+    assert!(job.error.ends_with("more bytes not kept)"), "{}", &job.error[job.error.len() - 40..]);
+    let (status, _) = c.http_get("/livez");
+    assert!(status.contains("200"), "{status}");
+}

@@ -106,6 +106,7 @@ pub fn new_worker(
         return Err(InvalidField::new("name", "must not contain '/'"));
     }
     label("device", &req.device, false)?;
+    label("gpu_model", &req.gpu_model, true)?;
     if req.slots == 0 {
         return Err(InvalidField::new("slots", "must be at least 1"));
     }
@@ -117,6 +118,22 @@ pub fn new_worker(
         gpu_memory_bytes: req.gpu_memory_bytes,
         slots: req.slots,
     })
+}
+
+/// Longest failure message kept (and logged) for a job.
+pub const MAX_ERROR: usize = 4096;
+
+/// A worker's failure message as it is kept: at most [`MAX_ERROR`] bytes, cut at a
+/// character boundary and marked.
+pub fn error_text(s: &str) -> String {
+    if s.len() <= MAX_ERROR {
+        return s.to_owned();
+    }
+    let mut end = MAX_ERROR;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes not kept)", &s[..end], s.len() - end)
 }
 
 /// Checks a required id field.

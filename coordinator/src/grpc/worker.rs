@@ -309,13 +309,14 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         let req = req.into_inner();
         let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
         self.held(&worker, job_id, req.fencing_token).await?;
+        let error = convert::error_text(&req.error);
         let record = self
             .state
             .store
-            .fail(job_id, req.fencing_token, &req.error, req.retryable)
+            .fail(job_id, req.fencing_token, &error, req.retryable)
             .await
             .map_err(ApiError::from)?;
-        tracing::warn!(state = record.state.as_str(), attempt = record.attempt, cause = %req.error, retryable = req.retryable, "attempt failed");
+        tracing::warn!(state = record.state.as_str(), attempt = record.attempt, cause = %error, retryable = req.retryable, "attempt failed");
         let outcome = if req.retryable {
             "failed_retryable"
         } else {
