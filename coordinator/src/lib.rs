@@ -100,6 +100,9 @@ pub enum CoordinatorError {
 /// (labels, keys, a failure's message).
 const MAX_WORKER_MESSAGE: usize = 64 << 10;
 
+/// How long a shutdown waits for calls in flight before it closes their connections.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A coordinator serving in this process.
 pub struct Running {
     /// Where the gRPC services listen.
@@ -213,6 +216,7 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
         ));
     let grpc_shutdown = shutdown.clone();
     let grpc_tls = tls.clone();
+    let drain_shutdown = shutdown.clone();
     let grpc = tokio::spawn(async move {
         let signal = async move {
             grpc_shutdown.cancelled().await;
@@ -224,18 +228,31 @@ pub async fn start(config: Config) -> Result<Running, CoordinatorError> {
                 .await;
             tracing::info!("draining gRPC requests");
         };
-        match grpc_tls {
-            Some(tls) => server
-                .serve_with_incoming_shutdown(tls.incoming(grpc_listener), signal)
-                .await
-                .map_err(CoordinatorError::Serve),
-            None => {
-                let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
-                    .with_nodelay(Some(true));
-                server
-                    .serve_with_incoming_shutdown(incoming, signal)
-                    .await
-                    .map_err(CoordinatorError::Serve)
+        let serve = async move {
+            match grpc_tls {
+                Some(tls) => {
+                    server
+                        .serve_with_incoming_shutdown(tls.incoming(grpc_listener), signal)
+                        .await
+                }
+                None => {
+                    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
+                        .with_nodelay(Some(true));
+                    server.serve_with_incoming_shutdown(incoming, signal).await
+                }
+            }
+        };
+        // A drain has a limit: a client that stops reading a stream would otherwise hold
+        // its connection, and the coordinator, open for ever.
+        let limit = async {
+            drain_shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_LIMIT).await;
+        };
+        tokio::select! {
+            served = serve => served.map_err(CoordinatorError::Serve),
+            () = limit => {
+                tracing::warn!(limit_s = DRAIN_LIMIT.as_secs(), "connections still open after the drain limit; closing them");
+                Ok(())
             }
         }
     });

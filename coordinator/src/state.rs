@@ -3,7 +3,7 @@
 //! `Arc<State<S>>`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, Notify};
@@ -91,6 +91,51 @@ impl Workers {
     }
 }
 
+/// Most WatchBatch streams one identity holds open at once: each holds a batch's
+/// snapshot and a task.
+pub const MAX_WATCHES_PER_IDENTITY: usize = 64;
+
+/// Open WatchBatch streams per identity.
+#[derive(Debug, Default)]
+pub struct Watchers(Arc<Mutex<HashMap<String, usize>>>);
+
+/// One open stream; closing it (dropping this) frees its place.
+pub struct Watching {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    who: String,
+}
+
+impl Watchers {
+    /// Takes a place for `who`, or says it holds too many.
+    pub fn enter(&self, who: &str) -> Result<Watching, crate::grpc::ApiError> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(who.to_owned()).or_insert(0);
+        if *n >= MAX_WATCHES_PER_IDENTITY {
+            return Err(crate::grpc::ApiError::TooManyWatches {
+                who: who.to_owned(),
+                limit: MAX_WATCHES_PER_IDENTITY,
+            });
+        }
+        *n += 1;
+        Ok(Watching {
+            counts: Arc::clone(&self.0),
+            who: who.to_owned(),
+        })
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.who);
+            }
+        }
+    }
+}
+
 /// Everything the services share.
 pub struct State<S> {
     /// Durable state.
@@ -101,6 +146,8 @@ pub struct State<S> {
     pub clock: Clock,
     /// Registered workers.
     pub workers: Workers,
+    /// Open WatchBatch streams.
+    pub watchers: Watchers,
     /// Woken whenever jobs become leasable (long-polling LeaseJob waits on it).
     pub work: Notify,
     /// Every change of a job, for WatchBatch.
@@ -124,6 +171,7 @@ impl<S: Store> State<S> {
             config,
             clock: Clock::start(),
             workers,
+            watchers: Watchers::default(),
             work: Notify::new(),
             events,
             metrics: Metrics::new(),

@@ -123,10 +123,12 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::WatchBatchRequest>,
     ) -> Result<Response<Self::WatchBatchStream>, Status> {
-        auth::caller(&req, Role::Submitter)?;
+        let who = auth::caller(&req, Role::Submitter)?;
         let batch_id = convert::id("batch_id", &req.get_ref().batch_id)
             .map_err(ApiError::from)?
             .to_owned();
+        let watching = self.state.watchers.enter(&who.name)?;
+        let state = Arc::clone(&self.state);
         // Subscribe before the snapshot, so no change falls between the two.
         let events = self.state.events.subscribe();
         let snapshot = self
@@ -136,13 +138,10 @@ impl<S: Store> StyleFarm for ClientApi<S> {
             .await
             .map_err(ApiError::from)?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(watch(
-            Arc::clone(&self.state),
-            batch_id,
-            snapshot,
-            events,
-            tx,
-        ));
+        tokio::spawn(async move {
+            let _held = watching;
+            watch(state, batch_id, snapshot, events, tx).await;
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -243,8 +242,10 @@ async fn watch<S: Store>(
                 job: Some(convert::job_status(&job)),
                 batch_state: overall,
             };
-            if tx.send(Ok(event)).await.is_err() {
-                return;
+            // A client that stops reading must not hold the stream past shutdown.
+            tokio::select! {
+                sent = tx.send(Ok(event)) => if sent.is_err() { return },
+                () = state.shutdown.cancelled() => return,
             }
         }
         if batch_state(&known).has_ended() {

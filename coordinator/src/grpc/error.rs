@@ -45,6 +45,14 @@ pub enum ApiError {
     /// A known caller without the right.
     #[error("{0}")]
     Forbidden(String),
+    /// An identity holds as many WatchBatch streams as it may.
+    #[error("{who} already follows {limit} batches; close one first")]
+    TooManyWatches {
+        /// The identity.
+        who: String,
+        /// How many it may.
+        limit: usize,
+    },
     /// A worker reported a key outside its attempt's prefix.
     #[error("{field} {key:?} is not under this attempt's prefix {prefix}/")]
     KeyOutsideAttempt {
@@ -68,6 +76,7 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Forbidden(_) => Code::PermissionDenied,
             ApiError::KeyOutsideAttempt { .. } => Code::InvalidArgument,
+            ApiError::TooManyWatches { .. } => Code::ResourceExhausted,
             ApiError::Store(s) => match s {
                 StoreError::NotFound { .. } => Code::NotFound,
                 StoreError::StaleToken { .. } | StoreError::AlreadyEnded { .. } => {
