@@ -264,18 +264,19 @@ pub async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     let (root, storage) = args.storage.open()?;
     let mut c = args.coordinator.connect().await?;
     let b = c.batch(&args.batch, true).await?;
-    let fetched = cluster::fetch(&b, &storage, &root, &args.out).await?;
-    if fetched.is_empty() {
+    let report = cluster::fetch(&b, &storage, &root, &args.out).await?;
+    if report.fetched.is_empty() && report.missing.is_empty() {
         eprintln!("batch {} has no finished outputs yet", b.batch_id);
         return Ok(());
     }
-    let sheet = args.out.join("contact-sheet.png");
-    crate::sheet::write(&fetched, &storage, &sheet).await?;
-    eprintln!(
-        "{} outputs in {}; contact sheet {}",
-        fetched.len(),
-        args.out.display(),
-        sheet.display()
-    );
-    Ok(())
+    if !report.fetched.is_empty() {
+        crate::sheet::write(&report.fetched, &storage, &root, &report.sheet).await?;
+        eprintln!(
+            "{} outputs in {}; contact sheet {}",
+            report.fetched.len(),
+            args.out.display(),
+            report.sheet.display()
+        );
+    }
+    report.complete(&b)
 }

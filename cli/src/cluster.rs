@@ -2,7 +2,7 @@
 //! batches. `stylefarm run` goes through these same functions against its embedded
 //! coordinator.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -17,6 +17,7 @@ use stylefarm_storage::{ObjectUrl, Storage};
 use tokio_stream::StreamExt;
 
 use crate::exit::{from_status, CliError};
+use crate::input;
 use crate::manifest::{ImageRef, Manifest};
 
 /// A connected client and the address it was made for (for messages).
@@ -111,12 +112,20 @@ impl Coordinator {
                 if inputs.contains_key(r) {
                     continue;
                 }
+                // Only images go up (the manifest may come from someone else).
                 let bytes = match r {
-                    ImageRef::Local(p) => tokio::fs::read(p)
-                        .await
-                        .with_context(|| format!("reading {}", p.display()))?,
-                    ImageRef::S3(u) => storage.get(&ObjectUrl::parse(u)?).await?,
-                };
+                    ImageRef::Local(p) => {
+                        let p = p.clone();
+                        tokio::task::spawn_blocking(move || input::read_file(&p)).await?
+                    }
+                    ImageRef::S3(u) => {
+                        let bytes = storage.get(&ObjectUrl::parse(u)?).await?;
+                        input::check_bytes(u, &bytes).map(|()| bytes)
+                    }
+                }
+                .map_err(|e| {
+                    CliError::Invalid(format!("{}:{}: {e}", manifest.file.display(), job.line))
+                })?;
                 let (object, fresh) = storage.put_input(root, bytes).await?;
                 uploaded += usize::from(fresh);
                 let label = r.to_string();
@@ -312,36 +321,117 @@ pub struct Fetched {
     pub sidecar: serde_json::Value,
 }
 
+/// What `fetch` wrote, and each succeeded job it did not (with why).
+pub struct FetchReport {
+    /// Written, in batch order.
+    pub fetched: Vec<Fetched>,
+    /// `job "NAME": why` for each succeeded job not written.
+    pub missing: Vec<String>,
+    /// Where the contact sheet goes: `contact-sheet.png`, or `contact-sheet~.png` when a
+    /// job of the batch is itself named `contact-sheet` (`~` is never in a job name).
+    pub sheet: PathBuf,
+}
+
+impl FetchReport {
+    /// Ok when every succeeded job was fetched, else [`CliError::Incomplete`].
+    pub fn complete(&self, batch: &v1::Batch) -> anyhow::Result<()> {
+        if self.missing.is_empty() {
+            return Ok(());
+        }
+        Err(CliError::Incomplete {
+            batch: batch.batch_id.clone(),
+            total: self.missing.len() + self.fetched.len(),
+            missing: self.missing.clone(),
+        }
+        .into())
+    }
+}
+
+/// The contact sheet's name in the output folder, without `.png`.
+pub const SHEET: &str = "contact-sheet";
+
 /// Downloads every succeeded job's output and sidecar into `out` as `NAME.png` and
-/// `NAME.json`. Returns what was written, in batch order.
+/// `NAME.json`. Names from the coordinator are checked again here (as the coordinator
+/// checks them), so none can write outside `out` or over another job's files; a job
+/// that is refused or cannot be downloaded is reported in [`FetchReport::missing`] and
+/// the others are fetched.
 pub async fn fetch(
     batch: &v1::Batch,
     storage: &Storage,
     root: &ObjectUrl,
     out: &Path,
-) -> anyhow::Result<Vec<Fetched>> {
+) -> anyhow::Result<FetchReport> {
     tokio::fs::create_dir_all(out)
         .await
         .with_context(|| format!("creating {}", out.display()))?;
-    let mut done = Vec::new();
+    let sheet = if batch.jobs.iter().any(|j| j.name == SHEET) {
+        out.join(format!("{SHEET}~.png"))
+    } else {
+        out.join(format!("{SHEET}.png"))
+    };
+    let mut report = FetchReport {
+        fetched: Vec::new(),
+        missing: Vec::new(),
+        sheet,
+    };
+    let mut names = HashSet::new();
     for job in batch
         .jobs
         .iter()
         .filter(|j| job_state(j.state) == Some(JobState::Succeeded))
     {
-        let png = storage.get(&root.join(&job.result_key)?).await?;
-        let sidecar = storage.get(&root.join(&job.sidecar_key)?).await?;
-        let png_path = out.join(format!("{}.png", job.name));
-        write_atomic(&png_path, png).await?;
-        write_atomic(&out.join(format!("{}.json", job.name)), sidecar.clone()).await?;
-        done.push(Fetched {
-            name: job.name.clone(),
-            png: png_path,
-            sidecar: serde_json::from_slice(&sidecar)
-                .with_context(|| format!("the sidecar of {} is not JSON", job.name))?,
-        });
+        let fetched = if names.insert(job.name.as_str()) {
+            fetch_one(job, storage, root, out).await
+        } else {
+            Err(anyhow::anyhow!(
+                "another job of the batch has this name too; the first one's files are kept"
+            ))
+        };
+        match fetched {
+            Ok(f) => report.fetched.push(f),
+            Err(e) => {
+                tracing::warn!(job = ?job.name, cause = %format!("{e:#}"), "not fetched");
+                report.missing.push(format!("job {:?}: {e:#}", job.name));
+            }
+        }
     }
-    Ok(done)
+    Ok(report)
+}
+
+/// One job's output and sidecar: both downloaded and the sidecar parsed before either
+/// is written.
+async fn fetch_one(
+    job: &v1::JobStatus,
+    storage: &Storage,
+    root: &ObjectUrl,
+    out: &Path,
+) -> anyhow::Result<Fetched> {
+    stylefarm_core::spec::check_name(&job.name)
+        .map_err(|e| anyhow::anyhow!("refused: the coordinator sent {}", e.reason))?;
+    let key = |what: &str, key: &str| -> anyhow::Result<ObjectUrl> {
+        if key.is_empty() {
+            anyhow::bail!("the coordinator gave no {what} key");
+        }
+        root.join(key)
+            .with_context(|| format!("the coordinator's {what} key"))
+    };
+    let png = storage
+        .get(&key("result", &job.result_key)?)
+        .await
+        .context("downloading the result")?;
+    let sidecar_bytes = storage
+        .get(&key("sidecar", &job.sidecar_key)?)
+        .await
+        .context("downloading the sidecar")?;
+    let sidecar = serde_json::from_slice(&sidecar_bytes).context("the sidecar is not JSON")?;
+    let png_path = out.join(format!("{}.png", job.name));
+    write_atomic(&png_path, png).await?;
+    write_atomic(&out.join(format!("{}.json", job.name)), sidecar_bytes).await?;
+    Ok(Fetched {
+        name: job.name.clone(),
+        png: png_path,
+        sidecar,
+    })
 }
 
 /// Replaces `path` with `bytes` (core's `write_atomic`, fsyncs included) on a blocking

@@ -110,12 +110,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     };
     let b = ended?;
-    let fetched = cluster::fetch(&b, &storage, &root, &args.out).await?;
-    if !fetched.is_empty() {
-        let sheet = args.out.join("contact-sheet.png");
-        crate::sheet::write(&fetched, &storage, &sheet).await?;
-        eprintln!("{} outputs in {}", fetched.len(), args.out.display());
-        eprintln!("contact sheet: {}", sheet.display());
+    let report = cluster::fetch(&b, &storage, &root, &args.out).await?;
+    if !report.fetched.is_empty() {
+        crate::sheet::write(&report.fetched, &storage, &root, &report.sheet).await?;
+        eprintln!("{} outputs in {}", report.fetched.len(), args.out.display());
+        eprintln!("contact sheet: {}", report.sheet.display());
     }
-    cluster::outcome(&b)
+    // How the batch ended comes first; outputs it could not fetch are still said.
+    let incomplete = report.complete(&b);
+    match cluster::outcome(&b) {
+        Ok(()) => incomplete,
+        Err(e) => {
+            if let Err(i) = incomplete {
+                eprintln!("{i:#}");
+            }
+            Err(e)
+        }
+    }
 }

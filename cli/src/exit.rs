@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! | --- | --- |
 //! | 0 | success (for `watch`/`run`: every job succeeded) |
-//! | 1 | any other failure (storage, I/O, a render error) |
+//! | 1 | any other failure (storage, I/O, a render error, outputs `fetch` could not get) |
 //! | 2 | usage: bad flags or arguments |
 //! | 3 | validation: the manifest or a request was refused as invalid |
 //! | 4 | the batch ended failed or cancelled |
@@ -38,6 +38,20 @@ pub enum CliError {
         /// Counts by state.
         detail: String,
     },
+    /// Some of a batch's finished outputs could not be fetched (the rest were).
+    #[error(
+        "{} of {total} finished outputs of batch {batch} were not fetched (the others were):\n  {}",
+        missing.len(),
+        missing.join("\n  ")
+    )]
+    Incomplete {
+        /// Its id.
+        batch: String,
+        /// Succeeded jobs in all.
+        total: usize,
+        /// `job "NAME": why`, one per job not fetched.
+        missing: Vec<String>,
+    },
     /// No answer from the coordinator.
     #[error("cannot reach the coordinator at {addr}: {cause} ({})", hint(cause))]
     Unreachable {
@@ -68,7 +82,7 @@ pub fn code(err: &anyhow::Error) -> u8 {
         Some(CliError::Invalid(_)) => INVALID,
         Some(CliError::BatchFailed { .. }) => BATCH_FAILED,
         Some(CliError::Unreachable { .. }) => UNREACHABLE,
-        None => FAILURE,
+        Some(CliError::Incomplete { .. }) | None => FAILURE,
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`batch`]: `submit`, `status`, `watch`, `cancel`, `retry`, `fetch` on a cluster,
 //!   through [`cluster`] (the coordinator client) and [`sheet`] (the contact sheet).
 //! - [`manifest`]: YAML batch manifests and their wedges.
+//! - [`input`]: what may be uploaded as an input image (regular image files, capped).
 //! - [`weights`]: `weights fetch`, `list` and `inspect`: torchvision's VGG converted to
 //!   safetensors, the cache, a file's layers.
 //! - [`exit`]: exit codes, and where coordinator errors become CLI errors.
@@ -16,6 +17,7 @@ pub mod batch;
 pub mod cluster;
 pub mod embedded;
 pub mod exit;
+pub mod input;
 pub mod manifest;
 pub mod render;
 pub mod sheet;

@@ -1,5 +1,8 @@
 //! The contact sheet `fetch` and `run` write: one row per job with thumbnails of its
-//! content, its style(s) and its result, each labelled.
+//! content, its style(s) and its result, each labelled. Memory is bounded: the sheet
+//! holds at most [`MAX_ROWS`] x [`MAX_COLUMNS`] thumbnails, each picture is decoded
+//! within a size and allocation cap and shrunk before the next is read, and inputs are
+//! read only from the farm's own `inputs/sha256/` objects.
 
 use std::path::Path;
 
@@ -21,56 +24,83 @@ const LABEL_H: u32 = 8 * SCALE + 8;
 const BACKGROUND: Rgb<u8> = Rgb([250, 250, 247]);
 const INK: Rgb<u8> = Rgb([30, 30, 30]);
 
-/// One labelled picture of a row.
-struct Cell {
-    image: Option<RgbImage>,
-    label: String,
-}
+/// Most jobs on one sheet (the first ones of the batch); with [`MAX_COLUMNS`] this
+/// bounds the sheet to about 50,000 x 1,250 pixels (190 MB as RGB).
+pub const MAX_ROWS: usize = 200;
+/// Most pictures in a row: the result, the content and four styles.
+pub const MAX_COLUMNS: usize = 6;
+/// Largest file or object decoded for a thumbnail.
+const MAX_BYTES: u64 = crate::input::MAX_INPUT_BYTES;
+/// Most memory one decode may take (one full-size image at a time is held).
+const MAX_DECODE_ALLOC: u64 = 512 << 20;
 
-/// A job: its name over its pictures (result first, so results line up in a column).
-struct Row {
-    title: String,
-    cells: Vec<Cell>,
-}
-
-/// Builds the sheet from fetched jobs, reading their inputs through the sources their
-/// sidecars record, and writes it as a PNG to `path`.
-pub async fn write(jobs: &[Fetched], storage: &Storage, path: &Path) -> anyhow::Result<()> {
-    let mut rows = Vec::new();
-    for job in jobs {
-        let result = image::open(&job.png)
-            .with_context(|| format!("reading {}", job.png.display()))?
-            .to_rgb8();
-        let mut row = vec![
-            Cell {
-                image: Some(result),
-                label: "result".into(),
-            },
-            Cell {
-                image: input(storage, &job.sidecar["content"]["source"]).await,
-                label: "content".into(),
-            },
-        ];
-        if let Some(styles) = job.sidecar["styles"].as_array() {
-            for (i, s) in styles.iter().enumerate() {
+/// Builds the sheet from fetched jobs and writes it as a PNG to `path`. One job at a
+/// time is read and drawn into the sheet as thumbnails, so at most one full-size image
+/// is held. Inputs are read through the sources their sidecars record, and only from
+/// the farm's own inputs under `root` (a sidecar is data from the farm, not a path to
+/// read anything else by); one that cannot be read is a grey box.
+pub async fn write(
+    jobs: &[Fetched],
+    storage: &Storage,
+    root: &ObjectUrl,
+    path: &Path,
+) -> anyhow::Result<()> {
+    if jobs.len() > MAX_ROWS {
+        tracing::warn!(
+            jobs = jobs.len(),
+            shown = MAX_ROWS,
+            "the contact sheet shows the first jobs only"
+        );
+    }
+    let jobs = &jobs[..jobs.len().min(MAX_ROWS)];
+    let inputs = root.join("inputs/sha256")?.to_string();
+    let styles = |job: &Fetched| job.sidecar["styles"].as_array().map_or(0, Vec::len);
+    let cols = jobs
+        .iter()
+        .map(|j| (2 + styles(j)).min(MAX_COLUMNS))
+        .max()
+        .unwrap_or(1) as u32;
+    let width = PAD + cols * (THUMB + PAD);
+    let row_h = LABEL_H + THUMB + LABEL_H + PAD;
+    let height = PAD + jobs.len() as u32 * row_h;
+    let mut sheet = RgbImage::from_pixel(width, height.max(PAD * 2), BACKGROUND);
+    for (r, job) in jobs.iter().enumerate() {
+        let top = PAD + r as u32 * row_h;
+        text(&mut sheet, PAD, top + 2, width - 2 * PAD, &job.name);
+        let mut cells = vec![(Picture::File(&job.png), "result".to_owned())];
+        cells.push((
+            Picture::Input(&job.sidecar["content"]["source"]),
+            "content".into(),
+        ));
+        if let Some(list) = job.sidecar["styles"].as_array() {
+            for (i, s) in list.iter().enumerate() {
                 let weight = s["weight"].as_f64().unwrap_or(1.0);
-                let label = if styles.len() > 1 {
+                let label = if list.len() > 1 {
                     format!("style {} x{weight}", i + 1)
                 } else {
                     "style".into()
                 };
-                row.push(Cell {
-                    image: input(storage, &s["source"]).await,
-                    label,
-                });
+                cells.push((Picture::Input(&s["source"]), label));
             }
         }
-        rows.push(Row {
-            title: job.name.clone(),
-            cells: row,
-        });
+        let y = top + LABEL_H;
+        for (c, (picture, label)) in cells.into_iter().take(MAX_COLUMNS).enumerate() {
+            let x = PAD + c as u32 * (THUMB + PAD);
+            let thumb = match picture {
+                Picture::File(p) => thumbnail_of_file(p).await,
+                Picture::Input(source) => thumbnail_of_input(storage, &inputs, source).await,
+            };
+            match thumb {
+                Some(t) => {
+                    let dx = (THUMB - t.width()) / 2;
+                    let dy = (THUMB - t.height()) / 2;
+                    image::imageops::overlay(&mut sheet, &t, i64::from(x + dx), i64::from(y + dy));
+                }
+                None => fill(&mut sheet, x, y, THUMB, THUMB, Rgb([200, 200, 200])),
+            }
+            text(&mut sheet, x, y + THUMB + 4, THUMB, &label);
+        }
     }
-    let sheet = compose(&rows);
     let mut png = std::io::Cursor::new(Vec::new());
     sheet
         .write_to(&mut png, image::ImageFormat::Png)
@@ -78,54 +108,88 @@ pub async fn write(jobs: &[Fetched], storage: &Storage, path: &Path) -> anyhow::
     crate::cluster::write_atomic(path, png.into_inner()).await
 }
 
-/// An input's thumbnail source; `None` (drawn as a grey box) when it cannot be read.
-async fn input(storage: &Storage, source: &serde_json::Value) -> Option<RgbImage> {
-    let url = ObjectUrl::parse(source.as_str()?).ok()?;
-    let bytes = match storage.get(&url).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(input = %url, cause = %e, "input not readable for the contact sheet");
-            return None;
-        }
-    };
-    image::load_from_memory(&bytes).ok().map(|i| i.to_rgb8())
+/// Where a picture of a row comes from.
+enum Picture<'a> {
+    /// A fetched result in the output folder.
+    File(&'a Path),
+    /// A sidecar's `source`.
+    Input(&'a serde_json::Value),
 }
 
-fn compose(rows: &[Row]) -> RgbImage {
-    let cols = rows.iter().map(|r| r.cells.len()).max().unwrap_or(1) as u32;
-    let width = PAD + cols * (THUMB + PAD);
-    let row_h = LABEL_H + THUMB + LABEL_H + PAD;
-    let height = PAD + rows.len() as u32 * row_h;
-    let mut sheet = RgbImage::from_pixel(width, height.max(PAD * 2), BACKGROUND);
-    for (r, row) in rows.iter().enumerate() {
-        let top = PAD + r as u32 * row_h;
-        text(&mut sheet, PAD, top + 2, width - 2 * PAD, &row.title);
-        let y = top + LABEL_H;
-        for (c, cell) in row.cells.iter().enumerate() {
-            let x = PAD + c as u32 * (THUMB + PAD);
-            match &cell.image {
-                Some(img) => {
-                    let thumb = image::imageops::resize(
-                        img,
-                        fit(img.width(), img.height()).0,
-                        fit(img.width(), img.height()).1,
-                        FilterType::Triangle,
-                    );
-                    let dx = (THUMB - thumb.width()) / 2;
-                    let dy = (THUMB - thumb.height()) / 2;
-                    image::imageops::overlay(
-                        &mut sheet,
-                        &thumb,
-                        i64::from(x + dx),
-                        i64::from(y + dy),
-                    );
-                }
-                None => fill(&mut sheet, x, y, THUMB, THUMB, Rgb([200, 200, 200])),
-            }
-            text(&mut sheet, x, y + THUMB + 4, THUMB, &cell.label);
+/// A fetched result's thumbnail; `None` (a grey box) when it cannot be read.
+async fn thumbnail_of_file(path: &Path) -> Option<RgbImage> {
+    let p = path.to_owned();
+    let bytes = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&p)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_BYTES + 1), &mut bytes)?;
+        Ok::<_, std::io::Error>(bytes)
+    })
+    .await
+    .ok()?;
+    match bytes {
+        Ok(b) => thumbnail(&path.display().to_string(), b).await,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), cause = %e, "result not readable for the contact sheet");
+            None
         }
     }
-    sheet
+}
+
+/// An input's thumbnail, read only from the farm's inputs (`inputs`, the prefix every
+/// submitted input is stored under); `None` (a grey box) otherwise or when it cannot be
+/// read.
+async fn thumbnail_of_input(
+    storage: &Storage,
+    inputs: &str,
+    source: &serde_json::Value,
+) -> Option<RgbImage> {
+    let source = source.as_str()?;
+    let digest = source.strip_prefix(inputs)?.strip_prefix('/')?;
+    if stylefarm_core::spec::check_sha256("source", digest).is_err() {
+        tracing::warn!(
+            source,
+            "not one of the farm's inputs; left out of the contact sheet"
+        );
+        return None;
+    }
+    let url = ObjectUrl::parse(source).ok()?;
+    match storage.get(&url).await {
+        Ok(b) => thumbnail(source, b).await,
+        Err(e) => {
+            tracing::warn!(input = %url, cause = %e, "input not readable for the contact sheet");
+            None
+        }
+    }
+}
+
+/// Decodes within [`MAX_BYTES`] and [`MAX_DECODE_ALLOC`] and shrinks to the thumbnail
+/// box, on a blocking thread; the full-size image is dropped before this returns.
+async fn thumbnail(name: &str, bytes: Vec<u8>) -> Option<RgbImage> {
+    let name = name.to_owned();
+    let made = tokio::task::spawn_blocking(move || -> Result<RgbImage, String> {
+        if bytes.len() as u64 > MAX_BYTES {
+            return Err(format!(
+                "{} bytes; at most {MAX_BYTES} are read",
+                bytes.len()
+            ));
+        }
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?;
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(MAX_DECODE_ALLOC);
+        reader.limits(limits);
+        let img = reader.decode().map_err(|e| e.to_string())?;
+        let (w, h) = fit(img.width(), img.height());
+        Ok(img.resize_exact(w, h, FilterType::Triangle).to_rgb8())
+    })
+    .await
+    .ok()?;
+    made.map_err(|cause| {
+        tracing::warn!(image = %name, cause, "not drawn on the contact sheet");
+    })
+    .ok()
 }
 
 /// The size that fits `w` x `h` into the thumbnail box, keeping the aspect.

@@ -210,3 +210,46 @@ fn the_example_manifest_is_valid() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.jobs.len(), 5);
 }
+
+#[test]
+fn a_manifest_names_only_image_files_and_stylefarm_variables() {
+    let d = Dir::new();
+    std::fs::write(
+        d.path("credentials"),
+        "[default]\naws_secret_access_key = abc\n",
+    )
+    .expect("write");
+    std::fs::create_dir(d.path("folder")).expect("mkdir");
+    // Set, so that they are refused for what they are, not for being unset.
+    let d = d
+        .with_env("HOME", Path::new("/root"))
+        .with_env("AWS_SECRET_ACCESS_KEY", Path::new("abc"))
+        .with_env("STYLEFARM_S3_SECRET_KEY", Path::new("abc"))
+        .with_env("STYLEFARM_TOKEN_FILE", Path::new("/root/token"));
+    let job =
+        |content: &str| format!("batch: b\njobs:\n  - content: {content}\n    style: b.png\n");
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (&job("credentials"), 3, "jobs[0].content", "credentials is not an image stylefarm reads (JPEG, PNG, WebP or TIFF): its first bytes match no image format; only images are uploaded"),
+        (&job("/dev/zero"), 3, "jobs[0].content", "/dev/zero is a character device, not a regular file"),
+        (&job("folder"), 3, "jobs[0].content", "folder is a directory, not a regular file"),
+        (&job("/proc/self/environ"), 3, "jobs[0].content", "/proc/self/environ is empty (0 bytes)"),
+        ("batch: b\njobs:\n  - content: a.png\n    style: b.png\n    params: {init: image}\n    init_image: credentials\n", 6, "jobs[0].init_image", "is not an image"),
+        ("batch: b\nwedges:\n  - contents: [a.png]\n    styles:\n      - [b.png, {image: credentials, weight: 1}]\n", 5, "wedges[0].styles[0][1].image", "is not an image"),
+        (&job("${HOME}/.aws/credentials"), 3, "jobs[0].content", "uses ${HOME}, which is refused: a manifest may only use STYLEFARM_* variables"),
+        (&job("s3://bucket/${AWS_SECRET_ACCESS_KEY}"), 3, "jobs[0].content", "uses ${AWS_SECRET_ACCESS_KEY}, which is refused"),
+        (&job("s3://bucket/${STYLEFARM_S3_SECRET_KEY}"), 3, "jobs[0].content", "${STYLEFARM_S3_SECRET_KEY}, which is refused: its name has SECRET in it, so it may hold a secret"),
+        (&job("${STYLEFARM_TOKEN_FILE}"), 3, "jobs[0].content", "its name has TOKEN in it"),
+    ];
+    for (yaml, line, field, message) in cases {
+        let text = d.err(yaml, *line, field);
+        assert!(
+            text.contains(message),
+            "{yaml}\n=> {text}\n(wanted {message:?})"
+        );
+    }
+    // Nothing else is lost: images and STYLEFARM_* variables beside them still load.
+    let root = d.0.path().to_owned();
+    let d = d.with_env("STYLEFARM_ASSETS", &root);
+    let m = d.ok(&job("${STYLEFARM_ASSETS}/a.png"));
+    assert_eq!(m.jobs[0].content, ImageRef::Local(d.path("a.png")));
+}

@@ -5,7 +5,8 @@
 
 //!
 //! - [`reader`]: the YAML file as it is read: typed values with their lines, image
-//!   references, `${ENV}` expansion (through a lookup the caller passes).
+//!   references (local ones checked to be image files, see [`crate::input`]), and
+//!   `${STYLEFARM_*}` expansion (through a lookup the caller passes).
 //! - [`params`]: engine parameters typed by their defaults and validated as a set.
 //! - [`expand`]: jobs and wedges expanded into [`PlannedJob`]s, with their output names.
 
@@ -24,7 +25,8 @@ use params::Params;
 use reader::Reader;
 
 /// How `${NAME}` in image references is looked up: the process environment by default,
-/// a map in tests.
+/// a map in tests. Only `STYLEFARM_*` names that do not look like secrets are looked up
+/// at all (see `reader`).
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 fn process_env(name: &str) -> Option<String> {
@@ -163,7 +165,12 @@ impl Manifest {
         text: &str,
         env: Env<'_>,
     ) -> Result<Self, ManifestError> {
-        let reader = Reader { file, base, env };
+        let reader = Reader {
+            file,
+            base,
+            env,
+            checked: std::cell::RefCell::default(),
+        };
         // A key given twice is an error: the last one silently winning hides typos.
         let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
         let root = marked_yaml::parse_yaml_with_options(0, text, options)

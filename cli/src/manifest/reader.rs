@@ -4,7 +4,9 @@
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{Node, Span};
 
-use std::path::Path;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use super::{Env, ImageRef, ManifestError};
 
@@ -13,6 +15,8 @@ pub(super) struct Reader<'a> {
     pub(super) file: &'a Path,
     pub(super) base: &'a Path,
     pub(super) env: Env<'a>,
+    /// Local image files whose header was checked already.
+    pub(super) checked: RefCell<HashSet<PathBuf>>,
 }
 
 impl Reader<'_> {
@@ -150,7 +154,7 @@ impl Reader<'_> {
             ));
         }
         let path = self.base.join(&s);
-        if !path.is_file() {
+        if !path.exists() {
             return Err(self.at(
                 node.span(),
                 field,
@@ -159,6 +163,12 @@ impl Reader<'_> {
                     path.display()
                 ),
             ));
+        }
+        // Each file once, however many jobs and wedges name it.
+        if !self.checked.borrow().contains(&path) {
+            crate::input::check_file(&path)
+                .map_err(|e| self.at(node.span(), field, &e.to_string()))?;
+            self.checked.borrow_mut().insert(path.clone());
         }
         Ok(ImageRef::Local(path))
     }
@@ -214,8 +224,46 @@ impl Reader<'_> {
     }
 }
 
-/// Replaces `${NAME}` with the variable's value from `env` (an asset root shared by a
-/// studio's manifests, say); an unset variable is an error that names it.
+/// The variables a manifest may use: `STYLEFARM_*` (an asset root shared by a studio's
+/// manifests, say), except names that say they hold a secret. A manifest may come from
+/// someone else, and what it expands ends up in paths, S3 keys and labels the farm
+/// stores: anything else in the environment is refused, by name.
+pub const VARIABLE_PREFIX: &str = "STYLEFARM_";
+/// Words (between `_`) that mark a `STYLEFARM_*` variable as a secret or a secret's path.
+pub const SECRET_WORDS: [&str; 6] = [
+    "KEY",
+    "SECRET",
+    "TOKEN",
+    "TOKENS",
+    "PASSWORD",
+    "CREDENTIALS",
+];
+
+/// Why `${name}` may not be expanded, if it may not.
+fn refused_variable(name: &str) -> Option<String> {
+    let Some(rest) = name.strip_prefix(VARIABLE_PREFIX) else {
+        return Some(format!(
+            "a manifest may only use {VARIABLE_PREFIX}* variables (it may come from someone else, and must not copy your environment into the farm)"
+        ));
+    };
+    if rest.is_empty()
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Some(format!(
+            "a variable name is {VARIABLE_PREFIX} then A-Z, 0-9 and _"
+        ));
+    }
+    rest.split('_').find(|w| SECRET_WORDS.contains(w)).map(|w| {
+        format!(
+            "its name has {w} in it, so it may hold a secret; manifests may not use such variables"
+        )
+    })
+}
+
+/// Replaces `${NAME}` with the variable's value from `env`; a variable refused by
+/// [`refused_variable`] or unset is an error that names it.
 fn expand_env(s: &str, env: Env<'_>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = s;
@@ -226,6 +274,9 @@ fn expand_env(s: &str, env: Env<'_>) -> Result<String, String> {
             .find('}')
             .ok_or_else(|| format!("{s:?}: `${{` without a closing `}}`"))?;
         let name = &after[..end];
+        if let Some(why) = refused_variable(name) {
+            return Err(format!("{s:?} uses ${{{name}}}, which is refused: {why}"));
+        }
         let value = env(name).ok_or_else(|| {
             format!("{s:?} uses ${{{name}}}, which is not set in the environment")
         })?;
