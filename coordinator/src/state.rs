@@ -204,8 +204,12 @@ impl<S: Store> State<S> {
         let n = expired.len();
         for job in &expired {
             match job.state {
-                crate::model::JobState::Failed => tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = ?job.worker, cause = job.error.as_deref().unwrap_or_default(), "lease expired; attempts spent, job failed"),
-                _ => tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = ?job.worker, "lease expired; job requeued"),
+                crate::model::JobState::Failed => {
+                    tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = ?job.worker, cause = job.error.as_deref().unwrap_or_default(), "lease expired; attempts spent, job failed")
+                }
+                _ => {
+                    tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = ?job.worker, "lease expired; job requeued")
+                }
             }
         }
         self.metrics.expirations.inc_by(n as u64);

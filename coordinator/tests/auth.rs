@@ -779,15 +779,30 @@ async fn watches_are_bounded_per_identity_and_one_that_is_never_read_does_not_st
     let mut bob = c.client_as("bob").await;
     let mut open = Vec::new();
     for _ in 0..stylefarm_coordinator::state::MAX_WATCHES_PER_IDENTITY {
-        open.push(bob.watch_batch(watch()).await.expect("a watch within the limit"));
+        open.push(
+            bob.watch_batch(watch())
+                .await
+                .expect("a watch within the limit"),
+        );
     }
     let s = bob.watch_batch(watch()).await.expect_err("one too many");
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
-    assert!(s.message().contains("bob already follows 64 batches"), "{}", s.message());
+    assert!(
+        s.message().contains("bob already follows 64 batches"),
+        "{}",
+        s.message()
+    );
     // Others are not affected; a closed stream frees its place.
-    c.client_as("alice").await.watch_batch(watch()).await.expect("alice watches");
+    c.client_as("alice")
+        .await
+        .watch_batch(watch())
+        .await
+        .expect("alice watches");
     drop(open.pop());
-    eventually("bob's closed watch frees its place", async || bob.watch_batch(watch()).await.is_ok()).await;
+    eventually("bob's closed watch frees its place", async || {
+        bob.watch_batch(watch()).await.is_ok()
+    })
+    .await;
     // 5,000 jobs never read by 64 streams: SIGTERM still ends the coordinator promptly.
     c.proc.signal("TERM");
     let exit = c.proc.wait_within(Duration::from_secs(30));

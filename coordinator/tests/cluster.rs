@@ -434,8 +434,17 @@ async fn oversized_worker_fields_are_refused_or_cut_and_the_coordinator_stays_li
     // A 4 MiB GPU model: past the worker service's message limit.
     let mut huge = common::register("huge");
     huge.gpu_model = "x".repeat(4 << 20);
-    let s = w.register_worker(huge).await.expect_err("4 MiB registration");
-    assert!(matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{s:?}");
+    let s = w
+        .register_worker(huge)
+        .await
+        .expect_err("4 MiB registration");
+    assert!(
+        matches!(
+            s.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{s:?}"
+    );
     // 10 KiB: within the message limit, past the field's.
     let mut long = common::register("long");
     long.gpu_model = "x".repeat(10 << 10);
@@ -463,8 +472,16 @@ async fn oversized_worker_fields_are_refused_or_cut_and_the_coordinator_stays_li
     };
     w.fail_job(fail).await.expect("fail");
     let job = &jobs(&c, &batch).await[0];
-    assert!(job.error.len() <= 4096 + 64, "kept {} bytes", job.error.len());
-    assert!(job.error.ends_with("more bytes not kept)"), "{}", &job.error[job.error.len() - 40..]);
+    assert!(
+        job.error.len() <= 4096 + 64,
+        "kept {} bytes",
+        job.error.len()
+    );
+    assert!(
+        job.error.ends_with("more bytes not kept)"),
+        "{}",
+        &job.error[job.error.len() - 40..]
+    );
     let (status, _) = c.http_get("/livez");
     assert!(status.contains("200"), "{status}");
 }

@@ -92,9 +92,17 @@ impl ObjectUrl {
     /// part, is never below anything.
     pub fn is_within(&self, prefix: &ObjectUrl) -> bool {
         match (self, prefix) {
-            (Self::S3 { bucket, key }, Self::S3 { bucket: pb, key: pk }) => {
+            (
+                Self::S3 { bucket, key },
+                Self::S3 {
+                    bucket: pb,
+                    key: pk,
+                },
+            ) => {
                 let clean = !key.is_empty()
-                    && key.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+                    && key
+                        .split('/')
+                        .all(|p| !p.is_empty() && p != "." && p != "..");
                 let pk = pk.trim_end_matches('/');
                 clean
                     && bucket == pb
@@ -176,7 +184,10 @@ mod within_tests {
     fn only_addresses_below_the_prefix_are_within_it() {
         let s3 = url("s3://farm/studio/inputs");
         let dir = url("/srv/farm/inputs");
-        for inside in ["s3://farm/studio/inputs/sha256/ab", "s3://farm/studio/inputs/x"] {
+        for inside in [
+            "s3://farm/studio/inputs/sha256/ab",
+            "s3://farm/studio/inputs/x",
+        ] {
             assert!(url(inside).is_within(&s3), "{inside}");
         }
         for outside in [

@@ -595,21 +595,30 @@ async fn the_next_job_is_prefetched_while_one_runs_and_handed_back_on_sigterm() 
 
 impl Farm {
     /// Polls the batch's first job until `ok` holds for it (at most 120 s).
-    async fn until_first(&self, batch: &str, what: &str, ok: impl Fn(&v1::JobStatus) -> bool) -> v1::JobStatus {
+    async fn until_first(
+        &self,
+        batch: &str,
+        what: &str,
+        ok: impl Fn(&v1::JobStatus) -> bool,
+    ) -> v1::JobStatus {
         let start = std::time::Instant::now();
         loop {
             let job = self.first_job(batch).await;
             if ok(&job) {
                 return job;
             }
-            assert!(start.elapsed() < Duration::from_secs(120), "{what}: not within 120 s; {job:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{what}: not within 120 s; {job:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_whose_worker_dies_every_time_fails_when_its_attempts_are_spent_and_the_batch_goes_on() {
+async fn a_job_whose_worker_dies_every_time_fails_when_its_attempts_are_spent_and_the_batch_goes_on(
+) {
     let farm = Farm::start(1500).await;
     let (content, style) = farm.tubingen_and_starry_night().await;
     // The first job runs long enough to be killed in; the second is quick.
@@ -643,13 +652,21 @@ async fn a_job_whose_worker_dies_every_time_fails_when_its_attempts_are_spent_an
     assert_eq!(poison.state, v1::JobState::Failed as i32, "{poison:?}");
     assert_eq!(
         poison.error,
-        format!("attempts spent (3 of 3): lease expired 3 times, workers {}", ids.join(", "))
+        format!(
+            "attempts spent (3 of 3): lease expired 3 times, workers {}",
+            ids.join(", ")
+        )
     );
     // The rest of the batch still runs, and the failed job is never handed out again.
     let _survivor = farm.worker("survivor", &["--no-prefetch"]);
     let (state, jobs) = farm.wait(&batch, Duration::from_secs(120)).await;
     assert_eq!(state, v1::BatchState::Failed as i32);
-    assert_eq!(jobs[1].state, v1::JobState::Succeeded as i32, "{:?}", jobs[1]);
+    assert_eq!(
+        jobs[1].state,
+        v1::JobState::Succeeded as i32,
+        "{:?}",
+        jobs[1]
+    );
     assert_eq!(jobs[0].attempt, 3, "the failed job was leased again");
 }
 
@@ -659,7 +676,10 @@ async fn inputs_outside_the_inputs_prefix_are_refused_and_errors_tell_no_hash() 
     let (content, style) = farm.tubingen_and_starry_night().await;
     // Something of the worker's own in the same bucket, outside inputs/.
     let secret = farm.root().join("secrets/s3-key").expect("key");
-    farm.storage.put(&secret, b"hunter2".to_vec()).await.expect("put");
+    farm.storage
+        .put(&secret, b"hunter2".to_vec())
+        .await
+        .expect("put");
     let secret_sha = stylefarm_storage::sha256_hex(b"hunter2");
     let named = |uri: String| v1::ObjectRef {
         uri,
@@ -674,7 +694,10 @@ async fn inputs_outside_the_inputs_prefix_are_refused_and_errors_tell_no_hash() 
             vec![
                 with("proc", named("/proc/self/environ".into())),
                 with("bucket", named(secret.to_string())),
-                with("traversal", named(format!("{root}/inputs/../secrets/s3-key"))),
+                with(
+                    "traversal",
+                    named(format!("{root}/inputs/../secrets/s3-key")),
+                ),
                 with("mismatch", named(content.uri.clone())),
                 with("fine", content.clone()),
             ],
@@ -682,13 +705,15 @@ async fn inputs_outside_the_inputs_prefix_are_refused_and_errors_tell_no_hash() 
         .await;
     let _w = farm.worker("w", &[]);
     let (_, jobs) = farm.wait(&batch, Duration::from_secs(120)).await;
-    let by_name: std::collections::HashMap<_, _> = jobs.iter().map(|j| (j.name.as_str(), j)).collect();
+    let by_name: std::collections::HashMap<_, _> =
+        jobs.iter().map(|j| (j.name.as_str(), j)).collect();
     for name in ["proc", "bucket", "traversal"] {
         let j = by_name[name];
         assert_eq!(j.state, v1::JobState::Failed as i32, "{j:?}");
         assert_eq!(j.attempt, 1, "refused inputs are not retried: {j:?}");
         assert!(
-            j.error.contains("is outside the places this worker reads inputs from")
+            j.error
+                .contains("is outside the places this worker reads inputs from")
                 && j.error.contains(&format!("{root}/inputs/")),
             "{name}: {}",
             j.error
@@ -701,7 +726,11 @@ async fn inputs_outside_the_inputs_prefix_are_refused_and_errors_tell_no_hash() 
     // hash of anything read appears.
     for j in &jobs {
         let said = j.error.replace(&content.uri, "URI");
-        assert!(!said.contains(&secret_sha) && !said.contains(&content.sha256), "a hash leaked: {}", j.error);
+        assert!(
+            !said.contains(&secret_sha) && !said.contains(&content.sha256),
+            "a hash leaked: {}",
+            j.error
+        );
     }
     assert_eq!(by_name["fine"].state, v1::JobState::Succeeded as i32);
 }

@@ -167,18 +167,18 @@ pub async fn run(node: &Arc<Node>, ready: Ready) -> Option<Ready> {
 /// Refuses an input outside the places this worker reads inputs from: a job spec must
 /// not make a worker read its own files (`/proc/self/environ`, a mounted secret) or a
 /// bucket its credentials happen to reach.
-fn allowed_input(node: &Node, uri: &str) -> Result<(), StorageError> {
+fn allowed_input(node: &Node, uri: &str) -> Result<(), Failure> {
     let url = ObjectUrl::parse(uri)?;
     if node.inputs.iter().any(|p| url.is_within(p)) {
         return Ok(());
     }
     let places: Vec<String> = node.inputs.iter().map(|p| format!("{p}/")).collect();
-    Err(StorageError::InvalidUrl {
-        url: uri.to_owned(),
-        reason: format!(
-            "is outside the places this worker reads inputs from ({}; more with --input-prefix)",
+    Err(Failure {
+        message: format!(
+            "input {uri} is outside the places this worker reads inputs from ({}; more with --input-prefix)",
             places.join(", ")
         ),
+        retryable: false,
     })
 }
 
@@ -202,8 +202,13 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
             retryable: true,
         });
     }
-    let fetch = |r: ObjectRef| async move {
+    let refs = std::iter::once(&spec.content)
+        .chain(spec.styles.iter().map(|s| &s.image))
+        .chain(spec.init_image.as_ref());
+    for r in refs {
         allowed_input(node, &r.uri)?;
+    }
+    let fetch = |r: ObjectRef| async move {
         let bytes = node.storage.get_input(&r).await?;
         Ok::<_, StorageError>(NamedBytes {
             source: r.uri,

@@ -91,7 +91,12 @@ pub struct WorkerConfig {
 
     /// Further places inputs may be read from (`s3://bucket/prefix` or a directory),
     /// besides the storage root's `inputs/`; repeat, or separate with commas.
-    #[arg(long, env = "STYLEFARM_INPUT_PREFIXES", value_delimiter = ',', value_name = "URL")]
+    #[arg(
+        long,
+        env = "STYLEFARM_INPUT_PREFIXES",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
     pub input_prefix: Vec<String>,
 
     /// Storage.

@@ -606,7 +606,11 @@ async fn a_version_1_database_gains_owners_and_identities() {
 #[tokio::test]
 async fn every_expired_lease_spends_an_attempt_and_the_last_one_fails_the_job_saying_how() {
     let (_d, s) = store();
-    let id = s.submit(batch("t", 0, 2), 0).await.expect("submit").batch_id;
+    let id = s
+        .submit(batch("t", 0, 2), 0)
+        .await
+        .expect("submit")
+        .batch_id;
     // Three workers each lease the first job and vanish (max_attempts is 3).
     let mut now = 0;
     for (i, w) in ["a", "b", "c"].into_iter().enumerate() {
@@ -615,7 +619,11 @@ async fn every_expired_lease_spends_an_attempt_and_the_last_one_fails_the_job_sa
         now += 101;
         let expired = s.expire(now).await.expect("expire");
         assert_eq!(expired.len(), 1);
-        let want = if i < 2 { JobState::Queued } else { JobState::Failed };
+        let want = if i < 2 {
+            JobState::Queued
+        } else {
+            JobState::Failed
+        };
         assert_eq!(expired[0].state, want, "after {w}'s lease expired");
     }
     let jobs = s.jobs(&id).await.expect("jobs");
@@ -627,6 +635,11 @@ async fn every_expired_lease_spends_an_attempt_and_the_last_one_fails_the_job_sa
     // Never leased again; the batch's other job still runs.
     let next = lease(&s, "d", now, 100).await.expect("the other job");
     assert_eq!(next.name, "out1");
-    s.complete(&next.job_id, next.token, done("out1.png")).await.expect("complete");
-    assert!(lease(&s, "e", now, 100).await.is_none(), "a failed job was leased again");
+    s.complete(&next.job_id, next.token, done("out1.png"))
+        .await
+        .expect("complete");
+    assert!(
+        lease(&s, "e", now, 100).await.is_none(),
+        "a failed job was leased again"
+    );
 }
