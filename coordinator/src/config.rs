@@ -49,6 +49,11 @@ pub struct Config {
     #[arg(long, env = "STYLEFARM_MAX_WORKER_FAILURES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_worker_failures: u32,
 
+    /// Forget a worker's registration once it has not been heard from for this long
+    /// (milliseconds; a live worker calls all the time). It must register again.
+    #[arg(long, env = "STYLEFARM_FORGET_WORKERS_AFTER_MS", default_value_t = 7 * 24 * 3_600_000, value_parser = clap::value_parser!(u32).range(1000..))]
+    pub forget_workers_after_ms: u32,
+
     /// Most jobs in one batch.
     #[arg(long, env = "STYLEFARM_MAX_JOBS_PER_BATCH", default_value_t = MAX_JOBS_PER_BATCH)]
     pub max_jobs_per_batch: u32,

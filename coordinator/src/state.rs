@@ -43,7 +43,9 @@ impl Clock {
 /// (in memory; registrations themselves are in the store, so they survive a restart).
 #[derive(Debug, Default)]
 pub struct Workers {
-    by_id: Mutex<HashMap<String, (String, i64)>>,
+    /// id -> (identity, last heard from, or i64::MIN before any call since start-up;
+    /// when its idle time began: the later of that and start-up).
+    by_id: Mutex<HashMap<String, (String, i64, i64)>>,
 }
 
 /// What [`Workers::seen`] found.
@@ -58,17 +60,33 @@ pub enum Seen {
 }
 
 impl Workers {
-    /// Records a worker registered by `identity` (at start-up: not yet seen).
-    pub fn add(&self, id: String, identity: String, now_ms: Option<i64>) {
-        self.lock()
-            .insert(id, (identity, now_ms.unwrap_or(i64::MIN)));
+    /// Records a worker registered by `identity`: just now (`seen`), or loaded at
+    /// start-up at `now_ms` (not yet heard from, its idle time counted from start-up).
+    pub fn add(&self, id: String, identity: String, now_ms: i64, seen: bool) {
+        let last = if seen { now_ms } else { i64::MIN };
+        self.lock().insert(id, (identity, last, now_ms));
+    }
+
+    /// Removes and returns the workers not heard from since `before_ms`.
+    pub fn take_idle(&self, before_ms: i64) -> Vec<String> {
+        let mut map = self.lock();
+        let idle: Vec<String> = map
+            .iter()
+            .filter(|(_, (_, _, heard))| *heard < before_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &idle {
+            map.remove(id);
+        }
+        idle
     }
 
     /// Marks a worker as seen when `identity` registered it.
     pub fn seen(&self, id: &str, identity: &str, now_ms: i64) -> Seen {
         match self.lock().get_mut(id) {
-            Some((owner, t)) if owner == identity => {
+            Some((owner, t, heard)) if owner == identity => {
                 *t = now_ms;
+                *heard = now_ms;
                 Seen::Yours
             }
             Some(_) => Seen::NotYours,
@@ -78,7 +96,10 @@ impl Workers {
 
     /// Workers heard from since `since_ms`.
     pub fn live(&self, since_ms: i64) -> usize {
-        self.lock().values().filter(|(_, t)| *t >= since_ms).count()
+        self.lock()
+            .values()
+            .filter(|(_, t, _)| *t >= since_ms)
+            .count()
     }
 
     /// Workers ever registered.
@@ -86,7 +107,7 @@ impl Workers {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64, i64)>> {
         self.by_id.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -162,14 +183,15 @@ impl<S: Store> State<S> {
     /// State over an opened store; loads the registered workers.
     pub async fn new(store: S, config: Config) -> Result<Self, crate::store::StoreError> {
         let workers = Workers::default();
+        let clock = Clock::start();
         for (id, identity) in store.workers().await? {
-            workers.add(id, identity, None);
+            workers.add(id, identity, clock.now_ms(), false);
         }
         let (events, _) = broadcast::channel(4096);
         Ok(Self {
             store,
             config,
-            clock: Clock::start(),
+            clock,
             workers,
             watchers: Watchers::default(),
             work: Notify::new(),
@@ -217,6 +239,23 @@ impl<S: Store> State<S> {
         Ok(n)
     }
 
+    /// Forgets registrations not heard from for `--forget-workers-after-ms` (a live
+    /// worker long-polls all the time, so only gone ones are forgotten); returns how many.
+    pub async fn forget_idle_workers(&self) -> Result<usize, crate::store::StoreError> {
+        let before = self
+            .clock
+            .now_ms()
+            .saturating_sub(i64::from(self.config.forget_workers_after_ms));
+        let idle = self.workers.take_idle(before);
+        if idle.is_empty() {
+            return Ok(0);
+        }
+        let n = idle.len();
+        tracing::info!(workers = n, first = %idle[0], "forgetting workers not heard from");
+        self.store.forget_workers(idle).await?;
+        Ok(n)
+    }
+
     /// Runs [`Self::expire_once`] every quarter lease (at least every second) until
     /// shutdown.
     pub async fn expire_loop(&self) {
@@ -231,6 +270,9 @@ impl<S: Store> State<S> {
             }
             if let Err(err) = self.expire_once().await {
                 tracing::error!(cause = %err, "lease expiry failed");
+            }
+            if let Err(err) = self.forget_idle_workers().await {
+                tracing::error!(cause = %err, "forgetting idle workers failed");
             }
         }
     }

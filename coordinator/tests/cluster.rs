@@ -485,3 +485,50 @@ async fn oversized_worker_fields_are_refused_or_cut_and_the_coordinator_stays_li
     let (status, _) = c.http_get("/livez");
     assert!(status.contains("200"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_not_heard_from_is_forgotten_and_stays_forgotten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("c.db");
+    let mut c = Coordinator::start(&db, &["--forget-workers-after-ms", "1500"]);
+    let gone = register(&c, "gone").await;
+    let alive = register(&c, "alive").await;
+    // `alive` keeps calling (as a real worker's long poll does); `gone` says nothing.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        assert!(lease(&c, &alive, 200).await.is_none());
+    }
+    let req = v1::LeaseJobRequest {
+        worker_id: gone.clone(),
+        wait_ms: 0,
+    };
+    let s = c
+        .worker()
+        .await
+        .lease_job(req.clone())
+        .await
+        .expect_err("forgotten");
+    assert_eq!(s.code(), Code::NotFound, "{s:?}");
+    assert!(s.message().contains("register again"), "{}", s.message());
+    let (_, metrics) = c.http_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "stylefarm_workers_registered 1"),
+        "{metrics}"
+    );
+    // Forgotten on disk too: a restart does not bring it back.
+    c.kill9();
+    let c = Coordinator::start(&db, &["--forget-workers-after-ms", "1500"]);
+    let s = c
+        .worker()
+        .await
+        .lease_job(req)
+        .await
+        .expect_err("still forgotten");
+    assert_eq!(s.code(), Code::NotFound, "{s:?}");
+    assert!(
+        lease(&c, &alive, 0).await.is_none(),
+        "the live one is still known"
+    );
+}

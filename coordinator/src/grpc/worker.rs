@@ -145,7 +145,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .map_err(ApiError::from)?;
         self.state
             .workers
-            .add(id.clone(), who.name.clone(), Some(now));
+            .add(id.clone(), who.name.clone(), now, true);
         tracing::info!(worker = %id, identity = %who.name, gpu = %req.gpu_model, slots = req.slots, "worker registered");
         Ok(Response::new(v1::RegisterWorkerResponse {
             worker_id: id,

@@ -109,6 +109,12 @@ pub trait Store: Send + Sync + 'static {
     /// Every registered worker id with the identity that registered it (loaded at start-up).
     fn workers(&self) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 
+    /// Deletes these workers' registrations (and their failure counts).
+    fn forget_workers(
+        &self,
+        ids: Vec<String>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Leases the next job for the asking worker: highest batch priority, then the
     /// batch whose turn came longest ago (round robin), then the oldest job. Skips
     /// batches on which this worker already failed `max_worker_failures` times.

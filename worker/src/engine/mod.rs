@@ -307,7 +307,18 @@ impl Render {
                     render.x.size()
                 )));
             }
-            render.optimizer.restore(state).map_err(bad)?;
+            if meta.iteration > params.iterations
+                || meta.history.len() > params.iterations as usize + 1
+            {
+                return Err(bad(format!(
+                    "it claims iteration {} with {} recorded losses; the job runs {} iterations",
+                    meta.iteration,
+                    meta.history.len(),
+                    params.iterations
+                )));
+            }
+            let numel = render.x.numel() as i64;
+            render.optimizer.restore(state, numel).map_err(bad)?;
             render.x = image.set_requires_grad(true);
             render.iteration = meta.iteration;
             render.history = meta.history;

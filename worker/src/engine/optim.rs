@@ -59,7 +59,19 @@ impl Optimizer {
     }
 
     /// Restores state saved by [`Optimizer::save`] of the same kind.
-    pub fn restore(&mut self, mut saved: SavedState) -> Result<(), String> {
+    /// Restores saved state for an image of `numel` values. Every tensor must hold
+    /// exactly that many finite-shaped values (a checkpoint is data from storage: a
+    /// wrong one is refused here, not met as a libtorch error mid-render).
+    pub fn restore(&mut self, mut saved: SavedState, numel: i64) -> Result<(), String> {
+        for (name, t) in &saved.tensors {
+            if t.numel() as i64 != numel || t.kind() != tch::Kind::Float {
+                return Err(format!(
+                    "{name} holds {} {:?} values; the image has {numel} floats",
+                    t.numel(),
+                    t.kind()
+                ));
+            }
+        }
         match self {
             Self::Lbfgs(o) => o.restore(&mut saved),
             Self::Adam(o) => o.restore(&mut saved),
@@ -219,6 +231,16 @@ impl Lbfgs {
                 "checkpoint has L-BFGS history {}, the job asks for {}",
                 s.history, self.history
             ));
+        }
+        if s.ro.len() > self.history {
+            return Err(format!(
+                "checkpoint holds {} L-BFGS history entries; the job keeps {}",
+                s.ro.len(),
+                self.history
+            ));
+        }
+        if !(s.t.is_finite() && s.h_diag.is_finite() && s.ro.iter().all(|r| r.is_finite())) {
+            return Err("L-BFGS state holds a value that is not finite".into());
         }
         self.n_iter = s.n_iter;
         self.t = s.t;

@@ -468,6 +468,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn forget_workers(&self, ids: Vec<String>) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            let mut worker = tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?;
+            let mut failures =
+                tx.prepare_cached("DELETE FROM worker_failures WHERE worker = ?1")?;
+            for id in &ids {
+                worker.execute([id])?;
+                failures.execute([id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn workers(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare("SELECT id, identity FROM workers ORDER BY id")?;
