@@ -3,8 +3,10 @@
 //! `Arc<State<S>>`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+
 use std::time::Duration;
+use stylefarm_core::limits::{PerKey, Place};
 
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
@@ -117,43 +119,24 @@ impl Workers {
 pub const MAX_WATCHES_PER_IDENTITY: usize = 64;
 
 /// Open WatchBatch streams per identity.
-#[derive(Debug, Default)]
-pub struct Watchers(Arc<Mutex<HashMap<String, usize>>>);
+#[derive(Debug)]
+pub struct Watchers(PerKey<String>);
 
-/// One open stream; closing it (dropping this) frees its place.
-pub struct Watching {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-    who: String,
-}
-
-impl Watchers {
-    /// Takes a place for `who`, or says it holds too many.
-    pub fn enter(&self, who: &str) -> Result<Watching, crate::grpc::ApiError> {
-        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(who.to_owned()).or_insert(0);
-        if *n >= MAX_WATCHES_PER_IDENTITY {
-            return Err(crate::grpc::ApiError::TooManyWatches {
-                who: who.to_owned(),
-                limit: MAX_WATCHES_PER_IDENTITY,
-            });
-        }
-        *n += 1;
-        Ok(Watching {
-            counts: Arc::clone(&self.0),
-            who: who.to_owned(),
-        })
+impl Default for Watchers {
+    fn default() -> Self {
+        Self(PerKey::new(MAX_WATCHES_PER_IDENTITY))
     }
 }
 
-impl Drop for Watching {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.who) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.who);
-            }
-        }
+impl Watchers {
+    /// Takes a place for `who` (given back when dropped), or says it holds too many.
+    pub fn enter(&self, who: &str) -> Result<Place<String>, crate::grpc::ApiError> {
+        self.0
+            .take(&who.to_owned())
+            .ok_or_else(|| crate::grpc::ApiError::TooManyWatches {
+                who: who.to_owned(),
+                limit: self.0.max(),
+            })
     }
 }
 

@@ -2,11 +2,10 @@
 //! change (cert-manager rotation, a SIGHUP), and an accept loop that hands tonic only
 //! connections whose handshake finished.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
+use stylefarm_core::limits::PerKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -92,7 +92,7 @@ impl ServerTls {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-            let handshaking: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+            let handshaking = PerKey::<IpAddr>::new(MAX_HANDSHAKES_PER_PEER);
             loop {
                 let slot = tokio::select! {
                     slot = Arc::clone(&open).acquire_owned() => match slot {
@@ -113,7 +113,7 @@ impl ServerTls {
                     },
                     () = tx.closed() => return,
                 };
-                let Some(_turn) = PeerTurn::take(&handshaking, peer.ip()) else {
+                let Some(turn) = handshaking.take(&peer.ip()) else {
                     tracing::debug!(%peer, "too many handshakes from this address; closed");
                     continue;
                 };
@@ -123,7 +123,7 @@ impl ServerTls {
                 tokio::spawn(async move {
                     let handshake =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                    drop(_turn);
+                    drop(turn);
                     match handshake {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(Conn { tls, _slot: slot })).await;
@@ -135,39 +135,6 @@ impl ServerTls {
             }
         });
         ReceiverStream::new(rx)
-    }
-}
-
-/// One of a peer's handshakes in progress; counted down when dropped.
-struct PeerTurn {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl PeerTurn {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
-        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= MAX_HANDSHAKES_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            counts: Arc::clone(counts),
-            ip,
-        })
-    }
-}
-
-impl Drop for PeerTurn {
-    fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
     }
 }
 
