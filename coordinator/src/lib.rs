@@ -333,17 +333,24 @@ async fn reload_loop(
             () = hup => true,
             () = shutdown.cancelled() => return,
         };
-        if let Some(tls) = &tls {
-            match tls.reload() {
-                Ok(true) => tracing::info!("TLS certificate reloaded"),
-                Ok(false) if asked => tracing::info!("TLS files unchanged"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(cause = %e, "TLS files not reloaded; the previous ones stay in use")
-                }
+        // File reads: on a blocking thread, off the runtime that serves.
+        let (tls_files, auth_file) = (tls.clone(), Arc::clone(&auth));
+        let Ok((tls_reloaded, tokens_reloaded)) = tokio::task::spawn_blocking(move || {
+            (tls_files.map(|t| t.reload()), auth_file.reload())
+        })
+        .await
+        else {
+            continue;
+        };
+        match tls_reloaded {
+            Some(Ok(true)) => tracing::info!("TLS certificate reloaded"),
+            Some(Ok(false)) if asked => tracing::info!("TLS files unchanged"),
+            Some(Ok(false)) | None => {}
+            Some(Err(e)) => {
+                tracing::error!(cause = %e, "TLS files not reloaded; the previous ones stay in use")
             }
         }
-        match auth.reload() {
+        match tokens_reloaded {
             Ok(Some(n)) => tracing::info!(identities = n, "tokens file reloaded"),
             Ok(None) => {}
             Err(e) => {

@@ -11,6 +11,17 @@ use common::Coordinator;
 use stylefarm_proto::v1::{self, JobState};
 use tonic::Code;
 
+/// Submits `common::submit(token, priority, n)` as admin; returns the batch id.
+async fn submit(c: &Coordinator, token: &str, priority: i32, n: usize) -> String {
+    c.client()
+        .await
+        .submit_batch(common::submit(token, priority, n))
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id
+}
+
 async fn register(c: &Coordinator, name: &str) -> String {
     let mut w = c.worker().await;
     w.register_worker(common::register(name))
@@ -79,14 +90,7 @@ async fn jobs(c: &Coordinator, batch: &str) -> Vec<v1::JobStatus> {
 async fn expiry_requeues_with_checkpoint_and_stale_tokens_are_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Coordinator::start(&dir.path().join("c.db"), &["--lease-ms", "400"]);
-    let batch = c
-        .client()
-        .await
-        .submit_batch(common::submit("t", 0, 1))
-        .await
-        .expect("submit")
-        .into_inner()
-        .batch_id;
+    let batch = submit(&c, "t", 0, 1).await;
     let (dead, alive) = (register(&c, "dead").await, register(&c, "alive").await);
     let first = lease(&c, &dead, 0).await.expect("job");
     c.worker()
@@ -143,14 +147,7 @@ async fn expiry_requeues_with_checkpoint_and_stale_tokens_are_rejected() {
 async fn cancel_reaches_a_running_worker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Coordinator::start(&dir.path().join("c.db"), &[]);
-    let batch = c
-        .client()
-        .await
-        .submit_batch(common::submit("t", 0, 3))
-        .await
-        .expect("submit")
-        .into_inner()
-        .batch_id;
+    let batch = submit(&c, "t", 0, 3).await;
     let w = register(&c, "w").await;
     let l = lease(&c, &w, 0).await.expect("job");
     let mut wc = c.worker().await;
@@ -223,14 +220,7 @@ async fn kill_9_and_restart_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("c.db");
     let mut c = Coordinator::start(&db, &["--lease-ms", "60000"]);
-    let batch = c
-        .client()
-        .await
-        .submit_batch(common::submit("t", 0, 6))
-        .await
-        .expect("submit")
-        .into_inner()
-        .batch_id;
+    let batch = submit(&c, "t", 0, 6).await;
     let w = register(&c, "w").await;
     let mut wc = c.worker().await;
     let mut leases = Vec::new();
@@ -362,14 +352,7 @@ async fn kill_9_under_load_keeps_every_acknowledged_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("c.db");
     let mut c = Coordinator::start(&db, &[]);
-    let batch = c
-        .client()
-        .await
-        .submit_batch(common::submit("load", 0, 2000))
-        .await
-        .expect("submit")
-        .into_inner()
-        .batch_id;
+    let batch = submit(&c, "load", 0, 2000).await;
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut workers = Vec::new();
     for i in 0..16 {
@@ -453,14 +436,7 @@ async fn oversized_worker_fields_are_refused_or_cut_and_the_coordinator_stays_li
     assert!(s.message().contains("gpu_model"), "{}", s.message());
 
     // A 60 KiB failure message is kept cut to 4 KiB, and says so.
-    let batch = c
-        .client()
-        .await
-        .submit_batch(common::submit("t", 0, 1))
-        .await
-        .expect("submit")
-        .into_inner()
-        .batch_id;
+    let batch = submit(&c, "t", 0, 1).await;
     let id = register(&c, "w").await;
     let l = lease(&c, &id, 0).await.expect("job");
     let fail = v1::FailJobRequest {
