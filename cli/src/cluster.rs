@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
+use stylefarm_core::limits;
 use stylefarm_core::{BatchState, JobSpec, JobState, ObjectRef, StyleRef};
 use stylefarm_net::client::Channel;
 use stylefarm_net::{ClientAuth, NetError};
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
 use stylefarm_proto::{convert, v1};
-use stylefarm_storage::{ObjectUrl, Storage};
+use stylefarm_storage::{Limit, ObjectUrl, Storage};
 use tokio_stream::StreamExt;
 
 use crate::exit::{from_status, CliError};
@@ -113,14 +114,15 @@ impl Coordinator {
                     continue;
                 }
                 // Only images go up (the manifest may come from someone else).
-                let bytes = match r {
+                let (bytes, dims) = match r {
                     ImageRef::Local(p) => {
                         let p = p.clone();
                         tokio::task::spawn_blocking(move || input::read_file(&p)).await?
                     }
                     ImageRef::S3(u) => {
-                        let bytes = storage.get(&ObjectUrl::parse(u)?).await?;
-                        input::check_bytes(u, &bytes).map(|()| bytes)
+                        let limit = Limit::new("an input image", input::MAX_INPUT_BYTES);
+                        let bytes = storage.get(&ObjectUrl::parse(u)?, &limit).await?;
+                        input::check_bytes(u, &bytes).map(|dims| (bytes, dims))
                     }
                 }
                 .map_err(|e| {
@@ -129,7 +131,15 @@ impl Coordinator {
                 let (object, fresh) = storage.put_input(root, bytes).await?;
                 uploaded += usize::from(fresh);
                 let label = r.to_string();
-                inputs.insert(r, ObjectRef { label, ..object });
+                let dims = Some(dims);
+                inputs.insert(
+                    r,
+                    ObjectRef {
+                        label,
+                        dims,
+                        ..object
+                    },
+                );
             }
         }
         tracing::info!(inputs = inputs.len(), uploaded, "inputs in storage");
@@ -416,11 +426,17 @@ async fn fetch_one(
             .with_context(|| format!("the coordinator's {what} key"))
     };
     let png = storage
-        .get(&key("result", &job.result_key)?)
+        .get(
+            &key("result", &job.result_key)?,
+            &Limit::new("a result", limits::MAX_RESULT_BYTES),
+        )
         .await
         .context("downloading the result")?;
     let sidecar_bytes = storage
-        .get(&key("sidecar", &job.sidecar_key)?)
+        .get(
+            &key("sidecar", &job.sidecar_key)?,
+            &Limit::new("a sidecar", limits::MAX_SIDECAR_BYTES),
+        )
         .await
         .context("downloading the sidecar")?;
     let sidecar = serde_json::from_slice(&sidecar_bytes).context("the sidecar is not JSON")?;

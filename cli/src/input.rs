@@ -14,8 +14,7 @@ use std::path::Path;
 
 use image::ImageReader;
 
-/// Largest input image uploaded, in bytes.
-pub const MAX_INPUT_BYTES: u64 = 256 << 20;
+pub use stylefarm_core::limits::MAX_INPUT_BYTES;
 
 /// Why a file or object is not uploaded. `name` is the path or URI as the user gave it.
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +64,12 @@ pub enum InputError {
 /// Checks a local file as [`read_file`] would, reading only its header.
 pub fn check_file(path: &Path) -> Result<(), InputError> {
     let file = open(path)?;
-    header(&path.display().to_string(), BufReader::new(file))
+    header(&path.display().to_string(), BufReader::new(file)).map(drop)
 }
 
 /// Reads a local input image: at most [`MAX_INPUT_BYTES`], and only when it is an image.
-pub fn read_file(path: &Path) -> Result<Vec<u8>, InputError> {
+/// Returns the bytes and the image's width and height.
+pub fn read_file(path: &Path) -> Result<(Vec<u8>, (u32, u32)), InputError> {
     let name = path.display().to_string();
     let file = open(path)?;
     let mut bytes = Vec::new();
@@ -79,12 +79,13 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, InputError> {
             name: name.clone(),
             cause,
         })?;
-    check_bytes(&name, &bytes)?;
-    Ok(bytes)
+    let dims = check_bytes(&name, &bytes)?;
+    Ok((bytes, dims))
 }
 
 /// Checks bytes read from elsewhere (an `s3://` object): size and image header.
-pub fn check_bytes(name: &str, bytes: &[u8]) -> Result<(), InputError> {
+/// Returns the image's width and height.
+pub fn check_bytes(name: &str, bytes: &[u8]) -> Result<(u32, u32), InputError> {
     let len = bytes.len() as u64;
     if len == 0 {
         return Err(InputError::Empty { name: name.into() });
@@ -146,7 +147,7 @@ fn check_kind(path: &Path, meta: &std::fs::Metadata) -> Result<(), InputError> {
 }
 
 /// The format from the first bytes, then the dimensions from the header alone.
-fn header<R: std::io::BufRead + std::io::Seek>(name: &str, r: R) -> Result<(), InputError> {
+fn header<R: std::io::BufRead + std::io::Seek>(name: &str, r: R) -> Result<(u32, u32), InputError> {
     let not_image = |reason: String| InputError::NotAnImage {
         name: name.into(),
         reason,
@@ -162,7 +163,7 @@ fn header<R: std::io::BufRead + std::io::Seek>(name: &str, r: R) -> Result<(), I
         return Err(not_image("its first bytes match no image format".into()));
     };
     match reader.into_dimensions() {
-        Ok((w, h)) if w > 0 && h > 0 => Ok(()),
+        Ok((w, h)) if w > 0 && h > 0 => Ok((w, h)),
         Ok((w, h)) => Err(not_image(format!(
             "its {format:?} header gives a size of {w}x{h}"
         ))),
@@ -189,7 +190,7 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let good = d.path().join("good.png");
         std::fs::write(&good, png()).expect("write");
-        assert_eq!(read_file(&good).expect("an image"), png());
+        assert_eq!(read_file(&good).expect("an image"), (png(), (3, 2)));
         check_file(&good).expect("an image");
 
         let secret = d.path().join("credentials.png");

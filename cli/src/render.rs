@@ -12,7 +12,7 @@ use stylefarm_core::fs::write_atomic;
 use stylefarm_core::params::{parse_layer_list, DEFAULT_ADAM_LR};
 use stylefarm_core::{InitKind, InvalidField, OptimizerKind, Pooling, RenderParams, WeightedLayer};
 use stylefarm_weights::WeightsInfo;
-use stylefarm_worker::device::DeviceArg;
+use stylefarm_worker::device::{DeviceArg, MemoryBudget};
 use stylefarm_worker::engine::{image_io, Outcome, Render};
 use stylefarm_worker::job::{self, JobInputs, NamedBytes, PreparedJob};
 
@@ -91,6 +91,10 @@ pub struct RenderArgs {
     /// Largest input accepted, in pixels; larger files are refused before decoding.
     #[arg(long, default_value_t = image_io::DEFAULT_MAX_PIXELS)]
     pub max_input_pixels: u64,
+    /// The most memory the render may take (e.g. 6GiB); a render whose estimate is over
+    /// it stops before decoding. Default: 80% of the host's memory (90% of the GPU's).
+    #[arg(long, env = "STYLEFARM_MAX_JOB_MEMORY", value_name = "SIZE", value_parser = stylefarm_worker::device::parse_size)]
+    pub max_job_memory: Option<u64>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -248,7 +252,8 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             .map(NamedBytes::read)
             .transpose()?,
     };
-    let prepared = PreparedJob::decode(&inputs, &params, args.max_input_pixels)?;
+    let budget = MemoryBudget::for_device(device, 1, args.max_job_memory);
+    let prepared = PreparedJob::decode(&inputs, &params, args.max_input_pixels, &weights, &budget)?;
     let mut render = Render::new(&weights, &params, &prepared.inputs, device)?;
     let setup_s = started.elapsed().as_secs_f64();
     let (w, h) = render.output_size();

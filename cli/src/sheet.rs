@@ -154,7 +154,13 @@ async fn thumbnail_of_input(
         return None;
     }
     let url = ObjectUrl::parse(source).ok()?;
-    match storage.get(&url).await {
+    match storage
+        .get(
+            &url,
+            &stylefarm_storage::Limit::new("an input image", MAX_BYTES),
+        )
+        .await
+    {
         Ok(b) => thumbnail(source, b).await,
         Err(e) => {
             tracing::warn!(input = %url, cause = %e, "input not readable for the contact sheet");

@@ -70,9 +70,14 @@ pub enum WeightsCommand {
         /// Convert a copy of the published file instead of downloading it (offline).
         #[arg(long, value_name = "FILE", conflicts_with = "url")]
         from: Option<PathBuf>,
-        /// Download from a mirror; the file name keeps torchvision's `NAME-HASH.pth` form.
+        /// Download from a mirror instead of download.pytorch.org. The file must still
+        /// be torchvision's (its SHA-256 is checked against the published one).
         #[arg(long)]
         url: Option<String>,
+        /// Accept a file other than torchvision's published one, with this full SHA-256
+        /// (64 hex digits) that you know from elsewhere.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
     },
     /// List the weights files in the cache.
     List,
@@ -89,8 +94,18 @@ pub enum WeightsCommand {
 /// Runs a `weights` subcommand.
 pub fn run(cmd: WeightsCommand) -> anyhow::Result<()> {
     match cmd {
-        WeightsCommand::Fetch { network, from, url } => {
-            let path = fetch(network.architecture(), from.as_deref(), url.as_deref())?;
+        WeightsCommand::Fetch {
+            network,
+            from,
+            url,
+            sha256,
+        } => {
+            let path = fetch(
+                network.architecture(),
+                from.as_deref(),
+                url.as_deref(),
+                sha256.as_deref(),
+            )?;
             let info = stylefarm_weights::WeightsInfo::inspect(&path)?;
             println!("{}", path.display());
             eprintln!(
@@ -172,30 +187,40 @@ pub fn run(cmd: WeightsCommand) -> anyhow::Result<()> {
 /// Largest download accepted (the published files are about 550 MB).
 const MAX_DOWNLOAD: u64 = 2 << 30;
 
-/// Gets the published file (or the copy given), checks it against the SHA-256 prefix in
-/// its name as torchvision does, converts it and stores the result in the cache.
-/// Returns the safetensors path.
+/// Gets the published file (or the copy given), checks it against the SHA-256 prefix
+/// torchvision publishes for it (never the one in the name of the file or URL given),
+/// or against the full `sha256` the user gives for another file, converts it and
+/// stores the result in the cache. Returns the safetensors path.
 pub fn fetch(
     arch: Architecture,
     from: Option<&std::path::Path>,
     url: Option<&str>,
+    sha256: Option<&str>,
 ) -> anyhow::Result<PathBuf> {
+    if let Some(h) = sha256 {
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--sha256 must be 64 hex digits, the whole SHA-256 of the file");
+        }
+    }
     let published = Published::of(arch);
     let url = url.unwrap_or(published.url);
     let (bytes, source) = match from {
-        Some(p) => (
-            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-            p.display().to_string(),
-        ),
+        Some(p) => (read_copy(p)?, p.display().to_string()),
         None => (download(arch, url)?, url.to_owned()),
     };
-    let name = from.map_or_else(|| url.to_owned(), |p| p.display().to_string());
-    let expected = torchvision::hash_prefix(&name)
-        .or_else(|| torchvision::hash_prefix(published.url))
-        .unwrap_or_default();
     let sha = hex::encode(Sha256::digest(&bytes));
-    if !sha.starts_with(expected) {
-        bail!("{source}: sha256 {sha} does not start with {expected}, the hash its name promises: a damaged or different file");
+    if let Some(given) = sha256 {
+        if !sha.eq_ignore_ascii_case(given) {
+            bail!("{source}: sha256 {sha} is not the {given} given with --sha256");
+        }
+    } else if !sha.starts_with(published.sha256_prefix) {
+        let expected = published.sha256_prefix;
+        bail!(
+            "{source}: sha256 {sha} does not start with {expected}, the hash torchvision publishes for {}: \
+             a damaged or different file (to convert another torchvision-layout file, give its \
+             whole SHA-256 with --sha256)",
+            published.url.rsplit('/').next().unwrap_or(published.url)
+        );
     }
     let converted = torchvision::convert(&bytes, arch, &format!("{source} sha256 {sha}"))
         .with_context(|| format!("converting {source}"))?;
@@ -205,6 +230,22 @@ pub fn fetch(
     stylefarm_core::fs::write_atomic(&out, &converted)
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(out)
+}
+
+/// Reads a local copy: a regular file no larger than any published one.
+fn read_copy(p: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", p.display());
+    }
+    if meta.len() > MAX_DOWNLOAD {
+        bail!(
+            "{}: {} bytes, larger than any published VGG file ({MAX_DOWNLOAD} bytes at most)",
+            p.display(),
+            meta.len()
+        );
+    }
+    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
 }
 
 fn download(arch: Architecture, url: &str) -> anyhow::Result<Vec<u8>> {

@@ -281,3 +281,63 @@ fn each_cause_is_printed_once() {
         );
     }
 }
+
+/// A render whose memory estimate is over its budget stops before any image is
+/// decoded, with the estimate, its largest parts and the budget in the message.
+#[test]
+fn a_render_over_its_memory_budget_stops_before_decoding_with_the_estimate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("o.png");
+    let run = |extra: &[&str]| {
+        let run = stylefarm()
+            .args(["render", "--quiet", "--iterations", "1", "--weights"])
+            .arg(weights())
+            .arg("--content")
+            .arg(shared().join("fixtures/content/tubingen.jpg"))
+            .arg("--style")
+            .arg(shared().join("fixtures/styles/starry_night.jpg"))
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .expect("runs");
+        (
+            run.status.code(),
+            String::from_utf8_lossy(&run.stderr).into_owned(),
+        )
+    };
+    // The bomb: an 8192 px render whose style is resized to 65536 px.
+    let (code, err) = run(&[
+        "--size",
+        "8192",
+        "--style-scale",
+        "8",
+        "--max-job-memory",
+        "16GiB",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("needs about") && err.contains("over the 16.00 GiB one job may take"),
+        "{err}"
+    );
+    assert!(err.contains("(--max-job-memory)"), "{err}");
+    let needs: f64 = err
+        .split("needs about ")
+        .nth(1)
+        .and_then(|r| r.split(" GiB").next())
+        .and_then(|n| n.parse().ok())
+        .expect("the estimate in GiB");
+    assert!(
+        needs > 50.0,
+        "the 65536 px style alone is about 51 GB: {err}"
+    );
+    // An ordinary size under a budget too small for it.
+    let (code, err) = run(&["--size", "512", "--max-job-memory", "600M"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("over the 0.59 GiB"), "{err}");
+    assert!(!out.exists());
+    // And the same render within a budget that fits it.
+    let (code, err) = run(&["--size", "64", "--max-job-memory", "2G"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.exists());
+}

@@ -71,6 +71,10 @@ fn named(dir: &Path, file: &str) -> (PathBuf, String) {
     (path, prefix)
 }
 
+fn sha256_of(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
+}
+
 fn fetch(cache: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stylefarm"))
         .args(["weights", "fetch", "vgg19"])
@@ -114,32 +118,51 @@ fn fetch_downloads_checks_and_converts_torchvision_checkpoints() {
     let dir = tempfile::tempdir().expect("tempdir");
     checkpoints(dir.path());
 
-    // The legacy format over HTTP, as from download.pytorch.org.
+    // The legacy format over HTTP, from a mirror, vouched for by its whole hash.
     let (legacy, prefix) = named(dir.path(), "legacy.pth");
-    let port = serve(std::fs::read(&legacy).expect("read"), 1);
+    let legacy_sha = sha256_of(&legacy);
+    let port = serve(std::fs::read(&legacy).expect("read"), 2);
     let url = format!("http://127.0.0.1:{port}/models/vgg19-{prefix}.pth");
     let cache = dir.path().join("cache");
-    assert_converted(&fetch(&cache, &["--url", &url]), dir.path());
-
-    // The zip format from a local copy (offline).
-    let (zip, _) = named(dir.path(), "zip.pth");
     assert_converted(
-        &fetch(&cache, &["--from", zip.to_str().expect("utf-8")]),
+        &fetch(&cache, &["--url", &url, "--sha256", &legacy_sha]),
         dir.path(),
     );
 
-    // A file whose bytes do not match the hash in its name is refused.
-    let port = serve(std::fs::read(&legacy).expect("read"), 1);
-    let out = fetch(
-        &cache,
-        &[
-            "--url",
-            &format!("http://127.0.0.1:{port}/vgg19-00000000.pth"),
-        ],
+    // The zip format from a local copy (offline).
+    let (zip, _) = named(dir.path(), "zip.pth");
+    let zip_sha = sha256_of(&zip);
+    let zip_arg = zip.to_str().expect("utf-8");
+    assert_converted(
+        &fetch(&cache, &["--from", zip_arg, "--sha256", &zip_sha]),
+        dir.path(),
     );
+
+    // A file named after its own hash is still not torchvision's: the published hash
+    // is checked, never the one in the name given.
+    let out = fetch(&cache, &["--from", zip_arg]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("does not start with 00000000"), "{err}");
+    assert!(
+        err.contains("does not start with dcbb9e9d") && err.contains("vgg19-dcbb9e9d.pth"),
+        "{err}"
+    );
+    let out = fetch(&cache, &["--url", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not start with dcbb9e9d"), "{err}");
+
+    // A whole hash that does not match is refused, and so is one that is not a hash.
+    let out = fetch(&cache, &["--from", zip_arg, "--sha256", &legacy_sha]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("is not the {legacy_sha}")), "{err}");
+    let out = fetch(&cache, &["--from", zip_arg, "--sha256", &prefix]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("64 hex digits"),
+        "a prefix is not enough"
+    );
 
     // No network: the message says how to supply the file instead.
     let out = fetch(&cache, &["--url", "http://127.0.0.1:1/vgg19-dcbb9e9d.pth"]);

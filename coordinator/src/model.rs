@@ -62,6 +62,28 @@ pub struct NewWorker {
     pub gpu_memory_bytes: u64,
     /// Jobs it runs at once.
     pub slots: u32,
+    /// What one job may take on it.
+    pub capacity: Capacity,
+}
+
+/// What one job may take on a worker, as it registered (`--max-job-memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capacity {
+    /// Whether its tensors live on a CUDA device (else host memory).
+    pub cuda: bool,
+    /// Bytes one job may take; 0 when the worker did not say.
+    pub max_job_memory_bytes: u64,
+}
+
+/// A registration as loaded at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownWorker {
+    /// Its id.
+    pub id: String,
+    /// The identity that registered it.
+    pub identity: String,
+    /// What one job may take on it.
+    pub capacity: Capacity,
 }
 
 /// A job handed to a worker.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::model::JobRecord;
+use crate::model::{Capacity, JobRecord};
 use crate::store::Store;
 
 /// Unix milliseconds derived from tokio's clock, so tests with paused time move it.
@@ -45,9 +45,27 @@ impl Clock {
 /// (in memory; registrations themselves are in the store, so they survive a restart).
 #[derive(Debug, Default)]
 pub struct Workers {
-    /// id -> (identity, last heard from, or i64::MIN before any call since start-up;
-    /// when its idle time began: the later of that and start-up).
-    by_id: Mutex<HashMap<String, (String, i64, i64)>>,
+    by_id: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    identity: String,
+    /// Last heard from, or i64::MIN before any call since start-up.
+    last: i64,
+    /// When its idle time began: the later of `last` and start-up.
+    heard: i64,
+    capacity: Capacity,
+}
+
+/// The most one job may take on any registered worker, per kind of device (`None`
+/// where no worker of that kind said).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Largest {
+    /// Host memory on CPU workers.
+    pub cpu: Option<u64>,
+    /// Device memory on CUDA workers.
+    pub cuda: Option<u64>,
 }
 
 /// What [`Workers::seen`] found.
@@ -64,9 +82,35 @@ pub enum Seen {
 impl Workers {
     /// Records a worker registered by `identity`: just now (`seen`), or loaded at
     /// start-up at `now_ms` (not yet heard from, its idle time counted from start-up).
-    pub fn add(&self, id: String, identity: String, now_ms: i64, seen: bool) {
+    pub fn add(&self, id: String, identity: String, capacity: Capacity, now_ms: i64, seen: bool) {
         let last = if seen { now_ms } else { i64::MIN };
-        self.lock().insert(id, (identity, last, now_ms));
+        self.lock().insert(
+            id,
+            Entry {
+                identity,
+                last,
+                heard: now_ms,
+                capacity,
+            },
+        );
+    }
+
+    /// The most one job may take on any registered worker, per kind of device.
+    pub fn largest(&self) -> Largest {
+        let mut out = Largest::default();
+        for e in self.lock().values() {
+            let bytes = e.capacity.max_job_memory_bytes;
+            if bytes == 0 {
+                continue;
+            }
+            let slot = if e.capacity.cuda {
+                &mut out.cuda
+            } else {
+                &mut out.cpu
+            };
+            *slot = Some(slot.map_or(bytes, |b| b.max(bytes)));
+        }
+        out
     }
 
     /// Removes and returns the workers not heard from since `before_ms`.
@@ -74,7 +118,7 @@ impl Workers {
         let mut map = self.lock();
         let idle: Vec<String> = map
             .iter()
-            .filter(|(_, (_, _, heard))| *heard < before_ms)
+            .filter(|(_, e)| e.heard < before_ms)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &idle {
@@ -86,9 +130,9 @@ impl Workers {
     /// Marks a worker as seen when `identity` registered it.
     pub fn seen(&self, id: &str, identity: &str, now_ms: i64) -> Seen {
         match self.lock().get_mut(id) {
-            Some((owner, t, heard)) if owner == identity => {
-                *t = now_ms;
-                *heard = now_ms;
+            Some(e) if e.identity == identity => {
+                e.last = now_ms;
+                e.heard = now_ms;
                 Seen::Yours
             }
             Some(_) => Seen::NotYours,
@@ -98,10 +142,7 @@ impl Workers {
 
     /// Workers heard from since `since_ms`.
     pub fn live(&self, since_ms: i64) -> usize {
-        self.lock()
-            .values()
-            .filter(|(_, t, _)| *t >= since_ms)
-            .count()
+        self.lock().values().filter(|e| e.last >= since_ms).count()
     }
 
     /// Workers ever registered.
@@ -109,7 +150,7 @@ impl Workers {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64, i64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.by_id.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -167,8 +208,8 @@ impl<S: Store> State<S> {
     pub async fn new(store: S, config: Config) -> Result<Self, crate::store::StoreError> {
         let workers = Workers::default();
         let clock = Clock::start();
-        for (id, identity) in store.workers().await? {
-            workers.add(id, identity, clock.now_ms(), false);
+        for w in store.workers().await? {
+            workers.add(w.id, w.identity, w.capacity, clock.now_ms(), false);
         }
         let (events, _) = broadcast::channel(4096);
         Ok(Self {

@@ -583,3 +583,54 @@ async fn a_database_that_cannot_be_opened_or_loaded_is_named_in_the_error() {
     let message = err.to_string();
     assert!(message.contains(&db.display().to_string()), "{message}");
 }
+
+/// A job that no registered worker could hold is refused at submit, naming the job and
+/// both figures; the same job fits once a worker with more memory registers, and
+/// nothing is refused before any worker has said what it takes.
+#[tokio::test]
+async fn a_job_no_registered_worker_can_hold_is_refused_at_submit() {
+    let h = harness(|_| {}).await;
+    let mut req = common::submit("mem", 0, 2);
+    // The second job: an 8192 px render of a 4000x3000 photo, its style at 2x.
+    let big = &mut req.jobs[1];
+    if let Some(c) = big.content.as_mut() {
+        (c.width, c.height) = (4000, 3000);
+    }
+    let p = big.params.as_mut().expect("params");
+    p.size = Some(8192);
+    p.style_scale = Some(2.0);
+    let token = |t: &str| v1::SubmitBatchRequest {
+        client_token: t.into(),
+        ..req.clone()
+    };
+    // No worker has said what it takes yet: accepted (workers check when they lease).
+    h.submit(token("before"))
+        .await
+        .expect("no capacities known");
+
+    let mut small = common::register("small");
+    small.max_job_memory_bytes = 4 << 30;
+    h.worker
+        .register_worker(call(small))
+        .await
+        .expect("register");
+    let err = h
+        .submit(token("small"))
+        .await
+        .expect_err("too big for 4 GiB");
+    invalid(
+        err,
+        &[
+            "jobs[1] (name \"out00001\") params",
+            "no registered worker can run it",
+            "on a CPU worker, where the largest takes 4.00 GiB per job",
+            "--max-job-memory",
+        ],
+    );
+
+    let mut gpu = common::register("gpu");
+    gpu.device = "cuda:0".into();
+    gpu.max_job_memory_bytes = 400 << 30;
+    h.worker.register_worker(call(gpu)).await.expect("register");
+    h.submit(token("gpu")).await.expect("fits the GPU worker");
+}

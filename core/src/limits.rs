@@ -6,6 +6,13 @@ pub const MAX_ATTEMPTS: u32 = 100;
 /// Most jobs one batch may hold (the coordinator's default cap, and a manifest's limit).
 pub const MAX_JOBS_PER_BATCH: u32 = 100_000;
 
+/// Largest input image, in bytes: what `submit` uploads and what a worker downloads.
+pub const MAX_INPUT_BYTES: u64 = 256 << 20;
+/// Largest result image a client downloads (a 16-bit 8192 px PNG is about 400 MB).
+pub const MAX_RESULT_BYTES: u64 = 1 << 30;
+/// Largest sidecar (JSON with the loss history) a client downloads.
+pub const MAX_SIDECAR_BYTES: u64 = 64 << 20;
+
 /// Places counted per key (an identity, an address), at most `max` held at once for
 /// each; a place is given back when its [`Place`] is dropped.
 #[derive(Debug)]

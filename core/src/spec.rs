@@ -13,6 +13,9 @@ pub const MAX_STYLES: usize = 16;
 pub const MAX_NAME_LEN: usize = 200;
 /// Longest object URI accepted.
 pub const MAX_URI_LEN: usize = 2048;
+/// Largest side an image's stated size may have (a worker's pixel budget refuses most
+/// images long before).
+pub const MAX_IMAGE_SIDE: u32 = 1 << 16;
 
 /// An object in storage: `s3://bucket/key` or a local path, with the SHA-256 of its
 /// bytes (inputs are content-addressed, so the hash is their identity).
@@ -26,6 +29,10 @@ pub struct ObjectRef {
     /// empty when unknown. Never used to find the bytes.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub label: String,
+    /// Width and height from the image's header, when the submitter read it; for the
+    /// coordinator's memory estimate only (workers read the real header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dims: Option<(u32, u32)>,
 }
 
 /// A style image and its weight in the blend.
@@ -126,6 +133,16 @@ impl ObjectRef {
                 format!("must be at most {MAX_URI_LEN} bytes without control characters"),
             ));
         }
+        if let Some((w, h)) = self.dims {
+            if w == 0 || h == 0 || w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+                return Err(InvalidField::new(
+                    format!("{field}.width"),
+                    format!(
+                        "{w}x{h}: each side must be 1..={MAX_IMAGE_SIDE}, or both 0 when not known"
+                    ),
+                ));
+            }
+        }
         check_sha256(&format!("{field}.sha256"), &self.sha256)
     }
 }
@@ -170,6 +187,7 @@ mod tests {
 
     fn obj(c: char) -> ObjectRef {
         ObjectRef {
+            dims: None,
             uri: format!("s3://in/{c}"),
             sha256: c.to_string().repeat(64),
             label: format!("shots/{c}.jpg"),

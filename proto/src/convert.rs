@@ -163,6 +163,7 @@ impl From<&JobSpec> for v1::JobSpec {
 impl From<v1::ObjectRef> for ObjectRef {
     fn from(o: v1::ObjectRef) -> Self {
         Self {
+            dims: (o.width != 0 || o.height != 0).then_some((o.width, o.height)),
             uri: o.uri,
             sha256: o.sha256,
             label: o.label,
@@ -176,6 +177,8 @@ impl From<&ObjectRef> for v1::ObjectRef {
             uri: o.uri.clone(),
             sha256: o.sha256.clone(),
             label: o.label.clone(),
+            width: o.dims.map_or(0, |d| d.0),
+            height: o.dims.map_or(0, |d| d.1),
         }
     }
 }
@@ -300,7 +303,12 @@ mod tests {
                 hex64(),
                 prop_oneof![3 => Just(String::new()), 3 => "[a-z/._]{1,30}", 1 => ".{0,30}"],
             )
-                .prop_map(|(uri, sha256, label)| v1::ObjectRef { uri, sha256, label }),
+                .prop_map(|(uri, sha256, label)| v1::ObjectRef {
+                    uri,
+                    sha256,
+                    label,
+                    ..Default::default()
+                }),
         )
     }
 

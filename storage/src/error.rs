@@ -85,6 +85,16 @@ pub enum StorageError {
         /// Why (in the message, so not also a `source()`).
         cause: std::io::Error,
     },
+    /// The object is larger than the reader accepts; nothing beyond the limit was read.
+    #[error("{url}: larger than the {limit} bytes accepted for {what}")]
+    TooLarge {
+        /// The object.
+        url: String,
+        /// What it was read as (an input image, a checkpoint).
+        what: String,
+        /// The most accepted.
+        limit: u64,
+    },
     /// The stored bytes are not what their address promises. (The bytes' own hash is
     /// not kept: an error that told it would let whoever names an object learn its
     /// content's hash.)

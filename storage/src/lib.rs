@@ -23,6 +23,7 @@ pub mod url;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use stylefarm_core::limits::MAX_INPUT_BYTES;
 use stylefarm_core::ObjectRef;
 use tokio::sync::OnceCell;
 
@@ -187,11 +188,16 @@ impl Storage {
         }
     }
 
-    /// Reads the object at `url`.
-    pub async fn get(&self, url: &ObjectUrl) -> Result<Vec<u8>, StorageError> {
+    /// Reads the object at `url` if it holds at most `limit` bytes. A larger one is
+    /// refused from its stated size, or as soon as more arrives: never read whole.
+    pub async fn get(&self, url: &ObjectUrl, limit: &Limit) -> Result<Vec<u8>, StorageError> {
+        Ok(self.fetch(url, limit).await?.bytes)
+    }
+
+    async fn fetch(&self, url: &ObjectUrl, limit: &Limit) -> Result<Fetched, StorageError> {
         match url {
-            ObjectUrl::File(p) => local::get(p).await,
-            ObjectUrl::S3 { bucket, key } => self.s3().await?.get(bucket, key).await,
+            ObjectUrl::File(p) => local::get(p, limit).await,
+            ObjectUrl::S3 { bucket, key } => self.s3().await?.get(bucket, key, limit).await,
         }
     }
 
@@ -223,22 +229,85 @@ impl Storage {
                 uri: url.to_string(),
                 sha256,
                 label: String::new(),
+                dims: None,
             },
             uploaded,
         ))
     }
 
-    /// Reads an input and checks its bytes against the reference's hash.
+    /// Reads an input of at most [`MAX_INPUT_BYTES`] and checks its bytes against the
+    /// reference's hash, computed as they arrive (no second pass, no copy).
     pub async fn get_input(&self, input: &ObjectRef) -> Result<Vec<u8>, StorageError> {
         let url = ObjectUrl::parse(&input.uri)?;
-        let bytes = self.get(&url).await?;
-        if sha256_hex(&bytes) != input.sha256 {
+        let Fetched { bytes, sha256 } = self
+            .fetch(&url, &Limit::new("an input image", MAX_INPUT_BYTES))
+            .await?;
+        if hex::encode(sha256.finalize()) != input.sha256 {
             return Err(StorageError::Corrupt {
                 url: input.uri.clone(),
                 expected: input.sha256.clone(),
             });
         }
         Ok(bytes)
+    }
+}
+
+/// How many bytes a read accepts, and what for (named in the error).
+#[derive(Debug, Clone)]
+pub struct Limit {
+    what: &'static str,
+    bytes: u64,
+}
+
+impl Limit {
+    /// At most `bytes` of `what` ("an input image", "a checkpoint").
+    pub const fn new(what: &'static str, bytes: u64) -> Self {
+        Self { what, bytes }
+    }
+
+    /// The number of bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn check(
+        &self,
+        url: impl std::fmt::Display,
+        size: impl TryInto<u64>,
+    ) -> Result<(), StorageError> {
+        match size.try_into() {
+            Ok(n) if n <= self.bytes => Ok(()),
+            _ => Err(StorageError::TooLarge {
+                url: url.to_string(),
+                what: self.what.into(),
+                limit: self.bytes,
+            }),
+        }
+    }
+}
+
+/// Bytes read and their SHA-256, hashed as they arrived.
+struct Fetched {
+    bytes: Vec<u8>,
+    sha256: Sha256,
+}
+
+impl Fetched {
+    /// Room for `expected` bytes, which a caller has already checked against its limit.
+    fn with_capacity(expected: u64) -> Self {
+        Self {
+            bytes: Vec::with_capacity(usize::try_from(expected).unwrap_or(0)),
+            sha256: Sha256::new(),
+        }
+    }
+
+    fn extend(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        self.sha256.update(chunk);
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len()
     }
 }
 
@@ -348,7 +417,10 @@ mod tests {
     async fn no_credentials_fail_the_first_s3_request_not_local_ones() {
         let storage = Storage::new(S3Options::default());
         let url = ObjectUrl::parse("s3://some-bucket/key").expect("url");
-        let err = storage.get(&url).await.expect_err("no credentials");
+        let err = storage
+            .get(&url, &Limit::new("an object", 1))
+            .await
+            .expect_err("no credentials");
         assert!(matches!(err, StorageError::Credentials { .. }), "{err}");
         assert!(err.is_configuration());
         let dir = tempfile::tempdir().expect("tempdir");

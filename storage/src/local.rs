@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::url::stays_inside;
-use crate::StorageError;
+use crate::{Fetched, Limit, StorageError};
 
 fn io(path: &Path, cause: std::io::Error) -> StorageError {
     if cause.kind() == std::io::ErrorKind::NotFound {
@@ -45,10 +45,38 @@ pub async fn put(path: &Path, bytes: Vec<u8>) -> Result<(), StorageError> {
     .map_err(|e| io(&shown, std::io::Error::other(e)))?
 }
 
-/// Reads the file at `path`.
-pub async fn get(path: &Path) -> Result<Vec<u8>, StorageError> {
+/// Reads the regular file at `path` if it holds at most `limit` bytes, hashing as it
+/// reads; more is never read (a file that grows meanwhile is refused too).
+pub async fn get(path: &Path, limit: &Limit) -> Result<Fetched, StorageError> {
     checked(path)?;
-    tokio::fs::read(path).await.map_err(|e| io(path, e))
+    let owned = path.to_owned();
+    let limit = limit.clone();
+    tokio::task::spawn_blocking(move || {
+        let path = owned.as_path();
+        let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+        let meta = file.metadata().map_err(|e| io(path, e))?;
+        if !meta.is_file() {
+            return Err(StorageError::Failed {
+                url: path.display().to_string(),
+                reason: "not a regular file".into(),
+            });
+        }
+        limit.check(path.display(), meta.len())?;
+        let mut fetched = Fetched::with_capacity(meta.len());
+        let mut reader = std::io::Read::take(file, limit.bytes + 1);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buf).map_err(|e| io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            fetched.extend(&buf[..n]);
+            limit.check(path.display(), fetched.len())?;
+        }
+        Ok(fetched)
+    })
+    .await
+    .map_err(|e| io(path, std::io::Error::other(e)))?
 }
 
 /// True when `path` is a file.

@@ -12,7 +12,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use crate::retry::{retry, Attempt, Outcome, RetryPolicy};
-use crate::{S3Options, StorageError};
+use crate::{Fetched, Limit, S3Options, StorageError};
 
 /// Objects larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: usize = 16 << 20;
@@ -167,11 +167,17 @@ impl S3 {
         result
     }
 
-    /// Reads an object.
-    pub async fn get(&self, bucket: &str, key: &str) -> Result<Vec<u8>, StorageError> {
+    /// Reads an object of at most `limit` bytes, hashing it as it streams in. A larger
+    /// one is refused from its stated length, or once more than the limit arrives.
+    pub(crate) async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        limit: &Limit,
+    ) -> Result<Fetched, StorageError> {
         let url = format!("s3://{bucket}/{key}");
         let outcome = retry(self.policy, &url, || async {
-            let out = match self
+            let mut out = match self
                 .client
                 .get_object()
                 .bucket(bucket)
@@ -182,13 +188,28 @@ impl S3 {
                 Ok(o) => o,
                 Err(e) => return classify(bucket, key, &e),
             };
-            // A body cut off mid-stream is worth another try.
-            match out.body.collect().await {
-                Ok(b) => Attempt::Ok(b.into_bytes().to_vec()),
-                Err(e) => Attempt::Transient {
-                    cause: format!("the response body was cut off: {e}"),
-                    detail: DisplayErrorContext(&e).to_string(),
-                },
+            let stated = out.content_length().unwrap_or(0);
+            if let Err(e) = limit.check(&url, stated) {
+                return Attempt::Permanent(e);
+            }
+            let mut fetched = Fetched::with_capacity(u64::try_from(stated).unwrap_or(0));
+            loop {
+                match out.body.try_next().await {
+                    Ok(Some(chunk)) => {
+                        fetched.extend(&chunk);
+                        if let Err(e) = limit.check(&url, fetched.len()) {
+                            return Attempt::Permanent(e);
+                        }
+                    }
+                    Ok(None) => return Attempt::Ok(fetched),
+                    // A body cut off mid-stream is worth another try.
+                    Err(e) => {
+                        return Attempt::Transient {
+                            cause: format!("the response body was cut off: {e}"),
+                            detail: DisplayErrorContext(&e).to_string(),
+                        }
+                    }
+                }
             }
         })
         .await;

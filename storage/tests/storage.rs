@@ -2,8 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use stylefarm_storage::{ObjectUrl, S3Options, Storage, StorageError};
+use stylefarm_storage::{Limit, ObjectUrl, S3Options, Storage, StorageError};
 use stylefarm_testkit::garage::Garage;
+
+/// Any object a test reads back.
+const ANY: Limit = Limit::new("a test object", 1 << 30);
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
@@ -23,7 +26,7 @@ async fn round_trips(storage: &Storage, root: &ObjectUrl) {
         .await
         .expect("overwrite");
     assert!(storage.exists(&url).await.expect("exists"));
-    assert_eq!(storage.get(&url).await.expect("get"), b"second");
+    assert_eq!(storage.get(&url, &ANY).await.expect("get"), b"second");
 
     let bytes = pattern(1000, 7);
     let (input, uploaded) = storage.put_input(root, bytes.clone()).await.expect("input");
@@ -46,7 +49,7 @@ async fn round_trips(storage: &Storage, root: &ObjectUrl) {
     ));
 
     let missing = root.join("nothing/here.png").expect("join");
-    let err = storage.get(&missing).await.expect_err("missing");
+    let err = storage.get(&missing, &ANY).await.expect_err("missing");
     assert!(err.is_not_found(), "{err}");
     assert!(err.to_string().contains("nothing/here.png"), "{err}");
 }
@@ -62,8 +65,8 @@ async fn s3_put_get_exists_multipart_and_errors() {
     let big = pattern(40 << 20, 3);
     let url = root.join("big/checkpoint.safetensors").expect("join");
     storage.put(&url, big.clone()).await.expect("multipart put");
-    assert_eq!(storage.get(&url).await.expect("get").len(), big.len());
-    assert!(storage.get(&url).await.expect("get") == big);
+    assert_eq!(storage.get(&url, &ANY).await.expect("get").len(), big.len());
+    assert!(storage.get(&url, &ANY).await.expect("get") == big);
 
     // A bucket that does not exist and refused credentials fail at once and say so.
     let nobucket = ObjectUrl::parse("s3://no-such-bucket-here/x").expect("url");
@@ -90,7 +93,7 @@ async fn s3_put_get_exists_multipart_and_errors() {
     let wrong = Storage::new(bad);
     let started = Instant::now();
     let err = wrong
-        .get(&root.join("x").expect("join"))
+        .get(&root.join("x").expect("join"), &ANY)
         .await
         .expect_err("bad secret");
     assert!(matches!(err, StorageError::Denied { .. }), "{err}");
@@ -119,11 +122,11 @@ async fn s3_outages_are_retried_until_the_server_is_back_or_the_deadline() {
     put.await
         .expect("task")
         .expect("the put succeeds once the server is back");
-    assert_eq!(storage.get(&url).await.expect("get"), b"made it");
+    assert_eq!(storage.get(&url, &ANY).await.expect("get"), b"made it");
 
     garage.stop();
     let short = Storage::new(garage.options(Duration::from_secs(2)));
-    let err = short.get(&url).await.expect_err("still down");
+    let err = short.get(&url, &ANY).await.expect_err("still down");
     assert!(
         matches!(err, StorageError::Unavailable { attempts, .. } if attempts > 1),
         "{err}"
@@ -138,4 +141,60 @@ async fn local_directory_backend() {
     let storage = Storage::new(S3Options::default());
     round_trips(&storage, &root).await;
     assert!(root.join("../escape").is_err());
+}
+
+/// A read is refused once the object is over its limit: from the stated length over
+/// S3, and from the file's size locally; a local read never follows a folder or device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_over_their_limit_are_refused_and_inputs_are_hashed_as_they_stream() {
+    let garage = Garage::start();
+    let storage = Storage::new(garage.options(Duration::from_secs(30)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = ObjectUrl::File(dir.path().to_owned());
+    for root in [garage.root("limits"), local] {
+        let url = root.join("obj").expect("join");
+        storage.put(&url, vec![7u8; 1000]).await.expect("put");
+        let small = Limit::new("a thing", 999);
+        let err = storage.get(&url, &small).await.expect_err("over the limit");
+        assert!(
+            matches!(err, StorageError::TooLarge { limit: 999, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("larger than the 999 bytes accepted for a thing"),
+            "{err}"
+        );
+        let exact = Limit::new("a thing", 1000);
+        assert_eq!(
+            storage.get(&url, &exact).await.expect("at the limit").len(),
+            1000
+        );
+
+        let (input, _) = storage
+            .put_input(&root, vec![1u8; 70_000])
+            .await
+            .expect("put input");
+        assert_eq!(
+            storage.get_input(&input).await.expect("get input").len(),
+            70_000
+        );
+        let mut wrong = input.clone();
+        wrong.sha256 = "0".repeat(64);
+        assert!(matches!(
+            storage.get_input(&wrong).await,
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+    let folder = ObjectUrl::File(dir.path().join("inputs"));
+    let err = storage
+        .get(&folder, &ANY)
+        .await
+        .expect_err("a folder is not an object");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let err = storage
+        .get(&ObjectUrl::File("/dev/zero".into()), &ANY)
+        .await
+        .expect_err("a device is not an object");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
 }

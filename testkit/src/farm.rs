@@ -50,7 +50,7 @@ pub fn spec(name: &str) -> v1::JobSpec {
     let object = |c: char| v1::ObjectRef {
         uri: format!("s3://inputs/{c}"),
         sha256: c.to_string().repeat(64),
-        label: String::new(),
+        ..Default::default()
     };
     let mut spec = wire_spec(name, &object('a'), &object('b'), &"c".repeat(64), 64, 20);
     if let Some(p) = spec.params.as_mut() {
@@ -80,6 +80,7 @@ pub fn register(name: &str) -> v1::RegisterWorkerRequest {
         gpu_memory_bytes: 0,
         slots: 1,
         protocol_version: stylefarm_proto::PROTOCOL_VERSION,
+        max_job_memory_bytes: 0,
     }
 }
 

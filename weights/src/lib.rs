@@ -10,6 +10,7 @@
 //!
 //! Nothing here links libtorch: the coordinator and CLI use it to check jobs early.
 
+pub mod memory;
 pub mod synthetic;
 pub mod torch_file;
 pub mod torchvision;

@@ -16,27 +16,32 @@ pub struct Published {
     pub architecture: Architecture,
     /// Where torchvision downloads it from.
     pub url: &'static str,
+    /// The start of its SHA-256 as torchvision publishes it (in the file's name, which
+    /// torchvision's own download checks). A copy from anywhere else (`--from`, a
+    /// mirror's `--url`) must match this, whatever its own name says.
+    pub sha256_prefix: &'static str,
 }
 
 impl Published {
     /// torchvision's ImageNet weights (`VGG16_Weights.IMAGENET1K_V1`,
     /// `VGG19_Weights.IMAGENET1K_V1`).
     pub fn of(architecture: Architecture) -> Self {
-        let url = match architecture {
-            Architecture::Vgg16 => "https://download.pytorch.org/models/vgg16-397923af.pth",
-            Architecture::Vgg19 => "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+        let (url, sha256_prefix) = match architecture {
+            Architecture::Vgg16 => (
+                "https://download.pytorch.org/models/vgg16-397923af.pth",
+                "397923af",
+            ),
+            Architecture::Vgg19 => (
+                "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+                "dcbb9e9d",
+            ),
         };
-        Self { architecture, url }
+        Self {
+            architecture,
+            url,
+            sha256_prefix,
+        }
     }
-}
-
-/// The SHA-256 prefix a torchvision file name carries (`vgg19-dcbb9e9d.pth` ->
-/// `dcbb9e9d`); torchvision checks downloads against it the same way.
-pub fn hash_prefix(url_or_name: &str) -> Option<&str> {
-    let name = url_or_name.rsplit('/').next()?;
-    let stem = name.split('.').next()?;
-    let prefix = stem.rsplit_once('-')?.1;
-    (prefix.len() >= 8 && prefix.bytes().all(|b| b.is_ascii_hexdigit())).then_some(prefix)
 }
 
 /// Why a checkpoint could not be converted.
@@ -112,17 +117,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hash_prefixes_come_from_torchvision_file_names() {
-        assert_eq!(
-            hash_prefix(Published::of(Architecture::Vgg19).url),
-            Some("dcbb9e9d")
-        );
-        assert_eq!(
-            hash_prefix(Published::of(Architecture::Vgg16).url),
-            Some("397923af")
-        );
-        assert_eq!(hash_prefix("/tmp/vgg19-junk.pth"), None);
-        assert_eq!(hash_prefix("vgg19.pth"), None);
+    fn published_hashes_are_the_ones_in_torchvisions_file_names() {
+        for arch in [Architecture::Vgg16, Architecture::Vgg19] {
+            let p = Published::of(arch);
+            assert_eq!(p.sha256_prefix.len(), 8);
+            assert!(
+                p.url
+                    .ends_with(&format!("{}-{}.pth", arch.name(), p.sha256_prefix)),
+                "{p:?}"
+            );
+        }
     }
 
     #[test]

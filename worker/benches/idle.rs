@@ -22,6 +22,9 @@ use stylefarm_storage::{ObjectUrl, Storage};
 use stylefarm_testkit::garage::Garage;
 use stylefarm_testkit::process::{workspace_bin, CoordinatorProc, Proc};
 
+/// Any object a test reads back.
+const ANY: stylefarm_storage::Limit = stylefarm_storage::Limit::new("a test object", 1 << 30);
+
 fn env_u32(name: &str, default: u32) -> u32 {
     std::env::var(name)
         .ok()
@@ -172,7 +175,7 @@ async fn measure(
     let mut spans = Vec::new();
     for j in jobs {
         let bytes = storage
-            .get(&root.join(&j.sidecar_key).expect("key"))
+            .get(&root.join(&j.sidecar_key).expect("key"), &ANY)
             .await
             .expect("sidecar");
         let s: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");

@@ -6,9 +6,10 @@ use std::time::{Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use stylefarm_core::{InitKind, RenderParams};
-use stylefarm_weights::WeightsInfo;
+use stylefarm_weights::{memory, WeightsInfo};
 use tch::Device;
 
+use crate::device::MemoryBudget;
 use crate::engine::{image_io, EngineError, Render, RenderInputs};
 use crate::report::{InputRecord, Sidecar, Timings, WeightsRecord};
 
@@ -78,12 +79,17 @@ fn record(n: &NamedBytes, img: &image::Rgb32FImage, weight: Option<f64>) -> Inpu
 }
 
 impl PreparedJob {
-    /// Decodes every input; the first bad one fails the job with its name in the error.
+    /// Checks the job's memory estimate against `budget` from the inputs' headers,
+    /// then decodes every input; the first bad one fails the job with its name in the
+    /// error.
     pub fn decode(
         job: &JobInputs,
         params: &RenderParams,
         max_pixels: u64,
+        weights: &WeightsInfo,
+        budget: &MemoryBudget,
     ) -> Result<Self, EngineError> {
+        check_memory(job, params, weights, budget)?;
         let decode = |n: &NamedBytes| image_io::decode(&n.bytes, n.name(), max_pixels);
         let content = decode(&job.content)?;
         let mut styles = Vec::new();
@@ -108,6 +114,53 @@ impl PreparedJob {
             styles: records,
         })
     }
+}
+
+/// Refuses a job whose estimated peak is over `budget`. Images whose header does not
+/// read are left to the decoder, which names what is wrong with them.
+fn check_memory(
+    job: &JobInputs,
+    params: &RenderParams,
+    weights: &WeightsInfo,
+    budget: &MemoryBudget,
+) -> Result<(), EngineError> {
+    let dims =
+        |n: &NamedBytes| image_io::dimensions(&n.bytes).map(|(w, h)| memory::Dims::new(w, h));
+    let (Some(content), Some(styles)) = (
+        dims(&job.content),
+        job.styles
+            .iter()
+            .map(|(n, _)| dims(n))
+            .collect::<Option<Vec<_>>>(),
+    ) else {
+        return Ok(());
+    };
+    let init = match (&params.init, &job.init_image) {
+        (InitKind::Image, Some(n)) => dims(n),
+        _ => None,
+    };
+    let file_bytes = std::fs::metadata(&weights.path).map_or(0, |m| m.len());
+    let estimate = memory::estimate(
+        weights.architecture,
+        file_bytes,
+        params,
+        &memory::JobImages {
+            content,
+            styles,
+            init,
+        },
+        budget.backend,
+    )
+    .map_err(|e| EngineError::Param(stylefarm_core::InvalidField::new("params", e.to_string())))?;
+    tracing::info!(estimate = %estimate.describe(), bytes = estimate.peak(), budget = budget.bytes, "memory estimate");
+    if estimate.peak() > budget.bytes {
+        return Err(EngineError::Memory {
+            needs: estimate.describe(),
+            budget: memory::gib(budget.bytes),
+            from: budget.from.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// A finished render's files.

@@ -16,6 +16,9 @@ use stylefarm_testkit::process::{workspace_bin, CoordinatorProc, Proc};
 use stylefarm_weights::{Architecture, Convention, WeightsInfo};
 use tokio_stream::StreamExt;
 
+/// Any object a test reads back.
+const ANY: stylefarm_storage::Limit = stylefarm_storage::Limit::new("a test object", 1 << 30);
+
 type Worker = Proc;
 
 struct Farm {
@@ -184,14 +187,14 @@ async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() 
         assert_eq!(j.state, v1::JobState::Succeeded as i32, "{j:#?}");
         let png = farm
             .storage
-            .get(&farm.root().join(&j.result_key).expect("key"))
+            .get(&farm.root().join(&j.result_key).expect("key"), &ANY)
             .await
             .expect("output in the bucket");
         let img = image::load_from_memory(&png).expect("a PNG");
         assert_eq!(img.width().max(img.height()), 64);
         let sidecar = farm
             .storage
-            .get(&farm.root().join(&j.sidecar_key).expect("key"))
+            .get(&farm.root().join(&j.sidecar_key).expect("key"), &ANY)
             .await
             .expect("sidecar in the bucket");
         let json: serde_json::Value = serde_json::from_slice(&sidecar).expect("sidecar JSON");
@@ -299,12 +302,12 @@ impl Farm {
     async fn output(&self, job: &v1::JobStatus) -> (Vec<u8>, serde_json::Value) {
         let png = self
             .storage
-            .get(&self.root().join(&job.result_key).expect("key"))
+            .get(&self.root().join(&job.result_key).expect("key"), &ANY)
             .await
             .expect("output");
         let sidecar = self
             .storage
-            .get(&self.root().join(&job.sidecar_key).expect("key"))
+            .get(&self.root().join(&job.sidecar_key).expect("key"), &ANY)
             .await
             .expect("sidecar");
         (png, serde_json::from_slice(&sidecar).expect("JSON"))
@@ -684,7 +687,7 @@ async fn inputs_outside_the_inputs_prefix_are_refused_and_errors_tell_no_hash() 
     let named = |uri: String| v1::ObjectRef {
         uri,
         sha256: "0".repeat(64),
-        label: String::new(),
+        ..Default::default()
     };
     let with = |name: &str, c: v1::ObjectRef| spec(name, &c, &style, &farm.weights, 5);
     let root = farm.root().to_string();

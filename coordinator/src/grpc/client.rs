@@ -57,10 +57,12 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         // Validating and encoding up to 100,000 jobs is CPU work: keep it off the runtime.
         let config = self.state.config.clone();
         let req = req.into_inner();
-        let batch = tokio::task::spawn_blocking(move || convert::new_batch(&req, &config, &who))
-            .await
-            .map_err(|e| Status::internal(format!("validating the batch failed: {e}")))?
-            .map_err(ApiError::from)?;
+        let largest = self.state.workers.largest();
+        let batch =
+            tokio::task::spawn_blocking(move || convert::new_batch(&req, &config, &who, largest))
+                .await
+                .map_err(|e| Status::internal(format!("validating the batch failed: {e}")))?
+                .map_err(ApiError::from)?;
         let jobs = batch.jobs.len();
         let submitted = self
             .state

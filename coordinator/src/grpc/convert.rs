@@ -11,7 +11,10 @@ use stylefarm_net::Identity;
 use stylefarm_proto::v1;
 
 use crate::config::Config;
-use crate::model::{BatchRecord, JobRecord, NewBatch, NewJob, NewWorker};
+use crate::model::{BatchRecord, Capacity, JobRecord, NewBatch, NewJob, NewWorker};
+use crate::state::Largest;
+use stylefarm_weights::memory::{self, Backend, Dims, JobImages};
+use stylefarm_weights::Architecture;
 
 /// Longest batch name or client token.
 const MAX_LABEL: usize = 200;
@@ -22,6 +25,7 @@ pub fn new_batch(
     req: &v1::SubmitBatchRequest,
     config: &Config,
     owner: &Identity,
+    largest: Largest,
 ) -> Result<NewBatch, InvalidField> {
     let size = req.encoded_len();
     if size > config.max_manifest_bytes {
@@ -74,6 +78,7 @@ pub fn new_batch(
                 format!("duplicates jobs[{first}]; output names must be unique in a batch"),
             )));
         }
+        runs_somewhere(&spec, largest).map_err(at)?;
         // Where results go is the coordinator's to decide.
         spec.output_key.clear();
         jobs.push(NewJob {
@@ -94,6 +99,59 @@ pub fn new_batch(
         max_attempts,
         jobs,
     })
+}
+
+/// Refuses a job whose memory estimate is over what one job may take on every
+/// registered worker (the same estimate the workers make, from the sizes the submitter
+/// read from the images' headers; a square where none was given). Without workers that
+/// said, nothing is refused: workers check again when they lease it.
+fn runs_somewhere(spec: &JobSpec, largest: Largest) -> Result<(), InvalidField> {
+    if largest == Largest::default() {
+        return Ok(());
+    }
+    let p = &spec.params;
+    let dims = |r: &stylefarm_core::ObjectRef, side: u32| {
+        r.dims.map_or(Dims::square(side), |(w, h)| Dims::new(w, h))
+    };
+    let style_side = (f64::from(p.size) * p.style_scale).round().max(1.0) as u32;
+    let images = JobImages {
+        content: dims(&spec.content, p.size),
+        styles: spec
+            .styles
+            .iter()
+            .map(|s| dims(&s.image, style_side))
+            .collect(),
+        init: spec.init_image.as_ref().map(|r| dims(r, p.size)),
+    };
+    // The smaller network wherever it has the layers: refuse only what cannot fit.
+    let estimate = |backend| {
+        memory::estimate(Architecture::Vgg16, 0, p, &images, backend)
+            .or_else(|_| memory::estimate(Architecture::Vgg19, 0, p, &images, backend))
+            .map_err(|e| InvalidField::new("params", e.to_string()))
+    };
+    let mut needs = Vec::new();
+    for (budget, backend, kind) in [
+        (largest.cpu, Backend::Cpu, "CPU"),
+        (largest.cuda, Backend::Cuda, "CUDA"),
+    ] {
+        let Some(budget) = budget else { continue };
+        let e = estimate(backend)?;
+        if e.peak() <= budget {
+            return Ok(());
+        }
+        needs.push(format!(
+            "about {} on a {kind} worker, where the largest takes {} per job",
+            e.describe(),
+            memory::gib(budget)
+        ));
+    }
+    Err(InvalidField::new(
+        "params",
+        format!(
+            "no registered worker can run it: it needs {} (--max-job-memory); lower size or style_scale, or use fewer or smaller style images",
+            needs.join(", and ")
+        ),
+    ))
 }
 
 /// Validates a registration (the protocol version is checked by the service).
@@ -117,6 +175,10 @@ pub fn new_worker(
         gpu_model: req.gpu_model.clone(),
         gpu_memory_bytes: req.gpu_memory_bytes,
         slots: req.slots,
+        capacity: Capacity {
+            cuda: req.device.starts_with("cuda"),
+            max_job_memory_bytes: req.max_job_memory_bytes,
+        },
     })
 }
 

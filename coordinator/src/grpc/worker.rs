@@ -136,6 +136,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .into());
         }
         let worker = convert::new_worker(&req, &who.name).map_err(ApiError::from)?;
+        let capacity = worker.capacity;
         let now = self.state.clock.now_ms();
         let id = self
             .state
@@ -145,7 +146,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .map_err(ApiError::from)?;
         self.state
             .workers
-            .add(id.clone(), who.name.clone(), now, true);
+            .add(id.clone(), who.name.clone(), capacity, now, true);
         tracing::info!(worker = %id, identity = %who.name, gpu = %req.gpu_model, slots = req.slots, "worker registered");
         Ok(Response::new(v1::RegisterWorkerResponse {
             worker_id: id,

@@ -7,8 +7,8 @@ pub mod sqlite;
 use std::future::Future;
 
 use crate::model::{
-    BatchRecord, Completion, JobRecord, Lease, LeaseAsk, NewBatch, NewWorker, Progress, Stats,
-    Submitted,
+    BatchRecord, Completion, JobRecord, KnownWorker, Lease, LeaseAsk, NewBatch, NewWorker,
+    Progress, Stats, Submitted,
 };
 
 pub use sqlite::SqliteStore;
@@ -106,8 +106,9 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
-    /// Every registered worker id with the identity that registered it (loaded at start-up).
-    fn workers(&self) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+    /// Every registered worker: its id, the identity that registered it and what a job
+    /// may take on it (loaded at start-up).
+    fn workers(&self) -> impl Future<Output = Result<Vec<KnownWorker>, StoreError>> + Send;
 
     /// Deletes these workers' registrations (and their failure counts).
     fn forget_workers(

@@ -82,6 +82,17 @@ pub enum EngineError {
         /// The smallest side accepted.
         min: u32,
     },
+    /// The job's estimated peak memory is over what one job may take here; found from
+    /// the images' headers, before anything is decoded.
+    #[error("needs about {needs} of memory at its peak, over the {budget} one job may take on this worker ({from}); lower size or style_scale, or use fewer or smaller style images")]
+    Memory {
+        /// The estimate and its largest parts.
+        needs: String,
+        /// The budget.
+        budget: String,
+        /// Where the budget comes from.
+        from: String,
+    },
     /// A job without a style image, or with mismatched blend weights.
     #[error("invalid styles: {reason}")]
     Styles {

@@ -15,6 +15,16 @@ use super::error::ImageError;
 /// Default largest input accepted, in pixels (8K x 8K).
 pub const DEFAULT_MAX_PIXELS: u64 = 8192 * 8192;
 
+/// Width and height from an image's header, without decoding it (`None` when the
+/// header does not read: decoding then fails with the reason).
+pub fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
+}
+
 /// Reads and decodes an image file; `what` names it in errors ("content image").
 pub fn load(path: &Path, max_pixels: u64) -> Result<Rgb32FImage, ImageError> {
     let bytes = std::fs::read(path).map_err(|cause| ImageError::Unreadable {
@@ -108,11 +118,8 @@ fn to_rgb(img: DynamicImage) -> Rgb32FImage {
 
 /// Dimensions with the long side scaled to `long_side`, keeping the aspect ratio.
 pub fn fit_long_side(width: u32, height: u32, long_side: u32) -> (u32, u32) {
-    let long = width.max(height) as f64;
-    let scale = long_side as f64 / long;
-    let w = ((width as f64 * scale).round() as u32).max(1);
-    let h = ((height as f64 * scale).round() as u32).max(1);
-    (w, h)
+    let d = stylefarm_weights::memory::Dims::new(width, height).fit_long_side(long_side);
+    (d.width, d.height)
 }
 
 /// Resizes to exactly `width` x `height` (Lanczos3), clamped back to [0, 1].

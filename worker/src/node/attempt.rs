@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use stylefarm_core::{JobSpec, ObjectRef, Progress};
+use stylefarm_core::{JobSpec, ObjectRef, Progress, RenderParams};
 use stylefarm_proto::v1;
-use stylefarm_storage::{ObjectUrl, StorageError};
+use stylefarm_storage::{Limit, ObjectUrl, StorageError};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -15,6 +15,7 @@ use super::engine_thread::{self, EngineJob, Event, Finished};
 use super::heartbeat::Heartbeats;
 use super::stop::{Stop, StopSignal};
 use super::Node;
+use crate::device::MemoryBudget;
 use crate::engine::EngineError;
 use crate::engine::Progress as EngineProgress;
 use crate::job::{JobInputs, NamedBytes};
@@ -229,7 +230,8 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
         None
     } else {
         let url = node.root.join(&lease.checkpoint_key)?;
-        match node.storage.get(&url).await {
+        let limit = Limit::new("a checkpoint", checkpoint_limit(&spec.params, &node.memory));
+        match node.storage.get(&url, &limit).await {
             Ok(b) => Some(b),
             Err(e) => {
                 tracing::warn!(checkpoint = %url, cause = %e, "cannot read the checkpoint; starting over");
@@ -249,7 +251,18 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
         device: node.device,
         checkpoint_every: node.config.checkpoint_every,
         max_input_pixels: node.config.max_input_pixels,
+        memory: node.memory.clone(),
     })
+}
+
+/// The largest checkpoint a job can have written: its image and optimizer state at the
+/// largest image its size allows (square), its loss history, and room for the header;
+/// never more than the job's memory budget.
+fn checkpoint_limit(params: &RenderParams, budget: &MemoryBudget) -> u64 {
+    let numel = 3 * u64::from(params.size).pow(2);
+    let vectors = 2 * u64::from(params.lbfgs_history) + 6;
+    let history = u64::from(params.iterations) * 256;
+    (numel * 4 * vectors + history + (1 << 20)).min(budget.bytes)
 }
 
 /// Where the progress of the running job must reach before the next job is leased and

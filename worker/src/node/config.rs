@@ -89,6 +89,13 @@ pub struct WorkerConfig {
     )]
     pub max_input_pixels: u64,
 
+    /// The most memory one job may take (e.g. 6GiB): device memory with CUDA, host
+    /// memory on CPU. Jobs whose estimate is over it fail at once, before any input is
+    /// decoded. Default: 80% of the host's memory (its cgroup limit when lower) or 90%
+    /// of the GPU's, divided by --slots.
+    #[arg(long, env = "STYLEFARM_MAX_JOB_MEMORY", value_name = "SIZE", value_parser = crate::device::parse_size)]
+    pub max_job_memory: Option<u64>,
+
     /// Further places inputs may be read from (`s3://bucket/prefix` or a directory),
     /// besides the storage root's `inputs/`; repeat, or separate with commas.
     #[arg(
@@ -134,6 +141,7 @@ impl WorkerConfig {
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             grace_ms: DEFAULT_GRACE_MS,
             max_input_pixels: DEFAULT_MAX_INPUT_PIXELS,
+            max_job_memory: None,
             input_prefix: Vec::new(),
             store: StorageArgs::local(storage),
             log_json: false,

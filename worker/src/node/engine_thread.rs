@@ -11,6 +11,7 @@ use stylefarm_weights::WeightsInfo;
 use tch::Device;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::device::MemoryBudget;
 use crate::engine::{EngineError, Outcome, Progress, Render};
 use crate::job::{self, JobInputs, PreparedJob};
 
@@ -63,6 +64,8 @@ pub struct EngineJob {
     pub checkpoint_every: u32,
     /// Largest input accepted.
     pub max_input_pixels: u64,
+    /// The most memory the job may take.
+    pub memory: MemoryBudget,
 }
 
 /// Starts the run on a new thread.
@@ -89,7 +92,13 @@ fn run(
 ) -> Result<Finished, EngineError> {
     let started = Instant::now();
     let params = &job.spec.params;
-    let prepared = PreparedJob::decode(&job.inputs, params, job.max_input_pixels)?;
+    let prepared = PreparedJob::decode(
+        &job.inputs,
+        params,
+        job.max_input_pixels,
+        &job.weights,
+        &job.memory,
+    )?;
     let mut render = match &job.checkpoint {
         Some(bytes) => {
             match Render::resume(&job.weights, params, &prepared.inputs, job.device, bytes) {

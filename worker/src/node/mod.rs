@@ -27,6 +27,8 @@ use stylefarm_weights::WeightsInfo;
 use tch::Device;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::device::MemoryBudget;
 use tonic::Code;
 
 pub use config::WorkerConfig;
@@ -45,6 +47,8 @@ pub struct Node {
     pub weights: Arc<WeightsInfo>,
     /// Where libtorch runs.
     pub device: Device,
+    /// The most memory one job may take.
+    pub memory: MemoryBudget,
     /// Our id at the coordinator.
     pub worker_id: String,
     /// Heartbeat interval the coordinator asked for.
@@ -94,6 +98,8 @@ pub async fn run(
         }
     });
     let (name_dev, gpu_model, gpu_memory) = crate::device::describe(device);
+    let memory = MemoryBudget::for_device(device, config.slots, config.max_job_memory);
+    tracing::info!(budget = %stylefarm_weights::memory::gib(memory.bytes), from = %memory.from, "memory one job may take");
     let register = v1::RegisterWorkerRequest {
         name: config.name.clone().unwrap_or_else(host_name),
         device: name_dev,
@@ -101,6 +107,7 @@ pub async fn run(
         gpu_memory_bytes: gpu_memory,
         slots: config.slots,
         protocol_version: stylefarm_proto::PROTOCOL_VERSION,
+        max_job_memory_bytes: memory.bytes,
     };
     let mut client = WorkerServiceClient::new(channel.clone());
     let registered = loop {
@@ -133,6 +140,7 @@ pub async fn run(
         storage,
         weights,
         device,
+        memory,
         worker_id: registered.worker_id,
         heartbeat: Duration::from_millis(u64::from(registered.heartbeat_ms.max(100))),
         draining: draining.clone(),

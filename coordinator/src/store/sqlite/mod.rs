@@ -31,11 +31,11 @@ use self::writer::{checkpoint_loop, write_loop, Change, Health, Op};
 
 use super::{HeartbeatAnswer, Store, StoreError};
 use crate::model::{
-    BatchRecord, Completion, JobRecord, JobState, Lease, LeaseAsk, NewBatch, NewWorker, Progress,
-    Stats, Submitted,
+    BatchRecord, Capacity, Completion, JobRecord, JobState, KnownWorker, Lease, LeaseAsk, NewBatch,
+    NewWorker, Progress, Stats, Submitted,
 };
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// From version 1: batches gained owners and workers the identity that registered them.
 /// (A column added with a default is a change to the schema record only: instant.)
@@ -47,6 +47,10 @@ const MIGRATE_FROM_1: &str = "ALTER TABLE batches ADD COLUMN owner TEXT NOT NULL
     ALTER TABLE jobs ADD COLUMN expired_workers TEXT NOT NULL DEFAULT '';
     ALTER TABLE workers ADD COLUMN identity TEXT NOT NULL DEFAULT '';
     UPDATE batches SET client_token = ':' || client_token WHERE client_token IS NOT NULL;";
+
+/// From version 2: workers say what one job may take on them (0: not said).
+const MIGRATE_FROM_2: &str =
+    "ALTER TABLE workers ADD COLUMN max_job_memory_bytes INTEGER NOT NULL DEFAULT 0;";
 
 const SCHEMA: &str = include_str!("schema.sql");
 
@@ -126,7 +130,11 @@ impl SqliteStore {
         }
         // Migration, schema and version in one transaction: a crash or error part way
         // leaves the file as it was.
-        let migrate = if found == 1 { MIGRATE_FROM_1 } else { "" };
+        let migrate = match found {
+            1 => format!("{MIGRATE_FROM_1} {MIGRATE_FROM_2}"),
+            2 => MIGRATE_FROM_2.to_owned(),
+            _ => String::new(),
+        };
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {migrate} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         ))?;
@@ -459,9 +467,19 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let id = format!("w{:06}-{}", next(tx, "id")?, w.name);
             tx.execute(
-                "INSERT INTO workers (id, name, device, gpu_model, gpu_memory_bytes, slots, registered_ms, identity)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![id, w.name, w.device, w.gpu_model, w.gpu_memory_bytes as i64, w.slots, now_ms, w.identity],
+                "INSERT INTO workers (id, name, device, gpu_model, gpu_memory_bytes, slots, registered_ms, identity, max_job_memory_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    id,
+                    w.name,
+                    w.device,
+                    w.gpu_model,
+                    w.gpu_memory_bytes as i64,
+                    w.slots,
+                    now_ms,
+                    w.identity,
+                    i64::try_from(w.capacity.max_job_memory_bytes).unwrap_or(i64::MAX)
+                ],
             )?;
             Ok(id)
         })
@@ -482,11 +500,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn workers(&self) -> Result<Vec<(String, String)>, StoreError> {
+    async fn workers(&self) -> Result<Vec<KnownWorker>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare("SELECT id, identity FROM workers ORDER BY id")?;
+            let mut stmt = conn.prepare(
+                "SELECT id, identity, device, max_job_memory_bytes FROM workers ORDER BY id",
+            )?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map([], |r| {
+                    let device: String = r.get(2)?;
+                    let bytes: i64 = r.get(3)?;
+                    Ok(KnownWorker {
+                        id: r.get(0)?,
+                        identity: r.get(1)?,
+                        capacity: Capacity {
+                            cuda: device.starts_with("cuda"),
+                            max_job_memory_bytes: u64::try_from(bytes).unwrap_or(0),
+                        },
+                    })
+                })?
                 .collect::<Result<_, _>>()?;
             Ok(rows)
         })

@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS workers (
     gpu_memory_bytes INTEGER NOT NULL,
     slots INTEGER NOT NULL,
     registered_ms INTEGER NOT NULL,
-    identity TEXT NOT NULL DEFAULT ''  -- the identity that registered it; only it may use it
+    identity TEXT NOT NULL DEFAULT '',  -- the identity that registered it; only it may use it
+    max_job_memory_bytes INTEGER NOT NULL DEFAULT 0  -- what one job may take on it; 0: not said
 );
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{Losses, NewJob};
+use crate::model::{Capacity, Losses, NewJob};
 
 fn batch(token: &str, priority: i32, n: usize) -> NewBatch {
     NewBatch {
@@ -576,7 +576,13 @@ async fn fencing_tokens_are_not_one_counter() {
 }
 
 #[tokio::test]
-async fn a_version_1_database_gains_owners_and_identities() {
+async fn older_databases_gain_owners_identities_and_worker_capacities() {
+    for version in [1, 2] {
+        older_database(version).await;
+    }
+}
+
+async fn older_database(version: i64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.db");
     let s = SqliteStore::open(&path).expect("open");
@@ -585,17 +591,57 @@ async fn a_version_1_database_gains_owners_and_identities() {
         .await
         .expect("submit")
         .batch_id;
+    let capacity = Capacity {
+        cuda: true,
+        max_job_memory_bytes: 5 << 30,
+    };
+    let worker = s
+        .register_worker(
+            NewWorker {
+                name: "gpu".into(),
+                identity: "worker".into(),
+                device: "cuda:0".into(),
+                gpu_model: "H100".into(),
+                gpu_memory_bytes: 80 << 30,
+                slots: 1,
+                capacity,
+            },
+            0,
+        )
+        .await
+        .expect("register");
     drop(s);
     let conn = Connection::open(&path).expect("raw");
-    conn.execute_batch(
+    let older = if version == 1 {
         "ALTER TABLE batches DROP COLUMN owner; ALTER TABLE workers DROP COLUMN identity;
-         ALTER TABLE jobs DROP COLUMN expiries; ALTER TABLE jobs DROP COLUMN expired_workers;
-         PRAGMA user_version = 1;",
-    )
-    .expect("make it version 1");
+         ALTER TABLE jobs DROP COLUMN expiries; ALTER TABLE jobs DROP COLUMN expired_workers;"
+    } else {
+        ""
+    };
+    conn.execute_batch(&format!(
+        "{older} ALTER TABLE workers DROP COLUMN max_job_memory_bytes; PRAGMA user_version = {version};"
+    ))
+    .expect("make it an older version");
     drop(conn);
     let s = SqliteStore::open(&path).expect("migrate");
-    assert_eq!(s.batch(&id).await.expect("batch").owner, "");
+    let known = s.workers().await.expect("workers");
+    assert_eq!(known.len(), 1);
+    assert_eq!(known[0].id, worker);
+    assert_eq!(
+        known[0].capacity,
+        Capacity {
+            cuda: true,
+            max_job_memory_bytes: 0
+        },
+        "a worker from before capacities has not said"
+    );
+    if version == 2 {
+        assert_eq!(known[0].identity, "worker");
+    }
+    assert_eq!(
+        s.batch(&id).await.expect("batch").owner,
+        if version == 1 { "" } else { "alice" }
+    );
     let again = s.submit(batch("u", 0, 1), 0).await.expect("submit");
     assert_eq!(
         s.batch(&again.batch_id).await.expect("batch").owner,

@@ -1,0 +1,491 @@
+//! How much memory a job needs at its peak, before anything is allocated for it.
+//!
+//! One model for every place that decides whether a job can run: a worker refuses a job
+//! over its `--max-job-memory` before it decodes an input, and the coordinator refuses at
+//! submit a job that no registered worker could take. The model follows what the engine
+//! holds, part by part:
+//!
+//! - **inputs**: each image decoded at its own size (f32 RGB, kept for the whole job),
+//!   with one decoder buffer at a time;
+//! - **images**: the resized content, styles and start image, in the engine's images and
+//!   as tensors, the variable, its gradient and the content target;
+//! - **network**: the weights file as read, and the convolutions kept;
+//! - **targets**: the style images' forward passes without gradients (the widest layer's
+//!   input and output at once, one style at a time) and the Gram matrices;
+//! - **graph**: one forward and backward pass at the output size: the activations
+//!   autograd keeps (every ReLU and pooling output, max pooling's int64 indices), a
+//!   convolution's output beside its ReLU's, and the backward pass's gradients;
+//! - **optimizer**: L-BFGS's history (two vectors of the image's size per entry, all
+//!   `lbfgs_history` of them by the end) or Adam's two moments.
+//!
+//! On CPU everything is in one memory, with the process itself (libtorch mapped in) as a
+//! constant; with CUDA the tensors are on the device and the images on the host. The
+//! constants were measured on CPU with `stylefarm render` (peak RSS at several sizes,
+//! see `make bench-memory`); CUDA adds its context and cuDNN workspace as a constant.
+
+use stylefarm_core::{OptimizerKind, Pooling, RenderParams};
+
+use crate::{Architecture, LayerKind};
+
+/// Bytes of one f32.
+const F32: u64 = 4;
+/// Resident memory of a worker process before any job: libtorch's CPU kernels mapped
+/// in, the allocator's arenas, the runtime (measured: about 520 MiB at 64 px).
+pub const CPU_PROCESS_BYTES: u64 = 520 << 20;
+/// Device memory CUDA takes before the first tensor: the context and cuDNN's workspace.
+pub const CUDA_CONTEXT_BYTES: u64 = 768 << 20;
+/// What libtorch's CPU kernels and the allocator hold beyond the tensors the model
+/// counts (convolution workspaces, freed blocks not yet reused), as a share of them.
+const CPU_OVERHEAD: f64 = 0.15;
+
+/// Width and height of an image, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    /// Pixels across.
+    pub width: u32,
+    /// Pixels down.
+    pub height: u32,
+}
+
+impl Dims {
+    /// `width` x `height`.
+    pub fn new(width: u32, height: u32) -> Self {
+        Self { width, height }
+    }
+
+    /// A square: the largest image with this long side, when the real one is unknown.
+    pub fn square(side: u32) -> Self {
+        Self::new(side, side)
+    }
+
+    fn pixels(self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+
+    /// Scaled so the long side is `long_side`, as the engine resizes.
+    pub fn fit_long_side(self, long_side: u32) -> Self {
+        let long = f64::from(self.width.max(self.height).max(1));
+        let scale = f64::from(long_side) / long;
+        let side = |v: u32| ((f64::from(v) * scale).round() as u32).max(1);
+        Self::new(side(self.width), side(self.height))
+    }
+}
+
+/// The images of one job, as their headers give them.
+#[derive(Debug, Clone)]
+pub struct JobImages {
+    /// The content photo.
+    pub content: Dims,
+    /// Each style image.
+    pub styles: Vec<Dims>,
+    /// The start image, when `init` is `image`.
+    pub init: Option<Dims>,
+}
+
+/// Where the tensors live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Host memory.
+    Cpu,
+    /// A CUDA device; images stay on the host.
+    Cuda,
+}
+
+/// A job's estimated peak, part by part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// Where the tensors live.
+    pub backend: Backend,
+    /// `(part, bytes)` in host memory (on CPU: all of it).
+    pub host: Vec<(&'static str, u64)>,
+    /// `(part, bytes)` in device memory (empty on CPU).
+    pub device: Vec<(&'static str, u64)>,
+}
+
+impl Estimate {
+    /// Host memory at the peak.
+    pub fn host_bytes(&self) -> u64 {
+        self.host.iter().map(|(_, b)| b).sum()
+    }
+
+    /// Device memory at the peak (0 on CPU).
+    pub fn device_bytes(&self) -> u64 {
+        self.device.iter().map(|(_, b)| b).sum()
+    }
+
+    /// The figure a budget is compared with: device memory with CUDA, else host memory.
+    pub fn peak(&self) -> u64 {
+        match self.backend {
+            Backend::Cpu => self.host_bytes(),
+            Backend::Cuda => self.device_bytes(),
+        }
+    }
+
+    /// `4.1 GiB (graph 2.3 GiB, optimizer 1.1 GiB, …)`: the peak and its largest parts.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<_> = match self.backend {
+            Backend::Cpu => self.host.clone(),
+            Backend::Cuda => self.device.clone(),
+        };
+        parts.sort_by_key(|p| std::cmp::Reverse(p.1));
+        let shown: Vec<String> = parts
+            .iter()
+            .filter(|(_, b)| *b > 0)
+            .take(4)
+            .map(|(what, b)| format!("{what} {}", gib(*b)))
+            .collect();
+        format!("{} ({})", gib(self.peak()), shown.join(", "))
+    }
+}
+
+/// `1.25 GiB`.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+/// Why a job cannot be estimated: a layer the network does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{arch} has no layer {layer}")]
+pub struct UnknownLayer {
+    /// The network.
+    pub arch: &'static str,
+    /// The layer asked for.
+    pub layer: String,
+}
+
+/// The peak memory of `params` on `images` with the network `arch`, whose weights file
+/// has `weights_file_bytes` bytes.
+pub fn estimate(
+    arch: Architecture,
+    weights_file_bytes: u64,
+    params: &RenderParams,
+    images: &JobImages,
+    backend: Backend,
+) -> Result<Estimate, UnknownLayer> {
+    let layers = arch.layers();
+    let index = |name: &str| {
+        layers
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.index)
+            .ok_or_else(|| UnknownLayer {
+                arch: arch.name(),
+                layer: name.to_owned(),
+            })
+    };
+    let mut deepest = 0;
+    let mut style_taps = Vec::new();
+    for l in &params.style_layers {
+        let i = index(&l.layer)?;
+        style_taps.push(i);
+        deepest = deepest.max(i);
+    }
+    let mut content_taps = Vec::new();
+    for l in &params.content_layers {
+        let i = index(&l.layer)?;
+        content_taps.push(i);
+        deepest = deepest.max(i);
+    }
+    let ops = &layers[..=deepest.min(layers.len() - 1)];
+    let max_pooling = params.pooling == Pooling::Max;
+
+    let out = images.content.fit_long_side(params.size);
+    let style_side = (f64::from(params.size) * params.style_scale)
+        .round()
+        .max(1.0) as u32;
+    let styles: Vec<Dims> = images
+        .styles
+        .iter()
+        .map(|d| d.fit_long_side(style_side))
+        .collect();
+    let image = |d: Dims| d.pixels() * 3 * F32;
+
+    // Decoded inputs stay for the whole job; one decoder buffer (up to RGBA16) at a time.
+    let originals = std::iter::once(images.content)
+        .chain(images.styles.iter().copied())
+        .chain(images.init);
+    let (mut inputs, mut decoder) = (0, 0);
+    for d in originals {
+        inputs += image(d);
+        decoder = decoder.max(d.pixels() * 8);
+    }
+    // The engine's resized images (content twice: it and the target or start) and their
+    // tensors; the variable, its gradient and the content target as tensors.
+    let resized_host = 2 * image(out) + styles.iter().map(|&d| image(d)).sum::<u64>();
+    let tensors = 4 * image(out) + styles.iter().map(|&d| image(d)).sum::<u64>();
+
+    let convs: u64 = ops
+        .iter()
+        .map(|l| match l.kind {
+            LayerKind::Conv {
+                in_channels,
+                out_channels,
+            } => (in_channels as u64 * out_channels as u64 * 9 + out_channels as u64) * F32,
+            _ => 0,
+        })
+        .sum();
+    let grams: u64 = style_taps
+        .iter()
+        .map(|&i| channels(ops, i).pow(2) * F32)
+        .sum::<u64>()
+        * 2;
+    let content_features: u64 = content_taps
+        .iter()
+        .map(|&i| activation(ops, i, out) * F32)
+        .sum();
+    // Without gradients, at most one layer's input and output at once (and the taps
+    // reached so far, bounded by the same).
+    let targets = styles
+        .iter()
+        .chain(std::iter::once(&out))
+        .map(|&d| widest_pair(ops, d))
+        .max()
+        .unwrap_or(0)
+        * F32
+        + grams
+        + content_features;
+    let graph = graph_bytes(ops, out, max_pooling);
+    let numel = out.pixels() * 3 * F32;
+    let optimizer = match params.optimizer {
+        // s and y per entry, and the direction, the previous gradient and the step.
+        OptimizerKind::Lbfgs => (2 * u64::from(params.lbfgs_history) + 3) * numel,
+        // Two moments and a temporary.
+        OptimizerKind::Adam => 3 * numel,
+    };
+    let compute = targets.max(graph + optimizer + content_features + grams);
+
+    Ok(match backend {
+        Backend::Cpu => {
+            let tensors = tensors + compute;
+            let overhead = (tensors as f64 * CPU_OVERHEAD) as u64;
+            Estimate {
+                backend,
+                host: vec![
+                    ("process", CPU_PROCESS_BYTES),
+                    ("network", weights_file_bytes + convs),
+                    ("inputs", inputs + decoder),
+                    ("images", resized_host),
+                    ("graph", graph),
+                    ("optimizer", optimizer),
+                    ("tensors", tensors - graph - optimizer + overhead),
+                ],
+                device: Vec::new(),
+            }
+        }
+        Backend::Cuda => Estimate {
+            backend,
+            host: vec![
+                ("process", CPU_PROCESS_BYTES),
+                ("network", weights_file_bytes),
+                ("inputs", inputs + decoder),
+                ("images", resized_host),
+            ],
+            device: vec![
+                ("context", CUDA_CONTEXT_BYTES),
+                ("network", convs),
+                ("graph", graph),
+                ("optimizer", optimizer),
+                ("tensors", tensors + compute - graph - optimizer),
+            ],
+        },
+    })
+}
+
+/// Output channels at layer `i` (3 before the first convolution).
+fn channels(ops: &[crate::Layer], i: usize) -> u64 {
+    ops[..=i.min(ops.len() - 1)]
+        .iter()
+        .rev()
+        .find_map(|l| match l.kind {
+            LayerKind::Conv { out_channels, .. } => Some(out_channels as u64),
+            _ => None,
+        })
+        .unwrap_or(3)
+}
+
+/// The size of layer `i`'s output for an input of `d`: spatial size halves (rounding
+/// down) at each pooling layer up to and including `i`.
+fn spatial(ops: &[crate::Layer], i: usize, d: Dims) -> u64 {
+    let pools = ops[..=i.min(ops.len() - 1)]
+        .iter()
+        .filter(|l| l.kind == LayerKind::Pool)
+        .count() as u32;
+    u64::from(d.width >> pools) * u64::from(d.height >> pools)
+}
+
+/// Elements of layer `i`'s output.
+fn activation(ops: &[crate::Layer], i: usize, d: Dims) -> u64 {
+    channels(ops, i) * spatial(ops, i, d)
+}
+
+/// Elements of the largest input + output of one layer (a forward pass without
+/// gradients holds no more at once).
+fn widest_pair(ops: &[crate::Layer], d: Dims) -> u64 {
+    let mut prev = d.pixels() * 3;
+    let mut widest = 0;
+    for (i, _) in ops.iter().enumerate() {
+        let a = activation(ops, i, d);
+        widest = widest.max(prev + a);
+        prev = a;
+    }
+    widest
+}
+
+/// Bytes one forward and backward pass holds at its peak at size `d`: the activations
+/// kept for the backward pass, the convolution output beside the largest ReLU output,
+/// and the two largest gradients in flight.
+fn graph_bytes(ops: &[crate::Layer], d: Dims, max_pooling: bool) -> u64 {
+    let mut kept = d.pixels() * 3 * F32; // the preprocessed input
+    let mut largest = d.pixels() * 3;
+    for (i, l) in ops.iter().enumerate() {
+        let a = activation(ops, i, d);
+        largest = largest.max(a);
+        match l.kind {
+            LayerKind::Relu => kept += a * F32,
+            LayerKind::Pool => {
+                kept += a * F32;
+                if max_pooling {
+                    kept += a * 8;
+                }
+            }
+            LayerKind::Conv { .. } => {}
+        }
+    }
+    kept + 3 * largest * F32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stylefarm_core::WeightedLayer;
+
+    fn params(size: u32) -> RenderParams {
+        RenderParams {
+            size,
+            ..RenderParams::default()
+        }
+    }
+
+    fn images() -> JobImages {
+        JobImages {
+            content: Dims::new(1024, 768),
+            styles: vec![Dims::new(1024, 640)],
+            init: None,
+        }
+    }
+
+    fn peak(p: &RenderParams, i: &JobImages) -> u64 {
+        estimate(Architecture::Vgg19, 0, p, i, Backend::Cpu)
+            .expect("estimate")
+            .peak()
+    }
+
+    #[test]
+    fn pixels_dominate_and_grow_with_the_area() {
+        let small = peak(&params(512), &images()) - CPU_PROCESS_BYTES;
+        let large = peak(&params(1024), &images()) - CPU_PROCESS_BYTES;
+        let ratio = large as f64 / small as f64;
+        assert!((3.5..4.1).contains(&ratio), "{ratio}");
+    }
+
+    #[test]
+    fn the_issues_bombs_are_counted_before_anything_is_allocated() {
+        // size 8192 with style_scale 8: the style is resized to 65536 px.
+        let p = RenderParams {
+            size: 8192,
+            style_scale: 8.0,
+            ..RenderParams::default()
+        };
+        let e = estimate(
+            Architecture::Vgg19,
+            0,
+            &p,
+            &JobImages {
+                content: Dims::square(8192),
+                styles: vec![Dims::new(4000, 3000)],
+                init: None,
+            },
+            Backend::Cpu,
+        )
+        .expect("estimate");
+        assert!(e.peak() > 50 << 30, "{}", e.describe());
+        // Sixteen 10,000 px styles: inputs alone hold about 20 GB.
+        let e = estimate(
+            Architecture::Vgg19,
+            0,
+            &params(512),
+            &JobImages {
+                content: Dims::new(1024, 768),
+                styles: vec![Dims::square(10_000); 16],
+                init: None,
+            },
+            Backend::Cpu,
+        )
+        .expect("estimate");
+        let inputs = e
+            .host
+            .iter()
+            .find(|(w, _)| *w == "inputs")
+            .expect("inputs")
+            .1;
+        assert!(inputs > 17 << 30, "{}", e.describe());
+    }
+
+    #[test]
+    fn lbfgs_history_and_deeper_layers_cost_more() {
+        let base = peak(&params(512), &images());
+        let short = RenderParams {
+            lbfgs_history: 5,
+            ..params(512)
+        };
+        assert!(peak(&short, &images()) < base);
+        let adam = RenderParams {
+            optimizer: OptimizerKind::Adam,
+            ..params(512)
+        };
+        assert!(peak(&adam, &images()) < base);
+        let deep = RenderParams {
+            content_layers: vec![WeightedLayer {
+                layer: "relu5_2".into(),
+                weight: 1.0,
+            }],
+            ..params(512)
+        };
+        assert!(peak(&deep, &images()) > base);
+    }
+
+    #[test]
+    fn cuda_counts_tensors_on_the_device_and_images_on_the_host() {
+        let e = estimate(
+            Architecture::Vgg19,
+            9 << 20,
+            &params(1024),
+            &images(),
+            Backend::Cuda,
+        )
+        .expect("estimate");
+        assert_eq!(e.peak(), e.device_bytes());
+        assert!(e.device_bytes() > CUDA_CONTEXT_BYTES);
+        assert!(e.host_bytes() < e.device_bytes() + CPU_PROCESS_BYTES);
+    }
+
+    #[test]
+    fn an_unknown_layer_is_named() {
+        let p = RenderParams {
+            style_layers: vec![WeightedLayer {
+                layer: "relu9_9".into(),
+                weight: 1.0,
+            }],
+            ..params(64)
+        };
+        let err =
+            estimate(Architecture::Vgg16, 0, &p, &images(), Backend::Cpu).expect_err("unknown");
+        assert_eq!(err.to_string(), "vgg16 has no layer relu9_9");
+    }
+
+    #[test]
+    fn fit_long_side_matches_the_engine() {
+        assert_eq!(Dims::new(1024, 768).fit_long_side(512), Dims::new(512, 384));
+        assert_eq!(Dims::new(10, 1000).fit_long_side(64), Dims::new(1, 64));
+    }
+}
