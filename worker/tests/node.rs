@@ -737,3 +737,56 @@ async fn inputs_outside_the_inputs_prefix_are_refused_and_errors_tell_no_hash() 
     }
     assert_eq!(by_name["fine"].state, v1::JobState::Succeeded as i32);
 }
+
+/// A job whose memory estimate is over the worker's budget fails at once, without a
+/// retry and before any decode, saying both figures; the rest of the batch renders,
+/// and the coordinator, now knowing the worker's budget, refuses the job at submit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_the_workers_memory_budget_fails_at_once_and_the_batch_goes_on() {
+    let farm = Farm::start(30_000).await;
+    let (content, style) = farm.tubingen_and_starry_night().await;
+    let mut bomb = spec("bomb", &content, &style, &farm.weights, 5);
+    if let Some(p) = bomb.params.as_mut() {
+        // The style resized to 65536 px: about 51 GB for it alone.
+        p.size = Some(8192);
+        p.style_scale = Some(8.0);
+    }
+    let fine = spec("fine", &content, &style, &farm.weights, 5);
+    let batch = farm.submit("memory", vec![bomb.clone(), fine]).await;
+    let _w = farm.worker("w", &["--max-job-memory", "3GiB"]);
+    let (_, jobs) = farm.wait(&batch, Duration::from_secs(120)).await;
+    let by_name: std::collections::HashMap<_, _> =
+        jobs.iter().map(|j| (j.name.as_str(), j)).collect();
+    let b = by_name["bomb"];
+    assert_eq!(b.state, v1::JobState::Failed as i32, "{b:?}");
+    assert_eq!(b.attempt, 1, "not retried: {b:?}");
+    assert!(
+        b.error.contains("needs about")
+            && b.error
+                .contains("over the 3.00 GiB one job may take on this worker (--max-job-memory)"),
+        "{}",
+        b.error
+    );
+    assert_eq!(by_name["fine"].state, v1::JobState::Succeeded as i32);
+
+    let err = farm
+        .client()
+        .await
+        .submit_batch(v1::SubmitBatchRequest {
+            name: "again".into(),
+            client_token: "again".into(),
+            jobs: vec![bomb],
+            ..Default::default()
+        })
+        .await
+        .expect_err("no worker can hold it");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("no registered worker can run it")
+            && err
+                .message()
+                .contains("where the largest takes 3.00 GiB per job"),
+        "{}",
+        err.message()
+    );
+}
