@@ -138,37 +138,46 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let mut c = args.coordinator.connect().await?;
     match &args.batch {
         Some(id) => {
-            let b = c.batch(id, true).await?;
+            let b = c.batch(id).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&batch_json(&b))?);
-                return Ok(());
+                return print_json(&mut c, &b).await;
             }
             println!(
-                "batch {} ({}, owner {}): {}",
+                "batch {} ({}, owner {}): {} ({})",
                 b.batch_id,
                 b.name,
                 b.owner,
-                batch_state_name(b.state)
+                batch_state_name(b.state),
+                cluster::counts_of(&b)
             );
-            let mut rows = vec![vec![
-                "JOB".into(),
-                "STATE".into(),
-                "PROGRESS".into(),
-                "ATTEMPT".into(),
-                "WORKER".into(),
-                "ERROR".into(),
-            ]];
-            for j in &b.jobs {
-                rows.push(vec![
-                    j.name.clone(),
-                    job_state_name(j.state).into(),
-                    format!("{}/{}", j.iteration, j.iterations),
-                    j.attempt.to_string(),
-                    j.worker.clone(),
-                    j.error.clone(),
-                ]);
+            // A page at a time, each with its own column widths: a batch of any size
+            // prints in bounded memory.
+            let mut pages = c.pages(id);
+            let mut first = true;
+            while let Some(page) = pages.next().await? {
+                let mut rows = Vec::with_capacity(page.len() + 1);
+                if std::mem::take(&mut first) {
+                    rows.push(vec![
+                        "JOB".into(),
+                        "STATE".into(),
+                        "PROGRESS".into(),
+                        "ATTEMPT".into(),
+                        "WORKER".into(),
+                        "ERROR".into(),
+                    ]);
+                }
+                for j in &page {
+                    rows.push(vec![
+                        j.name.clone(),
+                        job_state_name(j.state).into(),
+                        format!("{}/{}", j.iteration, j.iterations),
+                        j.attempt.to_string(),
+                        j.worker.clone(),
+                        cluster::first_line(&j.error, 120),
+                    ]);
+                }
+                print!("{}", cluster::table(&rows));
             }
-            print!("{}", cluster::table(&rows));
         }
         None => {
             let batches = c.batches(args.limit).await?;
@@ -185,17 +194,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 "JOBS".into(),
             ]];
             for b in &batches {
-                let counts: Vec<String> = b
-                    .jobs_by_state
-                    .iter()
-                    .map(|(k, v)| format!("{v} {k}"))
-                    .collect();
                 rows.push(vec![
                     b.batch_id.clone(),
                     b.name.clone(),
                     b.owner.clone(),
                     batch_state_name(b.state).into(),
-                    counts.join(", "),
+                    cluster::counts_of(b),
                 ]);
             }
             print!("{}", cluster::table(&rows));
@@ -205,24 +209,6 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 fn batch_json(b: &stylefarm_proto::v1::Batch) -> serde_json::Value {
-    let jobs: Vec<_> = b
-        .jobs
-        .iter()
-        .map(|j| {
-            serde_json::json!({
-                "job_id": j.job_id,
-                "name": j.name,
-                "state": job_state_name(j.state),
-                "iteration": j.iteration,
-                "iterations": j.iterations,
-                "attempt": j.attempt,
-                "worker": j.worker,
-                "error": j.error,
-                "result_key": j.result_key,
-                "sidecar_key": j.sidecar_key,
-            })
-        })
-        .collect();
     serde_json::json!({
         "batch_id": b.batch_id,
         "name": b.name,
@@ -231,8 +217,46 @@ fn batch_json(b: &stylefarm_proto::v1::Batch) -> serde_json::Value {
         "priority": b.priority,
         "created_unix_ms": b.created_unix_ms,
         "jobs_by_state": b.jobs_by_state,
-        "jobs": jobs,
     })
+}
+
+fn job_json(j: &stylefarm_proto::v1::JobStatus) -> serde_json::Value {
+    serde_json::json!({
+        "job_id": j.job_id,
+        "name": j.name,
+        "state": job_state_name(j.state),
+        "iteration": j.iteration,
+        "iterations": j.iterations,
+        "attempt": j.attempt,
+        "worker": j.worker,
+        "error": j.error,
+        "result_key": j.result_key,
+        "sidecar_key": j.sidecar_key,
+    })
+}
+
+/// Prints a batch as one JSON object with its `jobs` array, written a page at a time.
+async fn print_json(
+    c: &mut cluster::Coordinator,
+    b: &stylefarm_proto::v1::Batch,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let head = serde_json::to_string_pretty(&batch_json(b))?;
+    let head = head.strip_suffix("\n}").unwrap_or(&head);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    write!(out, "{head},\n  \"jobs\": [")?;
+    let mut pages = c.pages(&b.batch_id);
+    let mut first = true;
+    while let Some(page) = pages.next().await? {
+        for j in &page {
+            let sep = if std::mem::take(&mut first) { "" } else { "," };
+            write!(out, "{sep}\n    {}", serde_json::to_string(&job_json(j))?)?;
+        }
+    }
+    writeln!(out, "\n  ]\n}}")?;
+    out.flush()?;
+    Ok(())
 }
 
 /// Follows a batch to its end; the exit code says how it ended.
@@ -240,7 +264,7 @@ pub async fn watch(args: BatchArg) -> anyhow::Result<()> {
     let mut c = args.coordinator.connect().await?;
     let b = c.watch(&args.batch, false).await?;
     eprintln!("batch {} {}", b.batch_id, batch_state_name(b.state));
-    cluster::outcome(&b)
+    c.outcome(&b).await
 }
 
 /// Cancels a batch.
@@ -263,17 +287,17 @@ pub async fn retry(args: RetryArgs) -> anyhow::Result<()> {
 pub async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     let (root, storage) = args.storage.open()?;
     let mut c = args.coordinator.connect().await?;
-    let b = c.batch(&args.batch, true).await?;
-    let report = cluster::fetch(&b, &storage, &root, &args.out).await?;
-    if report.fetched.is_empty() && report.missing.is_empty() {
+    let b = c.batch(&args.batch).await?;
+    let report = cluster::fetch(&mut c, &b, &storage, &root, &args.out).await?;
+    if report.fetched == 0 && report.not_fetched == 0 {
         eprintln!("batch {} has no finished outputs yet", b.batch_id);
         return Ok(());
     }
-    if !report.fetched.is_empty() {
-        crate::sheet::write(&report.fetched, &storage, &root, &report.sheet).await?;
+    if report.fetched > 0 {
+        crate::sheet::write(&report.sheet_rows, &storage, &root, &report.sheet).await?;
         eprintln!(
             "{} outputs in {}; contact sheet {}",
-            report.fetched.len(),
+            report.fetched,
             args.out.display(),
             report.sheet.display()
         );

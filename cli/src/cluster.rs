@@ -45,16 +45,60 @@ impl Coordinator {
         from_status(&self.addr, s)
     }
 
-    /// A batch, with its jobs when `jobs`.
-    pub async fn batch(&mut self, id: &str, jobs: bool) -> anyhow::Result<v1::Batch> {
-        let req = v1::GetBatchRequest {
+    /// A batch: its state and counts, without its jobs.
+    pub async fn batch(&mut self, id: &str) -> anyhow::Result<v1::Batch> {
+        self.get(v1::GetBatchRequest {
             batch_id: id.to_owned(),
-            include_jobs: jobs,
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn get(&mut self, req: v1::GetBatchRequest) -> anyhow::Result<v1::Batch> {
         match self.client.get_batch(req).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(self.err(&s)),
         }
+    }
+
+    /// A batch's jobs a page at a time, in submission order: at most one page is held.
+    pub fn pages(&mut self, id: &str) -> Pages<'_> {
+        Pages {
+            c: self,
+            id: id.to_owned(),
+            next: Some(String::new()),
+        }
+    }
+
+    /// Ok for a batch that succeeded, else [`CliError::BatchFailed`] with its counts
+    /// and its first failures.
+    pub async fn outcome(&mut self, batch: &v1::Batch) -> anyhow::Result<()> {
+        if convert::batch_state("state", batch.state) == Ok(BatchState::Succeeded) {
+            return Ok(());
+        }
+        let mut failed: Vec<String> = Vec::new();
+        let mut pages = self.pages(&batch.batch_id);
+        while failed.len() < 5 {
+            let Some(page) = pages.next().await? else {
+                break;
+            };
+            failed.extend(
+                page.iter()
+                    .filter(|j| job_state(j.state) == Some(JobState::Failed))
+                    .take(5 - failed.len())
+                    .map(|j| format!("{}: {}", j.name, first_line(&j.error, 200))),
+            );
+        }
+        let mut detail = counts_of(batch);
+        if !failed.is_empty() {
+            detail = format!("{detail}; {}", failed.join("; "));
+        }
+        Err(CliError::BatchFailed {
+            batch: batch.batch_id.clone(),
+            state: batch_state_name(batch.state).to_owned(),
+            detail,
+        }
+        .into())
     }
 
     /// The newest batches.
@@ -192,12 +236,12 @@ impl Coordinator {
     /// Follows a batch until it ends, with a bar per running job and one for the whole
     /// batch (hidden when stderr is not a terminal). Returns the batch as it ended.
     pub async fn watch(&mut self, id: &str, quiet: bool) -> anyhow::Result<v1::Batch> {
-        let snapshot = self.batch(id, true).await?;
+        let snapshot = self.batch(id).await?;
         let bars = MultiProgress::new();
         if quiet {
             bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        let total = snapshot.jobs.len() as u64;
+        let total: u64 = snapshot.jobs_by_state.values().map(|&n| u64::from(n)).sum();
         let overall = bars.add(ProgressBar::new(total));
         overall.set_style(
             ProgressStyle::with_template(
@@ -212,9 +256,16 @@ impl Coordinator {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
         let mut running: HashMap<String, ProgressBar> = HashMap::new();
+        // Each job's state (a few bytes a job), and how many are in each.
         let mut states: HashMap<String, i32> = HashMap::new();
+        let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
         let mut show = |job: &v1::JobStatus| {
-            states.insert(job.job_id.clone(), job.state);
+            if let Some(old) = states.insert(job.job_id.clone(), job.state) {
+                if let Some(n) = counts.get_mut(&old) {
+                    *n -= 1;
+                }
+            }
+            *counts.entry(job.state).or_insert(0) += 1;
             let live = job_state(job.state).is_some_and(JobState::is_live);
             if live {
                 let bar = running.entry(job.job_id.clone()).or_insert_with(|| {
@@ -231,14 +282,16 @@ impl Coordinator {
                 b.finish_and_clear();
                 bars.remove(&b);
             }
-            let done = states.values().filter(|s| ended(**s)).count() as u64;
+            let done: u64 = counts
+                .iter()
+                .filter(|(s, _)| ended(**s))
+                .map(|(_, n)| n)
+                .sum();
             overall.set_position(done);
-            overall.set_message(summary_of(states.values().copied()));
+            overall.set_message(summary_of(&counts));
         };
-        for j in &snapshot.jobs {
-            show(j);
-        }
         if !batch_ended(snapshot.state) {
+            // Subscribe first: the stream starts with every job's state, then changes.
             let req = v1::WatchBatchRequest {
                 batch_id: id.to_owned(),
             };
@@ -257,7 +310,40 @@ impl Coordinator {
             }
         }
         overall.finish();
-        self.batch(id, true).await
+        self.batch(id).await
+    }
+}
+
+/// A cursor over a batch's jobs, a page at a time ([`Coordinator::pages`]).
+pub struct Pages<'a> {
+    c: &'a mut Coordinator,
+    id: String,
+    /// The next page's token; `None` after the last page.
+    next: Option<String>,
+}
+
+impl Pages<'_> {
+    /// The next page of jobs, or `None` after the last.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Vec<v1::JobStatus>>> {
+        let Some(token) = self.next.take() else {
+            return Ok(None);
+        };
+        let page = self
+            .c
+            .get(v1::GetBatchRequest {
+                batch_id: self.id.clone(),
+                include_jobs: true,
+                page_size: 0,
+                page_token: token.clone(),
+            })
+            .await?;
+        if !page.next_page_token.is_empty() {
+            if page.next_page_token == token {
+                anyhow::bail!("the coordinator gave the same page token twice");
+            }
+            self.next = Some(page.next_page_token);
+        }
+        Ok(Some(page.jobs))
     }
 }
 
@@ -274,12 +360,49 @@ fn batch_ended(state: i32) -> bool {
     convert::batch_state("batch_state", state).is_ok_and(BatchState::has_ended)
 }
 
-/// `3 succeeded, 1 running`.
-fn summary_of(states: impl Iterator<Item = i32>) -> String {
-    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for s in states {
-        *counts.entry(job_state_name(s)).or_insert(0) += 1;
+/// `3 succeeded, 1 running` from counts per wire state.
+fn summary_of(counts: &BTreeMap<i32, u64>) -> String {
+    let mut named: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (s, n) in counts {
+        if *n > 0 {
+            *named.entry(job_state_name(*s)).or_insert(0) += n;
+        }
     }
+    named
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The start of an error for a table cell: its first line, at most `max` characters.
+pub fn first_line(error: &str, max: usize) -> String {
+    let line = error.lines().next().unwrap_or_default();
+    if line.chars().count() > max || error.lines().nth(1).is_some() {
+        let cut: String = line.chars().take(max).collect();
+        format!("{cut} …")
+    } else {
+        line.to_owned()
+    }
+}
+
+/// `3 succeeded, 1 failed` from a batch's counts, in the order jobs live.
+pub fn counts_of(batch: &v1::Batch) -> String {
+    const ORDER: [&str; 6] = [
+        "queued",
+        "leased",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+    ];
+    let rank = |k: &str| ORDER.iter().position(|o| *o == k).unwrap_or(ORDER.len());
+    let mut counts: Vec<(&String, &u32)> = batch
+        .jobs_by_state
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .collect();
+    counts.sort_by(|a, b| (rank(a.0), a.0).cmp(&(rank(b.0), b.0)));
     counts
         .iter()
         .map(|(k, v)| format!("{v} {k}"))
@@ -297,30 +420,6 @@ pub fn batch_state_name(state: i32) -> &'static str {
     convert::batch_state("state", state).map_or("unknown", BatchState::as_str)
 }
 
-/// Ok for a batch that succeeded, else [`CliError::BatchFailed`].
-pub fn outcome(batch: &v1::Batch) -> anyhow::Result<()> {
-    if convert::batch_state("state", batch.state) == Ok(BatchState::Succeeded) {
-        return Ok(());
-    }
-    let failed: Vec<String> = batch
-        .jobs
-        .iter()
-        .filter(|j| job_state(j.state) == Some(JobState::Failed))
-        .take(5)
-        .map(|j| format!("{}: {}", j.name, j.error))
-        .collect();
-    let mut detail = summary_of(batch.jobs.iter().map(|j| j.state));
-    if !failed.is_empty() {
-        detail = format!("{detail}; {}", failed.join("; "));
-    }
-    Err(CliError::BatchFailed {
-        batch: batch.batch_id.clone(),
-        state: batch_state_name(batch.state).to_owned(),
-        detail,
-    }
-    .into())
-}
-
 /// One fetched job: its files in the output folder and its inputs' local copies.
 pub struct Fetched {
     /// The job's name.
@@ -331,11 +430,18 @@ pub struct Fetched {
     pub sidecar: serde_json::Value,
 }
 
-/// What `fetch` wrote, and each succeeded job it did not (with why).
+/// Most "not fetched" reasons kept for the message (the rest are counted).
+const MAX_MISSING_SHOWN: usize = 20;
+
+/// What `fetch` wrote, and the succeeded jobs it did not (with why).
 pub struct FetchReport {
-    /// Written, in batch order.
-    pub fetched: Vec<Fetched>,
-    /// `job "NAME": why` for each succeeded job not written.
+    /// How many outputs were written.
+    pub fetched: usize,
+    /// The first [`crate::sheet::MAX_ROWS`] written, in batch order, for the sheet.
+    pub sheet_rows: Vec<Fetched>,
+    /// How many succeeded jobs were not written.
+    pub not_fetched: usize,
+    /// `job "NAME": why` for the first of them.
     pub missing: Vec<String>,
     /// Where the contact sheet goes: `contact-sheet.png`, or `contact-sheet~.png` when a
     /// job of the batch is itself named `contact-sheet` (`~` is never in a job name).
@@ -345,12 +451,13 @@ pub struct FetchReport {
 impl FetchReport {
     /// Ok when every succeeded job was fetched, else [`CliError::Incomplete`].
     pub fn complete(&self, batch: &v1::Batch) -> anyhow::Result<()> {
-        if self.missing.is_empty() {
+        if self.not_fetched == 0 {
             return Ok(());
         }
         Err(CliError::Incomplete {
             batch: batch.batch_id.clone(),
-            total: self.missing.len() + self.fetched.len(),
+            total: self.not_fetched + self.fetched,
+            not_fetched: self.not_fetched,
             missing: self.missing.clone(),
         }
         .into())
@@ -361,11 +468,13 @@ impl FetchReport {
 pub const SHEET: &str = "contact-sheet";
 
 /// Downloads every succeeded job's output and sidecar into `out` as `NAME.png` and
-/// `NAME.json`. Names from the coordinator are checked again here (as the coordinator
-/// checks them), so none can write outside `out` or over another job's files; a job
-/// that is refused or cannot be downloaded is reported in [`FetchReport::missing`] and
-/// the others are fetched.
+/// `NAME.json`, a page of jobs at a time. Names from the coordinator are checked again
+/// here (as the coordinator checks them), so none can write outside `out` or over
+/// another job's files; a job that is refused or cannot be downloaded is counted in
+/// [`FetchReport::not_fetched`] and the others are fetched. Memory stays bounded: one
+/// page of jobs, one output at a time, and the sheet's first rows.
 pub async fn fetch(
+    c: &mut Coordinator,
     batch: &v1::Batch,
     storage: &Storage,
     root: &ObjectUrl,
@@ -374,34 +483,44 @@ pub async fn fetch(
     tokio::fs::create_dir_all(out)
         .await
         .with_context(|| format!("creating {}", out.display()))?;
-    let sheet = if batch.jobs.iter().any(|j| j.name == SHEET) {
-        out.join(format!("{SHEET}~.png"))
-    } else {
-        out.join(format!("{SHEET}.png"))
-    };
     let mut report = FetchReport {
-        fetched: Vec::new(),
+        fetched: 0,
+        sheet_rows: Vec::new(),
+        not_fetched: 0,
         missing: Vec::new(),
-        sheet,
+        sheet: out.join(format!("{SHEET}.png")),
     };
     let mut names = HashSet::new();
-    for job in batch
-        .jobs
-        .iter()
-        .filter(|j| job_state(j.state) == Some(JobState::Succeeded))
-    {
-        let fetched = if names.insert(job.name.as_str()) {
-            fetch_one(job, storage, root, out).await
-        } else {
-            Err(anyhow::anyhow!(
-                "another job of the batch has this name too; the first one's files are kept"
-            ))
-        };
-        match fetched {
-            Ok(f) => report.fetched.push(f),
-            Err(e) => {
-                tracing::warn!(job = ?job.name, cause = %format!("{e:#}"), "not fetched");
-                report.missing.push(format!("job {:?}: {e:#}", job.name));
+    let mut pages = c.pages(&batch.batch_id);
+    while let Some(page) = pages.next().await? {
+        if page.iter().any(|j| j.name == SHEET) {
+            report.sheet = out.join(format!("{SHEET}~.png"));
+        }
+        for job in page
+            .iter()
+            .filter(|j| job_state(j.state) == Some(JobState::Succeeded))
+        {
+            let fetched = if names.insert(job.name.clone()) {
+                fetch_one(job, storage, root, out).await
+            } else {
+                Err(anyhow::anyhow!(
+                    "another job of the batch has this name too; the first one's files are kept"
+                ))
+            };
+            match fetched {
+                Ok(f) => {
+                    report.fetched += 1;
+                    if report.sheet_rows.len() < crate::sheet::MAX_ROWS {
+                        report.sheet_rows.push(f);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(job = ?job.name, cause = %format!("{e:#}"), "not fetched");
+                    report.not_fetched += 1;
+                    if report.missing.len() < MAX_MISSING_SHOWN {
+                        report.missing.push(format!("job {:?}: {e:#}", job.name));
+                    }
+                }
             }
         }
     }

@@ -102,23 +102,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::warn!(cause = %e, "a local worker failed");
         }
     }
+    // The outputs are fetched while the coordinator still answers (a page of jobs at
+    // a time); it stops whatever happened.
+    let finished = match ended {
+        None => Err(anyhow::anyhow!(
+            "interrupted: running jobs were checkpointed; run the same command again to resume"
+        )),
+        Some(Err(e)) => Err(e),
+        Some(Ok(b)) => finish(&mut c, &b, &storage, &root, &args.out).await,
+    };
     coordinator.shutdown();
     let _ = coordinator.wait().await;
-    let Some(ended) = ended else {
-        anyhow::bail!(
-            "interrupted: running jobs were checkpointed; run the same command again to resume"
-        );
-    };
-    let b = ended?;
-    let report = cluster::fetch(&b, &storage, &root, &args.out).await?;
-    if !report.fetched.is_empty() {
-        crate::sheet::write(&report.fetched, &storage, &root, &report.sheet).await?;
-        eprintln!("{} outputs in {}", report.fetched.len(), args.out.display());
+    finished
+}
+
+/// Fetches a finished batch's outputs, writes the contact sheet and says how the batch
+/// ended.
+async fn finish(
+    c: &mut Coordinator,
+    b: &stylefarm_proto::v1::Batch,
+    storage: &stylefarm_storage::Storage,
+    root: &stylefarm_storage::ObjectUrl,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let report = cluster::fetch(c, b, storage, root, out).await?;
+    if report.fetched > 0 {
+        crate::sheet::write(&report.sheet_rows, storage, root, &report.sheet).await?;
+        eprintln!("{} outputs in {}", report.fetched, out.display());
         eprintln!("contact sheet: {}", report.sheet.display());
     }
     // How the batch ended comes first; outputs it could not fetch are still said.
-    let incomplete = report.complete(&b);
-    match cluster::outcome(&b) {
+    let incomplete = report.complete(b);
+    match c.outcome(b).await {
         Ok(()) => incomplete,
         Err(e) => {
             if let Err(i) = incomplete {

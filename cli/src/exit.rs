@@ -40,16 +40,18 @@ pub enum CliError {
     },
     /// Some of a batch's finished outputs could not be fetched (the rest were).
     #[error(
-        "{} of {total} finished outputs of batch {batch} were not fetched (the others were):\n  {}",
-        missing.len(),
-        missing.join("\n  ")
+        "{not_fetched} of {total} finished outputs of batch {batch} were not fetched (the others were):\n  {}{}",
+        missing.join("\n  "),
+        if *not_fetched > missing.len() { format!("\n  … and {} more", not_fetched - missing.len()) } else { String::new() }
     )]
     Incomplete {
         /// Its id.
         batch: String,
         /// Succeeded jobs in all.
         total: usize,
-        /// `job "NAME": why`, one per job not fetched.
+        /// How many were not fetched.
+        not_fetched: usize,
+        /// `job "NAME": why` for the first of them.
         missing: Vec<String>,
     },
     /// No answer from the coordinator.

@@ -418,3 +418,163 @@ fn finish(child: &mut std::process::Child) -> (std::process::ExitStatus, String)
     }
     (child.wait().expect("wait"), err)
 }
+
+/// `status`, `status --json`, `watch` and `fetch` on a batch of 100,000 jobs, one of
+/// them with a 4 KiB error: every command pages through the jobs (a single answer
+/// would pass tonic's 4 MiB limit) and each sees every job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_and_fetch_page_through_a_100000_job_batch() {
+    use stylefarm_proto::v1;
+    use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
+    use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
+
+    const JOBS: usize = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let farm = dir.path().join("farm");
+    let coordinator = CoordinatorProc::start(
+        &workspace_bin("stylefarm-coordinator"),
+        &dir.path().join("coordinator.db"),
+        &[],
+    );
+    let channel = |who: &str| {
+        let auth = coordinator.auth(who);
+        let addr = coordinator.grpc.clone();
+        async move { auth.connect(&addr).await.expect("connect") }
+    };
+    let mut client = StyleFarmClient::new(channel("alice").await);
+    let id = client
+        .submit_batch(stylefarm_testkit::farm::submit("big", 0, JOBS))
+        .await
+        .expect("submit 100,000 jobs")
+        .into_inner()
+        .batch_id;
+
+    // A worker finishes three jobs with real files and fails one with a long error.
+    let mut worker = WorkerServiceClient::new(channel("worker").await);
+    let w = worker
+        .register_worker(stylefarm_testkit::farm::register("w"))
+        .await
+        .expect("register")
+        .into_inner()
+        .worker_id;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(8, 6, image::Rgb([200, 40, 40]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .expect("png");
+    for i in 0..4 {
+        let lease = worker
+            .lease_job(v1::LeaseJobRequest {
+                worker_id: w.clone(),
+                wait_ms: 0,
+            })
+            .await
+            .expect("lease")
+            .into_inner()
+            .lease
+            .expect("a job");
+        if i == 3 {
+            worker
+                .fail_job(v1::FailJobRequest {
+                    worker_id: w.clone(),
+                    job_id: lease.job_id,
+                    fencing_token: lease.fencing_token,
+                    error: format!("first line\n{}", "x".repeat(4096)),
+                    retryable: false,
+                })
+                .await
+                .expect("fail");
+            continue;
+        }
+        let name = lease.spec.expect("spec").name;
+        let key = |ext: &str| format!("{}/{name}.{ext}", lease.attempt_prefix);
+        let put = |key: &str, bytes: &[u8]| {
+            let path = farm.join(key);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, bytes).expect("write");
+        };
+        put(&key("png"), png.get_ref());
+        put(
+            &key("json"),
+            br#"{"content": {"source": "nowhere"}, "styles": []}"#,
+        );
+        worker
+            .complete_job(v1::CompleteJobRequest {
+                worker_id: w.clone(),
+                job_id: lease.job_id,
+                fencing_token: lease.fencing_token,
+                result_key: key("png"),
+                sidecar_key: key("json"),
+                iteration: 20,
+                losses: None,
+            })
+            .await
+            .expect("complete");
+    }
+    client
+        .cancel_batch(v1::CancelBatchRequest {
+            batch_id: id.clone(),
+        })
+        .await
+        .expect("cancel the rest");
+
+    let cluster = |cmd: &str| {
+        let mut c = stylefarm(&[cmd]);
+        c.args(coordinator.client_flags("alice"));
+        c
+    };
+    let table = expect(&run(cluster("status").arg(&id)), 0);
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("out")).collect();
+    assert_eq!(rows.len(), JOBS, "every job listed once");
+    assert!(rows[JOBS - 1].starts_with("out99999"), "{}", rows[JOBS - 1]);
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("3 succeeded")
+                && l.contains("1 failed")
+                && l.contains("99996 cancelled")),
+        "{}",
+        table.lines().next().unwrap_or_default()
+    );
+    assert!(
+        rows[3].contains("first line …") && !rows[3].contains("xxx"),
+        "a long error is cut in the table: {}",
+        rows[3]
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&expect(&run(cluster("status").arg(&id).arg("--json")), 0))
+            .expect("one JSON document");
+    let jobs = json["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), JOBS);
+    let error = jobs[3]["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("first line\nxxx") && error.ends_with("more bytes not kept)"),
+        "the whole error as kept: {error}"
+    );
+    assert_eq!(json["jobs_by_state"]["cancelled"], 99_996);
+
+    let watched = run(cluster("watch").arg(&id));
+    expect(&watched, 4);
+    let err = String::from_utf8_lossy(&watched.stderr);
+    assert!(
+        err.contains(
+            "ended failed: 3 succeeded, 1 failed, 99996 cancelled; out00003: first line …"
+        ) && !err.contains("xxx"),
+        "{err}"
+    );
+
+    let out = dir.path().join("out");
+    let fetched = run(cluster("fetch")
+        .arg(&id)
+        .arg("--out")
+        .arg(&out)
+        .arg(format!("--storage={}", farm.display())));
+    expect(&fetched, 0);
+    for name in ["out00000", "out00001", "out00002"] {
+        assert!(out.join(format!("{name}.png")).is_file(), "{name}");
+        assert!(out.join(format!("{name}.json")).is_file(), "{name}");
+    }
+    assert!(out.join("contact-sheet.png").is_file());
+    assert_eq!(std::fs::read_dir(&out).expect("out").count(), 7);
+}

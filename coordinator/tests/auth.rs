@@ -67,6 +67,7 @@ async fn batch_of(
         .get_batch(v1::GetBatchRequest {
             batch_id: id.clone(),
             include_jobs: true,
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -218,6 +219,7 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
         let get = v1::GetBatchRequest {
             batch_id: target.clone(),
             include_jobs: false,
+            ..Default::default()
         };
         put("GetBatch", code(client.get_batch(get).await));
         put(

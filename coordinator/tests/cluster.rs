@@ -73,16 +73,8 @@ fn complete_req(worker: &str, l: &v1::Lease) -> v1::CompleteJobRequest {
 }
 
 async fn jobs(c: &Coordinator, batch: &str) -> Vec<v1::JobStatus> {
-    let req = v1::GetBatchRequest {
-        batch_id: batch.into(),
-        include_jobs: true,
-    };
-    c.client()
+    stylefarm_testkit::farm::whole_batch(&mut c.client().await, batch)
         .await
-        .get_batch(req)
-        .await
-        .expect("get")
-        .into_inner()
         .jobs
 }
 

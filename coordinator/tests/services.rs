@@ -124,6 +124,7 @@ impl Harness {
         let req = v1::GetBatchRequest {
             batch_id: id.into(),
             include_jobs: true,
+            ..Default::default()
         };
         self.client
             .get_batch(call(req))
@@ -448,6 +449,7 @@ async fn cancel_reaches_the_running_worker_and_watch_ends_with_the_batch() {
         .get_batch(call(v1::GetBatchRequest {
             batch_id: "b404".into(),
             include_jobs: false,
+            ..Default::default()
         }))
         .await
         .expect_err("missing");
@@ -633,4 +635,84 @@ async fn a_job_no_registered_worker_can_hold_is_refused_at_submit() {
     gpu.max_job_memory_bytes = 400 << 30;
     h.worker.register_worker(call(gpu)).await.expect("register");
     h.submit(token("gpu")).await.expect("fits the GPU worker");
+}
+
+/// GetBatch answers a page of jobs at a time in submission order: the default and the
+/// asked-for sizes, a page cut short before 2 MiB when errors are long, and a token
+/// that is not a job id refused; following the tokens visits every job once.
+#[tokio::test]
+async fn get_batch_pages_jobs_within_a_size_and_byte_budget() {
+    let h = harness(|_| {}).await;
+    let id = h
+        .submit(common::submit("pages", 0, 2500))
+        .await
+        .expect("submit")
+        .batch_id;
+    // 700 jobs fail with 4 KiB errors: 1000 of them would pass 2 MiB.
+    let w = h.register("w").await;
+    for _ in 0..700 {
+        let l = h.lease(&w, 0).await.expect("job");
+        h.worker
+            .fail_job(call(v1::FailJobRequest {
+                worker_id: w.clone(),
+                job_id: l.job_id.clone(),
+                fencing_token: l.fencing_token,
+                error: "x".repeat(4096),
+                retryable: false,
+            }))
+            .await
+            .expect("fail");
+    }
+    let page = |size: u32, token: &str| {
+        let req = v1::GetBatchRequest {
+            batch_id: id.clone(),
+            include_jobs: true,
+            page_size: size,
+            page_token: token.into(),
+        };
+        let client = &h.client;
+        async move { client.get_batch(call(req)).await.map(|r| r.into_inner()) }
+    };
+    let first = page(0, "").await.expect("first page");
+    assert!(
+        first.jobs.len() < 700 && first.jobs.len() > 400,
+        "cut by bytes: {} jobs",
+        first.jobs.len()
+    );
+    assert!(prost::Message::encoded_len(&first) <= 2 << 20);
+    assert_eq!(first.jobs_by_state.get("failed"), Some(&700));
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let p = page(0, &token).await.expect("page");
+        assert!(p.jobs.len() <= 1000);
+        seen.extend(p.jobs.into_iter().map(|j| j.name));
+        pages += 1;
+        token = p.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let want: Vec<String> = (0..2500).map(|i| format!("out{i:05}")).collect();
+    assert_eq!(seen, want, "every job once, in submission order");
+    assert!(
+        pages >= 3,
+        "{pages} pages: one cut short by bytes, then 1000 a page"
+    );
+
+    let small = page(7, "").await.expect("seven");
+    assert_eq!(small.jobs.len(), 7);
+    assert_eq!(small.next_page_token, small.jobs[6].job_id);
+    let huge = page(u32::MAX, &first.next_page_token)
+        .await
+        .expect("capped");
+    assert!(huge.jobs.len() <= 10_000);
+    let last = page(10, &small.jobs.last().expect("job").job_id)
+        .await
+        .expect("next");
+    assert_eq!(last.jobs[0].name, "out00007");
+    let err = page(0, "bad\ntoken").await.expect_err("not a job id");
+    invalid(err, &["page_token"]);
 }

@@ -71,6 +71,34 @@ pub fn submit(token: &str, priority: i32, n: usize) -> v1::SubmitBatchRequest {
     }
 }
 
+/// A batch with every one of its jobs, read a page at a time as GetBatch answers.
+pub async fn whole_batch(client: &mut StyleFarmClient<Channel>, batch: &str) -> v1::Batch {
+    let mut token = String::new();
+    let mut whole: Option<v1::Batch> = None;
+    loop {
+        let page = client
+            .get_batch(v1::GetBatchRequest {
+                batch_id: batch.into(),
+                include_jobs: true,
+                page_size: 0,
+                page_token: token,
+            })
+            .await
+            .expect("get batch")
+            .into_inner();
+        token = page.next_page_token.clone();
+        match whole.as_mut() {
+            None => whole = Some(page),
+            Some(w) => w.jobs.extend(page.jobs),
+        }
+        if token.is_empty() {
+            let mut w = whole.expect("a page");
+            w.next_page_token.clear();
+            return w;
+        }
+    }
+}
+
 /// A registration with the current protocol version.
 pub fn register(name: &str) -> v1::RegisterWorkerRequest {
     v1::RegisterWorkerRequest {

@@ -147,11 +147,7 @@ async fn submit(c: &CoordinatorProc, name: &str, jobs: Vec<v1::JobSpec>) -> Stri
 async fn wait(c: &CoordinatorProc, batch: &str) -> Vec<v1::JobStatus> {
     let mut client = StyleFarmClient::new(c.auth("admin").connect(&c.grpc).await.expect("connect"));
     loop {
-        let req = v1::GetBatchRequest {
-            batch_id: batch.into(),
-            include_jobs: true,
-        };
-        let b = client.get_batch(req).await.expect("get").into_inner();
+        let b = stylefarm_testkit::farm::whole_batch(&mut client, batch).await;
         let states: Vec<_> = b.jobs.iter().map(|j| j.state).collect();
         assert!(
             !states.contains(&(v1::JobState::Failed as i32)),

@@ -129,6 +129,7 @@ impl Farm {
         let req = v1::GetBatchRequest {
             batch_id: batch.into(),
             include_jobs: true,
+            ..Default::default()
         };
         (
             state,
@@ -264,6 +265,7 @@ impl Farm {
         let req = v1::GetBatchRequest {
             batch_id: batch.into(),
             include_jobs: true,
+            ..Default::default()
         };
         let mut jobs = self
             .client()
@@ -465,6 +467,7 @@ impl Farm {
         let req = v1::GetBatchRequest {
             batch_id: batch.into(),
             include_jobs: true,
+            ..Default::default()
         };
         let mut client = self.client().await;
         client.get_batch(req).await.expect("get").into_inner().jobs

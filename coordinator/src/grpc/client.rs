@@ -89,12 +89,18 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         let req = req.into_inner();
         let id = convert::id("batch_id", &req.batch_id).map_err(ApiError::from)?;
         let b = self.state.store.batch(id).await.map_err(ApiError::from)?;
-        let jobs = if req.include_jobs {
-            self.state.store.jobs(id).await.map_err(ApiError::from)?
-        } else {
-            Vec::new()
-        };
-        Ok(Response::new(convert::batch(&b, &jobs)))
+        let mut answer = convert::batch(&b, &[]);
+        if req.include_jobs {
+            let page = convert::page(&req).map_err(ApiError::from)?;
+            let jobs = self
+                .state
+                .store
+                .jobs_page(id, page.after, page.size + 1)
+                .await
+                .map_err(ApiError::from)?;
+            convert::fill_page(&mut answer, &jobs, page.size);
+        }
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all)]

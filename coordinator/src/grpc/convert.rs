@@ -272,6 +272,57 @@ pub fn job_status(j: &JobRecord) -> v1::JobStatus {
 }
 
 /// A batch on the wire, with its jobs when given.
+/// Jobs in one GetBatch answer when the request does not say.
+pub const DEFAULT_PAGE: usize = 1000;
+/// Most jobs in one GetBatch answer.
+pub const MAX_PAGE: usize = 10_000;
+/// A page ends before its answer passes this many bytes, so it fits a client's default
+/// 4 MiB message limit however long the jobs' errors are.
+pub const PAGE_BYTES: usize = 2 << 20;
+
+/// Which page of jobs a GetBatch asks for.
+pub struct Page<'a> {
+    /// The last job of the page before, if any.
+    pub after: Option<&'a str>,
+    /// Most jobs.
+    pub size: usize,
+}
+
+/// The page a request asks for: its size within bounds and its token a job id.
+pub fn page(req: &v1::GetBatchRequest) -> Result<Page<'_>, InvalidField> {
+    let size = match req.page_size {
+        0 => DEFAULT_PAGE,
+        n => (n as usize).min(MAX_PAGE),
+    };
+    let after = if req.page_token.is_empty() {
+        None
+    } else {
+        Some(id("page_token", &req.page_token)?)
+    };
+    Ok(Page { after, size })
+}
+
+/// Puts up to `size` of `jobs` (which may hold one more, to tell whether more follow)
+/// in `answer`, stopping before [`PAGE_BYTES`], and sets where the next page starts.
+pub fn fill_page(answer: &mut v1::Batch, jobs: &[JobRecord], size: usize) {
+    let mut bytes = answer.encoded_len();
+    for j in jobs.iter().take(size) {
+        let status = job_status(j);
+        // A field's tag and length prefix: a few bytes beyond the message itself.
+        let len = status.encoded_len() + 8;
+        if bytes + len > PAGE_BYTES && !answer.jobs.is_empty() {
+            break;
+        }
+        bytes += len;
+        answer.jobs.push(status);
+    }
+    if answer.jobs.len() < jobs.len() {
+        if let Some(last) = answer.jobs.last() {
+            answer.next_page_token = last.job_id.clone();
+        }
+    }
+}
+
 pub fn batch(b: &BatchRecord, jobs: &[JobRecord]) -> v1::Batch {
     v1::Batch {
         batch_id: b.batch_id.clone(),
@@ -286,5 +337,6 @@ pub fn batch(b: &BatchRecord, jobs: &[JobRecord]) -> v1::Batch {
             .map(|(s, n)| (s.as_str().to_owned(), u32::try_from(*n).unwrap_or(u32::MAX)))
             .collect(),
         jobs: jobs.iter().map(job_status).collect(),
+        next_page_token: String::new(),
     }
 }

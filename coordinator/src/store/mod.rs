@@ -199,6 +199,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<BatchRecord>, StoreError>> + Send;
 
+    /// Up to `limit` jobs of a batch in submission order, after the job `after` (from
+    /// the first when `None`).
+    fn jobs_page(
+        &self,
+        batch_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+
     /// The jobs of a batch in submission order.
     fn jobs(
         &self,

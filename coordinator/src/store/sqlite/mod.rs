@@ -766,6 +766,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn jobs_page(
+        &self,
+        batch_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let batch_id = batch_id.to_owned();
+        let after = after.unwrap_or_default().to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Job ids sort by batch and sequence: the primary key walks the page.
+        self.read(move |conn| {
+            batch_exists(conn, &batch_id)?;
+            jobs_where(
+                conn,
+                "id > ?2 AND batch_id = ?1 ORDER BY id LIMIT ?3",
+                rusqlite::params![&batch_id, &after, limit],
+            )
+        })
+        .await
+    }
+
     async fn job(&self, job_id: &str) -> Result<JobRecord, StoreError> {
         let job_id = job_id.to_owned();
         self.read(move |conn| job(conn, &job_id)).await
