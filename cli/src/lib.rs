@@ -19,6 +19,7 @@ pub mod embedded;
 pub mod exit;
 pub mod input;
 pub mod manifest;
+pub mod plot;
 pub mod render;
 pub mod sheet;
 pub mod weights;

@@ -218,6 +218,13 @@ pub fn sidecar_path(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Loss plot path for an output: `OUT.loss.svg` beside it.
+pub fn plot_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".loss.svg");
+    PathBuf::from(s)
+}
+
 /// Runs `stylefarm render`.
 pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -296,6 +303,18 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     write_atomic(&sidecar, &json).with_context(|| format!("writing {}", sidecar.display()))?;
 
     let s = &rendered.sidecar;
+    let plot = plot_path(&args.out);
+    let points: Vec<crate::plot::Point> = s
+        .loss_curve
+        .iter()
+        .map(|l| [l.total, l.content, l.style, l.tv])
+        .collect();
+    let title = args
+        .out
+        .file_name()
+        .map_or_else(|| out_name.clone(), |n| n.to_string_lossy().into_owned());
+    write_atomic(&plot, crate::plot::loss_svg(&title, &points).as_bytes())
+        .with_context(|| format!("writing {}", plot.display()))?;
     let first = s.loss_curve.first().copied().unwrap_or_default();
     println!(
         "{} ({}x{}, {} iterations{} in {:.1}s, {:.3}s/it)",
@@ -322,5 +341,6 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         first.style / s.final_losses.style.max(f64::MIN_POSITIVE)
     );
     println!("sidecar: {}", sidecar.display());
+    println!("loss plot: {}", plot.display());
     Ok(())
 }

@@ -66,7 +66,20 @@ pub async fn write(
     let mut sheet = RgbImage::from_pixel(width, height.max(PAD * 2), BACKGROUND);
     for (r, job) in jobs.iter().enumerate() {
         let top = PAD + r as u32 * row_h;
-        text(&mut sheet, PAD, top + 2, width - 2 * PAD, &job.name);
+        // The name, and at the row's right end the total loss over the iterations.
+        let spark = SPARK_W.min(width.saturating_sub(3 * PAD) / 3);
+        text(&mut sheet, PAD, top + 2, width - 3 * PAD - spark, &job.name);
+        if let Some(points) = crate::plot::from_sidecar(&job.sidecar) {
+            let totals: Vec<f64> = points.iter().map(|p| p[0]).collect();
+            sparkline(
+                &mut sheet,
+                width - PAD - spark,
+                top + 2,
+                spark,
+                LABEL_H - 6,
+                &totals,
+            );
+        }
         let mut cells = vec![(Picture::File(&job.png), "result".to_owned())];
         cells.push((
             Picture::Input(&job.sidecar["content"]["source"]),
@@ -206,6 +219,51 @@ fn fit(w: u32, h: u32) -> (u32, u32) {
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let size = |v: u32| ((f64::from(v) * scale).round() as u32).clamp(1, THUMB);
     (size(w), size(h))
+}
+
+/// Width of a row's loss sparkline.
+const SPARK_W: u32 = 160;
+const SPARK: Rgb<u8> = Rgb([200, 40, 40]);
+
+/// Draws `values` (positive, on a log scale) as a line in the box at `x`, `y` of `w` x
+/// `h` pixels; nothing when fewer than two are positive.
+fn sparkline(img: &mut RgbImage, x: u32, y: u32, w: u32, h: u32, values: &[f64]) {
+    let logs: Vec<(usize, f64)> = values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite() && **v > 0.0)
+        .map(|(i, v)| (i, v.log10()))
+        .collect();
+    if logs.len() < 2 || w < 2 || h < 2 {
+        return;
+    }
+    let (lo, hi) = logs
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, v)| {
+            (lo.min(*v), hi.max(*v))
+        });
+    let span = (hi - lo).max(1e-9);
+    let last = (values.len() - 1).max(1) as f64;
+    let at = |(i, v): (usize, f64)| {
+        let px = x as f64 + (w - 1) as f64 * i as f64 / last;
+        let py = y as f64 + (h - 1) as f64 * (hi - v) / span;
+        (px, py)
+    };
+    // One column at a time: a vertical run from the previous point to this one.
+    let mut prev = at(logs[0]);
+    for &p in &logs[1..] {
+        let (px, py) = at(p);
+        let steps = ((px - prev.0).abs().max((py - prev.1).abs()).ceil() as usize).max(1);
+        for k in 0..=steps {
+            let t = k as f64 / steps as f64;
+            let cx = (prev.0 + (px - prev.0) * t).round() as u32;
+            let cy = (prev.1 + (py - prev.1) * t).round() as u32;
+            if cx < img.width() && cy < img.height() {
+                img.put_pixel(cx, cy, SPARK);
+            }
+        }
+        prev = (px, py);
+    }
 }
 
 fn fill(img: &mut RgbImage, x: u32, y: u32, w: u32, h: u32, c: Rgb<u8>) {

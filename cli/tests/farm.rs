@@ -68,6 +68,19 @@ fn check_outputs(out: &Path, names: &[&str]) {
             serde_json::from_slice(&std::fs::read(out.join(format!("{n}.json"))).expect("sidecar"))
                 .expect("sidecar is JSON");
         assert_eq!(sidecar["iterations_done"], 15, "{n}");
+        // The loss plot beside it: four curves of a point per iteration.
+        let svg = std::fs::read_to_string(out.join(format!("{n}.loss.svg")))
+            .unwrap_or_else(|e| panic!("{n}.loss.svg: {e}"));
+        assert_eq!(svg.matches("<path ").count(), 4, "{n}");
+        let total = svg
+            .split("<path d=\"")
+            .nth(1)
+            .and_then(|p| p.split('"').next());
+        assert_eq!(
+            total.map(|d| d.matches(['M', 'L']).count()),
+            sidecar["loss_curve"].as_array().map(Vec::len),
+            "{n}"
+        );
         // Where the bytes are (what the contact sheet reads back) and what the manifest
         // called them.
         let content = &sidecar["content"];
@@ -81,8 +94,44 @@ fn check_outputs(out: &Path, names: &[&str]) {
             "{n}: {content}"
         );
     }
-    let sheet = image::open(out.join("contact-sheet.png")).expect("contact sheet PNG");
-    assert!(sheet.height() > 192 * names.len() as u32, "a row per job");
+    let sheet = image::open(out.join("contact-sheet.png"))
+        .expect("contact sheet PNG")
+        .to_rgb8();
+    // The sheet's layout (cli/src/sheet.rs): rows of 192 px boxes, 12 px apart, a
+    // 24 px label above and below. Each row's result, content and style boxes hold a
+    // picture: many colours, none of them the grey of a picture that could not be read.
+    const THUMB: u32 = 192;
+    const PAD: u32 = 12;
+    const LABEL: u32 = 24;
+    let row_h = LABEL + THUMB + LABEL + PAD;
+    assert_eq!(
+        sheet.height(),
+        PAD + names.len() as u32 * row_h,
+        "a row per job"
+    );
+    for r in 0..names.len() as u32 {
+        for c in 0..3 {
+            let (x0, y0) = (PAD + c * (THUMB + PAD), PAD + r * row_h + LABEL);
+            let mut colours = std::collections::HashSet::new();
+            for y in y0..y0 + THUMB {
+                for x in x0..x0 + THUMB {
+                    colours.insert(sheet.get_pixel(x, y).0);
+                }
+            }
+            assert!(
+                colours.len() > 200 && !colours.contains(&[200, 200, 200]),
+                "row {r} box {c}: {} colours",
+                colours.len()
+            );
+        }
+        // The row's loss sparkline, at the right end of its label.
+        let top = PAD + r * row_h;
+        let red = (sheet.width() - PAD - 160..sheet.width() - PAD)
+            .flat_map(|x| (top..top + LABEL).map(move |y| (x, y)))
+            .filter(|&(x, y)| sheet.get_pixel(x, y).0 == [200, 40, 40])
+            .count();
+        assert!(red >= 160, "row {r}: a sparkline of {red} pixels");
+    }
 }
 
 #[test]
@@ -124,7 +173,15 @@ fn run_renders_a_manifest_in_one_process_and_a_second_run_reuses_it() {
     assert_eq!(blend["styles"].as_array().map(Vec::len), Some(2));
     assert_eq!(blend["styles"][1]["weight"], 0.5);
 
-    // The same manifest again: the batch exists, nothing is rendered twice.
+    // The same manifest again: the batch exists, nothing is rendered twice. A second
+    // render would write new sidecars (their timings differ); these are the same bytes.
+    let sidecars = |names: &[&str]| -> Vec<Vec<u8>> {
+        names
+            .iter()
+            .map(|n| std::fs::read(out.join(format!("{n}.json"))).expect("sidecar"))
+            .collect()
+    };
+    let first = sidecars(&names);
     let again = run(stylefarm(&["run", "--quiet"])
         .arg(&m)
         .arg("--out")
@@ -135,6 +192,7 @@ fn run_renders_a_manifest_in_one_process_and_a_second_run_reuses_it() {
         "{}",
         text(&again)
     );
+    assert!(sidecars(&names) == first, "the second run rendered again");
 
     // A manifest error: exit 3 with file, line and field.
     let bad = manifest(
@@ -264,9 +322,24 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
         "{}",
         text(&o)
     );
+    let attempt = |id: &str| {
+        let s: serde_json::Value =
+            serde_json::from_str(&expect(&run(cluster("status").arg(id).arg("--json")), 0))
+                .expect("JSON");
+        (
+            s["jobs"][0]["attempt"].as_u64(),
+            s["jobs"][0]["state"].clone(),
+        )
+    };
+    assert_eq!(attempt(&bad_id), (Some(1), "failed".into()));
     let o = run(cluster("retry").arg(&bad_id).arg("--failed"));
     expect(&o, 0);
     expect(&run(cluster("watch").arg(&bad_id)), 4);
+    assert_eq!(
+        attempt(&bad_id),
+        (Some(2), "failed".into()),
+        "retry ran the job again as a new attempt"
+    );
 
     // Cancel a long batch: watch ends with exit 4, state cancelled.
     let long = manifest(
@@ -411,12 +484,21 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Waits for a child and returns its status and stderr.
-fn finish(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
-    (child.wait().expect("wait"), err)
+/// Waits (at most [`COMMAND_LIMIT`]) for a process whose stderr is piped; returns how
+/// it ended and what it wrote.
+fn finish(p: &mut Proc) -> (std::process::ExitStatus, String) {
+    let reader = p.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            err
+        })
+    });
+    let status = p.wait_within(COMMAND_LIMIT);
+    let err = reader
+        .map(|r| r.join().unwrap_or_default())
+        .unwrap_or_default();
+    (status, err)
 }
 
 /// `status`, `status --json`, `watch` and `fetch` on a batch of 100,000 jobs, one of

@@ -68,6 +68,16 @@ fn renders_tubingen_as_starry_night_and_writes_a_sidecar() {
         "style loss only went {first} -> {last}"
     );
     assert!(sidecar["timings"]["optimize_s"].as_f64().expect("timing") > 0.0);
+
+    // The loss plot beside the sidecar, named on stdout.
+    let plot = dir.path().join("nested/tubingen.png.loss.svg");
+    assert!(
+        stdout.contains(&format!("loss plot: {}", plot.display())),
+        "{stdout}"
+    );
+    let svg = std::fs::read_to_string(&plot).expect("loss plot");
+    assert_eq!(svg.matches("<path ").count(), 4);
+    assert!(svg.contains("tubingen.png"));
 }
 
 #[test]

@@ -81,7 +81,7 @@ async fn jobs(c: &Coordinator, batch: &str) -> Vec<v1::JobStatus> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_requeues_with_checkpoint_and_stale_tokens_are_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = Coordinator::start(&dir.path().join("c.db"), &["--lease-ms", "400"]);
+    let c = Coordinator::start(&dir.path().join("c.db"), &["--lease-ms", "1500"]);
     let batch = submit(&c, "t", 0, 1).await;
     let (dead, alive) = (register(&c, "dead").await, register(&c, "alive").await);
     let first = lease(&c, &dead, 0).await.expect("job");
@@ -245,6 +245,16 @@ async fn kill_9_and_restart_loses_nothing() {
         .deadline_unix_ms;
 
     c.kill9();
+    // The last acknowledged heartbeat's deadline is on disk, as the heartbeat said.
+    let stored: i64 = rusqlite::Connection::open(&db)
+        .expect("open the database")
+        .query_row(
+            "SELECT deadline_ms FROM jobs WHERE id = ?1",
+            [&leases[3].job_id],
+            |r| r.get(0),
+        )
+        .expect("the live lease's deadline");
+    assert_eq!(stored, live_deadline);
     let c = Coordinator::start(&db, &["--lease-ms", "60000"]);
     let after = jobs(&c, &batch).await;
     assert_eq!(after.len(), 6);
@@ -334,7 +344,10 @@ async fn health_readiness_and_sigterm_drain() {
         .await
         .expect("answered in time")
         .expect("task");
-    assert_eq!(answer.expect_err("shutting down").code(), Code::Unavailable);
+    // Drained by the coordinator, not refused by a closed socket: the answer says why.
+    let answer = answer.expect_err("shutting down");
+    assert_eq!(answer.code(), Code::Unavailable, "{answer:?}");
+    assert_eq!(answer.message(), "the coordinator is shutting down");
     let exit = c.proc.wait().expect("wait");
     assert!(exit.success(), "{exit:?}");
 }

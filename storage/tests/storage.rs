@@ -67,6 +67,16 @@ async fn s3_put_get_exists_multipart_and_errors() {
     storage.put(&url, big.clone()).await.expect("multipart put");
     assert_eq!(storage.get(&url, &ANY).await.expect("get").len(), big.len());
     assert!(storage.get(&url, &ANY).await.expect("get") == big);
+    // It went up in parts: S3 gives a multipart object the ETag `HASH-PARTS`.
+    let etag = head_etag(&garage, &url).await;
+    assert!(etag.ends_with("-5\""), "40 MiB in 8 MiB parts: ETag {etag}");
+    let small = root.join("small").expect("join");
+    storage.put(&small, vec![1; 1000]).await.expect("put");
+    let etag = head_etag(&garage, &small).await;
+    assert!(
+        !etag.contains('-'),
+        "a small object goes up whole: ETag {etag}"
+    );
 
     // A bucket that does not exist and refused credentials fail at once and say so.
     let nobucket = ObjectUrl::parse("s3://no-such-bucket-here/x").expect("url");
@@ -76,13 +86,13 @@ async fn s3_put_get_exists_multipart_and_errors() {
         .await
         .expect_err("no bucket");
     assert!(
-        matches!(
-            err,
-            StorageError::NoSuchBucket { .. } | StorageError::Denied { .. }
-        ),
-        "{err}"
+        matches!(&err, StorageError::NoSuchBucket { bucket, .. } if bucket == "no-such-bucket-here"),
+        "{err:?}"
     );
-    assert!(err.to_string().contains("no-such-bucket-here"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "s3://no-such-bucket-here/x: bucket no-such-bucket-here does not exist"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "permanent errors are not retried"
@@ -141,6 +151,94 @@ async fn local_directory_backend() {
     let storage = Storage::new(S3Options::default());
     round_trips(&storage, &root).await;
     assert!(root.join("../escape").is_err());
+}
+
+/// The ETag of an object in Garage, as S3's HeadObject gives it.
+async fn head_etag(garage: &Garage, url: &ObjectUrl) -> String {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let ObjectUrl::S3 { bucket, key } = url else {
+        panic!("not an S3 url: {url}");
+    };
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("garage"))
+        .endpoint_url(&garage.endpoint)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(
+            &garage.access_key,
+            &garage.secret_key,
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("head")
+        .e_tag()
+        .expect("an ETag")
+        .to_owned()
+}
+
+/// AWS's own answer for a bucket that does not exist (404, code NoSuchBucket, in AWS's
+/// XML) is its own error, named with the bucket, and not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_named_as_such() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let served = std::thread::spawn(move || {
+        let mut answered = 0;
+        for stream in listener.incoming().take(2) {
+            let mut s = stream.expect("accept");
+            let mut req = [0u8; 8192];
+            let _ = s.read(&mut req);
+            let body =
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchBucket</Code>\
+                <Message>The specified bucket does not exist</Message>\
+                <BucketName>gone</BucketName><RequestId>1</RequestId></Error>";
+            let head = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(body.as_bytes());
+            answered += 1;
+        }
+        answered
+    });
+    let storage = Storage::new(S3Options {
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        access_key: Some("AKID".into()),
+        secret_key: Some("SECRET".into()),
+        ..S3Options::default()
+    });
+    let url = ObjectUrl::parse("s3://gone/inputs/x").expect("url");
+    let err = storage.get(&url, &ANY).await.expect_err("no bucket");
+    assert!(
+        matches!(&err, StorageError::NoSuchBucket { bucket, .. } if bucket == "gone"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "s3://gone/inputs/x: bucket gone does not exist"
+    );
+    let err = storage
+        .put(&url, b"x".to_vec())
+        .await
+        .expect_err("no bucket");
+    assert!(matches!(err, StorageError::NoSuchBucket { .. }), "{err:?}");
+    assert_eq!(
+        served.join().expect("server"),
+        2,
+        "one request each, no retries"
+    );
 }
 
 /// A read is refused once the object is over its limit: from the stated length over

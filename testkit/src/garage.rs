@@ -58,8 +58,16 @@ fn hex_of(seed: &str, len: usize) -> String {
     out
 }
 
+/// Why a start did not come up.
+enum Start {
+    /// The process exited at once: most likely a port taken since it was chosen.
+    Exited(std::process::ExitStatus),
+}
+
 impl Garage {
-    /// Starts a fresh server and waits until its bucket answers.
+    /// Starts a fresh server and waits until its bucket answers. Garage binds its own
+    /// ports, so they are chosen free just before; a port taken in between makes the
+    /// server exit at once, and the start is tried again on new ports.
     pub fn start() -> Self {
         let binary = binary();
         assert!(
@@ -69,36 +77,73 @@ impl Garage {
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let seed = format!("{}-{:?}", std::process::id(), Instant::now());
-        let (s3, rpc, admin) = (free_port(), free_port(), free_port());
         let config = dir.path().join("garage.toml");
-        let body = format!(
-            "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\n\
-             replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
-             rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
-             [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
-             root_domain = \".s3.garage.localhost\"\n\
-             [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
-            meta = dir.path().join("meta").display(),
-            data = dir.path().join("data").display(),
-            secret = hex_of(&format!("rpc-{seed}"), 64),
-        );
-        std::fs::write(&config, body).expect("write garage config");
         let mut g = Self {
             child: None,
             binary,
             config,
             _dir: dir,
-            endpoint: format!("http://127.0.0.1:{s3}"),
+            endpoint: String::new(),
             bucket: "stylefarm-test".into(),
             access_key: format!("GK{}", hex_of(&format!("key-{seed}"), 24)),
             secret_key: hex_of(&format!("secret-{seed}"), 64),
-            admin_port: admin,
+            admin_port: 0,
         };
-        g.spawn();
+        for attempt in 1.. {
+            let (s3, rpc, admin) = (free_port(), free_port(), free_port());
+            let body = format!(
+                "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\n\
+                 replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+                 [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
+                 root_domain = \".s3.garage.localhost\"\n\
+                 [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+                meta = g._dir.path().join("meta").display(),
+                data = g._dir.path().join("data").display(),
+                secret = hex_of(&format!("rpc-{seed}"), 64),
+            );
+            std::fs::write(&g.config, body).expect("write garage config");
+            g.endpoint = format!("http://127.0.0.1:{s3}");
+            g.admin_port = admin;
+            match g.spawn() {
+                Ok(()) => break,
+                Err(Start::Exited(status)) if attempt < 5 => {
+                    eprintln!(
+                        "garage exited at start ({status}), trying other ports: {}",
+                        g.log_tail()
+                    );
+                }
+                Err(Start::Exited(status)) => {
+                    panic!(
+                        "garage exited at start 5 times ({status}): {}",
+                        g.log_tail()
+                    )
+                }
+            }
+        }
         g
     }
 
-    fn spawn(&mut self) {
+    fn log(&self) -> PathBuf {
+        self._dir.path().join("garage.log")
+    }
+
+    /// The end of the server's log, for failure messages.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let start = text.len().saturating_sub(2000);
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
+        format!("log {}:\n{}", self.log().display(), &text[start..])
+    }
+
+    fn spawn(&mut self) -> Result<(), Start> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("garage log");
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&self.config)
@@ -108,17 +153,24 @@ impl Garage {
             .env("GARAGE_DEFAULT_BUCKET", &self.bucket)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start garage");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    /// Polls the server until its bucket exists (the CLI asks it over RPC).
-    fn wait_ready(&self) {
+    /// Polls the server until its bucket exists (the CLI asks it over RPC); an early
+    /// exit is returned, a server that never answers fails with its log.
+    fn wait_ready(&mut self) -> Result<(), Start> {
         let start = Instant::now();
         loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(Start::Exited(status));
+                }
+            }
             let ok = Command::new(&self.binary)
                 .arg("-c")
                 .arg(&self.config)
@@ -128,13 +180,14 @@ impl Garage {
                 .status()
                 .is_ok_and(|s| s.success());
             if ok {
-                return;
+                return Ok(());
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "garage did not serve bucket {} within 60 s (admin port {})",
+                "garage did not serve bucket {} within 60 s (admin port {}); {}",
                 self.bucket,
-                self.admin_port
+                self.admin_port,
+                self.log_tail()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -149,10 +202,24 @@ impl Garage {
         }
     }
 
-    /// Starts a stopped server again.
+    /// Starts a stopped server again, on the same ports (its clients know them). A port
+    /// still held (by the old process's sockets, or taken meanwhile) makes the start
+    /// exit; it is tried again for up to 30 s.
     pub fn resume(&mut self) {
-        if self.child.is_none() {
-            self.spawn();
+        if self.child.is_some() {
+            return;
+        }
+        let start = Instant::now();
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(Start::Exited(status)) => assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "garage could not start again on its ports within 30 s ({status}): {}",
+                    self.log_tail()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 

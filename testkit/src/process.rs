@@ -28,6 +28,9 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Longest a test waits for a process it asked to end (a drain's grace is 30 s).
+pub const WAIT_LIMIT: Duration = Duration::from_secs(120);
+
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
 pub struct Proc(pub Child);
 
@@ -51,16 +54,28 @@ impl Proc {
         assert!(status.success(), "kill -{sig} failed");
     }
 
-    /// Waits for the process to exit; panics if it is still running after `within`.
+    /// Waits for the process to exit; panics if it is still running after `within`
+    /// (the process is then killed by the drop; its log is what it wrote to stderr,
+    /// which the test's output holds).
     pub fn wait_within(&mut self, within: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.0.try_wait().expect("wait") {
                 return status;
             }
-            assert!(start.elapsed() < within, "still running after {within:?}");
+            assert!(
+                start.elapsed() < within,
+                "process {} is still running after {within:?} (its log is above)",
+                self.0.id()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// [`Proc::wait_within`] [`WAIT_LIMIT`]: what tests call after asking a process to
+    /// end (this shadows `Child::wait`, so no test waits without a bound).
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        Ok(self.wait_within(WAIT_LIMIT))
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

@@ -3,12 +3,21 @@
 It computes, in plain eager PyTorch, exactly what the engine documents: the VGG
 `features` prefix (torchvision layout, loaded from safetensors), the preprocessing
 convention from the file's metadata, content MSE, normalised Gram style loss with
-blended targets, total variation on [0,1] pixels, and torch.optim.LBFGS(max_iter=1)
-stepped once per iteration on a variable holding pixels on a 0-255 scale.
+blended targets, total variation on [0,1] pixels, and torch.optim.LBFGS(max_iter=1,
+no line search) or torch.optim.Adam stepped once per iteration on a variable holding
+pixels on a 0-255 scale (the engine's PIXEL_SCALE: the learning rate is in grey levels
+and is handed to the optimizer as is).
 
     python nst_reference.py eval   --case case.json --out result.safetensors
-    python nst_reference.py lbfgs  --case case.json --iterations 10 --out result.json
+    python nst_reference.py lbfgs  --case case.json --iterations 10 --out result.safetensors
+    python nst_reference.py adam   --case case.json --iterations 10 --out result.safetensors
     python nst_reference.py bench  --case case.json --repeat 3 [--mode naive]
+
+eval writes the gradient of the total (`grad`) and of each term on its own
+(`grad.content`, `grad.style`, `grad.tv`), with the losses as JSON metadata. lbfgs and
+adam write the final variable (`x`, 0-255) with the per-iteration totals (`history`: the
+loss at the point each iteration started from, as the engine records it) and the final
+losses as JSON metadata.
 
 case.json names the weights file, an inputs safetensors file (content, style.N, x) and
 the loss parameters.
@@ -98,7 +107,7 @@ class Reference:
         style = sum(((gram(feats[i]) - t) ** 2).mean() * w for (i, w), t in zip(self.style_layers, self.style_targets))
         content, style = content * self.cw, style * self.sw
         tv = (((x[:, :, 1:, :] - x[:, :, :-1, :]) ** 2).mean() + ((x[:, :, :, 1:] - x[:, :, :, :-1]) ** 2).mean()) * self.tw
-        return content + style + tv, {"content": float(content), "style": float(style), "tv": float(tv)}
+        return content + style + tv, {"content": content, "style": style, "tv": tv}
 
 
 def gram(f):
@@ -111,14 +120,19 @@ def cmd_eval(case, args):
     ref = Reference(case)
     y = ref.x0.clone().requires_grad_(True)
     total, parts = ref.losses(y)
-    (grad,) = torch.autograd.grad(total, [y])
-    save_file({"grad": grad.contiguous()}, args.out, metadata={"losses": json.dumps({**parts, "total": float(total)})})
+    grads = {}
+    for name, term in parts.items():
+        (grads[f"grad.{name}"],) = torch.autograd.grad(term, [y], retain_graph=True)
+    (grads["grad"],) = torch.autograd.grad(total, [y])
+    losses = {**{k: float(v) for k, v in parts.items()}, "total": float(total)}
+    save_file({k: v.contiguous() for k, v in grads.items()}, args.out, metadata={"losses": json.dumps(losses)})
 
 
-def cmd_lbfgs(case, args):
+def optimize(case, args, make_optimizer, with_closure):
+    """Runs `args.iterations` steps; records the loss each step started from."""
     ref = Reference(case)
     y = ref.x0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([y], lr=case.get("learning_rate", 1.0), max_iter=1, history_size=case.get("lbfgs_history", 100))
+    opt = make_optimizer(y)
 
     def closure():
         opt.zero_grad()
@@ -126,11 +140,34 @@ def cmd_lbfgs(case, args):
         total.backward()
         return total
 
-    history = [float(opt.step(closure)) for _ in range(args.iterations)]
+    history = []
+    for _ in range(args.iterations):
+        if with_closure:
+            history.append(float(opt.step(closure)))
+        else:
+            history.append(float(closure()))
+            opt.step()
     with torch.no_grad():
         total, parts = ref.losses(y)
-    with open(args.out, "w") as f:
-        json.dump({**parts, "total": float(total), "history": history}, f)
+    meta = {**{k: float(v) for k, v in parts.items()}, "total": float(total), "history": history}
+    save_file({"x": y.detach().contiguous()}, args.out, metadata={"result": json.dumps(meta)})
+
+
+def cmd_lbfgs(case, args):
+    optimize(
+        case,
+        args,
+        lambda y: torch.optim.LBFGS(
+            [y], lr=case.get("learning_rate", 1.0), max_iter=1, history_size=case.get("lbfgs_history", 100)
+        ),
+        with_closure=True,
+    )
+
+
+def cmd_adam(case, args):
+    # The engine's Adam: defaults (betas 0.9/0.999, eps 1e-8, no weight decay), the
+    # single-tensor update, the rate as given on the 0-255 variable.
+    optimize(case, args, lambda y: torch.optim.Adam([y], lr=case["learning_rate"], foreach=False), with_closure=False)
 
 
 def cmd_bench(case, args):
@@ -165,7 +202,7 @@ def cmd_bench(case, args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["eval", "lbfgs", "bench"])
+    p.add_argument("command", choices=["eval", "lbfgs", "adam", "bench"])
     p.add_argument("--case", required=True)
     p.add_argument("--out")
     p.add_argument("--iterations", type=int, default=10)
@@ -176,7 +213,7 @@ def main():
     args = p.parse_args()
     with open(args.case) as f:
         case = json.load(f)
-    {"eval": cmd_eval, "lbfgs": cmd_lbfgs, "bench": cmd_bench}[args.command](case, args)
+    {"eval": cmd_eval, "lbfgs": cmd_lbfgs, "adam": cmd_adam, "bench": cmd_bench}[args.command](case, args)
 
 
 if __name__ == "__main__":

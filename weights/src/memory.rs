@@ -121,7 +121,8 @@ impl Estimate {
         }
     }
 
-    /// `4.1 GiB (graph 2.3 GiB, optimizer 1.1 GiB, …)`: the peak and its largest parts.
+    /// `4.10 GiB of memory (graph 2.30 GiB, optimizer 1.10 GiB, …)`: the peak and its
+    /// largest parts.
     pub fn describe(&self) -> String {
         let mut parts: Vec<_> = match self.backend {
             Backend::Cpu => self.host.clone(),
@@ -134,7 +135,7 @@ impl Estimate {
             .take(4)
             .map(|(what, b)| format!("{what} {}", gib(*b)))
             .collect();
-        format!("{} ({})", gib(self.peak()), shown.join(", "))
+        format!("{} of memory ({})", gib(self.peak()), shown.join(", "))
     }
 }
 
@@ -252,42 +253,55 @@ pub fn estimate(
         // Two moments and a temporary.
         OptimizerKind::Adam => 3 * numel,
     };
-    let compute = targets.max(graph + optimizer + content_features + grams);
+    // Targets are computed first and freed but for the Gram matrices and content
+    // features; the optimization comes after. The peak is the larger of the two.
+    let optimizing = graph + optimizer + content_features + grams;
+    let compute: Vec<(&'static str, u64)> = if targets > optimizing {
+        vec![("style targets", targets)]
+    } else {
+        vec![
+            ("graph", graph),
+            ("optimizer", optimizer),
+            ("targets", content_features + grams),
+        ]
+    };
+    let compute_bytes: u64 = compute.iter().map(|(_, b)| b).sum();
 
     Ok(match backend {
         Backend::Cpu => {
-            let tensors = tensors + compute;
-            let overhead = (tensors as f64 * CPU_OVERHEAD) as u64;
+            let overhead = ((tensors + compute_bytes) as f64 * CPU_OVERHEAD) as u64;
+            let mut host = vec![
+                ("process", CPU_PROCESS_BYTES),
+                ("network", weights_file_bytes + convs),
+                ("inputs", inputs + decoder),
+                ("images", resized_host + tensors),
+            ];
+            host.extend(compute);
+            host.push(("allocator", overhead));
+            Estimate {
+                backend,
+                host,
+                device: Vec::new(),
+            }
+        }
+        Backend::Cuda => {
+            let mut device = vec![
+                ("context", CUDA_CONTEXT_BYTES),
+                ("network", convs),
+                ("images", tensors),
+            ];
+            device.extend(compute);
             Estimate {
                 backend,
                 host: vec![
                     ("process", CPU_PROCESS_BYTES),
-                    ("network", weights_file_bytes + convs),
+                    ("network", weights_file_bytes),
                     ("inputs", inputs + decoder),
                     ("images", resized_host),
-                    ("graph", graph),
-                    ("optimizer", optimizer),
-                    ("tensors", tensors - graph - optimizer + overhead),
                 ],
-                device: Vec::new(),
+                device,
             }
         }
-        Backend::Cuda => Estimate {
-            backend,
-            host: vec![
-                ("process", CPU_PROCESS_BYTES),
-                ("network", weights_file_bytes),
-                ("inputs", inputs + decoder),
-                ("images", resized_host),
-            ],
-            device: vec![
-                ("context", CUDA_CONTEXT_BYTES),
-                ("network", convs),
-                ("graph", graph),
-                ("optimizer", optimizer),
-                ("tensors", tensors + compute - graph - optimizer),
-            ],
-        },
     })
 }
 

@@ -104,6 +104,85 @@ fn resume_from_checkpoint_is_bit_identical() {
     }
 }
 
+/// The L-BFGS history pairs a checkpoint holds.
+fn lbfgs_pairs(bytes: &[u8]) -> usize {
+    safetensors::SafeTensors::deserialize(bytes)
+        .expect("tensors")
+        .names()
+        .iter()
+        .filter(|n| n.starts_with("lbfgs.old_dirs."))
+        .count()
+}
+
+#[test]
+fn resume_with_a_short_lbfgs_history_evicts_like_an_uninterrupted_run() {
+    // History 3 over 12 iterations: pairs are evicted after the restore, from a checkpoint
+    // whose history is still filling (3), exactly full (5) and already evicting (8). (The
+    // first step, min(1, 1/|g|_1) of the gradient, is too short for a pair: ys < 1e-10,
+    // as in torch.optim.LBFGS; pairs come from iteration 3 on.)
+    let params = RenderParams {
+        lbfgs_history: 3,
+        ..with_optimizer(OptimizerKind::Lbfgs, 12)
+    };
+    let straight = run(&params, None);
+    assert_eq!(straight.iteration(), 12);
+    let mut stopping = Render::new(
+        &common::real_weights(),
+        &params,
+        &common::small_inputs(),
+        Device::Cpu,
+    )
+    .expect("render");
+    let cancel = AtomicBool::new(false);
+    let mut checkpoints = Vec::new();
+    for (stop, pairs) in [(3, 1), (5, 3), (8, 3)] {
+        stopping.run_until(stop, &cancel, &mut |_| {}).expect("run");
+        assert_eq!(stopping.iteration(), stop);
+        let bytes = stopping.checkpoint().expect("checkpoint");
+        assert_eq!(
+            lbfgs_pairs(&bytes),
+            pairs,
+            "history pairs at iteration {stop}"
+        );
+        checkpoints.push((stop, bytes));
+    }
+    stopping.run(&cancel, &mut |_| {}).expect("run");
+    assert!(
+        same_bits(&straight, &stopping),
+        "checkpointing changed the run"
+    );
+    for (stop, bytes) in checkpoints {
+        let mut resumed = Render::resume(
+            &common::real_weights(),
+            &params,
+            &common::small_inputs(),
+            Device::Cpu,
+            &bytes,
+        )
+        .expect("resume");
+        assert_eq!(resumed.iteration(), stop);
+        resumed.run(&cancel, &mut |_| {}).expect("run");
+        assert_eq!(resumed.iteration(), 12);
+        assert_eq!(straight.history().len(), resumed.history().len());
+        if let Some((i, (a, b))) = straight
+            .history()
+            .iter()
+            .zip(resumed.history())
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+        {
+            panic!(
+                "resumed at {stop}: iteration {} losses differ\nuninterrupted: {a:?}\nresumed:       {b:?}",
+                i + 1
+            );
+        }
+        assert!(
+            same_bits(&straight, &resumed),
+            "resumed at {stop}: image differs"
+        );
+    }
+}
+
 /// A checkpoint's tensors and metadata, rebuilt after `edit` (a checkpoint is data a
 /// worker reads back from storage: it may have been written by anyone holding the lease).
 fn tampered(

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
+use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
 use stylefarm_storage::{ObjectUrl, Storage};
 use stylefarm_testkit::garage::Garage;
 use stylefarm_testkit::process::{workspace_bin, CoordinatorProc, Proc};
@@ -230,11 +231,16 @@ async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() 
 
 impl Farm {
     async fn submit(&self, token: &str, jobs: Vec<v1::JobSpec>) -> String {
+        self.submit_with(token, jobs, 0).await
+    }
+
+    /// Submits with `max_attempts` (0: the coordinator's default).
+    async fn submit_with(&self, token: &str, jobs: Vec<v1::JobSpec>, max_attempts: u32) -> String {
         let req = v1::SubmitBatchRequest {
             name: token.into(),
             client_token: token.into(),
             priority: 0,
-            max_attempts: 0,
+            max_attempts,
             jobs,
         };
         self.client()
@@ -318,10 +324,18 @@ impl Farm {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_drains() {
-    let farm = Farm::start(2_000).await;
+    let farm = Farm::start(4_000).await;
     let (content, style) = farm.tubingen_and_starry_night().await;
     let its = 200;
     let args = ["--checkpoint-every", "10"];
+    // 16-bit outputs: a difference under half an 8-bit grey level still shows.
+    let spec = |name: &str, c: &v1::ObjectRef, s: &v1::ObjectRef, w: &WeightsInfo, n: u32| {
+        let mut job = spec(name, c, s, w, n);
+        if let Some(p) = job.params.as_mut() {
+            p.output_bit_depth = Some(16);
+        }
+        job
+    };
 
     // The reference: the same job, never interrupted.
     let reference = farm
@@ -334,6 +348,18 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
     let (_, done) = farm.wait(&reference, Duration::from_secs(300)).await;
     let (reference_png, reference_sidecar) = farm.output(&done[0]).await;
     assert!(reference_sidecar.get("resumed_from").is_none());
+    assert_eq!(
+        image::load_from_memory(&reference_png)
+            .expect("png")
+            .color(),
+        image::ColorType::Rgb16
+    );
+    let curve = |sidecar: &serde_json::Value| sidecar["loss_curve"].clone();
+    assert_eq!(
+        curve(&reference_sidecar).as_array().map(Vec::len),
+        Some(its as usize),
+        "a loss per iteration"
+    );
     w.signal("TERM");
     assert!(w.wait().expect("wait").success());
 
@@ -363,15 +389,22 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
     assert_eq!(sidecar["iterations_done"], its);
     assert!(
         png == reference_png,
-        "the resumed image equals the uninterrupted one bit for bit"
+        "the resumed image equals the uninterrupted one bit for bit (16-bit PNG)"
+    );
+    assert_eq!(
+        curve(&sidecar),
+        curve(&reference_sidecar),
+        "and every iteration's losses are the same numbers"
     );
 
     // SIGTERM mid-job: the worker checkpoints, hands the job back and exits 0; the next
-    // worker resumes it, and the hand-back spent no attempt.
+    // worker resumes it, and the hand-back spent no attempt: the batch allows one
+    // attempt, yet the job runs a second time and succeeds.
     let batch = farm
-        .submit(
+        .submit_with(
             "drained",
             vec![spec("drained", &content, &style, &farm.weights, its)],
+            1,
         )
         .await;
     b.signal("TERM");
@@ -401,16 +434,23 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
     let mut d = farm.worker("d", &args);
     let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
     assert_eq!(state, v1::BatchState::Succeeded as i32, "{jobs:#?}");
+    // Handed back once or twice (b may have leased it before its own SIGTERM): each
+    // later attempt of this one-attempt batch ran, and the last one made the result.
+    assert!(
+        jobs[0].attempt >= 2 && jobs[0].result_attempt == jobs[0].attempt,
+        "{jobs:#?}"
+    );
     let (png, sidecar) = farm.output(&jobs[0]).await;
     assert!(sidecar["resumed_from"].as_u64().is_some_and(|i| i > 0));
     assert!(png == reference_png);
+    assert_eq!(curve(&sidecar), curve(&reference_sidecar));
     d.signal("TERM");
     assert!(d.wait().expect("wait").success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_twenty_second_storage_outage_mid_job_is_ridden_out() {
-    let mut farm = Farm::start(3_000).await;
+    let mut farm = Farm::start(6_000).await;
     let batch = farm.one_job("outage", 300).await;
     let mut w = farm.worker("w", &["--checkpoint-every", "10"]);
     farm.wait_for_checkpoint(&batch, "w").await;
@@ -431,7 +471,7 @@ async fn a_twenty_second_storage_outage_mid_job_is_ridden_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_workers_late_output_never_becomes_the_result() {
-    let farm = Farm::start(1_500).await;
+    let farm = Farm::start(4_000).await;
     let batch = farm.one_job("stale", 150).await;
     let mut a = farm.worker("a", &["--checkpoint-every", "10"]);
     farm.wait_for_checkpoint(&batch, "a").await;
@@ -459,6 +499,70 @@ async fn a_stale_workers_late_output_never_becomes_the_result() {
     b.signal("TERM");
     assert!(a.wait().expect("wait").success());
     assert!(b.wait().expect("wait").success());
+
+    // The same through the wire, where a real worker gives up at its refused heartbeat:
+    // this test is the stale worker. It leases a job, writes an output under its
+    // attempt and stays silent past the lease; a worker takes the job over and
+    // finishes it; then the late CompleteJob arrives and is refused.
+    let late = farm.one_job("late", 20).await;
+    let mut stale = WorkerServiceClient::new(
+        farm.coordinator
+            .auth("worker")
+            .connect(&farm.coordinator.grpc)
+            .await
+            .expect("connect"),
+    );
+    let me = stale
+        .register_worker(stylefarm_testkit::farm::register("stale"))
+        .await
+        .expect("register")
+        .into_inner()
+        .worker_id;
+    let lease = stale
+        .lease_job(v1::LeaseJobRequest {
+            worker_id: me.clone(),
+            wait_ms: 5_000,
+        })
+        .await
+        .expect("lease")
+        .into_inner()
+        .lease
+        .expect("the job");
+    let key = format!("{}/late.png", lease.attempt_prefix);
+    farm.storage
+        .put(&farm.root().join(&key).expect("key"), b"stale".to_vec())
+        .await
+        .expect("put");
+    let mut c = farm.worker("c", &["--checkpoint-every", "10"]);
+    let (state, jobs) = farm.wait(&late, Duration::from_secs(300)).await;
+    assert_eq!(state, v1::BatchState::Succeeded as i32, "{jobs:#?}");
+    assert_eq!(jobs[0].result_attempt, 2, "{jobs:#?}");
+    let refused = stale
+        .complete_job(v1::CompleteJobRequest {
+            worker_id: me,
+            job_id: lease.job_id.clone(),
+            fencing_token: lease.fencing_token,
+            result_key: key.clone(),
+            sidecar_key: String::new(),
+            iteration: 20,
+            losses: None,
+        })
+        .await
+        .expect_err("a late completion");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let after = farm.first_job(&late).await;
+    assert_eq!(
+        (after.result_key.as_str(), after.result_attempt),
+        (jobs[0].result_key.as_str(), 2),
+        "the late output did not become the result"
+    );
+    assert_ne!(after.result_key, key);
+    c.signal("TERM");
+    assert!(c.wait().expect("wait").success());
 }
 
 impl Farm {
@@ -497,6 +601,17 @@ impl Farm {
 
     /// A batch of `n` tubingen x starry night jobs.
     async fn jobs_batch(&self, token: &str, n: usize, iterations: u32) -> String {
+        self.jobs_batch_with(token, n, iterations, 0).await
+    }
+
+    /// `n` jobs of `iterations` each, at most `max_attempts` attempts each.
+    async fn jobs_batch_with(
+        &self,
+        token: &str,
+        n: usize,
+        iterations: u32,
+        max_attempts: u32,
+    ) -> String {
         let (content, style) = self.tubingen_and_starry_night().await;
         let jobs = (0..n)
             .map(|i| {
@@ -509,7 +624,7 @@ impl Farm {
                 )
             })
             .collect();
-        self.submit(token, jobs).await
+        self.submit_with(token, jobs, max_attempts).await
     }
 }
 
@@ -577,7 +692,7 @@ async fn the_next_job_is_prefetched_while_one_runs_and_handed_back_on_sigterm() 
 
     // SIGTERM while a prefetched job waits: both jobs go back to the queue, the
     // running one with its checkpoint, neither spending an attempt.
-    let batch = farm.jobs_batch("drain", 2, 100_000).await;
+    let batch = farm.jobs_batch_with("drain", 2, 100_000, 1).await;
     let mut b = farm.worker("b", &["--prefetch-at", "0", "--checkpoint-every", "5"]);
     farm.until(
         &batch,
@@ -597,6 +712,16 @@ async fn the_next_job_is_prefetched_while_one_runs_and_handed_back_on_sigterm() 
         1,
         "the running job kept its checkpoint: {jobs:#?}"
     );
+    // One attempt allowed, and both are leased again: the hand-backs spent none.
+    let mut c = farm.worker("c", &["--prefetch-at", "0"]);
+    let again = farm
+        .until(&batch, Duration::from_secs(120), "both leased again", |j| {
+            running(j) == 2
+        })
+        .await;
+    assert!(again.iter().all(|j| j.attempt == 2), "{again:#?}");
+    c.signal("TERM");
+    assert!(c.wait().expect("wait").success());
 }
 
 impl Farm {
@@ -625,7 +750,7 @@ impl Farm {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_worker_dies_every_time_fails_when_its_attempts_are_spent_and_the_batch_goes_on(
 ) {
-    let farm = Farm::start(1500).await;
+    let farm = Farm::start(4_000).await;
     let (content, style) = farm.tubingen_and_starry_night().await;
     // The first job runs long enough to be killed in; the second is quick.
     let batch = farm

@@ -84,7 +84,7 @@ pub enum EngineError {
     },
     /// The job's estimated peak memory is over what one job may take here; found from
     /// the images' headers, before anything is decoded.
-    #[error("needs about {needs} of memory at its peak, over the {budget} one job may take on this worker ({from}); lower size or style_scale, or use fewer or smaller style images")]
+    #[error("needs about {needs} at its peak, over the {budget} one job may take on this worker ({from}); lower size or style_scale, or use fewer or smaller style images")]
     Memory {
         /// The estimate and its largest parts.
         needs: String,
