@@ -171,7 +171,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                         j.name.clone(),
                         job_state_name(j.state).into(),
                         format!("{}/{}", j.iteration, j.iterations),
-                        j.attempt.to_string(),
+                        format!("{}/{}", j.attempt, j.attempts_allowed),
                         j.worker.clone(),
                         cluster::first_line(&j.error, 120),
                     ]);
@@ -228,6 +228,7 @@ fn job_json(j: &stylefarm_proto::v1::JobStatus) -> serde_json::Value {
         "iteration": j.iteration,
         "iterations": j.iterations,
         "attempt": j.attempt,
+        "attempts_allowed": j.attempts_allowed,
         "worker": j.worker,
         "error": j.error,
         "result_key": j.result_key,

@@ -167,6 +167,9 @@ pub struct JobRecord {
     pub deadline_ms: Option<i64>,
     /// Bumped by every change of the job.
     pub version: u64,
+    /// Attempts it may start in all: the batch's `max_attempts`, raised by one for each
+    /// attempt handed back unfinished (ReleaseJob); a retry allows `max_attempts` more.
+    pub attempts_allowed: u32,
 }
 
 /// A batch's stored record with its job counts.

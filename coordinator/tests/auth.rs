@@ -537,9 +537,12 @@ async fn tls_refuses_a_wrong_ca_plaintext_an_expired_certificate_and_a_missing_c
     let err = try_list(&right, &maddr)
         .await
         .expect_err("no client certificate");
+    // (hyper reports a connection closed under a call as Unknown, Unavailable or,
+    // when the close wins the race with the request, Cancelled.)
     assert!(
         err.starts_with("Unknown")
             || err.starts_with("Unavailable")
+            || (err.starts_with("Cancelled") && err.contains("connection closed"))
             || err.contains("CertificateRequired"),
         "no client certificate: {err}"
     );

@@ -430,6 +430,8 @@ async fn a_killed_worker_is_resumed_from_its_checkpoint_bit_for_bit_and_sigterm_
         v1::JobState::Queued as i32,
         "handed back, not left to expire"
     );
+    // Every attempt so far was handed back, and each gave its place back.
+    assert_eq!(job.attempts_allowed, 1 + job.attempt, "{job:#?}");
     assert!(!job.checkpoint_key.is_empty());
     let mut d = farm.worker("d", &args);
     let (state, jobs) = farm.wait(&batch, Duration::from_secs(300)).await;
@@ -706,6 +708,7 @@ async fn the_next_job_is_prefetched_while_one_runs_and_handed_back_on_sigterm() 
     let jobs = farm.jobs(&batch).await;
     for j in &jobs {
         assert_eq!(j.state, v1::JobState::Queued as i32, "{j:#?}");
+        assert_eq!((j.attempt, j.attempts_allowed), (1, 2), "{j:#?}");
     }
     assert_eq!(
         jobs.iter().filter(|j| !j.checkpoint_key.is_empty()).count(),

@@ -268,10 +268,10 @@ pub fn job_status(j: &JobRecord) -> v1::JobStatus {
         checkpoint_key: j.checkpoint_key.clone().unwrap_or_default(),
         result_attempt: j.result_attempt.unwrap_or(0),
         sidecar_key: j.sidecar_key.clone().unwrap_or_default(),
+        attempts_allowed: j.attempts_allowed,
     }
 }
 
-/// A batch on the wire, with its jobs when given.
 /// Jobs in one GetBatch answer when the request does not say.
 pub const DEFAULT_PAGE: usize = 1000;
 /// Most jobs in one GetBatch answer.
@@ -323,6 +323,7 @@ pub fn fill_page(answer: &mut v1::Batch, jobs: &[JobRecord], size: usize) {
     }
 }
 
+/// A batch on the wire, with its jobs when given.
 pub fn batch(b: &BatchRecord, jobs: &[JobRecord]) -> v1::Batch {
     v1::Batch {
         batch_id: b.batch_id.clone(),
