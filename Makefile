@@ -9,6 +9,10 @@ STAMP := $(VENV)/.stylefarm-torch-$(TORCH_VERSION)
 SHARED ?= $(abspath $(CURDIR)/../shared)
 STYLEFARM_WEIGHTS ?= $(SHARED)/weights/vgg19-caffe-conv1_1-conv3_4.safetensors
 DEMO_OUT ?= demo-out
+# The release binaries (where cargo puts them) and the cache `stylefarm` keeps weights in.
+BIN ?= $(or $(CARGO_TARGET_DIR),target)/release
+WEIGHTS_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/stylefarm/weights
+WEIGHTS_URL ?=
 # Garage, the S3 server the tests run, is built once per version into a cache outside
 # the checkout, so fresh clones reuse it (keep in step with testkit's GARAGE_VERSION).
 GARAGE_VERSION := 2.5.0
@@ -22,7 +26,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export STYLEFARM_SHARED := $(SHARED)
 export STYLEFARM_GARAGE := $(GARAGE)
 
-.PHONY: all venv garage build test deploy-check demo bench-engine bench-worker bench-coordinator fmt lint clean
+.PHONY: all venv garage build test deploy-check demo demo-run bench-engine bench-worker bench-coordinator fmt lint clean
 
 all: build
 
@@ -68,12 +72,28 @@ deploy-check: $(DEPLOY_STAMP)
 	$(VENV)/bin/kubernetes-validate --strict --quiet -k 1.33.0 $(filter-out deploy/kustomization.yaml,$(wildcard deploy/*.yaml))
 
 # The example manifest through `stylefarm run`: an embedded coordinator, a local worker
-# and local storage, the same code as a cluster. Outputs and the contact sheet go to
-# $(DEMO_OUT); a second run reuses what is done.
-# Weights: STYLEFARM_WEIGHTS (default: the real partial VGG19 in ../shared) when that
-# file exists, else stylefarm looks in its cache and says how to supply a file.
+# and local storage, the same code as a cluster. Outputs, loss plots and the contact
+# sheet go to $(DEMO_OUT); a second run reuses what is done. The images are in
+# examples/images. Weights, in this order: STYLEFARM_WEIGHTS when set; the real partial
+# VGG19 in ../shared when it is there; the newest file in the weights cache; else
+# torchvision's VGG19 is downloaded into the cache once (`stylefarm weights fetch vgg19`,
+# 548 MB; WEIGHTS_URL names a mirror), and without a network the demo stops at once
+# saying how to supply a file.
 demo: build
-	target/release/stylefarm run examples/demo.yaml --out $(DEMO_OUT) $(if $(wildcard $(STYLEFARM_WEIGHTS)),--weights $(STYLEFARM_WEIGHTS))
+	@$(MAKE) --no-print-directory demo-run
+
+demo-run:
+	@if [ "$(origin STYLEFARM_WEIGHTS)" != file ] || [ -f "$(STYLEFARM_WEIGHTS)" ]; then \
+	  weights="--weights $(STYLEFARM_WEIGHTS)"; \
+	elif ls "$(WEIGHTS_CACHE)"/*.safetensors >/dev/null 2>&1; then \
+	  weights=""; \
+	else \
+	  echo "no VGG weights in $(SHARED)/weights or $(WEIGHTS_CACHE): downloading torchvision's VGG19 once (548 MB)"; \
+	  $(BIN)/stylefarm weights fetch vgg19 $(if $(WEIGHTS_URL),--url $(WEIGHTS_URL)) >/dev/null \
+	    || { echo "make demo: no weights; set STYLEFARM_WEIGHTS=FILE (a VGG safetensors file) and run it again"; exit 1; }; \
+	  weights=""; \
+	fi; \
+	$(BIN)/stylefarm run examples/demo.yaml --out $(DEMO_OUT) $$weights
 
 # Benches name --workspace so they resolve the features `make test` does and reuse its
 # build (a `-p` selection resolves its own and rebuilds).

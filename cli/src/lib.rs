@@ -8,6 +8,7 @@
 //! - [`input`]: what may be uploaded as an input image (regular image files, capped).
 //! - [`weights`]: `weights fetch`, `list` and `inspect`: torchvision's VGG converted to
 //!   safetensors, the cache, a file's layers.
+//! - [`doctor`]: `stylefarm doctor`, what a machine lacks for its role.
 //! - [`exit`]: exit codes, and where coordinator errors become CLI errors.
 //!
 //! `main.rs` parses [`Cli`], starts tracing and calls [`run`]; errors reach `main` as
@@ -15,6 +16,7 @@
 
 pub mod batch;
 pub mod cluster;
+pub mod doctor;
 pub mod embedded;
 pub mod exit;
 pub mod input;
@@ -67,6 +69,9 @@ pub enum Command {
     Retry(batch::RetryArgs),
     /// Download a batch's outputs and sidecars and write a contact sheet.
     Fetch(batch::FetchArgs),
+    /// Check this machine for a role: libtorch, CUDA, weights, coordinator, storage, disk.
+    #[command(mut_arg("storage", |a| a.required(false).default_value("")))]
+    Doctor(doctor::DoctorArgs),
     /// VGG weights files: fetch torchvision's, list the cache, inspect a file.
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
@@ -119,6 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Cancel(a) => batch::cancel(a).await,
             Command::Retry(a) => batch::retry(a).await,
             Command::Fetch(a) => batch::fetch(a).await,
+            Command::Doctor(a) => doctor::run(a).await,
         }
     })
 }

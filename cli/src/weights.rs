@@ -1,6 +1,7 @@
 //! Finding the VGG weights a command runs with.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
@@ -257,10 +258,34 @@ fn download(arch: Architecture, url: &str) -> anyhow::Result<Vec<u8>> {
             arch.name()
         )
     };
-    let mut resp = ureq::get(url).call().map_err(|e| offline(e.to_string()))?;
-    resp.body_mut()
-        .with_config()
-        .limit(MAX_DOWNLOAD)
-        .read_to_vec()
-        .map_err(|e| offline(e.to_string()))
+    // A machine without internet access learns it within seconds, not minutes.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_recv_response(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().map_err(|e| offline(e.to_string()))?;
+    let len = resp.body().content_length();
+    let bar = indicatif::ProgressBar::new(len.unwrap_or(0));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bytes:>10} / {total_bytes} [{bar:40}] {bytes_per_sec}, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let capacity = usize::try_from(len.unwrap_or(0).min(MAX_DOWNLOAD)).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(capacity);
+    let mut reader = resp.body_mut().with_config().limit(MAX_DOWNLOAD).reader();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut chunk).map_err(|e| offline(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok(bytes)
 }

@@ -199,16 +199,29 @@ fn a_wedge_that_expands_past_the_limit_is_refused_before_expanding() {
     assert!(text.contains("more than 100000 jobs"), "{text}");
 }
 
+/// The example loads from a clone alone: no variable, every image in examples/images.
 #[test]
-fn the_example_manifest_is_valid() {
-    let shared = stylefarm_testkit::fixtures::shared().display().to_string();
-    let env = |name: &str| (name == "STYLEFARM_SHARED").then(|| shared.clone());
-    let m = Manifest::load_with_env(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.yaml"),
-        &env,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+fn the_example_manifest_is_valid_without_anything_beside_the_checkout() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let m = Manifest::load_with_env(&examples.join("demo.yaml"), &|_: &str| None)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.jobs.len(), 5);
+    let images = examples
+        .join("images")
+        .canonicalize()
+        .expect("examples/images");
+    for job in &m.jobs {
+        let refs = std::iter::once(&job.content).chain(job.styles.iter().map(|(s, _)| s));
+        for r in refs {
+            let ImageRef::Local(p) = r else {
+                panic!("{r} is not a local file");
+            };
+            let p = p
+                .canonicalize()
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(p.starts_with(&images), "{}", p.display());
+        }
+    }
 }
 
 #[test]

@@ -11,7 +11,8 @@
 ///   --as-needed drops it and CUDA looks absent on a GPU node.
 ///
 /// Sets `STYLEFARM_LIBTORCH_CUDA` (1 or 0) for the crate's code, which says at startup
-/// whether the backend should be there.
+/// whether the backend should be there, and `STYLEFARM_LIBTORCH_LIB`, the folder linked
+/// against (`stylefarm doctor` reports it and its version).
 pub fn libtorch() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let dir = std::env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default();
@@ -23,4 +24,5 @@ pub fn libtorch() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
     println!("cargo:rustc-env=STYLEFARM_LIBTORCH_CUDA={}", u8::from(cuda));
+    println!("cargo:rustc-env=STYLEFARM_LIBTORCH_LIB={dir}");
 }

@@ -201,6 +201,14 @@ impl Storage {
         }
     }
 
+    /// Removes the object at `url`; removing one that is not there is not an error.
+    pub async fn delete(&self, url: &ObjectUrl) -> Result<(), StorageError> {
+        match url {
+            ObjectUrl::File(p) => local::delete(p).await,
+            ObjectUrl::S3 { bucket, key } => self.s3().await?.delete(bucket, key).await,
+        }
+    }
+
     /// True when an object is at `url`.
     pub async fn exists(&self, url: &ObjectUrl) -> Result<bool, StorageError> {
         match url {

@@ -79,6 +79,15 @@ pub async fn get(path: &Path, limit: &Limit) -> Result<Fetched, StorageError> {
     .map_err(|e| io(path, std::io::Error::other(e)))?
 }
 
+/// Removes the file at `path` (none there is fine).
+pub async fn delete(path: &Path) -> Result<(), StorageError> {
+    checked(path)?;
+    match tokio::fs::remove_file(path).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// True when `path` is a file.
 pub async fn exists(path: &Path) -> Result<bool, StorageError> {
     checked(path)?;

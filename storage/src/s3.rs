@@ -216,6 +216,15 @@ impl S3 {
         finish(&url, outcome)
     }
 
+    /// Removes an object (S3 answers the same whether it was there or not).
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        self.run(bucket, key, || {
+            let req = self.client.delete_object().bucket(bucket).key(key);
+            async move { req.send().await.map(|_| ()) }
+        })
+        .await
+    }
+
     /// True when the object exists.
     pub async fn exists(&self, bucket: &str, key: &str) -> Result<bool, StorageError> {
         let found = self

@@ -18,6 +18,21 @@ pub enum DeviceArg {
 /// the libtorch it was built against is CPU-only. See link/src/lib.rs.
 pub const CUDA_BACKEND_LINKED: bool = matches!(env!("STYLEFARM_LIBTORCH_CUDA").as_bytes(), b"1");
 
+/// The libtorch folder this build links against, and its PyTorch version (from the
+/// `version.py` beside it in PyPI's torch), when that file is there.
+pub fn libtorch() -> (&'static str, Option<String>) {
+    let dir = env!("STYLEFARM_LIBTORCH_LIB");
+    let version = std::fs::read_to_string(std::path::Path::new(dir).join("../version.py"))
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let v = l.strip_prefix("__version__")?.split(['\'', '"']).nth(1)?;
+                Some(v.to_owned())
+            })
+        });
+    (dir, version)
+}
+
 /// CUDA was asked for and libtorch sees none.
 #[derive(Debug, thiserror::Error)]
 #[error(
