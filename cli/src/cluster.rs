@@ -175,7 +175,10 @@ impl Coordinator {
                 let (object, fresh) = storage.put_input(root, bytes).await?;
                 uploaded += usize::from(fresh);
                 let label = r.to_string();
-                let dims = Some(dims);
+                // Sizes the coordinator cannot take are left out (it then estimates a
+                // square); the workers read the real header anyway.
+                let side = stylefarm_core::spec::MAX_IMAGE_SIDE;
+                let dims = (dims.0 <= side && dims.1 <= side).then_some(dims);
                 inputs.insert(
                     r,
                     ObjectRef {
@@ -338,8 +341,14 @@ impl Pages<'_> {
             })
             .await?;
         if !page.next_page_token.is_empty() {
-            if page.next_page_token == token {
-                anyhow::bail!("the coordinator gave the same page token twice");
+            // Tokens are job ids, which only grow along a batch: anything else (or more
+            // pages with no jobs) would page for ever.
+            if page.next_page_token <= token || page.jobs.is_empty() {
+                anyhow::bail!(
+                    "the coordinator's pages of batch {} do not advance (token {:?} after {token:?})",
+                    self.id,
+                    page.next_page_token
+                );
             }
             self.next = Some(page.next_page_token);
         }

@@ -364,7 +364,11 @@ async fn storage(args: Option<&StorageArgs>, role: Role) -> (Check, Option<PathB
         ObjectUrl::File(p) => Some(p.clone()),
         ObjectUrl::S3 { .. } => None,
     };
-    let probe = match root.join(&format!("doctor/probe-{}", std::process::id())) {
+    // Unique per run, so doctors on machines sharing a bucket never touch each other's.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let probe = match root.join(&format!("doctor/probe-{}-{nonce}", std::process::id())) {
         Ok(u) => u,
         Err(e) => return (Check::new("storage", Status::Fail, e.to_string()), local),
     };
@@ -373,11 +377,22 @@ async fn storage(args: Option<&StorageArgs>, role: Role) -> (Check, Option<PathB
         storage.put(&probe, bytes.clone()).await?;
         let back = storage
             .get(&probe, &Limit::new("the doctor's probe", 1024))
-            .await?;
-        storage.delete(&probe).await?;
+            .await;
+        // Removed whatever the read gave.
+        let removed = storage.delete(&probe).await;
+        let back = back?;
+        removed?;
         Ok::<_, stylefarm_storage::StorageError>(back == bytes)
     };
-    let check = match tokio::time::timeout(Duration::from_secs(60), result).await {
+    let answer = tokio::time::timeout(Duration::from_secs(60), result).await;
+    if answer.is_err() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), storage.delete(&probe)).await;
+    }
+    if let Some(dir) = &local {
+        // The probe's folder, when the doctor made it and nothing else is in it.
+        let _ = std::fs::remove_dir(dir.join("doctor"));
+    }
+    let check = match answer {
         Ok(Ok(true)) => Check::new(
             "storage",
             Status::Ok,

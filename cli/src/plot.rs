@@ -19,6 +19,9 @@ const TOP: f64 = 36.0;
 const BOTTOM: f64 = 44.0;
 /// Most points drawn per curve; longer curves are thinned evenly (first and last kept).
 const MAX_POINTS: usize = 2000;
+/// Most decades the axis spans below the largest value; smaller values (a content loss
+/// of 1e-9 at the first iteration) are left out rather than squeeze the rest.
+const MAX_DECADES: f64 = 12.0;
 
 /// One iteration's losses: total, content, style, TV.
 pub type Point = [f64; 4];
@@ -54,8 +57,9 @@ pub fn loss_svg(title: &str, points: &[Point]) -> String {
         (lo.min(v), hi.max(v))
     });
     let (lo_dec, hi_dec) = if lo.is_finite() {
-        let lo_dec = lo.log10().floor();
-        (lo_dec, hi.log10().ceil().max(lo_dec + 1.0))
+        let hi_dec = hi.log10().ceil();
+        let lo_dec = lo.log10().floor().max(hi_dec - MAX_DECADES);
+        (lo_dec, hi_dec.max(lo_dec + 1.0))
     } else {
         (0.0, 1.0)
     };
@@ -118,7 +122,7 @@ pub fn loss_svg(title: &str, points: &[Point]) -> String {
                 continue;
             }
             let v = p[s];
-            if !(v.is_finite() && v > 0.0) {
+            if !(v.is_finite() && v > 0.0 && v.log10() >= lo_dec) {
                 pen_down = false;
                 continue;
             }
@@ -215,6 +219,15 @@ mod tests {
         // Nothing at all, or a single point, still makes a chart.
         assert!(loss_svg("empty", &[]).contains("</svg>"));
         assert!(loss_svg("one", &curve(1)).contains("<path d=\"M"));
+    }
+
+    #[test]
+    fn the_axis_spans_at_most_twelve_decades_below_the_top() {
+        let mut points = curve(10);
+        points[0][1] = 1e-9;
+        let svg = loss_svg("x", &points);
+        assert!(svg.contains(">1e6</text>") && svg.contains(">1e-6</text>"));
+        assert!(!svg.contains(">1e-7</text>"), "{svg}");
     }
 
     #[test]

@@ -246,7 +246,16 @@ fn read_copy(p: &std::path::Path) -> anyhow::Result<Vec<u8>> {
             meta.len()
         );
     }
-    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+    // Read through the handle checked above's path once more, never past the cap (the
+    // file may have been swapped since).
+    let file = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_DOWNLOAD + 1), &mut bytes)
+        .with_context(|| format!("reading {}", p.display()))?;
+    if bytes.len() as u64 > MAX_DOWNLOAD {
+        bail!("{}: grew past {MAX_DOWNLOAD} bytes while read", p.display());
+    }
+    Ok(bytes)
 }
 
 fn download(arch: Architecture, url: &str) -> anyhow::Result<Vec<u8>> {
@@ -262,6 +271,8 @@ fn download(arch: Architecture, url: &str) -> anyhow::Result<Vec<u8>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(10)))
         .timeout_recv_response(Some(Duration::from_secs(30)))
+        // A mirror that stalls mid-file ends the download instead of hanging it.
+        .timeout_recv_body(Some(Duration::from_secs(3600)))
         .build()
         .into();
     let mut resp = agent.get(url).call().map_err(|e| offline(e.to_string()))?;

@@ -10,6 +10,8 @@ use stylefarm_testkit::process::{output_within, workspace_bin};
 
 mod common;
 
+use common::text;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
@@ -35,15 +37,6 @@ fn demo(cache: &Path, out: &Path, extra: &[&str]) -> Output {
         .env_remove("MFLAGS")
         .env_remove("MAKELEVEL");
     output_within(&mut make, Duration::from_secs(900))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -12,7 +12,7 @@ use stylefarm_testkit::process::{output_within, workspace_bin, CoordinatorProc, 
 
 mod common;
 
-use common::{shared, weights};
+use common::{shared, text, weights};
 
 fn stylefarm(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stylefarm"));
@@ -30,15 +30,6 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 
 fn run(c: &mut Command) -> Output {
     output_within(c, COMMAND_LIMIT)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Asserts the exit code; returns stdout.

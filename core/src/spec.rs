@@ -134,13 +134,15 @@ impl ObjectRef {
             ));
         }
         if let Some((w, h)) = self.dims {
-            if w == 0 || h == 0 || w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
-                return Err(InvalidField::new(
-                    format!("{field}.width"),
-                    format!(
-                        "{w}x{h}: each side must be 1..={MAX_IMAGE_SIDE}, or both 0 when not known"
-                    ),
-                ));
+            for (name, v) in [("width", w), ("height", h)] {
+                if v == 0 || v > MAX_IMAGE_SIDE {
+                    return Err(InvalidField::new(
+                        format!("{field}.{name}"),
+                        format!(
+                            "{v} is outside 1..={MAX_IMAGE_SIDE} (both 0 when the size is not known)"
+                        ),
+                    ));
+                }
             }
         }
         check_sha256(&format!("{field}.sha256"), &self.sha256)

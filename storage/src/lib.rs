@@ -301,10 +301,12 @@ struct Fetched {
 }
 
 impl Fetched {
-    /// Room for `expected` bytes, which a caller has already checked against its limit.
+    /// Room for `expected` bytes (already checked against the limit), at most 64 MiB
+    /// up front: a stated length is a claim, and the rest grows as bytes arrive.
     fn with_capacity(expected: u64) -> Self {
+        let room = expected.min(64 << 20);
         Self {
-            bytes: Vec::with_capacity(usize::try_from(expected).unwrap_or(0)),
+            bytes: Vec::with_capacity(usize::try_from(room).unwrap_or(0)),
             sha256: Sha256::new(),
         }
     }

@@ -53,6 +53,14 @@ pub async fn get(path: &Path, limit: &Limit) -> Result<Fetched, StorageError> {
     let limit = limit.clone();
     tokio::task::spawn_blocking(move || {
         let path = owned.as_path();
+        // The type first: opening a FIFO would wait for a writer.
+        let before = std::fs::metadata(path).map_err(|e| io(path, e))?;
+        if !before.is_file() {
+            return Err(StorageError::Failed {
+                url: path.display().to_string(),
+                reason: "not a regular file".into(),
+            });
+        }
         let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
         let meta = file.metadata().map_err(|e| io(path, e))?;
         if !meta.is_file() {

@@ -45,6 +45,8 @@ const UNITS_EXTRA: usize = 4096;
 /// storage viewed by a few tensors (tied weights) fits, thousands of views do not.
 const TENSOR_BYTES_PER_BYTE: usize = 4;
 const TENSOR_BYTES_EXTRA: usize = 1 << 20;
+/// Most dimensions a tensor may have (convolution weights have 4).
+const MAX_RANK: usize = 8;
 /// Longest storage key or dtype name accepted (torch writes short decimal keys).
 const MAX_KEY: usize = 256;
 
@@ -689,6 +691,13 @@ fn materialize(
     }
     if size.len() != stride.len() {
         return Err(bad(format!("{name}: shape and strides differ in rank")));
+    }
+    // A copy costs elements x rank; no network's weight has more than a few dimensions.
+    if size.len() > MAX_RANK {
+        return Err(bad(format!(
+            "{name}: {} dimensions; a weight has at most {MAX_RANK}",
+            size.len()
+        )));
     }
     let elements = data.len() / 4;
     let too_large = || {

@@ -89,7 +89,7 @@ impl PreparedJob {
         weights: &WeightsInfo,
         budget: &MemoryBudget,
     ) -> Result<Self, EngineError> {
-        check_memory(job, params, weights, budget)?;
+        check_memory(job, params, weights, budget, max_pixels)?;
         let decode = |n: &NamedBytes| image_io::decode(&n.bytes, n.name(), max_pixels);
         let content = decode(&job.content)?;
         let mut styles = Vec::new();
@@ -123,6 +123,7 @@ fn check_memory(
     params: &RenderParams,
     weights: &WeightsInfo,
     budget: &MemoryBudget,
+    max_pixels: u64,
 ) -> Result<(), EngineError> {
     let dims =
         |n: &NamedBytes| image_io::dimensions(&n.bytes).map(|(w, h)| memory::Dims::new(w, h));
@@ -135,8 +136,14 @@ fn check_memory(
     ) else {
         return Ok(());
     };
+    // An image over the pixel budget is the decoder's to refuse, by name; its header's
+    // sizes are not worth estimating with.
+    let over = |d: &memory::Dims| u64::from(d.width) * u64::from(d.height) > max_pixels;
+    if over(&content) || styles.iter().any(over) {
+        return Ok(());
+    }
     let init = match (&params.init, &job.init_image) {
-        (InitKind::Image, Some(n)) => dims(n),
+        (InitKind::Image, Some(n)) => dims(n).filter(|d| !over(d)),
         _ => None,
     };
     let file_bytes = std::fs::metadata(&weights.path).map_or(0, |m| m.len());

@@ -4,6 +4,16 @@
 #[allow(unused_imports)] // each test file uses its own part of this module
 pub use stylefarm_testkit::fixtures::{real_weights as weights, shared};
 
+/// A finished command's exit code, stdout and stderr, for failure messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// The text clap's `--help` gives for `flag`: the line that declares it (`--flag <V>` or
 /// `-x, --flag`) and its description, up to the next line that declares a flag. Other
 /// flags' descriptions that merely mention it do not count.

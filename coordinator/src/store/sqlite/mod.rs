@@ -780,7 +780,9 @@ impl Store for SqliteStore {
             batch_exists(conn, &batch_id)?;
             jobs_where(
                 conn,
-                "id > ?2 AND batch_id = ?1 ORDER BY id LIMIT ?3",
+                // The batch's ids are `BATCH-j...`: a range of the key ('.' follows '-').
+                "id > max(?2, ?1 || '-') AND id < ?1 || '.' AND batch_id = ?1
+                 ORDER BY id LIMIT ?3",
                 rusqlite::params![&batch_id, &after, limit],
             )
         })
