@@ -13,7 +13,7 @@ use serde::Serialize;
 use stylefarm_net::NetError;
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
-use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
+use stylefarm_proto::PROTOCOL;
 use stylefarm_storage::{Limit, ObjectUrl, StorageArgs};
 use stylefarm_weights::WeightsInfo;
 use tonic::Code;
@@ -239,6 +239,12 @@ fn weights(given: Option<PathBuf>) -> (Check, Option<WeightsInfo>) {
                 (Some(a), Some(b)) => format!("{a}..{b}"),
                 _ => "no layers".into(),
             };
+            let (content, style) = stylefarm_weights::standard_layers(|n| info.layers.iter().any(|l| l == n));
+            let layers = format!(
+                "{layers}; jobs that name none use content {} and style {}",
+                content.join(","),
+                style.join(",")
+            );
             (
                 Check::new(
                     "weights",
@@ -289,40 +295,48 @@ async fn coordinator(c: &CoordinatorArg, role: Role) -> Check {
     } else {
         "in plaintext"
     };
-    let answer = match role {
-        Role::Worker => WorkerServiceClient::new(channel)
-            .lease_job(v1::LeaseJobRequest {
-                worker_id: "doctor-check".into(),
-                wait_ms: 0,
-            })
-            .await
-            .map(|_| ()),
-        _ => StyleFarmClient::new(channel)
-            .list_batches(v1::ListBatchesRequest { limit: 1 })
-            .await
-            .map(|_| ()),
-    };
     let what = if role == Role::Worker {
         "worker"
     } else {
         "submitter"
     };
-    match answer {
-        // A worker's probe names no registration: refused as unknown, past the token.
-        Ok(()) => Check::new("coordinator", Status::Ok, format!("{addr}: reachable {tls}; accepted as a {what}")),
-        Err(s) if role == Role::Worker && s.code() == Code::NotFound => Check::new(
-            "coordinator",
-            Status::Ok,
-            format!("{addr}: reachable {tls}; accepted as a {what}"),
-        ),
+    match StyleFarmClient::new(channel)
+        .get_server_info(v1::GetServerInfoRequest {})
+        .await
+    {
+        Ok(info) => {
+            let info = info.into_inner();
+            let speaks = format!(
+                "coordinator {} speaking {}",
+                info.version, info.protocol
+            );
+            if info.protocol != PROTOCOL {
+                return Check::new(
+                    "coordinator",
+                    Status::Fail,
+                    format!("{addr}: reachable {tls}; {speaks}, this stylefarm speaks {PROTOCOL}"),
+                )
+                .fix("use a stylefarm release that matches the coordinator's");
+            }
+            let roles = info.roles.join(", ");
+            let accepted = format!("{addr}: reachable {tls}; {speaks}; token of {} ({roles})", info.caller);
+            if info.roles.iter().any(|r| r == what || r == "admin") {
+                Check::new("coordinator", Status::Ok, format!("{accepted}: accepted as a {what}"))
+            } else {
+                Check::new("coordinator", Status::Fail, format!("{accepted}: not a {what}"))
+                    .fix(format!("use a token whose identity has the {what} role"))
+            }
+        }
         Err(s) if s.code() == Code::Unauthenticated => {
             Check::new("coordinator", Status::Fail, format!("{addr}: reachable {tls}; token refused: {}", s.message()))
                 .fix("give this machine's token with --token-file (an admin makes one with `stylefarm-coordinator token add`)")
         }
-        Err(s) if s.code() == Code::PermissionDenied => {
-            Check::new("coordinator", Status::Fail, format!("{addr}: reachable {tls}; {}", s.message()))
-                .fix(format!("use a token whose identity has the {what} role"))
-        }
+        Err(s) if s.code() == Code::Unimplemented => Check::new(
+            "coordinator",
+            Status::Fail,
+            format!("{addr}: reachable {tls}; it does not report its protocol (a release older than this one)"),
+        )
+        .fix("upgrade the coordinator to this stylefarm's release"),
         Err(s) => Check::new(
             "coordinator",
             Status::Fail,

@@ -58,10 +58,12 @@ pub struct RenderArgs {
     /// Keep the content's colours (luminance-only transfer).
     #[arg(long)]
     pub preserve_colors: bool,
-    /// Content layers, e.g. relu3_2 or relu4_2:1.0.
+    /// Content layers, e.g. relu3_2 or relu4_2:1.0 [default: relu4_2, or the deepest
+    /// reluN_2 the weights hold].
     #[arg(long, value_name = "L[:W],..")]
     pub content_layers: Option<String>,
-    /// Style layers with optional weights, e.g. relu1_1,relu2_1:0.5.
+    /// Style layers with optional weights, e.g. relu1_1,relu2_1:0.5 [default: relu1_1 to
+    /// relu5_1, as many as the weights hold].
     #[arg(long, value_name = "L[:W],..")]
     pub style_layers: Option<String>,
     /// Weight of the content term.

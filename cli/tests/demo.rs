@@ -125,4 +125,16 @@ fn make_demo_runs_from_the_checkout_alone_and_says_how_to_get_weights_without_a_
         "{}",
         sidecar["content"]
     );
+    // The demo names no layers: with the partial file (conv1_1..conv3_4) it used the
+    // standard ones that file holds, and the sidecar says which.
+    let names = |field: &str| -> Vec<String> {
+        sidecar["params"][field]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| l["layer"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    assert_eq!(names("content_layers"), ["relu3_2"]);
+    assert_eq!(names("style_layers"), ["relu1_1", "relu2_1", "relu3_1"]);
 }

@@ -49,7 +49,9 @@ fn doctor_checks_each_role_and_says_what_to_fix() {
     );
     assert!(
         line(&text, "weights").starts_with("ok")
-            && line(&text, "weights").contains("vgg19, caffe convention, layers conv1_1..pool3"),
+            && line(&text, "weights").contains("vgg19, caffe convention, layers conv1_1..pool3")
+            && line(&text, "weights")
+                .contains("name none use content relu3_2 and style relu1_1,relu2_1,relu3_1"),
         "{text}"
     );
     assert!(line(&text, "coordinator").starts_with("skip"), "{text}");
@@ -100,7 +102,8 @@ fn doctor_checks_each_role_and_says_what_to_fix() {
     let text = out(&o);
     assert_eq!(o.status.code(), Some(0), "{text}");
     assert!(
-        line(&text, "coordinator").contains("reachable over TLS; accepted as a submitter"),
+        line(&text, "coordinator").contains("reachable over TLS; coordinator ")
+            && line(&text, "coordinator").contains(" speaking stylefarm.v1; token of alice (submitter): accepted as a submitter"),
         "{text}"
     );
     assert!(
@@ -116,7 +119,7 @@ fn doctor_checks_each_role_and_says_what_to_fix() {
     let text = out(&o);
     assert_eq!(o.status.code(), Some(0), "{text}");
     assert!(
-        line(&text, "coordinator").contains("accepted as a worker"),
+        line(&text, "coordinator").contains("token of worker (worker): accepted as a worker"),
         "{text}"
     );
 
@@ -124,7 +127,11 @@ fn doctor_checks_each_role_and_says_what_to_fix() {
     let o = as_who("alice", "worker", &[]);
     let text = out(&o);
     assert_eq!(o.status.code(), Some(1), "{text}");
-    assert!(line(&text, "coordinator").starts_with("FAIL"), "{text}");
+    assert!(
+        line(&text, "coordinator").starts_with("FAIL")
+            && line(&text, "coordinator").ends_with("token of alice (submitter): not a worker"),
+        "{text}"
+    );
     assert!(
         text.contains("fix: use a token whose identity has the worker role"),
         "{text}"

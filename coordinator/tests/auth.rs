@@ -145,11 +145,12 @@ fn release(worker_id: &str, l: &v1::Lease) -> v1::ReleaseJobRequest {
 /// What each caller gets from each RPC.
 fn expected() -> BTreeMap<(&'static str, &'static str), Code> {
     use Code::{Ok, PermissionDenied as Denied, Unauthenticated as Unauth};
-    let rows: [(&str, [Code; 6]); 15] = [
+    let rows: [(&str, [Code; 6]); 16] = [
         //                     none    bad     worker  alice   bob     admin
         ("SubmitBatch", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
         ("GetBatch", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
         ("ListBatches", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
+        ("GetServerInfo", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("WatchBatch", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
         ("CancelJob", [Unauth, Unauth, Denied, Ok, Denied, Ok]),
         ("CancelBatch", [Unauth, Unauth, Denied, Ok, Denied, Ok]),
@@ -230,6 +231,14 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
                     .await,
             ),
         );
+        let info = client.get_server_info(v1::GetServerInfoRequest {}).await;
+        if let Ok(i) = &info {
+            let i = i.get_ref();
+            assert_eq!((i.protocol.as_str(), i.caller.as_str()), ("stylefarm.v1", caller));
+            let admin = i.roles.iter().any(|r| r == "admin");
+            assert_eq!(admin, caller == "admin", "{caller}: {:?}", i.roles);
+        }
+        put("GetServerInfo", code_of(&info));
         let watch = v1::WatchBatchRequest {
             batch_id: target.clone(),
         };

@@ -87,9 +87,11 @@ pub struct RenderParams {
     pub style_weight: f64,
     /// Weight of the total-variation term (on [0,1] pixels).
     pub tv_weight: f64,
-    /// Layers whose features the output should share with the content photo.
+    /// Layers whose features the output should share with the content photo. Empty (the
+    /// default): Gatys et al.'s `relu4_2`, or the deepest `reluN_2` the weights hold.
     pub content_layers: Vec<WeightedLayer>,
-    /// Layers whose Gram matrices the output should share with the style(s).
+    /// Layers whose Gram matrices the output should share with the style(s). Empty (the
+    /// default): Gatys et al.'s `relu1_1` to `relu5_1`, as many as the weights hold.
     pub style_layers: Vec<WeightedLayer>,
     /// Style images are resized to `size * style_scale` on their long side.
     pub style_scale: f64,
@@ -116,8 +118,8 @@ impl Default for RenderParams {
             content_weight: 1.0,
             style_weight: 1.0e3,
             tv_weight: 1.0,
-            content_layers: layers(&["relu3_2"]),
-            style_layers: layers(&["relu1_1", "relu2_1", "relu3_1"]),
+            content_layers: Vec::new(),
+            style_layers: Vec::new(),
             style_scale: 1.0,
             seed: 0,
             init: InitKind::Content,
@@ -177,12 +179,6 @@ impl RenderParams {
         }
         check_layers("content_layers", &self.content_layers)?;
         check_layers("style_layers", &self.style_layers)?;
-        if self.content_layers.is_empty() && self.style_layers.is_empty() {
-            return Err(InvalidField::new(
-                "style_layers",
-                "no content or style layer is given",
-            ));
-        }
         if !matches!(self.output_bit_depth, 8 | 16) {
             return Err(InvalidField::new(
                 "output_bit_depth",
@@ -277,7 +273,10 @@ mod tests {
             ("style_scale", Box::new(|p| p.style_scale = f64::INFINITY)),
             (
                 "style_layers[0].weight",
-                Box::new(|p| p.style_layers[0].weight = -2.0),
+                Box::new(|p| {
+                    p.style_layers = layers(&["relu1_1"]);
+                    p.style_layers[0].weight = -2.0;
+                }),
             ),
             ("output_bit_depth", Box::new(|p| p.output_bit_depth = 12)),
         ];

@@ -11,6 +11,9 @@
 /// registration with FAILED_PRECONDITION.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The gRPC package served, as `GetServerInfo` reports it.
+pub const PROTOCOL: &str = "stylefarm.v1";
+
 /// `stylefarm.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 #[rustfmt::skip]

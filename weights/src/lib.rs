@@ -24,7 +24,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use vgg::{Architecture, Layer, LayerKind};
+pub use vgg::{standard_layers, Architecture, Layer, LayerKind};
+
+use stylefarm_core::params::layers as named_layers;
+use stylefarm_core::RenderParams;
 
 /// Metadata key naming the preprocessing convention.
 pub const META_PREPROCESSING: &str = "preprocessing";
@@ -269,6 +272,12 @@ impl WeightsInfo {
         })
     }
 
+    /// `params` with an empty layer list (the default) replaced by the standard layers
+    /// this file holds ([`standard_layers`]).
+    pub fn resolve_layers(&self, params: &RenderParams) -> RenderParams {
+        with_standard_layers(params, |n| self.layers.iter().any(|l| l == n))
+    }
+
     /// The layer called `name`, or an error naming the layers this file has.
     pub fn layer(&self, name: &str) -> Result<Layer, WeightsError> {
         self.layers
@@ -289,6 +298,22 @@ impl WeightsInfo {
                     .join(","),
             })
     }
+}
+
+/// `params` with each empty layer list replaced by the standard layers `held` allows.
+pub fn with_standard_layers(params: &RenderParams, held: impl Fn(&str) -> bool) -> RenderParams {
+    let mut p = params.clone();
+    if p.content_layers.is_empty() || p.style_layers.is_empty() {
+        let (content, style) = standard_layers(held);
+        let names = |v: &[String]| named_layers(&v.iter().map(String::as_str).collect::<Vec<_>>());
+        if p.content_layers.is_empty() {
+            p.content_layers = names(&content);
+        }
+        if p.style_layers.is_empty() {
+            p.style_layers = names(&style);
+        }
+    }
+    p
 }
 
 #[cfg(test)]

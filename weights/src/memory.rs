@@ -163,6 +163,7 @@ pub fn estimate(
     images: &JobImages,
     backend: Backend,
 ) -> Result<Estimate, UnknownLayer> {
+    let params = &crate::with_standard_layers(params, |n| arch.layer(n).is_some());
     let layers = arch.layers();
     let index = |name: &str| {
         layers

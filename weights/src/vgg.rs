@@ -146,6 +146,24 @@ pub fn feature_index(key: &str) -> Option<usize> {
         .flatten()
 }
 
+/// The layers Gatys et al. (2015) use, as far as `held` reaches: style `relu1_1` to
+/// `relu5_1` (each block's first ReLU that is held) and content `relu4_2`, or the second
+/// ReLU of the deepest block below it that is held. Full VGG16 and VGG19 get the paper's
+/// layers; a file that stops at `conv3_4` gets `relu1_1,relu2_1,relu3_1` and `relu3_2`.
+pub fn standard_layers(held: impl Fn(&str) -> bool) -> (Vec<String>, Vec<String>) {
+    let style = (1..=5)
+        .map(|b| format!("relu{b}_1"))
+        .filter(|l| held(l))
+        .collect();
+    let content = (1..=4)
+        .rev()
+        .map(|b| format!("relu{b}_2"))
+        .find(|l| held(l))
+        .into_iter()
+        .collect();
+    (content, style)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +194,24 @@ mod tests {
             Some(Architecture::Vgg16)
         );
         assert_eq!(Architecture::infer_from_keys(["classifier.0.weight"]), None);
+    }
+
+    #[test]
+    fn standard_layers_follow_what_is_held() {
+        let full = |arch: Architecture| standard_layers(|n| arch.layer(n).is_some());
+        for arch in [Architecture::Vgg16, Architecture::Vgg19] {
+            let (content, style) = full(arch);
+            assert_eq!(content, ["relu4_2"]);
+            assert_eq!(style, ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]);
+        }
+        let partial = standard_layers(|n| {
+            Architecture::Vgg19
+                .layers()
+                .iter()
+                .take_while(|l| l.name != "pool3")
+                .any(|l| l.name == n)
+        });
+        assert_eq!(partial.0, ["relu3_2"]);
+        assert_eq!(partial.1, ["relu1_1", "relu2_1", "relu3_1"]);
     }
 }

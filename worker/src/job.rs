@@ -146,6 +146,7 @@ fn check_memory(
         (InitKind::Image, Some(n)) => dims(n).filter(|d| !over(d)),
         _ => None,
     };
+    let params = &weights.resolve_layers(params);
     let file_bytes = std::fs::metadata(&weights.path).map_or(0, |m| m.len());
     let estimate = memory::estimate(
         weights.architecture,
@@ -200,7 +201,7 @@ pub fn finish(
         output: output_name.to_owned(),
         width: image.width(),
         height: image.height(),
-        params: params.clone(),
+        params: render.params().clone(),
         content: job.content.clone(),
         styles: job.styles.clone(),
         weights: WeightsRecord {

@@ -124,6 +124,25 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn get_server_info(
+        &self,
+        req: Request<v1::GetServerInfoRequest>,
+    ) -> Result<Response<v1::ServerInfo>, Status> {
+        let who = auth::caller(&req, Role::Worker)
+            .or_else(|_| auth::caller(&req, Role::Submitter))?;
+        Ok(Response::new(v1::ServerInfo {
+            protocol: stylefarm_proto::PROTOCOL.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            caller: who.name.clone(),
+            roles: [Role::Worker, Role::Submitter, Role::Admin]
+                .into_iter()
+                .filter(|&r| who.may(r))
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+        }))
+    }
+
     type WatchBatchStream = ReceiverStream<Result<v1::BatchEvent, Status>>;
 
     #[tracing::instrument(skip_all, fields(batch = %req.get_ref().batch_id))]

@@ -187,6 +187,7 @@ impl Render {
         device: Device,
     ) -> Result<Self, EngineError> {
         params.validate()?;
+        let params = &weights.resolve_layers(params);
         let content_taps = resolve(weights, &params.content_layers)?;
         let style_taps = resolve(weights, &params.style_layers)?;
         let all: Vec<Tap> = content_taps.iter().chain(&style_taps).copied().collect();
@@ -327,6 +328,11 @@ impl Render {
             render.resumed_from = Some(meta.iteration);
             Ok(render)
         })
+    }
+
+    /// The job's parameters, with the layers the weights gave an empty list filled in.
+    pub fn params(&self) -> &RenderParams {
+        &self.params
     }
 
     /// The iteration a checkpoint restored, when this render was resumed.
