@@ -1,6 +1,7 @@
 //! Loss curves as SVG: what `render`, `run` and `fetch` write beside each sidecar as
 //! `NAME.loss.svg`. Content, style, TV and total over the iterations, on a log scale,
-//! drawn from the sidecar's `loss_curve`; plain SVG that any browser opens.
+//! drawn from the sidecar's `loss_curve`, with a dashed line where each scale of a
+//! coarse-to-fine schedule begins; plain SVG that any browser opens.
 
 use std::fmt::Write;
 
@@ -26,9 +27,18 @@ const MAX_DECADES: f64 = 12.0;
 /// One iteration's losses: total, content, style, TV.
 pub type Point = [f64; 4];
 
+/// A sidecar's losses and where its scales begin.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Curve {
+    /// One point per iteration.
+    pub points: Vec<Point>,
+    /// Each scale's first index in `points` and its long side.
+    pub scales: Vec<(usize, u32)>,
+}
+
 /// The losses of a sidecar's `loss_curve` (objects with `total`, `content`, `style`,
-/// `tv`); `None` when it has none.
-pub fn from_sidecar(sidecar: &serde_json::Value) -> Option<Vec<Point>> {
+/// `tv`) and its `schedule`; `None` when it has no losses.
+pub fn from_sidecar(sidecar: &serde_json::Value) -> Option<Curve> {
     let curve = sidecar["loss_curve"].as_array()?;
     let get = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let points: Vec<Point> = curve
@@ -42,11 +52,25 @@ pub fn from_sidecar(sidecar: &serde_json::Value) -> Option<Vec<Point>> {
             ]
         })
         .collect();
-    (!points.is_empty()).then_some(points)
+    let scales = sidecar["schedule"]
+        .as_array()
+        .map(|runs| {
+            runs.iter()
+                .filter_map(|r| {
+                    let first = usize::try_from(r["first_loss"].as_u64()?).ok()?;
+                    let side = u32::try_from(r["side"].as_u64()?).ok()?;
+                    Some((first, side))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (!points.is_empty()).then_some(Curve { points, scales })
 }
 
-/// An SVG chart of `points` (one per iteration) titled `title`.
-pub fn loss_svg(title: &str, points: &[Point]) -> String {
+/// An SVG chart of a curve titled `title`; a schedule of more than one scale gets a
+/// dashed line and its long side where each scale begins.
+pub fn loss_svg(title: &str, curve: &Curve) -> String {
+    let points = curve.points.as_slice();
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let positive = points
@@ -113,6 +137,18 @@ pub fn loss_svg(title: &str, points: &[Point]) -> String {
         by = HEIGHT - 6.0,
         cy = TOP + plot_h / 2.0,
     );
+    if curve.scales.len() > 1 {
+        for &(first, side) in &curve.scales {
+            let x = x_of(first.min(points.len().saturating_sub(1)));
+            let _ = writeln!(
+                svg,
+                r##"<line class="scale" x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{y2:.1}" stroke="#9467bd" stroke-dasharray="4 3"/><text x="{tx:.1}" y="{ty:.1}" fill="#9467bd" font-size="10">{side} px</text>"##,
+                y2 = TOP + plot_h,
+                tx = x + 3.0,
+                ty = TOP + 11.0,
+            );
+        }
+    }
     let stride = points.len().div_ceil(MAX_POINTS).max(1);
     for (s, (name, colour)) in SERIES.iter().enumerate() {
         let mut path = String::new();
@@ -174,13 +210,16 @@ fn escape(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn curve(n: usize) -> Vec<Point> {
-        (0..n)
-            .map(|i| {
-                let f = 1.0 / (1.0 + i as f64);
-                [1e5 * f + 10.0, 1e3 * f, 1e5 * f, 10.0]
-            })
-            .collect()
+    fn curve(n: usize) -> Curve {
+        Curve {
+            points: (0..n)
+                .map(|i| {
+                    let f = 1.0 / (1.0 + i as f64);
+                    [1e5 * f + 10.0, 1e3 * f, 1e5 * f, 10.0]
+                })
+                .collect(),
+            scales: Vec::new(),
+        }
     }
 
     #[test]
@@ -210,21 +249,21 @@ mod tests {
     #[test]
     fn long_curves_are_thinned_and_bad_values_break_the_line() {
         let mut points = curve(10_000);
-        points[5000][0] = f64::NAN;
+        points.points[5000][0] = f64::NAN;
         let svg = loss_svg("x", &points);
         let total = svg.split("<path d=\"").nth(1).expect("a path");
         let d = total.split('"').next().expect("d");
         assert!(d.matches(['M', 'L']).count() <= MAX_POINTS + 1);
         assert_eq!(d.matches('M').count(), 2, "the NaN starts a new line");
         // Nothing at all, or a single point, still makes a chart.
-        assert!(loss_svg("empty", &[]).contains("</svg>"));
+        assert!(loss_svg("empty", &Curve::default()).contains("</svg>"));
         assert!(loss_svg("one", &curve(1)).contains("<path d=\"M"));
     }
 
     #[test]
     fn the_axis_spans_at_most_twelve_decades_below_the_top() {
         let mut points = curve(10);
-        points[0][1] = 1e-9;
+        points.points[0][1] = 1e-9;
         let svg = loss_svg("x", &points);
         assert!(svg.contains(">1e6</text>") && svg.contains(">1e-6</text>"));
         assert!(!svg.contains(">1e-7</text>"), "{svg}");
@@ -236,12 +275,24 @@ mod tests {
             "loss_curve": [
                 {"content": 1.0, "style": 2.0, "tv": 3.0, "total": 6.0},
                 {"content": 0.5, "style": 1.0, "tv": 2.0, "total": 3.5}
+            ],
+            "schedule": [
+                {"side": 256, "first_loss": 0},
+                {"side": 362, "first_loss": 1}
             ]
         });
+        let curve = from_sidecar(&sidecar).expect("a curve");
         assert_eq!(
-            from_sidecar(&sidecar),
-            Some(vec![[6.0, 1.0, 2.0, 3.0], [3.5, 0.5, 1.0, 2.0]])
+            curve.points,
+            vec![[6.0, 1.0, 2.0, 3.0], [3.5, 0.5, 1.0, 2.0]]
         );
+        assert_eq!(curve.scales, vec![(0, 256), (1, 362)]);
+        let svg = loss_svg("x", &curve);
+        assert_eq!(svg.matches("class=\"scale\"").count(), 2, "{svg}");
+        assert!(svg.contains(">362 px</text>"));
+        // One scale is no schedule to mark.
+        let single = Curve { scales: vec![(0, 512)], ..curve };
+        assert!(!loss_svg("x", &single).contains("class=\"scale\""));
         assert_eq!(from_sidecar(&serde_json::json!({})), None);
     }
 }

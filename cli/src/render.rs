@@ -37,9 +37,17 @@ pub struct RenderArgs {
     /// Long side of the output in pixels.
     #[arg(long, default_value_t = RenderParams::default().size)]
     pub size: u32,
-    /// Optimizer iterations.
+    /// Optimizer iterations (at the first scale when there are several).
     #[arg(long, default_value_t = RenderParams::default().iterations)]
     pub iterations: u32,
+    /// Long sides to optimize at, coarse to fine and ending at --size, e.g.
+    /// 256,362,512; `auto`: one scale up to 512 px, above it from 256 px growing by
+    /// sqrt(2).
+    #[arg(long, default_value = "auto", value_name = "auto|PX,..")]
+    pub scales: String,
+    /// Iterations at each scale after the first [default: half of --iterations].
+    #[arg(long, value_name = "N")]
+    pub scale_iterations: Option<u32>,
     /// Optimizer.
     #[arg(long, value_enum, default_value_t = RenderParams::default().optimizer)]
     pub optimizer: OptimizerKind,
@@ -115,6 +123,8 @@ fn learning_rate_help() -> String {
 const FLAGS: &[(&str, &str)] = &[
     ("size", "--size"),
     ("iterations", "--iterations"),
+    ("scales", "--scales"),
+    ("scale_iterations", "--scale-iterations"),
     ("optimizer", "--optimizer"),
     ("learning_rate", "--learning-rate"),
     ("content_weight", "--content-weight"),
@@ -160,6 +170,9 @@ impl RenderArgs {
         let params = RenderParams {
             size: self.size,
             iterations: self.iterations,
+            scales: stylefarm_core::params::parse_scales(&self.scales)
+                .map_err(|e| anyhow::anyhow!("--scales: {e}"))?,
+            scale_iterations: self.scale_iterations.unwrap_or(0),
             optimizer,
             learning_rate: self.learning_rate.unwrap_or(match optimizer {
                 OptimizerKind::Lbfgs => defaults.learning_rate,
@@ -267,11 +280,15 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     let setup_s = started.elapsed().as_secs_f64();
     let (w, h) = render.output_size();
     tracing::info!(width = w, height = h, ?device, "rendering");
+    let schedule = params.schedule();
+    if schedule.len() > 1 && !args.quiet {
+        eprintln!("scales: {}", stylefarm_core::params::describe_schedule(&schedule));
+    }
 
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(u64::from(params.iterations))
+        ProgressBar::new(u64::from(render.total_iterations()))
     };
     bar.set_style(
         ProgressStyle::with_template(
@@ -284,8 +301,13 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     let cancel = AtomicBool::new(false);
     let outcome = render.run(&cancel, &mut |p| {
         bar.set_position(u64::from(p.iteration));
+        let scale = if p.scales > 1 {
+            format!("scale {}/{} {} px  ", p.scale + 1, p.scales, p.side)
+        } else {
+            String::new()
+        };
         bar.set_message(format!(
-            "loss {:.4e} (content {:.3e} style {:.3e} tv {:.3e})",
+            "{scale}loss {:.4e} (content {:.3e} style {:.3e} tv {:.3e})",
             p.losses.total, p.losses.content, p.losses.style, p.losses.tv
         ));
     })?;
@@ -306,16 +328,19 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
 
     let s = &rendered.sidecar;
     let plot = plot_path(&args.out);
-    let points: Vec<crate::plot::Point> = s
-        .loss_curve
-        .iter()
-        .map(|l| [l.total, l.content, l.style, l.tv])
-        .collect();
+    let curve = crate::plot::Curve {
+        points: s
+            .loss_curve
+            .iter()
+            .map(|l| [l.total, l.content, l.style, l.tv])
+            .collect(),
+        scales: s.schedule.iter().map(|r| (r.first_loss, r.side)).collect(),
+    };
     let title = args
         .out
         .file_name()
         .map_or_else(|| out_name.clone(), |n| n.to_string_lossy().into_owned());
-    write_atomic(&plot, crate::plot::loss_svg(&title, &points).as_bytes())
+    write_atomic(&plot, crate::plot::loss_svg(&title, &curve).as_bytes())
         .with_context(|| format!("writing {}", plot.display()))?;
     let first = s.loss_curve.first().copied().unwrap_or_default();
     println!(

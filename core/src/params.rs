@@ -73,8 +73,14 @@ fn one() -> f64 {
 pub struct RenderParams {
     /// Long side of the output in pixels; the content photo is resized to it.
     pub size: u32,
-    /// Optimizer iterations (one loss and gradient evaluation each).
+    /// Optimizer iterations (one loss and gradient evaluation each) at the first scale,
+    /// the only one for a single-scale render.
     pub iterations: u32,
+    /// Long sides to optimize at, coarse to fine, ending at `size`. Empty (the default,
+    /// `auto` in manifests and flags): [`RenderParams::schedule`] picks them.
+    pub scales: Vec<u32>,
+    /// Iterations at each scale after the first; 0 (the default): half of `iterations`.
+    pub scale_iterations: u32,
     /// L-BFGS or Adam.
     pub optimizer: OptimizerKind,
     /// Learning rate: L-BFGS step scale (torch default 1.0) or Adam's rate in grey levels.
@@ -112,6 +118,8 @@ impl Default for RenderParams {
         Self {
             size: 512,
             iterations: 500,
+            scales: Vec::new(),
+            scale_iterations: 0,
             optimizer: OptimizerKind::Lbfgs,
             learning_rate: 1.0,
             lbfgs_history: 100,
@@ -160,6 +168,7 @@ impl RenderParams {
                 format!("{} is outside 1..={MAX_ITERATIONS}", self.iterations),
             ));
         }
+        self.check_scales()?;
         positive("learning_rate", self.learning_rate)?;
         if !(1..=1000).contains(&self.lbfgs_history) {
             return Err(InvalidField::new(
@@ -187,6 +196,149 @@ impl RenderParams {
         }
         Ok(())
     }
+}
+
+/// One step of a coarse-to-fine schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scale {
+    /// Long side in pixels.
+    pub side: u32,
+    /// Iterations at this side.
+    pub iterations: u32,
+}
+
+/// Sizes up to this render at one scale when `scales` is `auto`.
+pub const AUTO_SINGLE_SCALE_MAX: u32 = 512;
+/// The first scale `auto` picks for larger sizes.
+pub const AUTO_FIRST_SCALE: u32 = 256;
+/// Most scales a schedule may have.
+pub const MAX_SCALES: usize = 16;
+
+impl RenderParams {
+    /// The scales this render optimizes at, coarse to fine. `auto` (an empty `scales`):
+    /// one scale up to [`AUTO_SINGLE_SCALE_MAX`] px; above it [`AUTO_FIRST_SCALE`] px,
+    /// growing by a factor of sqrt(2) to `size` (a last step shorter than half of one is
+    /// folded into it).
+    /// The first scale runs `iterations`, each later one `scale_iterations`.
+    pub fn schedule(&self) -> Vec<Scale> {
+        let sides = if !self.scales.is_empty() {
+            self.scales.clone()
+        } else if self.size <= AUTO_SINGLE_SCALE_MAX {
+            vec![self.size]
+        } else {
+            let mut sides = Vec::new();
+            let mut side = f64::from(AUTO_FIRST_SCALE);
+            // The last step is at least half a step (2^(1/4)): no sliver of a scale.
+            while side * 2f64.powf(0.25) <= f64::from(self.size) {
+                sides.push(side.round() as u32);
+                side *= std::f64::consts::SQRT_2;
+            }
+            sides.push(self.size);
+            sides
+        };
+        let later = match self.scale_iterations {
+            0 => (self.iterations / 2).max(1),
+            n => n,
+        };
+        sides
+            .iter()
+            .enumerate()
+            .map(|(i, &side)| Scale {
+                side,
+                iterations: if i == 0 { self.iterations } else { later },
+            })
+            .collect()
+    }
+
+    /// Iterations over the whole schedule.
+    pub fn total_iterations(&self) -> u32 {
+        self.schedule().iter().map(|s| s.iterations).sum()
+    }
+
+    /// The scale (its index) that global iteration `iteration` falls in; the last scale
+    /// for iterations past the end.
+    pub fn scale_at(&self, iteration: u32) -> (usize, Scale) {
+        let schedule = self.schedule();
+        let mut end = 0;
+        for (i, s) in schedule.iter().enumerate() {
+            end += s.iterations;
+            if iteration < end {
+                return (i, *s);
+            }
+        }
+        let last = schedule.len() - 1;
+        (last, schedule[last])
+    }
+
+    fn check_scales(&self) -> Result<(), InvalidField> {
+        if self.scales.len() > MAX_SCALES {
+            return Err(InvalidField::new(
+                "scales",
+                format!("{} scales; at most {MAX_SCALES}", self.scales.len()),
+            ));
+        }
+        for (i, &side) in self.scales.iter().enumerate() {
+            if side < MIN_SIZE {
+                return Err(InvalidField::new(
+                    format!("scales[{i}]"),
+                    format!("{side} is below {MIN_SIZE}"),
+                ));
+            }
+            if i > 0 && side <= self.scales[i - 1] {
+                return Err(InvalidField::new(
+                    format!("scales[{i}]"),
+                    format!("{side} does not grow from {}", self.scales[i - 1]),
+                ));
+            }
+        }
+        if let Some(&last) = self.scales.last() {
+            if last != self.size {
+                return Err(InvalidField::new(
+                    "scales",
+                    format!("the last scale is {last}; it must be the size, {}", self.size),
+                ));
+            }
+        }
+        if self.scale_iterations > MAX_ITERATIONS {
+            return Err(InvalidField::new(
+                "scale_iterations",
+                format!("{} is above {MAX_ITERATIONS}", self.scale_iterations),
+            ));
+        }
+        let total: u64 = self.schedule().iter().map(|s| u64::from(s.iterations)).sum();
+        if total > u64::from(MAX_ITERATIONS) {
+            return Err(InvalidField::new(
+                "scale_iterations",
+                format!("the schedule runs {total} iterations in all; at most {MAX_ITERATIONS}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `256 px x 500, 362 px x 250, 512 px x 250 (1000 iterations)`.
+pub fn describe_schedule(schedule: &[Scale]) -> String {
+    let steps: Vec<String> = schedule
+        .iter()
+        .map(|s| format!("{} px x {}", s.side, s.iterations))
+        .collect();
+    let total: u64 = schedule.iter().map(|s| u64::from(s.iterations)).sum();
+    format!("{} ({total} iterations)", steps.join(", "))
+}
+
+/// Parses `auto` (an empty list) or `256,362,512`.
+pub fn parse_scales(s: &str) -> Result<Vec<u32>, String> {
+    if s.trim() == "auto" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u32>()
+                .map_err(|_| format!("scale {p:?} is not a whole number of pixels (or use `auto`)"))
+        })
+        .collect()
 }
 
 fn non_negative(field: &str, v: f64) -> Result<(), InvalidField> {
@@ -286,6 +438,67 @@ mod tests {
             let err = p.validate().expect_err(field);
             assert_eq!(err.field, field, "{err}");
         }
+    }
+
+    #[test]
+    fn auto_schedules_grow_by_sqrt2_from_256_above_512() {
+        let at = |size: u32| {
+            let p = RenderParams {
+                size,
+                iterations: 400,
+                ..Default::default()
+            };
+            let s = p.schedule();
+            (s.iter().map(|s| s.side).collect::<Vec<_>>(), s, p.total_iterations())
+        };
+        assert_eq!(at(512).0, [512]);
+        assert_eq!(at(300).0, [300]);
+        assert_eq!(at(1024).0, [256, 362, 512, 724, 1024]);
+        assert_eq!(at(2048).0, [256, 362, 512, 724, 1024, 1448, 2048]);
+        // A size just past a step is not given a sliver of a scale.
+        assert_eq!(at(1100).0, [256, 362, 512, 724, 1100]);
+        assert_eq!(at(600).0, [256, 362, 600]);
+        let (_, s, total) = at(1024);
+        assert_eq!(s[0].iterations, 400);
+        assert!(s[1..].iter().all(|s| s.iterations == 200));
+        assert_eq!(total, 400 + 4 * 200);
+    }
+
+    #[test]
+    fn the_scale_of_an_iteration_follows_the_schedule() {
+        let p = RenderParams {
+            size: 512,
+            iterations: 10,
+            scales: vec![128, 256, 512],
+            scale_iterations: 5,
+            ..Default::default()
+        };
+        assert_eq!(p.total_iterations(), 20);
+        assert_eq!(p.scale_at(0).0, 0);
+        assert_eq!(p.scale_at(9).0, 0);
+        assert_eq!(p.scale_at(10), (1, Scale { side: 256, iterations: 5 }));
+        assert_eq!(p.scale_at(19).0, 2);
+        assert_eq!(p.scale_at(20).0, 2);
+    }
+
+    #[test]
+    fn bad_schedules_are_named() {
+        let with = |scales: Vec<u32>, scale_iterations: u32| RenderParams {
+            size: 512,
+            scales,
+            scale_iterations,
+            ..Default::default()
+        };
+        let field = |p: RenderParams| p.validate().expect_err("invalid").field;
+        assert_eq!(field(with(vec![256, 256, 512], 0)), "scales[1]");
+        assert_eq!(field(with(vec![8, 512], 0)), "scales[0]");
+        assert_eq!(field(with(vec![256, 362], 0)), "scales");
+        assert_eq!(field(with(vec![16; 17], 0)), "scales");
+        assert_eq!(field(with(vec![256, 512], 99_999)), "scale_iterations");
+        with(vec![256, 362, 512], 100).validate().expect("valid");
+        assert_eq!(parse_scales("auto"), Ok(vec![]));
+        assert_eq!(parse_scales("256, 512"), Ok(vec![256, 512]));
+        assert!(parse_scales("256,big").is_err());
     }
 
     #[test]

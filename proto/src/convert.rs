@@ -45,6 +45,8 @@ impl TryFrom<v1::RenderParams> for RenderParams {
         let params = RenderParams {
             size: p.size.unwrap_or(d.size),
             iterations: p.iterations.unwrap_or(d.iterations),
+            scales: p.scales,
+            scale_iterations: p.scale_iterations.unwrap_or(d.scale_iterations),
             optimizer,
             learning_rate: p.learning_rate.unwrap_or(default_lr),
             lbfgs_history: p.lbfgs_history.unwrap_or(d.lbfgs_history),
@@ -94,6 +96,8 @@ impl From<&RenderParams> for v1::RenderParams {
                 Pooling::Avg => v1::Pooling::Avg,
             } as i32,
             output_bit_depth: Some(u32::from(p.output_bit_depth)),
+            scales: p.scales.clone(),
+            scale_iterations: Some(p.scale_iterations),
         }
     }
 }
@@ -346,12 +350,16 @@ mod tests {
             preserve_colors in proptest::option::of(any::<bool>()),
             pooling in -1i32..4,
             output_bit_depth in proptest::option::of(prop_oneof![Just(8u32), Just(16u32), any::<u32>()]),
+            schedule in (
+                prop_oneof![Just(vec![]), proptest::collection::vec(0u32..9000, 0..5), proptest::collection::vec(any::<u32>(), 0..20)],
+                proptest::option::of(prop_oneof![0u32..2000, any::<u32>()]),
+            ),
         ) -> v1::RenderParams {
             v1::RenderParams {
                 size, iterations, optimizer, learning_rate, lbfgs_history,
                 content_weight: weights.0, style_weight: weights.1, tv_weight: weights.2,
                 content_layers, style_layers, style_scale, seed, init, preserve_colors,
-                pooling, output_bit_depth,
+                pooling, output_bit_depth, scales: schedule.0, scale_iterations: schedule.1,
             }
         }
     }

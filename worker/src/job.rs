@@ -217,6 +217,7 @@ pub fn finish(
         resumed_from: render.resumed_from(),
         final_losses,
         loss_curve: render.history().to_vec(),
+        schedule: render.runs().to_vec(),
         timings: Timings {
             setup_s,
             optimize_s,

@@ -91,6 +91,10 @@ pub struct Sidecar {
     pub final_losses: Losses,
     /// Losses at each iteration.
     pub loss_curve: Vec<Losses>,
+    /// The scales it ran at, coarse to fine, each with where its losses begin in
+    /// `loss_curve` and its time.
+    #[serde(default)]
+    pub schedule: Vec<crate::engine::ScaleRun>,
     /// Timings.
     pub timings: Timings,
 }

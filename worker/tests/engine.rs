@@ -23,7 +23,7 @@ fn run(params: &RenderParams, stop_at: Option<u32>) -> Render {
     )
     .expect("render");
     let cancel = AtomicBool::new(false);
-    r.run_until(stop_at.unwrap_or(params.iterations), &cancel, &mut |_| {})
+    r.run_until(stop_at.unwrap_or(u32::MAX), &cancel, &mut |_| {})
         .expect("run");
     r
 }
@@ -101,6 +101,85 @@ fn resume_from_checkpoint_is_bit_identical() {
         let a = image_io::encode_png(&straight.output(), 16).expect("png");
         let b = image_io::encode_png(&resumed.output(), 16).expect("png");
         assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn a_multi_scale_render_resumed_anywhere_in_its_schedule_ends_bit_identical() {
+    for optimizer in [OptimizerKind::Lbfgs, OptimizerKind::Adam] {
+        // 32, 45 and 64 px: 4 + 3 + 3 iterations, the scales beginning at 4 and 7.
+        let params = RenderParams {
+            scales: vec![32, 45, 64],
+            scale_iterations: 3,
+            ..with_optimizer(optimizer, 4)
+        };
+        let mut seen = Vec::new();
+        let mut straight = Render::new(
+            &common::real_weights(),
+            &params,
+            &common::small_inputs(),
+            Device::Cpu,
+        )
+        .expect("render");
+        straight
+            .run(&AtomicBool::new(false), &mut |p| {
+                seen.push((p.iteration, p.iterations, p.scale, p.scales, p.side));
+            })
+            .expect("run");
+        assert_eq!(straight.iteration(), 10);
+        assert_eq!(seen.first(), Some(&(1, 10, 0, 3, 32)));
+        assert_eq!(seen[4], (5, 10, 1, 3, 45), "iteration 5 runs at the second scale");
+        assert_eq!(seen.last(), Some(&(10, 10, 2, 3, 64)));
+        let runs: Vec<_> = straight
+            .runs()
+            .iter()
+            .map(|r| (r.side, r.width, r.height, r.first_iteration, r.first_loss))
+            .collect();
+        assert_eq!(runs, [(32, 32, 24, 0, 0), (45, 45, 34, 4, 4), (64, 64, 48, 7, 7)]);
+        assert_eq!(straight.variable().size(), [1, 3, 48, 64]);
+        // Each scale starts from the last one's image, not from the photo again (whose
+        // content loss is exactly 0, as at the first iteration).
+        let h = straight.history();
+        assert_eq!(h[0].content, 0.0);
+        assert!(h[4].content > 0.0 && h[7].content > 0.0, "{optimizer:?}: {h:?}");
+
+        // Stopped mid-scale, on each boundary and just after it, then resumed.
+        for stop in [2, 4, 5, 7, 8] {
+            let bytes = run(&params, Some(stop)).checkpoint().expect("checkpoint");
+            let mut resumed = Render::resume(
+                &common::real_weights(),
+                &params,
+                &common::small_inputs(),
+                Device::Cpu,
+                &bytes,
+            )
+            .expect("resume");
+            assert_eq!(resumed.iteration(), stop);
+            resumed.run(&AtomicBool::new(false), &mut |_| {}).expect("run");
+            assert!(
+                same_bits(&straight, &resumed),
+                "{optimizer:?} resumed at {stop}: image differs"
+            );
+            assert_eq!(straight.history(), resumed.history(), "{optimizer:?} at {stop}");
+            let sides = |r: &Render| r.runs().iter().map(|r| (r.side, r.first_loss)).collect::<Vec<_>>();
+            assert_eq!(sides(&straight), sides(&resumed), "{optimizer:?} at {stop}");
+        }
+        // A checkpoint of another schedule is refused.
+        let bytes = run(&params, Some(5)).checkpoint().expect("checkpoint");
+        let other = RenderParams {
+            scales: vec![40, 64],
+            ..params.clone()
+        };
+        let err = Render::resume(
+            &common::real_weights(),
+            &other,
+            &common::small_inputs(),
+            Device::Cpu,
+            &bytes,
+        )
+        .err()
+        .expect("another schedule");
+        assert!(err.to_string().contains("another job"), "{err}");
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use marked_yaml::{Node, Span};
 use serde_json::{Map, Value};
-use stylefarm_core::params::parse_layer_list;
+use stylefarm_core::params::{parse_layer_list, parse_scales};
 use stylefarm_core::RenderParams;
 
 use super::reader::Reader;
@@ -101,6 +101,7 @@ pub(super) fn param_value(
         ));
     };
     let value = match default {
+        Value::Array(_) if name == "scales" => scales_value(reader, node, field)?,
         Value::Array(_) => layers_value(reader, node, field)?,
         Value::Bool(_) => Value::Bool(
             reader
@@ -138,6 +139,24 @@ pub(super) fn param_value(
         )
     })?;
     Ok(value)
+}
+
+/// Scales as `auto`, `256,362,512` or a list of long sides.
+fn scales_value(reader: &Reader<'_>, node: &Node, field: &str) -> Result<Value, ManifestError> {
+    let sides = match node {
+        Node::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                reader
+                    .integer(item, &format!("{field}[{i}]"), 1, i64::from(u32::MAX))
+                    .map(|v| v as u32)
+            })
+            .collect::<Result<Vec<u32>, _>>()?,
+        _ => parse_scales(&reader.string(node, field)?)
+            .map_err(|e| reader.at(node.span(), field, &e))?,
+    };
+    Ok(Value::from(sides))
 }
 
 /// Layers as `relu1_1,relu2_1:0.5`, a list of such names, or a list of

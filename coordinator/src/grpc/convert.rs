@@ -83,7 +83,7 @@ pub fn new_batch(
         spec.output_key.clear();
         jobs.push(NewJob {
             name: spec.name.clone(),
-            iterations: spec.params.iterations,
+            iterations: spec.params.total_iterations(),
             spec: v1::JobSpec::from(&spec).encode_to_vec(),
         });
     }

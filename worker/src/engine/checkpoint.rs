@@ -23,6 +23,10 @@ pub struct Meta {
     pub format: u32,
     /// Iterations done.
     pub iteration: u32,
+    /// The scales begun, the one the image is at last (none in a single-scale render's
+    /// checkpoints before multi-scale existed).
+    #[serde(default)]
+    pub runs: Vec<super::ScaleRun>,
     /// Hash of the job's inputs, parameters and weights; a checkpoint resumes only the
     /// job it came from.
     pub fingerprint: String,

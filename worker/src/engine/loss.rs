@@ -7,6 +7,8 @@
 //!
 //! Targets are computed once, without gradients, when the objective is built.
 
+use std::sync::Arc;
+
 use tch::{Kind, Tensor};
 
 use super::vgg::Vgg;
@@ -30,7 +32,7 @@ struct Term {
 
 /// Content, style and TV terms with their targets.
 pub struct Objective {
-    net: Vgg,
+    net: Arc<Vgg>,
     taps: Vec<usize>,
     content: Vec<Term>,
     style: Vec<Term>,
@@ -46,7 +48,7 @@ impl Objective {
     /// Builds the objective; `styles` are `(pixels, blend weight)` with weights summing to 1.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        net: Vgg,
+        net: Arc<Vgg>,
         content_layers: &[Tap],
         style_layers: &[Tap],
         content: &Tensor,

@@ -17,12 +17,14 @@ pub mod vgg;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::Rgb32FImage;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stylefarm_core::rng::SplitMix64;
-use stylefarm_core::{InitKind, OptimizerKind, RenderParams, WeightedLayer};
+use stylefarm_core::{InitKind, OptimizerKind, RenderParams, Scale, WeightedLayer};
 use stylefarm_weights::{LayerKind, WeightsInfo};
 use tch::{Device, Tensor};
 
@@ -50,12 +52,18 @@ pub struct RenderInputs {
 pub struct Progress {
     /// Iterations done.
     pub iteration: u32,
-    /// Iterations asked for.
+    /// Iterations over the whole schedule.
     pub iterations: u32,
     /// Losses at the point this iteration started from.
     pub losses: Losses,
     /// Optimization time, resumed runs included.
     pub elapsed: Duration,
+    /// The scale it ran at (0-based) of how many, and that scale's long side.
+    pub scale: usize,
+    /// Scales in the schedule.
+    pub scales: usize,
+    /// Long side at this scale.
+    pub side: u32,
 }
 
 /// How a call to [`Render::run_until`] ended.
@@ -74,9 +82,10 @@ pub enum Outcome {
 /// and Johnson's Caffe-space implementations, whatever the network's convention.
 pub const PIXEL_SCALE: f64 = 255.0;
 
-/// One style-transfer optimization in progress.
+/// One style-transfer optimization in progress, at one scale of its schedule.
 pub struct Render {
     params: RenderParams,
+    schedule: Vec<Scale>,
     objective: Objective,
     optimizer: Optimizer,
     x: Tensor,
@@ -86,8 +95,48 @@ pub struct Render {
     converged: bool,
     resumed_from: Option<u32>,
     fingerprint: String,
-    /// The resized content photo, for colour preservation.
+    /// The content photo resized to the current scale, for colour preservation.
     content: Rgb32FImage,
+    /// The scales begun so far; the last is the current one.
+    runs: Vec<ScaleRun>,
+    /// What every scale is built from: the network, its taps and the decoded inputs
+    /// (kept only when there is a later scale to build).
+    net: Arc<vgg::Vgg>,
+    taps: (Vec<Tap>, Vec<Tap>),
+    blend: Vec<f64>,
+    depth: (u32, String),
+    originals: Option<RenderInputs>,
+    output_size: (u32, u32),
+    device: Device,
+}
+
+/// One scale of a schedule as it ran (checkpoints and sidecars record them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRun {
+    /// Long side in pixels.
+    pub side: u32,
+    /// The image's size at this scale.
+    pub width: u32,
+    /// The image's size at this scale.
+    pub height: u32,
+    /// Iterations the schedule gives this scale.
+    pub iterations: u32,
+    /// The iteration (over the whole schedule) it began at.
+    pub first_iteration: u32,
+    /// The index in the loss curve of its first entry.
+    pub first_loss: usize,
+    /// Optimization seconds spent at it, its targets included.
+    pub optimize_s: f64,
+}
+
+/// The images one scale optimizes against.
+struct StageImages {
+    /// The content photo at this scale.
+    content: Rgb32FImage,
+    /// What the content term matches (its luminance when colours are preserved).
+    content_target: Rgb32FImage,
+    /// The styles at `side * style_scale` (luminance-matched when colours are preserved).
+    styles: Vec<Rgb32FImage>,
 }
 
 /// The deepest `features` index and the poolings before it.
@@ -179,7 +228,8 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineErr
 }
 
 impl Render {
-    /// Prepares a render: validates, resizes inputs, loads the network, computes targets.
+    /// Prepares a render: validates, resizes inputs to the first scale, loads the network
+    /// and computes that scale's targets.
     pub fn new(
         weights: &WeightsInfo,
         params: &RenderParams,
@@ -187,30 +237,19 @@ impl Render {
         device: Device,
     ) -> Result<Self, EngineError> {
         params.validate()?;
-        let params = &weights.resolve_layers(params);
+        let params = weights.resolve_layers(params);
         let content_taps = resolve(weights, &params.content_layers)?;
         let style_taps = resolve(weights, &params.style_layers)?;
         let all: Vec<Tap> = content_taps.iter().chain(&style_taps).copied().collect();
         let (deepest, pools, deepest_name) = depth(weights, &all);
         let blend = blend_weights(inputs.styles.len(), &inputs.style_weights)?;
+        let schedule = params.schedule();
+        let fingerprint = fingerprint(weights, &params, &schedule, inputs, &blend);
+        let depth = (pools, deepest_name);
 
-        let (cw, ch) = inputs.content.dimensions();
-        let (w, h) = image_io::fit_long_side(cw, ch, params.size);
-        let content = image_io::resize(&inputs.content, w, h);
-        check_size("the content image", &content, pools, &deepest_name)?;
-        let style_side = ((params.size as f64) * params.style_scale).round().max(1.0) as u32;
-        let mut styles = Vec::new();
-        for (i, s) in inputs.styles.iter().enumerate() {
-            let (sw, sh) = image_io::fit_long_side(s.width(), s.height(), style_side);
-            let resized = image_io::resize(s, sw, sh);
-            check_size(
-                &format!("style image {}", i + 1),
-                &resized,
-                pools,
-                &deepest_name,
-            )?;
-            styles.push(resized);
-        }
+        let first = schedule[0];
+        let stage = stage_images(inputs, &params, first.side, &depth)?;
+        let (w, h) = stage.content.dimensions();
         let init = match params.init {
             InitKind::Content => None,
             InitKind::Noise => Some(noise(w, h, params.seed)),
@@ -224,51 +263,18 @@ impl Render {
                 Some(image_io::resize(img, w, h))
             }
         };
-        let fingerprint = fingerprint(weights, params, &content, &styles, &blend);
-
-        // Colour preservation optimizes luminance only.
-        let (content_target, styles) = if params.preserve_colors {
-            let lum = color::luminance(&content);
-            let styles: Vec<_> = styles
-                .iter()
-                .map(|s| color::matched_luminance(s, &content))
-                .collect();
-            (lum, styles)
-        } else {
-            (content.clone(), styles)
-        };
-        let start = init.unwrap_or_else(|| content_target.clone());
+        let start = init.unwrap_or_else(|| stage.content_target.clone());
+        let (cw, ch) = inputs.content.dimensions();
+        let output_size = image_io::fit_long_side(cw, ch, params.size);
 
         guarded(|| {
-            let net = vgg::Vgg::load(weights, deepest, params.pooling, device)?;
-            let content_t = image_io::to_tensor(&content_target, device);
-            let style_t: Vec<(Tensor, f64)> = styles
-                .iter()
-                .zip(&blend)
-                .map(|(s, &b)| (image_io::to_tensor(s, device), b))
-                .collect();
-            let objective = Objective::new(
-                net,
-                &content_taps,
-                &style_taps,
-                &content_t,
-                &style_t,
-                params.content_weight,
-                params.style_weight,
-                params.tv_weight,
-            );
+            let net = Arc::new(vgg::Vgg::load(weights, deepest, params.pooling, device)?);
+            let taps = (content_taps, style_taps);
+            let objective = build_objective(&net, &taps, &stage, &blend, &params, device);
             let x = (image_io::to_tensor(&start, device) * PIXEL_SCALE).set_requires_grad(true);
-            let optimizer = match params.optimizer {
-                OptimizerKind::Lbfgs => Optimizer::Lbfgs(Lbfgs::new(
-                    params.learning_rate,
-                    params.lbfgs_history as usize,
-                )),
-                OptimizerKind::Adam => Optimizer::Adam(Adam::new(params.learning_rate)),
-            };
             Ok(Self {
-                params: params.clone(),
+                optimizer: new_optimizer(&params),
                 objective,
-                optimizer,
                 x,
                 iteration: 0,
                 history: Vec::new(),
@@ -276,12 +282,31 @@ impl Render {
                 converged: false,
                 resumed_from: None,
                 fingerprint,
-                content,
+                content: stage.content,
+                runs: vec![ScaleRun {
+                    side: first.side,
+                    width: w,
+                    height: h,
+                    iterations: first.iterations,
+                    first_iteration: 0,
+                    first_loss: 0,
+                    optimize_s: 0.0,
+                }],
+                net,
+                taps,
+                blend,
+                depth,
+                originals: (schedule.len() > 1).then(|| inputs.clone()),
+                output_size,
+                device,
+                schedule,
+                params,
             })
         })
     }
 
-    /// Prepares the same render as [`Render::new`] and restores a checkpoint's state.
+    /// Prepares the same render as [`Render::new`] and restores a checkpoint's state,
+    /// at the scale it was made at.
     pub fn resume(
         weights: &WeightsInfo,
         params: &RenderParams,
@@ -301,25 +326,39 @@ impl Render {
             if meta.optimizer != optimizer_name(params.optimizer) {
                 return Err(bad(format!("it was made by {}", meta.optimizer)));
             }
-            if image.size() != render.x.size() {
+            let total = render.total_iterations();
+            if meta.iteration > total || meta.history.len() > total as usize + 1 {
                 return Err(bad(format!(
-                    "image shape {:?} is not {:?}",
-                    image.size(),
-                    render.x.size()
-                )));
-            }
-            if meta.iteration > params.iterations
-                || meta.history.len() > params.iterations as usize + 1
-            {
-                return Err(bad(format!(
-                    "it claims iteration {} with {} recorded losses; the job runs {} iterations",
+                    "it claims iteration {} with {} recorded losses; the job runs {total} iterations",
                     meta.iteration,
                     meta.history.len(),
-                    params.iterations
                 )));
             }
-            let numel = render.x.numel() as i64;
-            render.optimizer.restore(state, numel).map_err(bad)?;
+            let scale = meta.runs.len().max(1) - 1;
+            if scale >= render.schedule.len()
+                || meta.runs.iter().zip(&render.schedule).any(|(r, s)| r.side != s.side)
+            {
+                return Err(bad(format!(
+                    "it is at scale {} of a schedule this job does not have",
+                    scale + 1
+                )));
+            }
+            if scale > 0 {
+                let stage = render.enter_scale(scale)?;
+                render.content = stage.content;
+            }
+            if !meta.runs.is_empty() {
+                render.runs = meta.runs;
+            }
+            let run = &render.runs[scale];
+            let want = [1, 3, i64::from(run.height), i64::from(run.width)];
+            if image.size() != want {
+                return Err(bad(format!(
+                    "image shape {:?} is not {want:?}",
+                    image.size()
+                )));
+            }
+            render.optimizer.restore(state, want.iter().product()).map_err(bad)?;
             render.x = image.set_requires_grad(true);
             render.iteration = meta.iteration;
             render.history = meta.history;
@@ -330,9 +369,73 @@ impl Render {
         })
     }
 
+    /// Builds scale `k`'s targets in place of the current ones.
+    fn enter_scale(&mut self, k: usize) -> Result<StageImages, EngineError> {
+        let inputs = self.originals.as_ref().ok_or_else(|| EngineError::Torch {
+            reason: "a later scale without the inputs to build it".into(),
+        })?;
+        let stage = stage_images(inputs, &self.params, self.schedule[k].side, &self.depth)?;
+        self.objective = build_objective(
+            &self.net,
+            &self.taps,
+            &stage,
+            &self.blend,
+            &self.params,
+            self.device,
+        );
+        Ok(stage)
+    }
+
+    /// Moves to the next scale: its targets, the image upsampled (bicubic) and the
+    /// optimizer's state carried over.
+    fn advance(&mut self) -> Result<(), EngineError> {
+        let k = self.runs.len();
+        let stage = self.enter_scale(k)?;
+        let (w, h) = stage.content.dimensions();
+        let from = self.x.size();
+        let to = [1, 3, i64::from(h), i64::from(w)];
+        let x = tch::no_grad(|| {
+            self.x
+                .detach()
+                .upsample_bicubic2d([to[2], to[3]], false, None, None)
+                .clamp(0.0, PIXEL_SCALE)
+        });
+        self.optimizer.rescale(&from, &to);
+        self.x = x.set_requires_grad(true);
+        self.content = stage.content;
+        self.runs.push(ScaleRun {
+            side: self.schedule[k].side,
+            width: w,
+            height: h,
+            iterations: self.schedule[k].iterations,
+            first_iteration: self.iteration,
+            first_loss: self.history.len(),
+            optimize_s: 0.0,
+        });
+        Ok(())
+    }
+
+    /// The iteration the current scale ends at.
+    fn scale_end(&self) -> u32 {
+        self.schedule[..self.runs.len()]
+            .iter()
+            .map(|s| s.iterations)
+            .sum()
+    }
+
     /// The job's parameters, with the layers the weights gave an empty list filled in.
     pub fn params(&self) -> &RenderParams {
         &self.params
+    }
+
+    /// The scales begun so far, the current one last.
+    pub fn runs(&self) -> &[ScaleRun] {
+        &self.runs
+    }
+
+    /// Iterations over the whole schedule.
+    pub fn total_iterations(&self) -> u32 {
+        self.schedule.iter().map(|s| s.iterations).sum()
     }
 
     /// The iteration a checkpoint restored, when this render was resumed.
@@ -355,7 +458,7 @@ impl Render {
         self.elapsed
     }
 
-    /// True when the optimizer can make no more progress.
+    /// True when the optimizer can make no more progress at the last scale.
     pub fn converged(&self) -> bool {
         self.converged
     }
@@ -365,9 +468,9 @@ impl Render {
         self.x.detach().copy()
     }
 
-    /// Output size (width, height).
+    /// Output size (width, height) at the last scale.
     pub fn output_size(&self) -> (u32, u32) {
-        self.content.dimensions()
+        self.output_size
     }
 
     /// Runs all the job's iterations.
@@ -376,18 +479,20 @@ impl Render {
         cancel: &AtomicBool,
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<Outcome, EngineError> {
-        self.run_until(self.params.iterations, cancel, on_progress)
+        self.run_until(self.total_iterations(), cancel, on_progress)
     }
 
-    /// Runs until `stop_at` iterations are done (at most the job's total), the optimizer
-    /// converges or `cancel` is set (checked before every iteration).
+    /// Runs until `stop_at` iterations are done (at most the schedule's total), the
+    /// optimizer converges at the last scale or `cancel` is set (checked before every
+    /// iteration). An optimizer that converges at an earlier scale moves on to the next.
     pub fn run_until(
         &mut self,
         stop_at: u32,
         cancel: &AtomicBool,
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<Outcome, EngineError> {
-        let stop_at = stop_at.min(self.params.iterations);
+        let total = self.total_iterations();
+        let stop_at = stop_at.min(total);
         guarded(|| {
             while self.iteration < stop_at {
                 if self.converged {
@@ -397,27 +502,42 @@ impl Render {
                     return Ok(Outcome::Cancelled);
                 }
                 let started = Instant::now();
+                if self.iteration >= self.scale_end() && self.runs.len() < self.schedule.len() {
+                    self.advance()?;
+                }
                 let (losses, grad) = self.evaluate_with_grad()?;
                 let step = self
                     .optimizer
                     .step(&mut self.x, losses.total, &grad.view([-1]));
                 self.history.push(losses);
-                self.elapsed += started.elapsed();
-                if step == Step::Converged {
-                    self.converged = true;
-                    return Ok(Outcome::Converged);
+                let spent = started.elapsed();
+                self.elapsed += spent;
+                if let Some(run) = self.runs.last_mut() {
+                    run.optimize_s += spent.as_secs_f64();
                 }
-                self.iteration += 1;
+                if step == Step::Converged {
+                    if self.runs.len() == self.schedule.len() {
+                        self.converged = true;
+                        return Ok(Outcome::Converged);
+                    }
+                    // Nothing left to do at this scale: on to the next.
+                    self.iteration = self.scale_end();
+                } else {
+                    self.iteration += 1;
+                }
                 on_progress(&Progress {
                     iteration: self.iteration,
-                    iterations: self.params.iterations,
+                    iterations: total,
                     losses,
                     elapsed: self.elapsed,
+                    scale: self.runs.len() - 1,
+                    scales: self.schedule.len(),
+                    side: self.runs.last().map_or(0, |r| r.side),
                 });
             }
             Ok(if self.converged {
                 Outcome::Converged
-            } else if self.iteration >= self.params.iterations || self.iteration >= stop_at {
+            } else if self.iteration >= stop_at {
                 Outcome::Reached
             } else {
                 Outcome::Cancelled
@@ -463,6 +583,7 @@ impl Render {
             let meta = checkpoint::Meta {
                 format: checkpoint::FORMAT,
                 iteration: self.iteration,
+                runs: self.runs.clone(),
                 fingerprint: self.fingerprint.clone(),
                 optimizer: optimizer_name(self.params.optimizer).to_owned(),
                 optimizer_state: serde_json::Value::Null,
@@ -482,21 +603,107 @@ fn optimizer_name(kind: OptimizerKind) -> &'static str {
     }
 }
 
-/// Identifies a job by what decides its result; the iteration count is left out so a
+/// The inputs resized for the scale whose long side is `side`.
+fn stage_images(
+    inputs: &RenderInputs,
+    params: &RenderParams,
+    side: u32,
+    (pools, deepest): &(u32, String),
+) -> Result<StageImages, EngineError> {
+    let (cw, ch) = inputs.content.dimensions();
+    let (w, h) = image_io::fit_long_side(cw, ch, side);
+    let content = image_io::resize(&inputs.content, w, h);
+    check_size("the content image", &content, *pools, deepest)?;
+    let style_side = (f64::from(side) * params.style_scale).round().max(1.0) as u32;
+    let mut styles = Vec::new();
+    for (i, s) in inputs.styles.iter().enumerate() {
+        let (sw, sh) = image_io::fit_long_side(s.width(), s.height(), style_side);
+        let resized = image_io::resize(s, sw, sh);
+        check_size(&format!("style image {}", i + 1), &resized, *pools, deepest)?;
+        styles.push(resized);
+    }
+    // Colour preservation optimizes luminance only.
+    Ok(if params.preserve_colors {
+        StageImages {
+            content_target: color::luminance(&content),
+            styles: styles
+                .iter()
+                .map(|s| color::matched_luminance(s, &content))
+                .collect(),
+            content,
+        }
+    } else {
+        StageImages {
+            content_target: content.clone(),
+            styles,
+            content,
+        }
+    })
+}
+
+/// The objective of one scale: targets from its images, the shared network.
+fn build_objective(
+    net: &Arc<vgg::Vgg>,
+    (content_taps, style_taps): &(Vec<Tap>, Vec<Tap>),
+    stage: &StageImages,
+    blend: &[f64],
+    params: &RenderParams,
+    device: Device,
+) -> Objective {
+    let content_t = image_io::to_tensor(&stage.content_target, device);
+    let style_t: Vec<(Tensor, f64)> = stage
+        .styles
+        .iter()
+        .zip(blend)
+        .map(|(s, &b)| (image_io::to_tensor(s, device), b))
+        .collect();
+    Objective::new(
+        Arc::clone(net),
+        content_taps,
+        style_taps,
+        &content_t,
+        &style_t,
+        params.content_weight,
+        params.style_weight,
+        params.tv_weight,
+    )
+}
+
+fn new_optimizer(params: &RenderParams) -> Optimizer {
+    match params.optimizer {
+        OptimizerKind::Lbfgs => Optimizer::Lbfgs(Lbfgs::new(
+            params.learning_rate,
+            params.lbfgs_history as usize,
+        )),
+        OptimizerKind::Adam => Optimizer::Adam(Adam::new(params.learning_rate)),
+    }
+}
+
+/// Identifies a job by what decides its result: the weights, the parameters, the
+/// schedule and the decoded inputs. The last scale's iteration count is left out so a
 /// job may be extended.
 fn fingerprint(
     weights: &WeightsInfo,
     params: &RenderParams,
-    content: &Rgb32FImage,
-    styles: &[Rgb32FImage],
+    schedule: &[Scale],
+    inputs: &RenderInputs,
     blend: &[f64],
 ) -> String {
     let mut p = params.clone();
     p.iterations = 0;
+    p.scale_iterations = 0;
+    let mut schedule = schedule.to_vec();
+    if let Some(last) = schedule.last_mut() {
+        last.iterations = 0;
+    }
     let mut h = Sha256::new();
     h.update(weights.sha256.as_bytes());
     h.update(serde_json::to_vec(&p).unwrap_or_default());
-    for img in std::iter::once(content).chain(styles) {
+    h.update(serde_json::to_vec(&schedule).unwrap_or_default());
+    let images = std::iter::once(&inputs.content)
+        .chain(&inputs.styles)
+        .chain(inputs.init_image.as_ref().filter(|_| params.init == InitKind::Image));
+    for img in images {
         h.update(img.width().to_le_bytes());
         h.update(img.height().to_le_bytes());
         for v in img.as_raw() {

@@ -50,6 +50,24 @@ impl Optimizer {
         }
     }
 
+    /// Carries the state from an image of shape `from` (`[1, 3, H, W]`) to one of shape
+    /// `to`, between scales: L-BFGS restarts (its curvature pairs belong to the old
+    /// size); Adam's moments are resized bilinearly and its step count kept.
+    pub fn rescale(&mut self, from: &[i64], to: &[i64]) {
+        match self {
+            Self::Lbfgs(o) => *o = Lbfgs::new(o.lr, o.history),
+            Self::Adam(o) => {
+                let resize = |t: &Tensor| {
+                    t.view(from)
+                        .upsample_bilinear2d([to[2], to[3]], false, None, None)
+                        .view([-1])
+                };
+                o.exp_avg = o.exp_avg.as_ref().map(resize);
+                o.exp_avg_sq = o.exp_avg_sq.as_ref().map(|v| resize(v).clamp_min(0.0));
+            }
+        }
+    }
+
     /// The state for a checkpoint.
     pub fn save(&self) -> SavedState {
         match self {

@@ -261,7 +261,7 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
 fn checkpoint_limit(params: &RenderParams, budget: &MemoryBudget) -> u64 {
     let numel = 3 * u64::from(params.size).pow(2);
     let vectors = 2 * u64::from(params.lbfgs_history) + 6;
-    let history = u64::from(params.iterations) * 256;
+    let history = u64::from(params.total_iterations()) * 256 + 4096;
     (numel * 4 * vectors + history + (1 << 20)).min(budget.bytes)
 }
 
@@ -338,7 +338,7 @@ type UploadDone = Result<(Result<(), StorageError>, String, u32), tokio::task::J
 
 async fn execute(node: &Arc<Node>, held: Held, job: EngineJob) -> Option<Ready> {
     let name = job.spec.name.clone();
-    let prefetch_from = prefetch_at(node, job.spec.params.iterations);
+    let prefetch_from = prefetch_at(node, job.spec.params.total_iterations());
     let (tx, mut events) = mpsc::unbounded_channel();
     if held.stop.reason().is_none() {
         engine_thread::spawn(job, held.stop.flag(), tx);

@@ -122,7 +122,7 @@ fn run(
         let outcome = render.run_until(stop_at, cancel, &mut |p| {
             let _ = events.send(Event::Progress(p.clone()));
         })?;
-        let done = outcome == Outcome::Converged || render.iteration() >= params.iterations;
+        let done = outcome == Outcome::Converged || render.iteration() >= render.total_iterations();
         if done {
             let rendered = job::finish(
                 &render,
