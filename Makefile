@@ -26,7 +26,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export STYLEFARM_SHARED := $(SHARED)
 export STYLEFARM_GARAGE := $(GARAGE)
 
-.PHONY: all venv garage build test deploy-check demo demo-run bench-engine bench-worker bench-coordinator fmt lint clean
+.PHONY: all venv garage build test deploy-check demo demo-run bench-engine bench-quality bench-worker bench-coordinator fmt lint clean
 
 all: build
 
@@ -99,6 +99,13 @@ demo-run:
 # build (a `-p` selection resolves its own and rebuilds).
 bench-engine: venv
 	cargo bench --workspace --bench engine
+
+# Time to quality (coarse-to-fine against single-scale L-BFGS, tubingen x starry night at
+# 512 px) and the calibration table (every fixture photo x painting at the defaults), on
+# the real partial VGG19; images in target/bench-quality/. STYLEFARM_BENCH_DEVICE=cuda
+# on a GPU. See worker/benches/quality.rs for the knobs.
+bench-quality: venv
+	cargo bench --workspace --bench quality
 
 # Worker idle time between jobs, prefetch off vs on (real coordinator, Garage, worker).
 bench-worker: venv garage

@@ -10,7 +10,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use stylefarm_core::fs::write_atomic;
 use stylefarm_core::params::{parse_layer_list, DEFAULT_ADAM_LR};
-use stylefarm_core::{InitKind, InvalidField, OptimizerKind, Pooling, RenderParams, WeightedLayer};
+use stylefarm_core::{
+    InitKind, InvalidField, LineSearch, OptimizerKind, Pooling, RenderParams, WeightedLayer,
+};
 use stylefarm_weights::WeightsInfo;
 use stylefarm_worker::device::{DeviceArg, MemoryBudget};
 use stylefarm_worker::engine::{image_io, Outcome, Render};
@@ -51,6 +53,9 @@ pub struct RenderArgs {
     /// Optimizer.
     #[arg(long, value_enum, default_value_t = RenderParams::default().optimizer)]
     pub optimizer: OptimizerKind,
+    /// L-BFGS's step rule: a strong Wolfe line search, or the fixed step.
+    #[arg(long, value_enum, default_value_t = RenderParams::default().line_search)]
+    pub line_search: LineSearch,
     /// Learning rate (default: the optimizer's own, see below).
     #[arg(long, help = learning_rate_help())]
     pub learning_rate: Option<f64>,
@@ -126,6 +131,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("scales", "--scales"),
     ("scale_iterations", "--scale-iterations"),
     ("optimizer", "--optimizer"),
+    ("line_search", "--line-search"),
     ("learning_rate", "--learning-rate"),
     ("content_weight", "--content-weight"),
     ("style_weight", "--style-weight"),
@@ -173,6 +179,7 @@ impl RenderArgs {
             scales: stylefarm_core::params::parse_scales(&self.scales)
                 .map_err(|e| anyhow::anyhow!("--scales: {e}"))?,
             scale_iterations: self.scale_iterations.unwrap_or(0),
+            line_search: self.line_search,
             optimizer,
             learning_rate: self.learning_rate.unwrap_or(match optimizer {
                 OptimizerKind::Lbfgs => defaults.learning_rate,

@@ -25,7 +25,9 @@ pub mod state;
 pub mod telemetry;
 
 pub use error::InvalidField;
-pub use params::{InitKind, OptimizerKind, Pooling, RenderParams, Scale, WeightedLayer};
+pub use params::{
+    InitKind, LineSearch, OptimizerKind, Pooling, RenderParams, Scale, WeightedLayer,
+};
 pub use progress::{Losses, Progress};
 pub use spec::{JobSpec, ObjectRef, StyleRef};
 pub use state::{BatchState, JobState};

@@ -27,6 +27,21 @@ pub enum OptimizerKind {
     Adam,
 }
 
+/// How L-BFGS chooses its step length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum LineSearch {
+    /// torch.optim.LBFGS's `line_search_fn="strong_wolfe"`: each step is searched for
+    /// along its direction until the loss falls enough and the slope flattens (one
+    /// evaluation in most iterations, more where the step would overshoot).
+    #[default]
+    StrongWolfe,
+    /// A fixed step (`lr`, `min(1, 1/|g|_1) * lr` at first), one evaluation per
+    /// iteration; early steps can overshoot by orders of magnitude before it settles.
+    None,
+}
+
 /// Where the optimized image starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -87,6 +102,8 @@ pub struct RenderParams {
     pub learning_rate: f64,
     /// L-BFGS history size (torch.optim.LBFGS's `history_size`).
     pub lbfgs_history: u32,
+    /// L-BFGS's step length rule.
+    pub line_search: LineSearch,
     /// Weight of the content term.
     pub content_weight: f64,
     /// Weight of the style term.
@@ -123,6 +140,7 @@ impl Default for RenderParams {
             optimizer: OptimizerKind::Lbfgs,
             learning_rate: 1.0,
             lbfgs_history: 100,
+            line_search: LineSearch::StrongWolfe,
             content_weight: 1.0,
             style_weight: 1.0e3,
             tv_weight: 1.0,

@@ -7,8 +7,8 @@
 
 use stylefarm_core::params::{RenderParams, DEFAULT_ADAM_LR};
 use stylefarm_core::{
-    BatchState, InitKind, InvalidField, JobSpec, JobState, Losses, ObjectRef, OptimizerKind,
-    Pooling, StyleRef, WeightedLayer,
+    BatchState, InitKind, InvalidField, JobSpec, JobState, LineSearch, Losses, ObjectRef,
+    OptimizerKind, Pooling, StyleRef, WeightedLayer,
 };
 
 use crate::v1;
@@ -28,6 +28,11 @@ impl TryFrom<v1::RenderParams> for RenderParams {
             Ok(v1::Init::Noise) => InitKind::Noise,
             Ok(v1::Init::Image) => InitKind::Image,
             Err(_) => return Err(unknown_enum("init", p.init)),
+        };
+        let line_search = match v1::LineSearch::try_from(p.line_search) {
+            Ok(v1::LineSearch::Unspecified | v1::LineSearch::StrongWolfe) => LineSearch::StrongWolfe,
+            Ok(v1::LineSearch::None) => LineSearch::None,
+            Err(_) => return Err(unknown_enum("line_search", p.line_search)),
         };
         let pooling = match v1::Pooling::try_from(p.pooling) {
             Ok(v1::Pooling::Unspecified | v1::Pooling::Max) => Pooling::Max,
@@ -50,6 +55,7 @@ impl TryFrom<v1::RenderParams> for RenderParams {
             optimizer,
             learning_rate: p.learning_rate.unwrap_or(default_lr),
             lbfgs_history: p.lbfgs_history.unwrap_or(d.lbfgs_history),
+            line_search,
             content_weight: p.content_weight.unwrap_or(d.content_weight),
             style_weight: p.style_weight.unwrap_or(d.style_weight),
             tv_weight: p.tv_weight.unwrap_or(d.tv_weight),
@@ -78,6 +84,10 @@ impl From<&RenderParams> for v1::RenderParams {
             } as i32,
             learning_rate: Some(p.learning_rate),
             lbfgs_history: Some(p.lbfgs_history),
+            line_search: match p.line_search {
+                LineSearch::StrongWolfe => v1::LineSearch::StrongWolfe,
+                LineSearch::None => v1::LineSearch::None,
+            } as i32,
             content_weight: Some(p.content_weight),
             style_weight: Some(p.style_weight),
             tv_weight: Some(p.tv_weight),
@@ -353,6 +363,7 @@ mod tests {
             schedule in (
                 prop_oneof![Just(vec![]), proptest::collection::vec(0u32..9000, 0..5), proptest::collection::vec(any::<u32>(), 0..20)],
                 proptest::option::of(prop_oneof![0u32..2000, any::<u32>()]),
+                -1i32..4,
             ),
         ) -> v1::RenderParams {
             v1::RenderParams {
@@ -360,6 +371,7 @@ mod tests {
                 content_weight: weights.0, style_weight: weights.1, tv_weight: weights.2,
                 content_layers, style_layers, style_scale, seed, init, preserve_colors,
                 pooling, output_bit_depth, scales: schedule.0, scale_iterations: schedule.1,
+                line_search: schedule.2,
             }
         }
     }

@@ -4,7 +4,7 @@ It computes, in plain eager PyTorch, exactly what the engine documents: the VGG
 `features` prefix (torchvision layout, loaded from safetensors), the preprocessing
 convention from the file's metadata, content MSE, normalised Gram style loss with
 blended targets, total variation on [0,1] pixels, and torch.optim.LBFGS(max_iter=1,
-no line search) or torch.optim.Adam stepped once per iteration on a variable holding
+line_search_fn as the case says: "strong_wolfe" or none) or torch.optim.Adam stepped once per iteration on a variable holding
 pixels on a 0-255 scale (the engine's PIXEL_SCALE: the learning rate is in grey levels
 and is handed to the optimizer as is).
 
@@ -158,7 +158,14 @@ def cmd_lbfgs(case, args):
         case,
         args,
         lambda y: torch.optim.LBFGS(
-            [y], lr=case.get("learning_rate", 1.0), max_iter=1, history_size=case.get("lbfgs_history", 100)
+            [y],
+            lr=case.get("learning_rate", 1.0),
+            max_iter=1,
+            # The search may take 25 evaluations (torch's default max_ls); torch gives it
+            # max_eval - 1, and max_eval defaults to 1.25 * max_iter.
+            max_eval=26,
+            history_size=case.get("lbfgs_history", 100),
+            line_search_fn=case.get("line_search"),
         ),
         with_closure=True,
     )

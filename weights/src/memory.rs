@@ -23,7 +23,7 @@
 //! constants were measured on CPU with `stylefarm render` (peak RSS at several sizes,
 //! see `make bench-memory`); CUDA adds its context and cuDNN workspace as a constant.
 
-use stylefarm_core::{OptimizerKind, Pooling, RenderParams};
+use stylefarm_core::{LineSearch, OptimizerKind, Pooling, RenderParams};
 
 use crate::{Architecture, LayerKind};
 
@@ -211,6 +211,11 @@ pub fn estimate(
         inputs += image(d);
         decoder = decoder.max(d.pixels() * 8);
     }
+    // A render of several scales keeps its own copy to build each scale from; its peak
+    // is at the last scale, `size`, which is what the rest counts.
+    if params.schedule().len() > 1 {
+        inputs *= 2;
+    }
     // The engine's resized images (content twice: it and the target or start) and their
     // tensors; the variable, its gradient and the content target as tensors.
     let resized_host = 2 * image(out) + styles.iter().map(|&d| image(d)).sum::<u64>();
@@ -249,8 +254,15 @@ pub fn estimate(
     let graph = graph_bytes(ops, out, max_pooling);
     let numel = out.pixels() * 3 * F32;
     let optimizer = match params.optimizer {
-        // s and y per entry, and the direction, the previous gradient and the step.
-        OptimizerKind::Lbfgs => (2 * u64::from(params.lbfgs_history) + 3) * numel,
+        // s and y per entry, and the direction, the previous gradient and the step; the
+        // line search adds the start point, a trial point and up to three gradients.
+        OptimizerKind::Lbfgs => {
+            let search = match params.line_search {
+                LineSearch::StrongWolfe => 5,
+                LineSearch::None => 0,
+            };
+            (2 * u64::from(params.lbfgs_history) + 3 + search) * numel
+        }
         // Two moments and a temporary.
         OptimizerKind::Adam => 3 * numel,
     };

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use image::{DynamicImage, ImageEncoder, Rgb32FImage};
 use stylefarm_core::params::{layers, DEFAULT_ADAM_LR};
-use stylefarm_core::{InitKind, OptimizerKind, RenderParams};
+use stylefarm_core::{InitKind, LineSearch, OptimizerKind, RenderParams};
 use stylefarm_weights::{synthetic, Architecture, WeightsError};
 use stylefarm_worker::engine::image_io::{self, DEFAULT_MAX_PIXELS};
 use stylefarm_worker::engine::{EngineError, ImageError, Outcome, Render};
@@ -196,11 +196,12 @@ fn lbfgs_pairs(bytes: &[u8]) -> usize {
 #[test]
 fn resume_with_a_short_lbfgs_history_evicts_like_an_uninterrupted_run() {
     // History 3 over 12 iterations: pairs are evicted after the restore, from a checkpoint
-    // whose history is still filling (3), exactly full (5) and already evicting (8). (The
-    // first step, min(1, 1/|g|_1) of the gradient, is too short for a pair: ys < 1e-10,
-    // as in torch.optim.LBFGS; pairs come from iteration 3 on.)
+    // whose history is still filling (3), exactly full (4) and already evicting (8). (With
+    // the line search every step makes a pair, from iteration 2 on; the evaluation it
+    // hands to the next iteration is not in the checkpoint and is made again on resume.)
     let params = RenderParams {
         lbfgs_history: 3,
+        line_search: LineSearch::StrongWolfe,
         ..with_optimizer(OptimizerKind::Lbfgs, 12)
     };
     let straight = run(&params, None);
@@ -214,7 +215,7 @@ fn resume_with_a_short_lbfgs_history_evicts_like_an_uninterrupted_run() {
     .expect("render");
     let cancel = AtomicBool::new(false);
     let mut checkpoints = Vec::new();
-    for (stop, pairs) in [(3, 1), (5, 3), (8, 3)] {
+    for (stop, pairs) in [(3, 2), (4, 3), (8, 3)] {
         stopping.run_until(stop, &cancel, &mut |_| {}).expect("run");
         assert_eq!(stopping.iteration(), stop);
         let bytes = stopping.checkpoint().expect("checkpoint");

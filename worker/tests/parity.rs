@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use stylefarm_core::params::{WeightedLayer, DEFAULT_ADAM_LR};
-use stylefarm_core::{InitKind, OptimizerKind, Pooling, RenderParams};
+use stylefarm_core::{InitKind, LineSearch, OptimizerKind, Pooling, RenderParams};
 use stylefarm_weights::{Architecture, Convention, WeightsInfo};
 use stylefarm_worker::engine::{Render, RenderInputs};
 use tch::{Device, Kind, Tensor};
@@ -358,18 +358,50 @@ fn check_run(command: &str, params: &RenderParams, tol: RunTol) -> Runs {
 }
 
 #[test]
-fn lbfgs_matches_torch_optim_lbfgs_at_every_iteration() {
+fn lbfgs_without_line_search_matches_torch_optim_lbfgs_at_every_iteration() {
     let params = RenderParams {
         init: InitKind::Noise,
+        line_search: LineSearch::None,
         ..common::small_params(10)
     };
     check_run("lbfgs", &params, LBFGS_TOL);
 }
 
 #[test]
+fn lbfgs_with_strong_wolfe_matches_torch_optim_lbfgs_at_every_iteration() {
+    // From noise the search extrapolates (six evaluations at the first step), zooms into
+    // a bracket (the fourth) and accepts the full step (the rest), as torch's does; the
+    // reference gives it torch's 25 evaluations (max_eval 26 with max_iter 1).
+    let params = RenderParams {
+        line_search: LineSearch::StrongWolfe,
+        init: InitKind::Noise,
+        ..common::small_params(12)
+    };
+    check_run("lbfgs", &params, LBFGS_TOL);
+
+    // From the photo the fixed step overshoots; the searched one never rises.
+    let losses = |line_search: LineSearch| -> Vec<f64> {
+        let params = RenderParams {
+            line_search,
+            ..common::small_params(12)
+        };
+        let mut r = Render::new(&common::real_weights(), &params, &common::small_inputs(), Device::Cpu)
+            .expect("render");
+        r.run(&std::sync::atomic::AtomicBool::new(false), &mut |_| {}).expect("run");
+        r.history().iter().map(|l| l.total).collect()
+    };
+    let rises = |h: &[f64]| h.windows(2).filter(|w| w[1] > w[0]).count();
+    let (searched, fixed) = (losses(LineSearch::StrongWolfe), losses(LineSearch::None));
+    println!("from the photo: strong Wolfe {searched:?}\nfixed step {fixed:?}");
+    assert_eq!(rises(&searched), 0, "{searched:?}");
+    assert!(rises(&fixed) > 0, "the case does not tell the two apart: {fixed:?}");
+}
+
+#[test]
 fn lbfgs_with_a_short_history_evicts_like_torch_optim_lbfgs() {
     let params = RenderParams {
         init: InitKind::Noise,
+        line_search: LineSearch::None,
         lbfgs_history: 3,
         ..common::small_params(12)
     };

@@ -12,6 +12,7 @@ pub mod color;
 pub mod error;
 pub mod image_io;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
 pub mod vgg;
 
@@ -97,6 +98,8 @@ pub struct Render {
     fingerprint: String,
     /// The content photo resized to the current scale, for colour preservation.
     content: Rgb32FImage,
+    /// The evaluation at the current image when the line search already made it.
+    pending: Option<optim::Evaluation>,
     /// The scales begun so far; the last is the current one.
     runs: Vec<ScaleRun>,
     /// What every scale is built from: the network, its taps and the decoded inputs
@@ -283,6 +286,7 @@ impl Render {
                 resumed_from: None,
                 fingerprint,
                 content: stage.content,
+                pending: None,
                 runs: vec![ScaleRun {
                     side: first.side,
                     width: w,
@@ -402,6 +406,7 @@ impl Render {
         });
         self.optimizer.rescale(&from, &to);
         self.x = x.set_requires_grad(true);
+        self.pending = None;
         self.content = stage.content;
         self.runs.push(ScaleRun {
             side: self.schedule[k].side,
@@ -505,10 +510,21 @@ impl Render {
                 if self.iteration >= self.scale_end() && self.runs.len() < self.schedule.len() {
                     self.advance()?;
                 }
-                let (losses, grad) = self.evaluate_with_grad()?;
-                let step = self
-                    .optimizer
-                    .step(&mut self.x, losses.total, &grad.view([-1]));
+                let (losses, grad) = match self.pending.take() {
+                    Some(at) => at,
+                    None => self.evaluate_with_grad()?,
+                };
+                let (objective, iteration, shape) = (&self.objective, self.iteration, self.x.size());
+                let (step, reached) = self.optimizer.step(
+                    &mut self.x,
+                    losses.total,
+                    &grad.view([-1]),
+                    &mut |flat: &Tensor| {
+                        let x = flat.view(shape.as_slice()).detach().set_requires_grad(true);
+                        evaluate(objective, &x, iteration).map(|(l, g)| (l, g.view([-1])))
+                    },
+                )?;
+                self.pending = reached;
                 self.history.push(losses);
                 let spent = started.elapsed();
                 self.elapsed += spent;
@@ -547,19 +563,7 @@ impl Render {
 
     /// The losses and their gradient with respect to the pixels, at the current image.
     pub fn evaluate_with_grad(&self) -> Result<(Losses, Tensor), EngineError> {
-        let (total, losses) = self.objective.evaluate(&(&self.x / PIXEL_SCALE));
-        if !losses.total.is_finite() {
-            return Err(EngineError::Diverged {
-                iteration: self.iteration,
-                value: losses.total,
-            });
-        }
-        let grad = Tensor::run_backward(&[&total], &[&self.x], false, false)
-            .pop()
-            .ok_or_else(|| EngineError::Torch {
-                reason: "backward returned no gradient".into(),
-            })?;
-        Ok((losses, grad))
+        evaluate(&self.objective, &self.x, self.iteration)
     }
 
     /// The losses at the current image.
@@ -594,6 +598,23 @@ impl Render {
             checkpoint::encode(&self.x, self.optimizer.save(), meta)
         })
     }
+}
+
+/// The losses at `x` (pixels on a 0-255 scale, requiring grad) and their gradient.
+fn evaluate(objective: &Objective, x: &Tensor, iteration: u32) -> Result<(Losses, Tensor), EngineError> {
+    let (total, losses) = objective.evaluate(&(x / PIXEL_SCALE));
+    if !losses.total.is_finite() {
+        return Err(EngineError::Diverged {
+            iteration,
+            value: losses.total,
+        });
+    }
+    let grad = Tensor::run_backward(&[&total], &[x], false, false)
+        .pop()
+        .ok_or_else(|| EngineError::Torch {
+            reason: "backward returned no gradient".into(),
+        })?;
+    Ok((losses, grad))
 }
 
 fn optimizer_name(kind: OptimizerKind) -> &'static str {
@@ -674,6 +695,7 @@ fn new_optimizer(params: &RenderParams) -> Optimizer {
         OptimizerKind::Lbfgs => Optimizer::Lbfgs(Lbfgs::new(
             params.learning_rate,
             params.lbfgs_history as usize,
+            params.line_search,
         )),
         OptimizerKind::Adam => Optimizer::Adam(Adam::new(params.learning_rate)),
     }

@@ -1,14 +1,25 @@
 //! Optimizers on the image's pixels, with state that round-trips through checkpoints.
 //!
-//! [`Lbfgs`] is torch.optim.LBFGS without line search, called with `max_iter=1` once per
-//! iteration: the same two-loop recursion, curvature test, `H_diag` scaling and step
-//! rule (`t = min(1, 1/|g|_1) * lr` on the first iteration, `lr` after). [`Adam`] is
-//! torch.optim.Adam's single-tensor update.
+//! [`Lbfgs`] is torch.optim.LBFGS called with `max_iter=1` once per iteration: the same
+//! two-loop recursion, curvature test, `H_diag` scaling and initial step
+//! (`t = min(1, 1/|g|_1) * lr` on the first iteration, `lr` after), taken as it is
+//! (`line_search_fn=None`) or searched along with torch's `_strong_wolfe`
+//! ([`LineSearch::StrongWolfe`]), whose last evaluation is handed back so the next
+//! iteration does not repeat it. [`Adam`] is torch.optim.Adam's single-tensor update.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use stylefarm_core::{LineSearch, Losses};
 use tch::Tensor;
+
+use super::error::EngineError;
+
+/// The objective at a flat point: its losses and flat gradient.
+pub type Evaluation = (Losses, Tensor);
+
+/// Evaluates the objective at a flat point (the line search's trial steps).
+pub type Evaluate<'a> = dyn FnMut(&Tensor) -> Result<Evaluation, EngineError> + 'a;
 
 /// torch.optim.LBFGS's default `tolerance_grad`.
 const TOLERANCE_GRAD: f64 = 1e-7;
@@ -42,11 +53,19 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
-    /// One update of `x` (flat view of the pixels) given the loss and gradient at `x`.
-    pub fn step(&mut self, x: &mut Tensor, loss: f64, grad: &Tensor) -> Step {
+    /// One update of `x` given the loss and flat gradient at `x`. A line search
+    /// evaluates trial points with `evaluate` and returns the evaluation at the point it
+    /// moved to, which is the next iteration's.
+    pub fn step(
+        &mut self,
+        x: &mut Tensor,
+        loss: f64,
+        grad: &Tensor,
+        evaluate: &mut Evaluate<'_>,
+    ) -> Result<(Step, Option<Evaluation>), EngineError> {
         match self {
-            Self::Lbfgs(o) => o.step(x, loss, grad),
-            Self::Adam(o) => o.step(x, grad),
+            Self::Lbfgs(o) => o.step(x, loss, grad, evaluate),
+            Self::Adam(o) => Ok((o.step(x, grad), None)),
         }
     }
 
@@ -55,7 +74,7 @@ impl Optimizer {
     /// size); Adam's moments are resized bilinearly and its step count kept.
     pub fn rescale(&mut self, from: &[i64], to: &[i64]) {
         match self {
-            Self::Lbfgs(o) => *o = Lbfgs::new(o.lr, o.history),
+            Self::Lbfgs(o) => *o = Lbfgs::new(o.lr, o.history, o.line_search),
             Self::Adam(o) => {
                 let resize = |t: &Tensor| {
                     t.view(from)
@@ -107,10 +126,11 @@ struct LbfgsScalars {
     history: usize,
 }
 
-/// torch.optim.LBFGS (no line search).
+/// torch.optim.LBFGS with `max_iter=1`.
 pub struct Lbfgs {
     lr: f64,
     history: usize,
+    line_search: LineSearch,
     n_iter: u64,
     d: Option<Tensor>,
     t: f64,
@@ -134,10 +154,11 @@ fn f32r(v: f64) -> f64 {
 
 impl Lbfgs {
     /// A fresh optimizer.
-    pub fn new(lr: f64, history: usize) -> Self {
+    pub fn new(lr: f64, history: usize, line_search: LineSearch) -> Self {
         Self {
             lr,
             history,
+            line_search,
             n_iter: 0,
             d: None,
             t: 0.0,
@@ -152,9 +173,15 @@ impl Lbfgs {
 
     // Written as torch/optim/lbfgs.py reads, index for index.
     #[allow(clippy::assign_op_pattern, clippy::needless_range_loop)]
-    fn step(&mut self, x: &mut Tensor, loss: f64, flat_grad: &Tensor) -> Step {
+    fn step(
+        &mut self,
+        x: &mut Tensor,
+        loss: f64,
+        flat_grad: &Tensor,
+        evaluate: &mut Evaluate<'_>,
+    ) -> Result<(Step, Option<Evaluation>), EngineError> {
         if scalar(&flat_grad.abs().max()) <= TOLERANCE_GRAD {
-            return Step::Converged;
+            return Ok((Step::Converged, None));
         }
         self.n_iter += 1;
         let d = if self.n_iter == 1 {
@@ -165,7 +192,7 @@ impl Lbfgs {
             flat_grad.neg()
         } else {
             let (Some(prev_grad), Some(prev_d)) = (&self.prev_flat_grad, &self.d) else {
-                return Step::Converged;
+                return Ok((Step::Converged, None));
             };
             let y = flat_grad - prev_grad;
             let s = prev_d * self.t;
@@ -203,16 +230,32 @@ impl Lbfgs {
             self.lr
         };
         let gtd = scalar(&flat_grad.dot(&d));
-        self.d = Some(d);
         if gtd > -TOLERANCE_CHANGE {
-            return Step::Converged;
+            self.d = Some(d);
+            return Ok((Step::Converged, None));
         }
-        if let Some(d) = &self.d {
-            tch::no_grad(|| {
-                let _ = x.g_add_(&(d * self.t).view_as(x));
-            });
-        }
-        Step::Moved
+        let reached = match self.line_search {
+            LineSearch::None => {
+                tch::no_grad(|| {
+                    let _ = x.g_add_(&(&d * self.t).view_as(x));
+                });
+                None
+            }
+            LineSearch::StrongWolfe => {
+                let x_init = x.detach().view([-1]).copy();
+                let search = strong_wolfe(&x_init, self.t, &d, loss, flat_grad, gtd, evaluate)?;
+                self.t = search.t;
+                // The same expression as the trial point, so the evaluation handed back
+                // is exactly the new point's.
+                let moved = trial(&x_init, search.t, &d);
+                tch::no_grad(|| {
+                    let _ = x.copy_(&moved.view_as(x));
+                });
+                Some(search.at)
+            }
+        };
+        self.d = Some(d);
+        Ok((Step::Moved, reached))
     }
 
     fn save(&self) -> SavedState {
@@ -282,6 +325,192 @@ impl Lbfgs {
             return Err("L-BFGS direction or previous gradient is missing".into());
         }
         Ok(())
+    }
+}
+
+/// `x + t * d`, the point a step of length `t` along `d` reaches.
+fn trial(x: &Tensor, t: f64, d: &Tensor) -> Tensor {
+    x + d * t
+}
+
+/// What [`strong_wolfe`] settled on: the step length and the evaluation there.
+struct Search {
+    t: f64,
+    at: Evaluation,
+}
+
+/// torch/optim/lbfgs.py's `_cubic_interpolate`: the minimiser of the cubic through two
+/// points with their values and slopes, within `bounds` (the points' span by default).
+fn cubic_interpolate(
+    (x1, f1, g1): (f64, f64, f64),
+    (x2, f2, g2): (f64, f64, f64),
+    bounds: Option<(f64, f64)>,
+) -> f64 {
+    let (lo, hi) = bounds.unwrap_or(if x1 <= x2 { (x1, x2) } else { (x2, x1) });
+    let d1 = g1 + g2 - 3.0 * (f1 - f2) / (x1 - x2);
+    let d2_square = d1 * d1 - g1 * g2;
+    if d2_square >= 0.0 {
+        let d2 = d2_square.sqrt();
+        let min_pos = if x1 <= x2 {
+            x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2.0 * d2))
+        } else {
+            x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2.0 * d2))
+        };
+        min_pos.max(lo).min(hi)
+    } else {
+        (lo + hi) / 2.0
+    }
+}
+
+/// One end of a bracket: step length, loss, evaluation and slope along the direction.
+struct End {
+    t: f64,
+    f: f64,
+    at: Option<Evaluation>,
+    gtd: f64,
+}
+
+impl Clone for End {
+    fn clone(&self) -> Self {
+        Self {
+            at: self.at.as_ref().map(|(l, g)| (*l, g.shallow_clone())),
+            ..*self
+        }
+    }
+}
+
+/// torch/optim/lbfgs.py's `_strong_wolfe` (c1 1e-4, c2 0.9, at most 25 evaluations),
+/// line for line: bracket a step satisfying the strong Wolfe conditions, then zoom in.
+fn strong_wolfe(
+    x: &Tensor,
+    t0: f64,
+    d: &Tensor,
+    f: f64,
+    g: &Tensor,
+    gtd: f64,
+    evaluate: &mut Evaluate<'_>,
+) -> Result<Search, EngineError> {
+    const C1: f64 = 1e-4;
+    const C2: f64 = 0.9;
+    const MAX_LS: u32 = 25;
+    let d_norm = scalar(&d.abs().max());
+    let mut t = t0;
+    let mut at = evaluate(&trial(x, t, d))?;
+    let mut f_new = at.0.total;
+    let mut gtd_new = scalar(&at.1.dot(d));
+    let start = End {
+        t: 0.0,
+        f,
+        at: Some((Losses::default(), g.shallow_clone())),
+        gtd,
+    };
+    let mut prev = start.clone();
+    let mut done = false;
+    let mut ls_iter = 0;
+    let mut bracket: Vec<End> = Vec::new();
+    while ls_iter < MAX_LS {
+        let here = End {
+            t,
+            f: f_new,
+            at: Some((at.0, at.1.shallow_clone())),
+            gtd: gtd_new,
+        };
+        if f_new > f + C1 * t * gtd || (ls_iter > 1 && f_new >= prev.f) {
+            bracket = vec![prev.clone(), here];
+            break;
+        }
+        if gtd_new.abs() <= -C2 * gtd {
+            bracket = vec![here];
+            done = true;
+            break;
+        }
+        if gtd_new >= 0.0 {
+            bracket = vec![prev.clone(), here];
+            break;
+        }
+        let min_step = t + 0.01 * (t - prev.t);
+        let max_step = t * 10.0;
+        let tmp = t;
+        t = cubic_interpolate(
+            (prev.t, prev.f, prev.gtd),
+            (t, f_new, gtd_new),
+            Some((min_step, max_step)),
+        );
+        prev = End { t: tmp, ..here };
+        at = evaluate(&trial(x, t, d))?;
+        f_new = at.0.total;
+        gtd_new = scalar(&at.1.dot(d));
+        ls_iter += 1;
+    }
+    if ls_iter == MAX_LS {
+        bracket = vec![
+            start,
+            End {
+                t,
+                f: f_new,
+                at: Some((at.0, at.1.shallow_clone())),
+                gtd: gtd_new,
+            },
+        ];
+    }
+    let order = |b: &[End]| if b[0].f <= b[b.len() - 1].f { (0, 1) } else { (1, 0) };
+    let (mut low, mut high) = order(&bracket);
+    let mut insufficient = false;
+    while !done && ls_iter < MAX_LS && bracket.len() == 2 {
+        if (bracket[1].t - bracket[0].t).abs() * d_norm < TOLERANCE_CHANGE {
+            break;
+        }
+        t = cubic_interpolate(
+            (bracket[0].t, bracket[0].f, bracket[0].gtd),
+            (bracket[1].t, bracket[1].f, bracket[1].gtd),
+            None,
+        );
+        let (lo, hi) = (bracket[0].t.min(bracket[1].t), bracket[0].t.max(bracket[1].t));
+        let eps = 0.1 * (hi - lo);
+        if (hi - t).min(t - lo) < eps {
+            if insufficient || t >= hi || t <= lo {
+                t = if (t - hi).abs() < (t - lo).abs() { hi - eps } else { lo + eps };
+                insufficient = false;
+            } else {
+                insufficient = true;
+            }
+        } else {
+            insufficient = false;
+        }
+        let at = evaluate(&trial(x, t, d))?;
+        let f_new = at.0.total;
+        let gtd_new = scalar(&at.1.dot(d));
+        ls_iter += 1;
+        let here = End {
+            t,
+            f: f_new,
+            at: Some(at),
+            gtd: gtd_new,
+        };
+        if f_new > f + C1 * t * gtd || f_new >= bracket[low].f {
+            bracket[high] = here;
+            (low, high) = order(&bracket);
+        } else {
+            if gtd_new.abs() <= -C2 * gtd {
+                done = true;
+            } else if gtd_new * (bracket[high].t - bracket[low].t) >= 0.0 {
+                bracket[high] = bracket[low].clone();
+            }
+            bracket[low] = here;
+        }
+    }
+    let best = bracket.swap_remove(low.min(bracket.len() - 1));
+    match best.at {
+        // The start point itself (no step improved on it): its losses are not known
+        // here, so it is evaluated again.
+        Some((losses, grad)) if best.t != 0.0 => Ok(Search {
+            t: best.t,
+            at: (losses, grad),
+        }),
+        _ => Ok(Search {
+            t: best.t,
+            at: evaluate(&trial(x, best.t, d))?,
+        }),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use stylefarm_core::{Pooling, RenderParams};
+use stylefarm_core::{LineSearch, Pooling, RenderParams};
 use stylefarm_weights::WeightsInfo;
 use stylefarm_worker::engine::{image_io, Render, RenderInputs};
 use tch::{Device, Tensor};
@@ -38,8 +38,8 @@ pub fn write_case(
     let case = serde_json::json!({
         "weights": weights.path,
         "inputs": inputs_path,
-        "content_layers": params.content_layers.iter().map(|l| (l.layer.clone(), l.weight)).collect::<Vec<_>>(),
-        "style_layers": params.style_layers.iter().map(|l| (l.layer.clone(), l.weight)).collect::<Vec<_>>(),
+        "content_layers": render.params().content_layers.iter().map(|l| (l.layer.clone(), l.weight)).collect::<Vec<_>>(),
+        "style_layers": render.params().style_layers.iter().map(|l| (l.layer.clone(), l.weight)).collect::<Vec<_>>(),
         "content_weight": params.content_weight,
         "style_weight": params.style_weight,
         "tv_weight": params.tv_weight,
@@ -47,6 +47,10 @@ pub fn write_case(
         "blend": blend,
         "learning_rate": params.learning_rate,
         "lbfgs_history": params.lbfgs_history,
+        "line_search": match params.line_search {
+            LineSearch::StrongWolfe => Some("strong_wolfe"),
+            LineSearch::None => None,
+        },
     });
     let case_path = dir.join("case.json");
     std::fs::write(&case_path, serde_json::to_vec_pretty(&case).expect("json"))

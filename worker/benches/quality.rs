@@ -1,0 +1,269 @@
+//! `make bench-quality`: what a render's defaults and schedule buy, on the real partial
+//! VGG19 (relu1_1, relu2_1, relu3_1 style; relu3_2 content) and the fixtures.
+//!
+//! 1. Time to quality: tubingen x starry night at 512 px. The reference is single-scale
+//!    L-BFGS for 500 iterations (its final loss and wall time); the coarse-to-fine
+//!    schedule runs until its loss at 512 px is at or below that, and the ratio of the
+//!    two wall times is printed (goal: at most 0.35).
+//! 2. Calibration: every fixture content x every fixture style at the default
+//!    parameters: how far the style loss fell, and how much of the photo's structure
+//!    survived (SSIM of the luminance at a quarter of the size, against the photo).
+//!
+//! Images go to `target/bench-quality/`. Environment: `STYLEFARM_BENCH_PARTS`
+//! (`speed,calibration`), `STYLEFARM_BENCH_DEVICE` (`cpu`, `cuda`), `STYLEFARM_BENCH_SIZE`
+//! (512), `STYLEFARM_BENCH_REFERENCE_ITERATIONS` (500), `STYLEFARM_BENCH_SCALES`
+//! (`256,362,512`), `STYLEFARM_BENCH_CALIBRATION_SIZE` (256) and
+//! `STYLEFARM_BENCH_CALIBRATION_ITERATIONS` (the default iterations).
+
+use stylefarm_worker_testkit as common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use image::{imageops, Rgb, Rgb32FImage, RgbImage};
+use stylefarm_core::params::{describe_schedule, parse_scales};
+use stylefarm_core::RenderParams;
+use stylefarm_weights::WeightsInfo;
+use stylefarm_worker::engine::{image_io, metrics, Render, RenderInputs};
+use tch::Device;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn out_dir() -> PathBuf {
+    let d = common::root().join("target").join("bench-quality");
+    std::fs::create_dir_all(&d).expect("output folder");
+    d
+}
+
+fn load(rel: &str) -> Rgb32FImage {
+    image_io::load(&common::fixture(rel), image_io::DEFAULT_MAX_PIXELS).expect("fixture")
+}
+
+fn inputs(content: &str, style: &str) -> RenderInputs {
+    RenderInputs {
+        content: load(content),
+        styles: vec![load(style)],
+        style_weights: vec![],
+        init_image: None,
+    }
+}
+
+fn to_rgb8(img: &Rgb32FImage) -> RgbImage {
+    image::DynamicImage::ImageRgb32F(img.clone()).into_rgb8()
+}
+
+/// Images side by side on a white ground, each scaled to `height`.
+fn side_by_side(images: &[&Rgb32FImage], height: u32) -> RgbImage {
+    let scaled: Vec<RgbImage> = images
+        .iter()
+        .map(|i| {
+            let w = (u64::from(i.width()) * u64::from(height) / u64::from(i.height())) as u32;
+            imageops::resize(&to_rgb8(i), w.max(1), height, imageops::FilterType::Lanczos3)
+        })
+        .collect();
+    let gap = 8;
+    let width = scaled.iter().map(|i| i.width() + gap).sum::<u32>() + gap;
+    let mut out = RgbImage::from_pixel(width, height + 2 * gap, Rgb([255, 255, 255]));
+    let mut x = gap;
+    for i in &scaled {
+        imageops::replace(&mut out, i, i64::from(x), i64::from(gap));
+        x += i.width() + gap;
+    }
+    out
+}
+
+fn save(img: &RgbImage, name: &str) -> PathBuf {
+    let p = out_dir().join(name);
+    img.save(&p).expect("write image");
+    p
+}
+
+fn speed(weights: &WeightsInfo, device: Device) {
+    let size: u32 = env_or("STYLEFARM_BENCH_SIZE", 512);
+    let iterations: u32 = env_or("STYLEFARM_BENCH_REFERENCE_ITERATIONS", 500);
+    let scales = std::env::var("STYLEFARM_BENCH_SCALES").unwrap_or_else(|_| {
+        let (a, b) = (size / 2, (f64::from(size) / std::f64::consts::SQRT_2).round() as u32);
+        format!("{a},{b},{size}")
+    });
+    let inputs = inputs("content/tubingen.jpg", "styles/starry_night.jpg");
+    let cancel = AtomicBool::new(false);
+
+    println!("time to quality: tubingen x starry night, {size} px, {device:?}");
+    let reference = RenderParams {
+        size,
+        iterations,
+        scales: vec![size],
+        ..RenderParams::default()
+    };
+    let t0 = Instant::now();
+    let mut r = Render::new(weights, &reference, &inputs, device).expect("reference");
+    r.run(&cancel, &mut |_| {}).expect("reference run");
+    let target = r.losses().expect("losses").total;
+    let reference_s = t0.elapsed().as_secs_f64();
+    let reference_img = r.output();
+    println!(
+        "  reference  single-scale L-BFGS, {} iterations: final loss {target:.4e} in {reference_s:.1} s",
+        r.iteration()
+    );
+    drop(r);
+
+    let sides = parse_scales(&scales).expect("STYLEFARM_BENCH_SCALES");
+    let multi = RenderParams {
+        size,
+        scales: sides,
+        // The run stops once the loss at the last scale is the reference's.
+        iterations: env_or("STYLEFARM_BENCH_FIRST_ITERATIONS", 150),
+        scale_iterations: env_or("STYLEFARM_BENCH_SCALE_ITERATIONS", 100),
+        ..RenderParams::default()
+    };
+    let last_scale = multi.schedule().len() - 1;
+    let t0 = Instant::now();
+    let mut m = Render::new(weights, &multi, &inputs, device).expect("multi-scale");
+    let mut reached: Option<(f64, u32, f64)> = None;
+    let stop = AtomicBool::new(false);
+    let mut last_loss = f64::NAN;
+    m.run_until(u32::MAX, &stop, &mut |p| {
+        if p.scale == last_scale {
+            last_loss = p.losses.total;
+            if p.losses.total <= target && reached.is_none() {
+                reached = Some((t0.elapsed().as_secs_f64(), p.iteration, p.losses.total));
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    })
+    .expect("multi-scale run");
+    let schedule = describe_schedule(&multi.schedule());
+    let multi_img = m.output();
+    let times: Vec<String> = m
+        .runs()
+        .iter()
+        .map(|r| format!("{} px {:.1} s", r.side, r.optimize_s))
+        .collect();
+    let pair = save(
+        &side_by_side(&[&reference_img, &multi_img], 384),
+        &format!("time-to-quality-{size}.png"),
+    );
+    match reached {
+        Some((s, it, loss)) => {
+            println!(
+                "  multi-scale {schedule}: loss {loss:.4e} at iteration {it} after {s:.1} s ({})",
+                times.join(", ")
+            );
+            println!("  reference | multi-scale: {}", pair.display());
+            println!("time-to-quality ratio: {:.2}", s / reference_s);
+        }
+        None => {
+            println!(
+                "  multi-scale {schedule}: never reached {target:.4e} (last {last_loss:.4e}) in {:.1} s ({})",
+                t0.elapsed().as_secs_f64(),
+                times.join(", ")
+            );
+            println!("  reference | multi-scale: {}", pair.display());
+            println!("time-to-quality ratio: not reached");
+        }
+    }
+}
+
+const CONTENTS: [&str; 4] = ["tubingen.jpg", "chelsea.png", "coffee.png", "astronaut.png"];
+const STYLES: [&str; 4] = [
+    "starry_night.jpg",
+    "the_scream.jpg",
+    "shipwreck.jpg",
+    "woman-with-hat-matisse.jpg",
+];
+
+fn calibration(weights: &WeightsInfo, device: Device) {
+    let size: u32 = env_or("STYLEFARM_BENCH_CALIBRATION_SIZE", 256);
+    let iterations: u32 = env_or(
+        "STYLEFARM_BENCH_CALIBRATION_ITERATIONS",
+        RenderParams::default().iterations,
+    );
+    let params = RenderParams {
+        size,
+        iterations,
+        ..RenderParams::default()
+    };
+    println!(
+        "calibration: default parameters (content_weight {}, style_weight {}, tv_weight {}) at {size} px, {iterations} iterations, {device:?}",
+        params.content_weight, params.style_weight, params.tv_weight
+    );
+    println!(
+        "  {:<14} {:<28} {:>12} {:>16} {:>8}",
+        "content", "style", "style fell", "structure SSIM", "seconds"
+    );
+    let cell = 160;
+    let mut rows: Vec<Vec<Rgb32FImage>> = Vec::new();
+    let mut worst = f64::INFINITY;
+    for content in CONTENTS {
+        let mut row = Vec::new();
+        for style in STYLES {
+            let inputs = inputs(&format!("content/{content}"), &format!("styles/{style}"));
+            let t0 = Instant::now();
+            let mut r = Render::new(weights, &params, &inputs, device).expect("render");
+            r.run(&AtomicBool::new(false), &mut |_| {}).expect("run");
+            let first = r.history().first().map_or(f64::NAN, |l| l.style);
+            let last = r.losses().expect("losses").style;
+            let out = r.output();
+            let (w, h) = out.dimensions();
+            let photo = image_io::resize(&inputs.content, w, h);
+            let ssim = metrics::structure_ssim(&out, &photo, 4);
+            worst = worst.min(ssim);
+            println!(
+                "  {content:<14} {style:<28} {:>11.0}x {ssim:>16.3} {:>8.1}",
+                first / last,
+                t0.elapsed().as_secs_f64()
+            );
+            if row.is_empty() {
+                row.push(photo);
+            }
+            row.push(out);
+        }
+        rows.push(row);
+    }
+    // The sheet: a row per photo (the photo first), a column per painting (the
+    // painting on top).
+    let mut header = vec![Rgb32FImage::from_pixel(4, 3, image::Rgb([1.0, 1.0, 1.0]))];
+    header.extend(STYLES.iter().map(|s| load(&format!("styles/{s}"))));
+    let lines: Vec<RgbImage> = std::iter::once(&header)
+        .chain(&rows)
+        .map(|r| side_by_side(&r.iter().collect::<Vec<_>>(), cell))
+        .collect();
+    let width = lines.iter().map(RgbImage::width).max().unwrap_or(1);
+    let height = lines.iter().map(RgbImage::height).sum();
+    let mut sheet = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let mut y = 0;
+    for l in &lines {
+        imageops::replace(&mut sheet, l, 0, i64::from(y));
+        y += l.height();
+    }
+    let p = save(&sheet, &format!("calibration-{size}.jpg"));
+    println!("  contact sheet: {}", p.display());
+    println!("lowest structure SSIM: {worst:.3}");
+}
+
+fn main() {
+    let device = match std::env::var("STYLEFARM_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    };
+    let weights = WeightsInfo::inspect(Path::new(&stylefarm_testkit::fixtures::real_weights()))
+        .expect("the partial VGG19 in ../shared/weights");
+    let parts = std::env::var("STYLEFARM_BENCH_PARTS").unwrap_or_else(|_| "speed,calibration".into());
+    println!(
+        "weights {} ({} threads)",
+        weights.path.display(),
+        tch::get_num_threads()
+    );
+    if parts.contains("calibration") {
+        calibration(&weights, device);
+    }
+    if parts.contains("speed") {
+        speed(&weights, device);
+    }
+}
