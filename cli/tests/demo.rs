@@ -78,8 +78,8 @@ fn make_demo_runs_from_the_checkout_alone_and_says_how_to_get_weights_without_a_
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let names = [
         "tubingen-starry_night",
-        "chelsea_the_scream-style_weight300",
-        "chelsea_the_scream-style_weight3000",
+        "chelsea_the_scream-style_weight3",
+        "chelsea_the_scream-style_weight30",
     ];
     for n in names {
         let img = image::open(out.join(format!("{n}.png"))).unwrap_or_else(|e| panic!("{n}: {e}"));

@@ -62,6 +62,7 @@ priority: 5
 defaults:
   size: 128
   iterations: 20
+  scales: auto
   style_layers: relu1_1,relu2_1:0.5
 jobs:
   - content: a.png
@@ -69,6 +70,9 @@ jobs:
     params:
       optimizer: adam
       size: 64
+      scales: [32, 64]
+      scale_iterations: 5
+      line_search: none
   - name: blend
     content: a.png
     styles:
@@ -92,11 +96,15 @@ wedges:
     assert_eq!(m.jobs.len(), 2 + 2 * 2 * 2 * 3);
     let first = &m.jobs[0];
     assert_eq!(first.name, "a_b");
-    assert_eq!(first.line, 8);
+    assert_eq!(first.line, 9);
     assert_eq!(first.params.size, 64, "the job's own value wins");
     assert_eq!(first.params.iterations, 20, "defaults fill the rest");
     assert_eq!(first.params.optimizer, OptimizerKind::Adam);
     assert_eq!(first.params.style_layers[1].weight, 0.5);
+    assert_eq!(first.params.scales, [32, 64]);
+    assert_eq!(first.params.total_iterations(), 25);
+    assert_eq!(first.params.line_search, stylefarm_core::LineSearch::None);
+    assert!(m.jobs[1].params.scales.is_empty(), "auto");
     assert_eq!(first.content, ImageRef::Local(d.path("a.png")));
     let blend = &m.jobs[1];
     assert_eq!(
@@ -161,6 +169,10 @@ fn each_bad_manifest_is_refused_with_its_line_field_and_what_is_allowed() {
         (&format!("batch: b\ndefaults:\n  size: 5\n{job}"), 3, "defaults.size", "5 is outside 16..=8192"),
         (&format!("batch: b\ndefaults:\n  optimizer: sgd\n{job}"), 3, "defaults.optimizer", "unknown variant `sgd`, expected `lbfgs` or `adam`"),
         (&format!("batch: b\ndefaults:\n  style_layers: relu1_1:heavy\n{job}"), 3, "defaults.style_layers", "not a number"),
+        (&format!("batch: b\ndefaults:\n  scales: 256,big\n{job}"), 3, "defaults.scales", "\"big\" is not a whole number of pixels"),
+        (&format!("batch: b\ndefaults:\n  scales: [512, 256]\n{job}"), 3, "defaults.scales[1]", "256 does not grow from 512"),
+        (&format!("batch: b\ndefaults:\n  scales: [128, 256]\n{job}"), 3, "defaults.scales", "the last scale is 256; it must be the size, 512"),
+        (&format!("batch: b\ndefaults:\n  line_search: wolfe\n{job}"), 3, "defaults.line_search", "unknown variant `wolfe`, expected `strong_wolfe` or `none`"),
         ("batch: b\njobs:\n  - content: a.png\n    style: b.png\n    params:\n      style_weight: -1\n", 6, "jobs[0].params.style_weight", "not a finite number >= 0"),
         ("batch: b\njobs:\n  - content: missing.png\n    style: b.png\n", 3, "jobs[0].content", "does not exist"),
         ("batch: b\njobs:\n  - content: a.png\n", 3, "jobs[0]", "needs `style`"),

@@ -104,11 +104,11 @@ pub struct RenderParams {
     pub lbfgs_history: u32,
     /// L-BFGS's step length rule.
     pub line_search: LineSearch,
-    /// Weight of the content term.
+    /// Weight of the content term (each layer's error relative to the photo's features).
     pub content_weight: f64,
-    /// Weight of the style term.
+    /// Weight of the style term (each layer's Gram error relative to the painting's).
     pub style_weight: f64,
-    /// Weight of the total-variation term (on [0,1] pixels).
+    /// Weight of the total-variation term (relative to the photo's own).
     pub tv_weight: f64,
     /// Layers whose features the output should share with the content photo. Empty (the
     /// default): Gatys et al.'s `relu4_2`, or the deepest `reluN_2` the weights hold.
@@ -142,8 +142,8 @@ impl Default for RenderParams {
             lbfgs_history: 100,
             line_search: LineSearch::StrongWolfe,
             content_weight: 1.0,
-            style_weight: 1.0e3,
-            tv_weight: 1.0,
+            style_weight: 10.0,
+            tv_weight: 0.3,
             content_layers: Vec::new(),
             style_layers: Vec::new(),
             style_scale: 1.0,

@@ -75,6 +75,10 @@ class Reference:
                 g = [gram(feats[i]) * b for i, _ in self.style_layers]
                 grams = g if grams is None else [a + c for a, c in zip(grams, g)]
             self.style_targets = grams
+            # Each term is relative to its target's size (the engine's loss.rs).
+            self.content_sizes = [(t**2).mean() for t in self.content_targets]
+            self.style_sizes = [(t**2).mean() for t in self.style_targets]
+            self.tv_size = tv(inputs["content"]).clamp_min(TV_FLOOR)
 
     def preprocess(self, rgb):
         if self.convention == "caffe":
@@ -103,11 +107,24 @@ class Reference:
     def losses(self, y):
         x = y / PIXEL_SCALE
         feats = self.forward(x)
-        content = sum(((feats[i] - t) ** 2).mean() * w for (i, w), t in zip(self.content_layers, self.content_targets))
-        style = sum(((gram(feats[i]) - t) ** 2).mean() * w for (i, w), t in zip(self.style_layers, self.style_targets))
+        content = sum(
+            ((feats[i] - t) ** 2).mean() / n * w
+            for (i, w), t, n in zip(self.content_layers, self.content_targets, self.content_sizes)
+        )
+        style = sum(
+            ((gram(feats[i]) - t) ** 2).mean() / n * w
+            for (i, w), t, n in zip(self.style_layers, self.style_targets, self.style_sizes)
+        )
         content, style = content * self.cw, style * self.sw
-        tv = (((x[:, :, 1:, :] - x[:, :, :-1, :]) ** 2).mean() + ((x[:, :, :, 1:] - x[:, :, :, :-1]) ** 2).mean()) * self.tw
-        return content + style + tv, {"content": content, "style": style, "tv": tv}
+        tv_term = tv(x) / self.tv_size * self.tw
+        return content + style + tv_term, {"content": content, "style": style, "tv": tv_term}
+
+
+TV_FLOOR = 1e-4
+
+
+def tv(x):
+    return ((x[:, :, 1:, :] - x[:, :, :-1, :]) ** 2).mean() + ((x[:, :, :, 1:] - x[:, :, :, :-1]) ** 2).mean()
 
 
 def gram(f):

@@ -13,7 +13,9 @@
 //! (`speed,calibration`), `STYLEFARM_BENCH_DEVICE` (`cpu`, `cuda`), `STYLEFARM_BENCH_SIZE`
 //! (512), `STYLEFARM_BENCH_REFERENCE_ITERATIONS` (500), `STYLEFARM_BENCH_SCALES`
 //! (`256,362,512`), `STYLEFARM_BENCH_CALIBRATION_SIZE` (256) and
-//! `STYLEFARM_BENCH_CALIBRATION_ITERATIONS` (the default iterations).
+//! `STYLEFARM_BENCH_CALIBRATION_ITERATIONS` (the default iterations), and for sweeps
+//! `STYLEFARM_BENCH_STYLE_WEIGHT`, `STYLEFARM_BENCH_TV_WEIGHT`, `STYLEFARM_BENCH_CONTENTS`
+//! and `STYLEFARM_BENCH_STYLES` (name prefixes, comma-separated).
 
 use stylefarm_worker_testkit as common;
 
@@ -184,13 +186,23 @@ fn calibration(weights: &WeightsInfo, device: Device) {
         "STYLEFARM_BENCH_CALIBRATION_ITERATIONS",
         RenderParams::default().iterations,
     );
+    let d = RenderParams::default();
     let params = RenderParams {
         size,
         iterations,
-        ..RenderParams::default()
+        style_weight: env_or("STYLEFARM_BENCH_STYLE_WEIGHT", d.style_weight),
+        tv_weight: env_or("STYLEFARM_BENCH_TV_WEIGHT", d.tv_weight),
+        ..d
     };
+    let pick = |var: &str, all: &[&'static str]| -> Vec<&'static str> {
+        match std::env::var(var) {
+            Ok(v) => all.iter().copied().filter(|n| v.split(',').any(|p| n.starts_with(p))).collect(),
+            Err(_) => all.to_vec(),
+        }
+    };
+    let (contents, styles) = (pick("STYLEFARM_BENCH_CONTENTS", &CONTENTS), pick("STYLEFARM_BENCH_STYLES", &STYLES));
     println!(
-        "calibration: default parameters (content_weight {}, style_weight {}, tv_weight {}) at {size} px, {iterations} iterations, {device:?}",
+        "calibration: parameters (content_weight {}, style_weight {}, tv_weight {}) at {size} px, {iterations} iterations, {device:?}",
         params.content_weight, params.style_weight, params.tv_weight
     );
     println!(
@@ -200,9 +212,9 @@ fn calibration(weights: &WeightsInfo, device: Device) {
     let cell = 160;
     let mut rows: Vec<Vec<Rgb32FImage>> = Vec::new();
     let mut worst = f64::INFINITY;
-    for content in CONTENTS {
+    for &content in &contents {
         let mut row = Vec::new();
-        for style in STYLES {
+        for &style in &styles {
             let inputs = inputs(&format!("content/{content}"), &format!("styles/{style}"));
             let t0 = Instant::now();
             let mut r = Render::new(weights, &params, &inputs, device).expect("render");
@@ -229,7 +241,7 @@ fn calibration(weights: &WeightsInfo, device: Device) {
     // The sheet: a row per photo (the photo first), a column per painting (the
     // painting on top).
     let mut header = vec![Rgb32FImage::from_pixel(4, 3, image::Rgb([1.0, 1.0, 1.0]))];
-    header.extend(STYLES.iter().map(|s| load(&format!("styles/{s}"))));
+    header.extend(styles.iter().map(|s| load(&format!("styles/{s}"))));
     let lines: Vec<RgbImage> = std::iter::once(&header)
         .chain(&rows)
         .map(|r| side_by_side(&r.iter().collect::<Vec<_>>(), cell))
@@ -242,7 +254,10 @@ fn calibration(weights: &WeightsInfo, device: Device) {
         imageops::replace(&mut sheet, l, 0, i64::from(y));
         y += l.height();
     }
-    let p = save(&sheet, &format!("calibration-{size}.jpg"));
+    let p = save(
+        &sheet,
+        &format!("calibration-{size}-sw{}-tv{}.jpg", params.style_weight, params.tv_weight),
+    );
     println!("  contact sheet: {}", p.display());
     println!("lowest structure SSIM: {worst:.3}");
 }

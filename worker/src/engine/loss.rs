@@ -1,11 +1,16 @@
 //! The objective: content, style and total-variation terms over VGG activations.
 //!
-//! - content: `content_weight * sum_l w_l * mean((F_l - P_l)^2)`
-//! - style: `style_weight * sum_l w_l * mean((G(F_l) - A_l)^2)` with the normalised Gram
-//!   `G(F) = F F^T / (C H W)` and `A_l` the blend-weighted sum of the styles' Grams
-//! - tv: `tv_weight * (mean(dx^2) + mean(dy^2))` on the [0, 1] pixels
+//! - content: `content_weight * sum_l w_l * mean((F_l - P_l)^2) / mean(P_l^2)`
+//! - style: `style_weight * sum_l w_l * mean((G(F_l) - A_l)^2) / mean(A_l^2)` with the
+//!   normalised Gram `G(F) = F F^T / (C H W)` and `A_l` the blend-weighted sum of the
+//!   styles' Grams
+//! - tv: `tv_weight * tv(x) / tv(content)` with `tv(x) = mean(dx^2) + mean(dy^2)` on the
+//!   [0, 1] pixels (the photo's own at least [`TV_FLOOR`])
 //!
-//! Targets are computed once, without gradients, when the objective is built.
+//! Each term is relative to its target's own size: a dark, sparse photo has small
+//! features and a busy painting large Grams, and without the division the same weights
+//! would mean a different balance for each. Targets and their sizes are computed once,
+//! without gradients, when the objective is built.
 
 use std::sync::Arc;
 
@@ -23,11 +28,29 @@ pub fn gram(f: &Tensor) -> Tensor {
     f.matmul(&f.tr()) / ((c * hw) as f64)
 }
 
+/// The smallest `tv(content)` the TV term is divided by (a flat photo has none).
+pub const TV_FLOOR: f64 = 1e-4;
+
 /// A tapped layer and its target.
 struct Term {
     slot: usize,
     weight: f64,
     target: Tensor,
+    /// `mean(target^2)`, the term's unit.
+    size: Tensor,
+}
+
+impl Term {
+    fn new(slot: usize, weight: f64, target: Tensor) -> Self {
+        let target = target.detach();
+        let size = target.square().mean(Kind::Float);
+        Self {
+            slot,
+            weight,
+            target,
+            size,
+        }
+    }
 }
 
 /// Content, style and TV terms with their targets.
@@ -39,6 +62,8 @@ pub struct Objective {
     content_weight: f64,
     style_weight: f64,
     tv_weight: f64,
+    /// `tv(content)`, at least [`TV_FLOOR`].
+    tv_size: Tensor,
 }
 
 /// A layer's index in `features` and its weight.
@@ -69,11 +94,7 @@ impl Objective {
             let feats = net.forward(content, &taps);
             let content_terms = content_layers
                 .iter()
-                .map(|&(i, weight)| Term {
-                    slot: slot(i),
-                    weight,
-                    target: feats[slot(i)].detach(),
-                })
+                .map(|&(i, weight)| Term::new(slot(i), weight, feats[slot(i)].shallow_clone()))
                 .collect::<Vec<_>>();
             let mut grams: Vec<Option<Tensor>> = style_layers.iter().map(|_| None).collect();
             for (pixels, blend) in styles {
@@ -89,16 +110,11 @@ impl Objective {
             let style_terms = style_layers
                 .iter()
                 .zip(grams)
-                .filter_map(|(&(i, weight), g)| {
-                    g.map(|target| Term {
-                        slot: slot(i),
-                        weight,
-                        target: target.detach(),
-                    })
-                })
+                .filter_map(|(&(i, weight), g)| g.map(|target| Term::new(slot(i), weight, target)))
                 .collect::<Vec<_>>();
             (content_terms, style_terms)
         });
+        let tv_size = tch::no_grad(|| total_variation(content).clamp_min(TV_FLOOR));
         Self {
             net,
             taps,
@@ -107,6 +123,7 @@ impl Objective {
             content_weight,
             style_weight,
             tv_weight,
+            tv_size,
         }
     }
 
@@ -117,7 +134,8 @@ impl Objective {
         let zero = || Tensor::zeros([], (Kind::Float, x.device()));
         let mut content = zero();
         for t in &self.content {
-            content = content + (&feats[t.slot] - &t.target).square().mean(Kind::Float) * t.weight;
+            content = content
+                + (&feats[t.slot] - &t.target).square().mean(Kind::Float) / &t.size * t.weight;
         }
         let mut style = zero();
         for t in &self.style {
@@ -125,11 +143,12 @@ impl Objective {
                 + (gram(&feats[t.slot]) - &t.target)
                     .square()
                     .mean(Kind::Float)
+                    / &t.size
                     * t.weight;
         }
         let content = content * self.content_weight;
         let style = style * self.style_weight;
-        let tv = total_variation(x) * self.tv_weight;
+        let tv = total_variation(x) / &self.tv_size * self.tv_weight;
         let total = &content + &style + &tv;
         let losses = Losses {
             content: content.double_value(&[]),

@@ -5,7 +5,8 @@
 //! (`t = min(1, 1/|g|_1) * lr` on the first iteration, `lr` after), taken as it is
 //! (`line_search_fn=None`) or searched along with torch's `_strong_wolfe`
 //! ([`LineSearch::StrongWolfe`]), whose last evaluation is handed back so the next
-//! iteration does not repeat it. [`Adam`] is torch.optim.Adam's single-tensor update.
+//! iteration does not repeat it. With the search, the first trial is `lr / |g|_1`
+//! without torch's cap at 1 (the same wherever `|g|_1 >= 1`). [`Adam`] is torch.optim.Adam's single-tensor update.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -225,7 +226,14 @@ impl Lbfgs {
         self.prev_flat_grad = Some(flat_grad.copy());
         self.prev_loss = loss;
         self.t = if self.n_iter == 1 {
-            f32r(1.0f64.min(f32r(1.0 / scalar(&flat_grad.abs().sum(None)))) * self.lr)
+            let inverse_l1 = f32r(1.0 / scalar(&flat_grad.abs().sum(None)));
+            match self.line_search {
+                LineSearch::None => f32r(1.0f64.min(inverse_l1) * self.lr),
+                // A first trial of `lr` grey levels in all, whatever the loss's units:
+                // torch's min(1, ...) shortens it to |g|_1 when the gradient is small,
+                // a change the float32 loss cannot show, and the search never leaves 0.
+                LineSearch::StrongWolfe => f32r(inverse_l1 * self.lr),
+            }
         } else {
             self.lr
         };
