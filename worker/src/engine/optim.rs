@@ -5,8 +5,11 @@
 //! (`t = min(1, 1/|g|_1) * lr` on the first iteration, `lr` after), taken as it is
 //! (`line_search_fn=None`) or searched along with torch's `_strong_wolfe`
 //! ([`LineSearch::StrongWolfe`]), whose last evaluation is handed back so the next
-//! iteration does not repeat it. With the search, the first trial is `lr / |g|_1`
-//! without torch's cap at 1 (the same wherever `|g|_1 >= 1`). [`Adam`] is torch.optim.Adam's single-tensor update.
+//! iteration does not repeat it. With the search the first trial is `lr / |g|_1`
+//! without torch's cap at 1 (the same wherever `|g|_1 >= 1`, as in the parity tests).
+//! The fixed step is torch's exactly, and like torch's it depends on the loss's units:
+//! with the engine's relative losses (about 1) its steps are too short to register
+//! unless the learning rate is raised (about 1e4). [`Adam`] is torch.optim.Adam's single-tensor update.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -231,7 +234,8 @@ impl Lbfgs {
                 LineSearch::None => f32r(1.0f64.min(inverse_l1) * self.lr),
                 // A first trial of `lr` grey levels in all, whatever the loss's units:
                 // torch's min(1, ...) shortens it to |g|_1 when the gradient is small,
-                // a change the float32 loss cannot show, and the search never leaves 0.
+                // a change the float32 loss cannot show, and the search never leaves
+                // the start. Where |g|_1 >= 1 the two agree.
                 LineSearch::StrongWolfe => f32r(inverse_l1 * self.lr),
             }
         } else {
