@@ -110,8 +110,9 @@ fn speed(weights: &WeightsInfo, device: Device) {
     let reference_s = t0.elapsed().as_secs_f64();
     let reference_img = r.output();
     println!(
-        "  reference  single-scale L-BFGS, {} iterations: final loss {target:.4e} in {reference_s:.1} s",
-        r.iteration()
+        "  reference  single-scale L-BFGS, {} iterations ({} evaluations): final loss {target:.4e} in {reference_s:.1} s",
+        r.iteration(),
+        r.evaluations()
     );
     drop(r);
 
@@ -154,7 +155,8 @@ fn speed(weights: &WeightsInfo, device: Device) {
     match reached {
         Some((s, it, loss)) => {
             println!(
-                "  multi-scale {schedule}: loss {loss:.4e} at iteration {it} after {s:.1} s ({})",
+                "  multi-scale {schedule}: loss {loss:.4e} at iteration {it} ({} evaluations) after {s:.1} s ({})",
+                m.evaluations(),
                 times.join(", ")
             );
             println!("  reference | multi-scale: {}", pair.display());
@@ -280,5 +282,7 @@ fn main() {
     }
     if parts.contains("speed") {
         speed(&weights, device);
+        // Tiled scales are not built yet: no seam to measure (issue 13 stays open).
+        println!("seam ratio: not measured (tiled scales are not built yet)");
     }
 }

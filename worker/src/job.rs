@@ -227,6 +227,7 @@ pub fn finish(
                 0.0
             },
             total_s: started.elapsed().as_secs_f64(),
+            evaluations: render.evaluations(),
             started_unix_s: unix_s(SystemTime::now() - started.elapsed()),
             finished_unix_s: unix_s(SystemTime::now()),
         },

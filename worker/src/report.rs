@@ -47,6 +47,10 @@ pub struct Timings {
     pub optimize_s: f64,
     /// Mean seconds per iteration.
     pub per_iteration_s: f64,
+    /// Forward and backward passes this run made (the line search makes more than one
+    /// in some iterations; a resumed run counts its own).
+    #[serde(default)]
+    pub evaluations: u64,
     /// Wall time of this run, start to written output.
     pub total_s: f64,
     /// When this run started (decoding its inputs), seconds since the Unix epoch.

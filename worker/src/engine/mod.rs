@@ -100,6 +100,8 @@ pub struct Render {
     content: Rgb32FImage,
     /// The evaluation at the current image when the line search already made it.
     pending: Option<optim::Evaluation>,
+    /// Evaluations (forward and backward passes) this process made.
+    evaluations: u64,
     /// The scales begun so far; the last is the current one.
     runs: Vec<ScaleRun>,
     /// What every scale is built from: the network, its taps and the decoded inputs
@@ -287,6 +289,7 @@ impl Render {
                 fingerprint,
                 content: stage.content,
                 pending: None,
+                evaluations: 0,
                 runs: vec![ScaleRun {
                     side: first.side,
                     width: w,
@@ -438,6 +441,12 @@ impl Render {
         &self.runs
     }
 
+    /// Forward and backward passes made by this process (a line search makes more than
+    /// one in some iterations).
+    pub fn evaluations(&self) -> u64 {
+        self.evaluations
+    }
+
     /// Iterations over the whole schedule.
     pub fn total_iterations(&self) -> u32 {
         self.schedule.iter().map(|s| s.iterations).sum()
@@ -512,14 +521,19 @@ impl Render {
                 }
                 let (losses, grad) = match self.pending.take() {
                     Some(at) => at,
-                    None => self.evaluate_with_grad()?,
+                    None => {
+                        self.evaluations += 1;
+                        self.evaluate_with_grad()?
+                    }
                 };
                 let (objective, iteration, shape) = (&self.objective, self.iteration, self.x.size());
+                let evaluations = &mut self.evaluations;
                 let (step, reached) = self.optimizer.step(
                     &mut self.x,
                     losses.total,
                     &grad.view([-1]),
                     &mut |flat: &Tensor| {
+                        *evaluations += 1;
                         let x = flat.view(shape.as_slice()).detach().set_requires_grad(true);
                         evaluate(objective, &x, iteration).map(|(l, g)| (l, g.view([-1])))
                     },

@@ -6,7 +6,9 @@
 //! (`line_search_fn=None`) or searched along with torch's `_strong_wolfe`
 //! ([`LineSearch::StrongWolfe`]), whose last evaluation is handed back so the next
 //! iteration does not repeat it. With the search the first trial is `lr / |g|_1`
-//! without torch's cap at 1 (the same wherever `|g|_1 >= 1`, as in the parity tests).
+//! without torch's cap at 1 (the same wherever `|g|_1 >= 1`, as in the parity tests),
+//! and a trial whose loss is unchanged to the last float32 digit while the slope still
+//! falls is extended rather than bracketed (torch's zooms towards 0 and never moves).
 //! The fixed step is torch's exactly, and like torch's it depends on the loss's units:
 //! with the engine's relative losses (about 1) its steps are too short to register
 //! unless the learning rate is raised (about 1e4). [`Adam`] is torch.optim.Adam's single-tensor update.
@@ -427,7 +429,11 @@ fn strong_wolfe(
             at: Some((at.0, at.1.shallow_clone())),
             gtd: gtd_new,
         };
-        if f_new > f + C1 * t * gtd || (ls_iter > 1 && f_new >= prev.f) {
+        // A trial too short for the float32 loss to show any change, still going
+        // down, is extended like one that fell too little; torch would bracket
+        // [0, t] and zoom towards 0, where nothing is ever seen to improve.
+        let unseen = f_new == prev.f && gtd_new < 0.0;
+        if !unseen && (f_new > f + C1 * t * gtd || (ls_iter > 1 && f_new >= prev.f)) {
             bracket = vec![prev.clone(), here];
             break;
         }
@@ -599,5 +605,45 @@ impl Adam {
             return Err("Adam moments are missing".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    /// `1e7 + |x - 1|^2 / 2` over 1000 values, in float32 as the engine's losses are:
+    /// a step that changes it by less than 1 does not show.
+    fn bowl(x: &Tensor) -> Result<Evaluation, EngineError> {
+        let centred = x - 1.0;
+        let f = (centred.square().sum(Kind::Float) * 0.5 + 1e7).double_value(&[]);
+        let losses = Losses {
+            total: f64::from(f as f32),
+            ..Losses::default()
+        };
+        Ok((losses, centred))
+    }
+
+    #[test]
+    fn a_first_trial_too_short_to_show_is_extended_not_abandoned() {
+        let x = Tensor::zeros([1000], (Kind::Float, tch::Device::Cpu));
+        let (at, g) = bowl(&x).expect("start");
+        let d = g.neg();
+        let gtd = scalar(&g.dot(&d));
+        // 1e-4 along d lowers the bowl by 0.1: invisible at 1e7 in float32. Torch's
+        // search brackets [0, 1e-4] and ends at 0; this one goes on to where the slope
+        // has flattened by a tenth (the strong Wolfe condition), t >= 0.1, and down.
+        let search = strong_wolfe(&x, 1e-4, &d, at.total, &g, gtd, &mut bowl).expect("search");
+        assert!(search.t >= 0.1 && search.t <= 1.9, "t = {}", search.t);
+        assert!(search.at.0.total < at.total - 90.0, "{} -> {}", at.total, search.at.0.total);
+    }
+
+    #[test]
+    fn cubic_interpolation_finds_a_parabolas_minimum_within_bounds() {
+        // f(t) = (t - 2)^2 from t = 0 (f 4, slope -4) and t = 3 (f 1, slope 2).
+        let t = cubic_interpolate((0.0, 4.0, -4.0), (3.0, 1.0, 2.0), None);
+        assert!((t - 2.0).abs() < 1e-12, "{t}");
+        assert_eq!(cubic_interpolate((0.0, 4.0, -4.0), (3.0, 1.0, 2.0), Some((2.5, 3.0))), 2.5);
     }
 }
