@@ -143,6 +143,12 @@ impl StyleFarm for Rogue {
     ) -> Result<Response<v1::ListBatchesResponse>, Status> {
         Err(Status::unimplemented("rogue"))
     }
+    async fn get_server_info(
+        &self,
+        _: Request<v1::GetServerInfoRequest>,
+    ) -> Result<Response<v1::ServerInfo>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
     type WatchBatchStream = tokio_stream::Empty<Result<v1::BatchEvent, Status>>;
     async fn watch_batch(
         &self,
