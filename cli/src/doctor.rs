@@ -239,7 +239,8 @@ fn weights(given: Option<PathBuf>) -> (Check, Option<WeightsInfo>) {
                 (Some(a), Some(b)) => format!("{a}..{b}"),
                 _ => "no layers".into(),
             };
-            let (content, style) = stylefarm_weights::standard_layers(|n| info.layers.iter().any(|l| l == n));
+            let (content, style) =
+                stylefarm_weights::standard_layers(|n| info.layers.iter().any(|l| l == n));
             let layers = format!(
                 "{layers}; jobs that name none use content {} and style {}",
                 content.join(","),

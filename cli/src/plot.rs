@@ -291,7 +291,10 @@ mod tests {
         assert_eq!(svg.matches("class=\"scale\"").count(), 2, "{svg}");
         assert!(svg.contains(">362 px</text>"));
         // One scale is no schedule to mark.
-        let single = Curve { scales: vec![(0, 512)], ..curve };
+        let single = Curve {
+            scales: vec![(0, 512)],
+            ..curve
+        };
         assert!(!loss_svg("x", &single).contains("class=\"scale\""));
         assert_eq!(from_sidecar(&serde_json::json!({})), None);
     }

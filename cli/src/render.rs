@@ -289,7 +289,10 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     tracing::info!(width = w, height = h, ?device, "rendering");
     let schedule = params.schedule();
     if schedule.len() > 1 && !args.quiet {
-        eprintln!("scales: {}", stylefarm_core::params::describe_schedule(&schedule));
+        eprintln!(
+            "scales: {}",
+            stylefarm_core::params::describe_schedule(&schedule)
+        );
     }
 
     let bar = if args.quiet {

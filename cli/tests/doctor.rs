@@ -103,7 +103,9 @@ fn doctor_checks_each_role_and_says_what_to_fix() {
     assert_eq!(o.status.code(), Some(0), "{text}");
     assert!(
         line(&text, "coordinator").contains("reachable over TLS; coordinator ")
-            && line(&text, "coordinator").contains(" speaking stylefarm.v1; token of alice (submitter): accepted as a submitter"),
+            && line(&text, "coordinator").contains(
+                " speaking stylefarm.v1; token of alice (submitter): accepted as a submitter"
+            ),
         "{text}"
     );
     assert!(

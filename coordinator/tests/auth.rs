@@ -234,7 +234,10 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
         let info = client.get_server_info(v1::GetServerInfoRequest {}).await;
         if let Ok(i) = &info {
             let i = i.get_ref();
-            assert_eq!((i.protocol.as_str(), i.caller.as_str()), ("stylefarm.v1", caller));
+            assert_eq!(
+                (i.protocol.as_str(), i.caller.as_str()),
+                ("stylefarm.v1", caller)
+            );
             let admin = i.roles.iter().any(|r| r == "admin");
             assert_eq!(admin, caller == "admin", "{caller}: {:?}", i.roles);
         }

@@ -313,7 +313,10 @@ impl RenderParams {
             if last != self.size {
                 return Err(InvalidField::new(
                     "scales",
-                    format!("the last scale is {last}; it must be the size, {}", self.size),
+                    format!(
+                        "the last scale is {last}; it must be the size, {}",
+                        self.size
+                    ),
                 ));
             }
         }
@@ -323,7 +326,11 @@ impl RenderParams {
                 format!("{} is above {MAX_ITERATIONS}", self.scale_iterations),
             ));
         }
-        let total: u64 = self.schedule().iter().map(|s| u64::from(s.iterations)).sum();
+        let total: u64 = self
+            .schedule()
+            .iter()
+            .map(|s| u64::from(s.iterations))
+            .sum();
         if total > u64::from(MAX_ITERATIONS) {
             return Err(InvalidField::new(
                 "scale_iterations",
@@ -467,7 +474,11 @@ mod tests {
                 ..Default::default()
             };
             let s = p.schedule();
-            (s.iter().map(|s| s.side).collect::<Vec<_>>(), s, p.total_iterations())
+            (
+                s.iter().map(|s| s.side).collect::<Vec<_>>(),
+                s,
+                p.total_iterations(),
+            )
         };
         assert_eq!(at(512).0, [512]);
         assert_eq!(at(300).0, [300]);
@@ -494,7 +505,16 @@ mod tests {
         assert_eq!(p.total_iterations(), 20);
         assert_eq!(p.scale_at(0).0, 0);
         assert_eq!(p.scale_at(9).0, 0);
-        assert_eq!(p.scale_at(10), (1, Scale { side: 256, iterations: 5 }));
+        assert_eq!(
+            p.scale_at(10),
+            (
+                1,
+                Scale {
+                    side: 256,
+                    iterations: 5
+                }
+            )
+        );
         assert_eq!(p.scale_at(19).0, 2);
         assert_eq!(p.scale_at(20).0, 2);
     }

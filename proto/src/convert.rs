@@ -30,7 +30,9 @@ impl TryFrom<v1::RenderParams> for RenderParams {
             Err(_) => return Err(unknown_enum("init", p.init)),
         };
         let line_search = match v1::LineSearch::try_from(p.line_search) {
-            Ok(v1::LineSearch::Unspecified | v1::LineSearch::StrongWolfe) => LineSearch::StrongWolfe,
+            Ok(v1::LineSearch::Unspecified | v1::LineSearch::StrongWolfe) => {
+                LineSearch::StrongWolfe
+            }
             Ok(v1::LineSearch::None) => LineSearch::None,
             Err(_) => return Err(unknown_enum("line_search", p.line_search)),
         };

@@ -202,7 +202,10 @@ mod tests {
         for arch in [Architecture::Vgg16, Architecture::Vgg19] {
             let (content, style) = full(arch);
             assert_eq!(content, ["relu4_2"]);
-            assert_eq!(style, ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]);
+            assert_eq!(
+                style,
+                ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+            );
         }
         let partial = standard_layers(|n| {
             Architecture::Vgg19

@@ -66,7 +66,12 @@ fn side_by_side(images: &[&Rgb32FImage], height: u32) -> RgbImage {
         .iter()
         .map(|i| {
             let w = (u64::from(i.width()) * u64::from(height) / u64::from(i.height())) as u32;
-            imageops::resize(&to_rgb8(i), w.max(1), height, imageops::FilterType::Lanczos3)
+            imageops::resize(
+                &to_rgb8(i),
+                w.max(1),
+                height,
+                imageops::FilterType::Lanczos3,
+            )
         })
         .collect();
     let gap = 8;
@@ -90,7 +95,10 @@ fn speed(weights: &WeightsInfo, device: Device) {
     let size: u32 = env_or("STYLEFARM_BENCH_SIZE", 512);
     let iterations: u32 = env_or("STYLEFARM_BENCH_REFERENCE_ITERATIONS", 500);
     let scales = std::env::var("STYLEFARM_BENCH_SCALES").unwrap_or_else(|_| {
-        let (a, b) = (size / 2, (f64::from(size) / std::f64::consts::SQRT_2).round() as u32);
+        let (a, b) = (
+            size / 2,
+            (f64::from(size) / std::f64::consts::SQRT_2).round() as u32,
+        );
         format!("{a},{b},{size}")
     });
     let inputs = inputs("content/tubingen.jpg", "styles/starry_night.jpg");
@@ -198,11 +206,18 @@ fn calibration(weights: &WeightsInfo, device: Device) {
     };
     let pick = |var: &str, all: &[&'static str]| -> Vec<&'static str> {
         match std::env::var(var) {
-            Ok(v) => all.iter().copied().filter(|n| v.split(',').any(|p| n.starts_with(p))).collect(),
+            Ok(v) => all
+                .iter()
+                .copied()
+                .filter(|n| v.split(',').any(|p| n.starts_with(p)))
+                .collect(),
             Err(_) => all.to_vec(),
         }
     };
-    let (contents, styles) = (pick("STYLEFARM_BENCH_CONTENTS", &CONTENTS), pick("STYLEFARM_BENCH_STYLES", &STYLES));
+    let (contents, styles) = (
+        pick("STYLEFARM_BENCH_CONTENTS", &CONTENTS),
+        pick("STYLEFARM_BENCH_STYLES", &STYLES),
+    );
     println!(
         "calibration: parameters (content_weight {}, style_weight {}, tv_weight {}) at {size} px, {iterations} iterations, {device:?}",
         params.content_weight, params.style_weight, params.tv_weight
@@ -258,7 +273,10 @@ fn calibration(weights: &WeightsInfo, device: Device) {
     }
     let p = save(
         &sheet,
-        &format!("calibration-{size}-sw{}-tv{}.jpg", params.style_weight, params.tv_weight),
+        &format!(
+            "calibration-{size}-sw{}-tv{}.jpg",
+            params.style_weight, params.tv_weight
+        ),
     );
     println!("  contact sheet: {}", p.display());
     println!("lowest structure SSIM: {worst:.3}");
@@ -271,7 +289,8 @@ fn main() {
     };
     let weights = WeightsInfo::inspect(Path::new(&stylefarm_testkit::fixtures::real_weights()))
         .expect("the partial VGG19 in ../shared/weights");
-    let parts = std::env::var("STYLEFARM_BENCH_PARTS").unwrap_or_else(|_| "speed,calibration".into());
+    let parts =
+        std::env::var("STYLEFARM_BENCH_PARTS").unwrap_or_else(|_| "speed,calibration".into());
     println!(
         "weights {} ({} threads)",
         weights.path.display(),

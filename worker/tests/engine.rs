@@ -128,20 +128,30 @@ fn a_multi_scale_render_resumed_anywhere_in_its_schedule_ends_bit_identical() {
             .expect("run");
         assert_eq!(straight.iteration(), 10);
         assert_eq!(seen.first(), Some(&(1, 10, 0, 3, 32)));
-        assert_eq!(seen[4], (5, 10, 1, 3, 45), "iteration 5 runs at the second scale");
+        assert_eq!(
+            seen[4],
+            (5, 10, 1, 3, 45),
+            "iteration 5 runs at the second scale"
+        );
         assert_eq!(seen.last(), Some(&(10, 10, 2, 3, 64)));
         let runs: Vec<_> = straight
             .runs()
             .iter()
             .map(|r| (r.side, r.width, r.height, r.first_iteration, r.first_loss))
             .collect();
-        assert_eq!(runs, [(32, 32, 24, 0, 0), (45, 45, 34, 4, 4), (64, 64, 48, 7, 7)]);
+        assert_eq!(
+            runs,
+            [(32, 32, 24, 0, 0), (45, 45, 34, 4, 4), (64, 64, 48, 7, 7)]
+        );
         assert_eq!(straight.variable().size(), [1, 3, 48, 64]);
         // Each scale starts from the last one's image, not from the photo again (whose
         // content loss is exactly 0, as at the first iteration).
         let h = straight.history();
         assert_eq!(h[0].content, 0.0);
-        assert!(h[4].content > 0.0 && h[7].content > 0.0, "{optimizer:?}: {h:?}");
+        assert!(
+            h[4].content > 0.0 && h[7].content > 0.0,
+            "{optimizer:?}: {h:?}"
+        );
 
         // Stopped mid-scale, on each boundary and just after it, then resumed.
         for stop in [2, 4, 5, 7, 8] {
@@ -155,13 +165,24 @@ fn a_multi_scale_render_resumed_anywhere_in_its_schedule_ends_bit_identical() {
             )
             .expect("resume");
             assert_eq!(resumed.iteration(), stop);
-            resumed.run(&AtomicBool::new(false), &mut |_| {}).expect("run");
+            resumed
+                .run(&AtomicBool::new(false), &mut |_| {})
+                .expect("run");
             assert!(
                 same_bits(&straight, &resumed),
                 "{optimizer:?} resumed at {stop}: image differs"
             );
-            assert_eq!(straight.history(), resumed.history(), "{optimizer:?} at {stop}");
-            let sides = |r: &Render| r.runs().iter().map(|r| (r.side, r.first_loss)).collect::<Vec<_>>();
+            assert_eq!(
+                straight.history(),
+                resumed.history(),
+                "{optimizer:?} at {stop}"
+            );
+            let sides = |r: &Render| {
+                r.runs()
+                    .iter()
+                    .map(|r| (r.side, r.first_loss))
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(sides(&straight), sides(&resumed), "{optimizer:?} at {stop}");
         }
         // A checkpoint of another schedule is refused.

@@ -390,9 +390,15 @@ fn lbfgs_with_strong_wolfe_matches_torch_optim_lbfgs_at_every_iteration() {
             line_search,
             ..common::small_params(12)
         };
-        let mut r = Render::new(&common::real_weights(), &params, &common::small_inputs(), Device::Cpu)
-            .expect("render");
-        r.run(&std::sync::atomic::AtomicBool::new(false), &mut |_| {}).expect("run");
+        let mut r = Render::new(
+            &common::real_weights(),
+            &params,
+            &common::small_inputs(),
+            Device::Cpu,
+        )
+        .expect("render");
+        r.run(&std::sync::atomic::AtomicBool::new(false), &mut |_| {})
+            .expect("run");
         r.history().iter().map(|l| l.total).collect()
     };
     let rises = |h: &[f64]| h.windows(2).filter(|w| w[1] > w[0]).count();

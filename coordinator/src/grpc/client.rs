@@ -129,8 +129,8 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::GetServerInfoRequest>,
     ) -> Result<Response<v1::ServerInfo>, Status> {
-        let who = auth::caller(&req, Role::Worker)
-            .or_else(|_| auth::caller(&req, Role::Submitter))?;
+        let who =
+            auth::caller(&req, Role::Worker).or_else(|_| auth::caller(&req, Role::Submitter))?;
         Ok(Response::new(v1::ServerInfo {
             protocol: stylefarm_proto::PROTOCOL.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -18,7 +18,10 @@ const C2: f64 = 0.03 * 0.03;
 /// are not). 1 is identical; unrelated images are near 0.
 pub fn structure_ssim(a: &Rgb32FImage, b: &Rgb32FImage, downscale: u32) -> f64 {
     let (w, h) = b.dimensions();
-    let (w, h) = ((w / downscale.max(1)).max(WINDOW as u32), (h / downscale.max(1)).max(WINDOW as u32));
+    let (w, h) = (
+        (w / downscale.max(1)).max(WINDOW as u32),
+        (h / downscale.max(1)).max(WINDOW as u32),
+    );
     let lum = |img: &Rgb32FImage| -> Vec<f64> {
         color::luminance(&image_io::resize(img, w, h))
             .pixels()
@@ -69,7 +72,10 @@ mod tests {
     use super::*;
 
     fn ramp(w: usize, h: usize, f: impl Fn(usize, usize) -> f64) -> Vec<f64> {
-        (0..h).flat_map(|y| (0..w).map(move |x| (x, y))).map(|(x, y)| f(x, y)).collect()
+        (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| f(x, y))
+            .collect()
     }
 
     #[test]

@@ -343,7 +343,11 @@ impl Render {
             }
             let scale = meta.runs.len().max(1) - 1;
             if scale >= render.schedule.len()
-                || meta.runs.iter().zip(&render.schedule).any(|(r, s)| r.side != s.side)
+                || meta
+                    .runs
+                    .iter()
+                    .zip(&render.schedule)
+                    .any(|(r, s)| r.side != s.side)
             {
                 return Err(bad(format!(
                     "it is at scale {} of a schedule this job does not have",
@@ -365,7 +369,10 @@ impl Render {
                     image.size()
                 )));
             }
-            render.optimizer.restore(state, want.iter().product()).map_err(bad)?;
+            render
+                .optimizer
+                .restore(state, want.iter().product())
+                .map_err(bad)?;
             render.x = image.set_requires_grad(true);
             render.iteration = meta.iteration;
             render.history = meta.history;
@@ -526,7 +533,8 @@ impl Render {
                         self.evaluate_with_grad()?
                     }
                 };
-                let (objective, iteration, shape) = (&self.objective, self.iteration, self.x.size());
+                let (objective, iteration, shape) =
+                    (&self.objective, self.iteration, self.x.size());
                 let evaluations = &mut self.evaluations;
                 let (step, reached) = self.optimizer.step(
                     &mut self.x,
@@ -615,7 +623,11 @@ impl Render {
 }
 
 /// The losses at `x` (pixels on a 0-255 scale, requiring grad) and their gradient.
-fn evaluate(objective: &Objective, x: &Tensor, iteration: u32) -> Result<(Losses, Tensor), EngineError> {
+fn evaluate(
+    objective: &Objective,
+    x: &Tensor,
+    iteration: u32,
+) -> Result<(Losses, Tensor), EngineError> {
     let (total, losses) = objective.evaluate(&(x / PIXEL_SCALE));
     if !losses.total.is_finite() {
         return Err(EngineError::Diverged {
@@ -738,7 +750,12 @@ fn fingerprint(
     h.update(serde_json::to_vec(&schedule).unwrap_or_default());
     let images = std::iter::once(&inputs.content)
         .chain(&inputs.styles)
-        .chain(inputs.init_image.as_ref().filter(|_| params.init == InitKind::Image));
+        .chain(
+            inputs
+                .init_image
+                .as_ref()
+                .filter(|_| params.init == InitKind::Image),
+        );
     for img in images {
         h.update(img.width().to_le_bytes());
         h.update(img.height().to_le_bytes());

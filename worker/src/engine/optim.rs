@@ -474,7 +474,13 @@ fn strong_wolfe(
             },
         ];
     }
-    let order = |b: &[End]| if b[0].f <= b[b.len() - 1].f { (0, 1) } else { (1, 0) };
+    let order = |b: &[End]| {
+        if b[0].f <= b[b.len() - 1].f {
+            (0, 1)
+        } else {
+            (1, 0)
+        }
+    };
     let (mut low, mut high) = order(&bracket);
     let mut insufficient = false;
     while !done && ls_iter < MAX_LS && bracket.len() == 2 {
@@ -486,11 +492,18 @@ fn strong_wolfe(
             (bracket[1].t, bracket[1].f, bracket[1].gtd),
             None,
         );
-        let (lo, hi) = (bracket[0].t.min(bracket[1].t), bracket[0].t.max(bracket[1].t));
+        let (lo, hi) = (
+            bracket[0].t.min(bracket[1].t),
+            bracket[0].t.max(bracket[1].t),
+        );
         let eps = 0.1 * (hi - lo);
         if (hi - t).min(t - lo) < eps {
             if insufficient || t >= hi || t <= lo {
-                t = if (t - hi).abs() < (t - lo).abs() { hi - eps } else { lo + eps };
+                t = if (t - hi).abs() < (t - lo).abs() {
+                    hi - eps
+                } else {
+                    lo + eps
+                };
                 insufficient = false;
             } else {
                 insufficient = true;
@@ -639,7 +652,12 @@ mod tests {
         // has flattened by a tenth (the strong Wolfe condition), t >= 0.1, and down.
         let search = strong_wolfe(&x, 1e-4, &d, at.total, &g, gtd, &mut bowl).expect("search");
         assert!(search.t >= 0.1 && search.t <= 1.9, "t = {}", search.t);
-        assert!(search.at.0.total < at.total - 90.0, "{} -> {}", at.total, search.at.0.total);
+        assert!(
+            search.at.0.total < at.total - 90.0,
+            "{} -> {}",
+            at.total,
+            search.at.0.total
+        );
     }
 
     #[test]
@@ -647,6 +665,9 @@ mod tests {
         // f(t) = (t - 2)^2 from t = 0 (f 4, slope -4) and t = 3 (f 1, slope 2).
         let t = cubic_interpolate((0.0, 4.0, -4.0), (3.0, 1.0, 2.0), None);
         assert!((t - 2.0).abs() < 1e-12, "{t}");
-        assert_eq!(cubic_interpolate((0.0, 4.0, -4.0), (3.0, 1.0, 2.0), Some((2.5, 3.0))), 2.5);
+        assert_eq!(
+            cubic_interpolate((0.0, 4.0, -4.0), (3.0, 1.0, 2.0), Some((2.5, 3.0))),
+            2.5
+        );
     }
 }
