@@ -127,6 +127,11 @@ impl Workers {
         idle
     }
 
+    /// Forgets a worker that left.
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
     /// Marks a worker as seen when `identity` registered it.
     pub fn seen(&self, id: &str, identity: &str, now_ms: i64) -> Seen {
         match self.lock().get_mut(id) {

@@ -145,7 +145,7 @@ fn release(worker_id: &str, l: &v1::Lease) -> v1::ReleaseJobRequest {
 /// What each caller gets from each RPC.
 fn expected() -> BTreeMap<(&'static str, &'static str), Code> {
     use Code::{Ok, PermissionDenied as Denied, Unauthenticated as Unauth};
-    let rows: [(&str, [Code; 6]); 16] = [
+    let rows: [(&str, [Code; 6]); 17] = [
         //                     none    bad     worker  alice   bob     admin
         ("SubmitBatch", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
         ("GetBatch", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
@@ -161,6 +161,7 @@ fn expected() -> BTreeMap<(&'static str, &'static str), Code> {
         ("CompleteJob", [Unauth, Unauth, Ok, Denied, Denied, Ok]),
         ("FailJob", [Unauth, Unauth, Ok, Denied, Denied, Ok]),
         ("ReleaseJob", [Unauth, Unauth, Ok, Denied, Denied, Ok]),
+        ("LeaveFarm", [Unauth, Unauth, Ok, Denied, Denied, Ok]),
         // A submitter above its maximum priority (alice may use 10, bob 0).
         (
             "SubmitBatch at priority 10",
@@ -317,6 +318,10 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
             "ReleaseJob",
             code(worker.release_job(release(&id, &leases[2])).await),
         );
+        let leave = v1::LeaveFarmRequest {
+            worker_id: id.clone(),
+        };
+        put("LeaveFarm", code(worker.leave_farm(leave).await));
     }
 
     let want = expected();
@@ -393,6 +398,16 @@ async fn a_worker_acts_only_on_its_own_lease_and_names_only_keys_of_its_attempt(
         (
             "release",
             code(theirs.release_job(release(&holder, &l)).await),
+        ),
+        (
+            "leave",
+            code(
+                theirs
+                    .leave_farm(v1::LeaveFarmRequest {
+                        worker_id: holder.clone(),
+                    })
+                    .await,
+            ),
         ),
     ] {
         assert_eq!(

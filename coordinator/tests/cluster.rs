@@ -136,6 +136,66 @@ async fn expiry_requeues_with_checkpoint_and_stale_tokens_are_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_leaves_gives_back_a_lease_it_never_received_without_spending_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&dir.path().join("c.db"), &["--lease-ms", "60000"]);
+    let batch = submit(&c, "t", 0, 1).await;
+    let (gone, next) = (register(&c, "gone").await, register(&c, "next").await);
+    // The lease is granted, but the worker's drain cut its long poll short: it never
+    // saw the answer, and says so by leaving.
+    let lost = lease(&c, &gone, 0).await.expect("job");
+    let allowed = jobs(&c, &batch).await[0].attempts_allowed;
+    let mut w = c.worker().await;
+    let left = w
+        .leave_farm(v1::LeaveFarmRequest {
+            worker_id: gone.clone(),
+        })
+        .await
+        .expect("leave")
+        .into_inner();
+    assert_eq!(left.requeued, 1);
+    let job = &jobs(&c, &batch).await[0];
+    assert_eq!(
+        job.state,
+        JobState::Queued as i32,
+        "requeued at once, not after 60 s"
+    );
+    // Requeued uncharged: the next lease is the second attempt of an allowance that grew
+    // by one.
+    let again = lease(&c, &next, 0).await.expect("requeued job");
+    assert_eq!(again.job_id, lost.job_id);
+    assert_eq!(again.attempt, 2);
+    let job = &jobs(&c, &batch).await[0];
+    assert_eq!(job.attempts_allowed, allowed + 1);
+    // The registration is forgotten: the departed worker can neither lease nor leave again,
+    // and its stale token is refused.
+    let refused = w
+        .lease_job(v1::LeaseJobRequest {
+            worker_id: gone.clone(),
+            wait_ms: 0,
+        })
+        .await
+        .expect_err("forgotten");
+    assert_eq!(refused.code(), Code::NotFound);
+    let refused = w
+        .leave_farm(v1::LeaveFarmRequest { worker_id: gone })
+        .await
+        .expect_err("forgotten");
+    assert_eq!(refused.code(), Code::NotFound);
+    // A worker that holds nothing leaves with nothing to give back.
+    w.complete_job(complete_req(&next, &again))
+        .await
+        .expect("complete");
+    let left = w
+        .leave_farm(v1::LeaveFarmRequest { worker_id: next })
+        .await
+        .expect("leave")
+        .into_inner();
+    assert_eq!(left.requeued, 0);
+    assert_eq!(jobs(&c, &batch).await[0].state, JobState::Succeeded as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_reaches_a_running_worker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Coordinator::start(&dir.path().join("c.db"), &[]);

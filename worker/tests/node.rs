@@ -296,12 +296,12 @@ impl Farm {
                 return job;
             }
             assert!(
-                job.state != v1::JobState::Succeeded as i32,
-                "the job ended before a checkpoint was seen"
+                job.state < v1::JobState::Succeeded as i32,
+                "the job ended before a checkpoint from {worker} was seen: {job:#?}"
             );
             assert!(
                 start.elapsed() < Duration::from_secs(120),
-                "no checkpoint within 120 s"
+                "no checkpoint from {worker} within 120 s: {job:#?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -301,6 +301,33 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         Ok(Response::new(v1::ReleaseJobResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(worker = %req.get_ref().worker_id))]
+    async fn leave_farm(
+        &self,
+        req: Request<v1::LeaveFarmRequest>,
+    ) -> Result<Response<v1::LeaveFarmResponse>, Status> {
+        let worker = self.known_worker(&req, |r| &r.worker_id)?.to_owned();
+        let requeued = self
+            .state
+            .store
+            .leave(&worker)
+            .await
+            .map_err(ApiError::from)?;
+        self.state.workers.remove(&worker);
+        for job in &requeued {
+            tracing::info!(job = %job.job_id, attempt = job.attempt, "requeued: leased to a worker that left without receiving it");
+        }
+        tracing::info!(requeued = requeued.len(), "worker left the farm");
+        self.state
+            .metrics
+            .attempts
+            .with_label_values(&["released"])
+            .inc_by(requeued.len() as u64);
+        let n = u32::try_from(requeued.len()).unwrap_or(u32::MAX);
+        self.state.publish(requeued);
+        Ok(Response::new(v1::LeaveFarmResponse { requeued: n }))
+    }
+
     #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id))]
     async fn fail_job(
         &self,

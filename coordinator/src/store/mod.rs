@@ -163,6 +163,15 @@ pub trait Store: Send + Sync + 'static {
         progress: Progress,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
+    /// Requeues every job still leased to `worker`, uncharged like [`Store::release`]
+    /// (iteration and checkpoint kept), and forgets the worker's registration: it left
+    /// after a clean drain, so any lease it still holds was granted in an answer it never
+    /// received.
+    fn leave(
+        &self,
+        worker: &str,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+
     /// Returns jobs whose lease deadline passed to the queue (attempt count kept).
     fn expire(
         &self,

@@ -160,7 +160,7 @@ pub async fn run(
     };
     tokio::pin!(all);
     tokio::select! {
-        () = &mut all => {}
+        () = &mut all => leave(&node).await,
         () = async { draining.cancelled().await; tokio::time::sleep(node.config.grace()).await } => {
             tracing::warn!("grace period over; exiting with jobs still running (their leases will expire)");
         }
@@ -168,6 +168,36 @@ pub async fn run(
     tracing::info!("worker stopped");
     Ok(())
 }
+
+/// Tells the coordinator this worker left after a clean drain. It holds nothing now, so
+/// a job the coordinator still counts as leased to it was granted in a long poll the
+/// drain cut short: the coordinator requeues it at once instead of letting its lease
+/// expire and spend an attempt.
+async fn leave(node: &Node) {
+    let req = v1::LeaveFarmRequest {
+        worker_id: node.worker_id.clone(),
+    };
+    match tokio::time::timeout(LEAVE_TIMEOUT, node.client().leave_farm(req)).await {
+        Ok(Ok(r)) => {
+            let requeued = r.into_inner().requeued;
+            tracing::info!(requeued, "left the farm");
+        }
+        Ok(Err(s)) if s.code() == Code::Unimplemented => {
+            tracing::info!("the coordinator predates LeaveFarm; any lease cut short will expire");
+        }
+        Ok(Err(s)) => {
+            tracing::warn!(code = ?s.code(), cause = %s.message(), "could not leave the farm; any lease cut short will expire");
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the coordinator did not answer LeaveFarm in time; any lease cut short will expire"
+            );
+        }
+    }
+}
+
+/// How long a draining worker waits for the coordinator to acknowledge that it left.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One slot: lease, run, repeat until draining. While a job runs, the next one may be
 /// leased and fetched ([`attempt::run`] returns it).

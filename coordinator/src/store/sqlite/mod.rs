@@ -632,6 +632,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn leave(&self, worker: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let worker = worker.to_owned();
+        self.write(move |tx| {
+            let requeued = update_jobs(
+                tx,
+                "state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
+                 attempt_limit = attempt_limit + 1, deadline_ms = NULL",
+                "worker = ?1 AND deadline_ms IS NOT NULL",
+                [&worker],
+            )?;
+            tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?
+                .execute([&worker])?;
+            tx.prepare_cached("DELETE FROM worker_failures WHERE worker = ?1")?
+                .execute([&worker])?;
+            Ok(requeued)
+        })
+        .await
+    }
+
     async fn expire(&self, now_ms: i64) -> Result<Vec<JobRecord>, StoreError> {
         self.write_one(move |tx| {
             // An expired lease is a spent attempt (its worker died, hung or was cut off):

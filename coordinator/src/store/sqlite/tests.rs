@@ -359,6 +359,83 @@ async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_atte
 }
 
 #[tokio::test]
+async fn a_leaving_worker_gives_back_what_it_never_received_uncharged_and_is_forgotten() {
+    let (_d, s) = store();
+    let mut b = batch("t", 0, 3);
+    b.max_attempts = 1;
+    s.submit(b, 0).await.expect("submit");
+    let register = |name: &str| NewWorker {
+        name: name.into(),
+        identity: "worker".into(),
+        device: "cpu".into(),
+        gpu_model: String::new(),
+        gpu_memory_bytes: 0,
+        slots: 1,
+        capacity: Capacity::default(),
+    };
+    let gone = s
+        .register_worker(register("gone"), 0)
+        .await
+        .expect("register");
+    let other = s
+        .register_worker(register("other"), 0)
+        .await
+        .expect("register");
+    let lost = lease(&s, &gone, 0, 100).await.expect("job");
+    let progress = Progress {
+        iteration: 40,
+        losses: Losses::default(),
+        checkpoint_key: Some("ck/40".into()),
+    };
+    s.heartbeat(&lost.job_id, lost.token, progress, 1, 100)
+        .await
+        .expect("heartbeat");
+    let released = lease(&s, &gone, 2, 100).await.expect("job");
+    s.release(&released.job_id, released.token, Progress::default())
+        .await
+        .expect("release");
+    let theirs = lease(&s, &other, 3, 100).await.expect("job");
+
+    let requeued = s.leave(&gone).await.expect("leave");
+    assert_eq!(
+        requeued
+            .iter()
+            .map(|j| j.job_id.as_str())
+            .collect::<Vec<_>>(),
+        [lost.job_id.as_str()],
+        "only the lease it still held: not the one it handed back, not another worker's"
+    );
+    assert_eq!(
+        (requeued[0].state, requeued[0].iteration),
+        (JobState::Queued, 40)
+    );
+    let again = lease(&s, &other, 4, 100).await.expect("requeued");
+    assert_eq!(again.job_id, lost.job_id);
+    assert_eq!(again.checkpoint_key.as_deref(), Some("ck/40"));
+    // One attempt allowed and the lost lease did not spend it: this attempt's
+    // expiry is the one that fails the job.
+    s.heartbeat(&theirs.job_id, theirs.token, Progress::default(), 5, 10_000)
+        .await
+        .expect("heartbeat");
+    let expired = s.expire(1_000).await.expect("expire");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].job_id, lost.job_id);
+    assert_eq!(expired[0].state, JobState::Failed);
+    let known: Vec<String> = s
+        .workers()
+        .await
+        .expect("workers")
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(
+        known,
+        [other],
+        "the leaving worker's registration is forgotten"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_writers_share_group_commits_and_lose_nothing() {
     let (_d, s) = store();
     let s = Arc::new(s);
