@@ -26,7 +26,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export STYLEFARM_SHARED := $(SHARED)
 export STYLEFARM_GARAGE := $(GARAGE)
 
-.PHONY: all venv garage build test deploy-check demo demo-run bench-engine bench-quality bench-worker bench-coordinator fmt lint clean
+.PHONY: all venv garage build test deploy-check browser demo demo-run bench-engine bench-quality bench-worker bench-coordinator fmt lint clean
 
 all: build
 
@@ -56,10 +56,18 @@ garage: $(GARAGE)
 build: venv
 	cargo build --release --workspace --bins
 
-test: venv garage deploy-check
+test: venv garage deploy-check browser
 	cargo test --release --workspace
 	# Benches are built (not run), so a broken one fails here.
 	cargo bench --workspace --no-run
+
+# Headless Chromium and its WebDriver (Debian's packages) for the web interface's tests.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver (the web interface's browser tests)"; \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 # The Kubernetes manifests against Kubernetes' schema (strict: unknown fields fail).
 # deploy/tests checks them against the binaries, in `cargo test`.

@@ -209,15 +209,7 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
         &dir.path().join("coordinator.db"),
         &[],
     );
-    let root = garage.root("farm").to_string();
-    let storage: Vec<String> = vec![
-        format!("--storage={root}"),
-        format!("--s3-endpoint={}", garage.endpoint),
-        "--s3-region=garage".into(),
-        "--s3-path-style".into(),
-        format!("--s3-access-key={}", garage.access_key),
-        format!("--s3-secret-key={}", garage.secret_key),
-    ];
+    let storage = garage.storage_flags("farm");
     let cluster = |cmd: &str| {
         let mut c = stylefarm(&[cmd]);
         c.args(coordinator.client_flags("alice"));

@@ -142,6 +142,17 @@ fn worker_flags_match_the_binary() {
     );
 }
 
+#[test]
+fn web_flags_match_the_binary() {
+    check_flag_table(
+        &readme(),
+        "## The web interface",
+        &workspace_bin("stylefarm-web"),
+        &[],
+        2,
+    );
+}
+
 /// The subcommands clap lists under `Commands:` (help excluded).
 fn commands(help: &str) -> BTreeSet<String> {
     help.lines()

@@ -187,6 +187,13 @@ pub fn caller<T>(req: &Request<T>, role: Role) -> Result<Arc<Identity>, ApiError
     }
 }
 
+/// The caller of a read (GetBatch, ListBatches, WatchBatch, GetServerInfo): any
+/// authenticated identity, a worker's too (the web interface shows the farm read-only to
+/// worker identities). Changes still need the submitter role and ownership.
+pub fn reader<T>(req: &Request<T>) -> Result<Arc<Identity>, ApiError> {
+    caller(req, Role::Worker).or_else(|_| caller(req, Role::Submitter))
+}
+
 /// Allows changes to a batch only to its owner and admins.
 pub fn owner_or_admin(who: &Identity, owner: &str, batch_id: &str) -> Result<(), ApiError> {
     if who.is_admin() || who.name == owner {

@@ -245,6 +245,7 @@ impl Config {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: self.tls_client_ca_file.clone(),
+                http1: false,
             }),
             _ => None,
         };

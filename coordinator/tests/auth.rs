@@ -148,10 +148,10 @@ fn expected() -> BTreeMap<(&'static str, &'static str), Code> {
     let rows: [(&str, [Code; 6]); 17] = [
         //                     none    bad     worker  alice   bob     admin
         ("SubmitBatch", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
-        ("GetBatch", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
-        ("ListBatches", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
+        ("GetBatch", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
+        ("ListBatches", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("GetServerInfo", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
-        ("WatchBatch", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
+        ("WatchBatch", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("CancelJob", [Unauth, Unauth, Denied, Ok, Denied, Ok]),
         ("CancelBatch", [Unauth, Unauth, Denied, Ok, Denied, Ok]),
         ("RetryJobs", [Unauth, Unauth, Denied, Ok, Denied, Ok]),

@@ -186,6 +186,13 @@ impl ClientAuth {
     }
 }
 
+/// `channel` (one connection, shared) with `token` on every call: a process that acts for
+/// many callers in turn (the web interface, for whoever is signed in) makes one of
+/// these per call, so the coordinator decides what each caller may do.
+pub fn as_caller(channel: tonic::transport::Channel, token: &str) -> Channel {
+    InterceptedService::new(channel, Bearer::new(Some(token)))
+}
+
 /// Puts `authorization: Bearer TOKEN` on every call, marked sensitive so that HTTP/2
 /// never indexes it and debug output hides it.
 #[derive(Clone)]

@@ -42,6 +42,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// When set, every client must present a certificate signed by this CA (PEM).
     pub client_ca: Option<PathBuf>,
+    /// Offer HTTP/1.1 beside HTTP/2 (the web interface, for any browser); gRPC needs
+    /// HTTP/2 only.
+    pub http1: bool,
 }
 
 struct Loaded {
@@ -239,6 +242,9 @@ fn build(files: &TlsFiles) -> Result<Loaded, NetError> {
         .with_single_cert(certs, key)
         .map_err(|e| tls(&files.key, format!("does not fit the certificate: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    if files.http1 {
+        config.alpn_protocols.push(b"http/1.1".to_vec());
+    }
     Ok(Loaded {
         config: Arc::new(config),
         fingerprint: hasher.finalize().into(),

@@ -239,6 +239,19 @@ impl Garage {
         }
     }
 
+    /// The flags that make a `stylefarm` or `stylefarm-worker` process use
+    /// `s3://BUCKET/prefix` on this server as its storage.
+    pub fn storage_flags(&self, prefix: &str) -> Vec<String> {
+        vec![
+            format!("--storage={}", self.root(prefix)),
+            format!("--s3-endpoint={}", self.endpoint),
+            "--s3-region=garage".into(),
+            "--s3-path-style".into(),
+            format!("--s3-access-key={}", self.access_key),
+            format!("--s3-secret-key={}", self.secret_key),
+        ]
+    }
+
     /// `s3://BUCKET/prefix`.
     pub fn root(&self, prefix: &str) -> ObjectUrl {
         ObjectUrl::parse(&format!("s3://{}/{prefix}", self.bucket)).expect("valid url")

@@ -85,7 +85,7 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::GetBatchRequest>,
     ) -> Result<Response<v1::Batch>, Status> {
-        auth::caller(&req, Role::Submitter)?;
+        auth::reader(&req)?;
         let req = req.into_inner();
         let id = convert::id("batch_id", &req.batch_id).map_err(ApiError::from)?;
         let b = self.state.store.batch(id).await.map_err(ApiError::from)?;
@@ -108,7 +108,7 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::ListBatchesRequest>,
     ) -> Result<Response<v1::ListBatchesResponse>, Status> {
-        auth::caller(&req, Role::Submitter)?;
+        auth::reader(&req)?;
         let limit = match req.get_ref().limit {
             0 => 100,
             n => n.min(MAX_LIST),
@@ -129,8 +129,7 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::GetServerInfoRequest>,
     ) -> Result<Response<v1::ServerInfo>, Status> {
-        let who =
-            auth::caller(&req, Role::Worker).or_else(|_| auth::caller(&req, Role::Submitter))?;
+        let who = auth::reader(&req)?;
         Ok(Response::new(v1::ServerInfo {
             protocol: stylefarm_proto::PROTOCOL.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -150,7 +149,7 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         &self,
         req: Request<v1::WatchBatchRequest>,
     ) -> Result<Response<Self::WatchBatchStream>, Status> {
-        let who = auth::caller(&req, Role::Submitter)?;
+        let who = auth::reader(&req)?;
         let batch_id = convert::id("batch_id", &req.get_ref().batch_id)
             .map_err(ApiError::from)?
             .to_owned();

@@ -12,7 +12,7 @@
 //! would mean a different balance for each. Targets and their sizes are computed once,
 //! without gradients, when the objective is built.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use tch::{Kind, Tensor};
 
@@ -55,7 +55,7 @@ impl Term {
 
 /// Content, style and TV terms with their targets.
 pub struct Objective {
-    net: Arc<Vgg>,
+    net: Rc<Vgg>,
     taps: Vec<usize>,
     content: Vec<Term>,
     style: Vec<Term>,
@@ -73,7 +73,7 @@ impl Objective {
     /// Builds the objective; `styles` are `(pixels, blend weight)` with weights summing to 1.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        net: Arc<Vgg>,
+        net: Rc<Vgg>,
         content_layers: &[Tap],
         style_layers: &[Tap],
         content: &Tensor,

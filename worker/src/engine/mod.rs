@@ -17,8 +17,8 @@ pub mod optim;
 pub mod vgg;
 
 use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::Rgb32FImage;
@@ -106,7 +106,7 @@ pub struct Render {
     runs: Vec<ScaleRun>,
     /// What every scale is built from: the network, its taps and the decoded inputs
     /// (kept only when there is a later scale to build).
-    net: Arc<vgg::Vgg>,
+    net: Rc<vgg::Vgg>,
     taps: (Vec<Tap>, Vec<Tap>),
     blend: Vec<f64>,
     depth: (u32, String),
@@ -273,7 +273,7 @@ impl Render {
         let output_size = image_io::fit_long_side(cw, ch, params.size);
 
         guarded(|| {
-            let net = Arc::new(vgg::Vgg::load(weights, deepest, params.pooling, device)?);
+            let net = Rc::new(vgg::Vgg::load(weights, deepest, params.pooling, device)?);
             let taps = (content_taps, style_taps);
             let objective = build_objective(&net, &taps, &stage, &blend, &params, device);
             let x = (image_io::to_tensor(&start, device) * PIXEL_SCALE).set_requires_grad(true);
@@ -690,7 +690,7 @@ fn stage_images(
 
 /// The objective of one scale: targets from its images, the shared network.
 fn build_objective(
-    net: &Arc<vgg::Vgg>,
+    net: &Rc<vgg::Vgg>,
     (content_taps, style_taps): &(Vec<Tap>, Vec<Tap>),
     stage: &StageImages,
     blend: &[f64],
@@ -705,7 +705,7 @@ fn build_objective(
         .map(|(s, &b)| (image_io::to_tensor(s, device), b))
         .collect();
     Objective::new(
-        Arc::clone(net),
+        Rc::clone(net),
         content_taps,
         style_taps,
         &content_t,

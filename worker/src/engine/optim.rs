@@ -266,7 +266,7 @@ impl Lbfgs {
                 // is exactly the new point's.
                 let moved = trial(&x_init, search.t, &d);
                 tch::no_grad(|| {
-                    let _ = x.copy_(&moved.view_as(x));
+                    x.copy_(&moved.view_as(x));
                 });
                 Some(search.at)
             }

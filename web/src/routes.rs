@@ -1,0 +1,539 @@
+//! The interface's routes. Every read and action is a call to the coordinator with the
+//! signed-in person's token, so the coordinator alone decides what each may see and do;
+//! the pages only hide what would be refused.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Form, FromRequestParts, Path, Query, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use stylefarm_proto::v1::{self, style_farm_client::StyleFarmClient};
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::html;
+use crate::session::{self, LoginThrottle, Session, Sessions};
+
+/// Jobs per page of a batch.
+pub const PAGE_SIZE: u32 = 100;
+/// Batches the batches page lists.
+pub const BATCHES_LISTED: u32 = 500;
+/// The largest form body read (a token, a CSRF token).
+pub const MAX_FORM_BYTES: usize = 4096;
+
+/// What every route shares.
+pub struct App {
+    /// Signed-in sessions.
+    pub sessions: Sessions,
+    /// Failed sign-ins per address.
+    pub logins: LoginThrottle,
+    /// The connection to the coordinator (no token of its own).
+    pub channel: tonic::transport::Channel,
+    /// Whether the interface is served over HTTPS (the cookie's Secure flag).
+    pub https: bool,
+    /// Cancelled at shutdown: live streams end.
+    pub shutdown: CancellationToken,
+}
+
+impl App {
+    fn client(&self, token: &str) -> StyleFarmClient<stylefarm_net::client::Channel> {
+        StyleFarmClient::new(stylefarm_net::client::as_caller(
+            self.channel.clone(),
+            token,
+        ))
+    }
+}
+
+/// The routes over `app`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/batches") }))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/batches", get(batches))
+        .route("/batches/rows", get(batch_rows))
+        .route("/batches/{id}", get(batch))
+        .route("/batches/{id}/events", get(events))
+        .route("/batches/{id}/cancel", post(cancel_batch))
+        .route("/batches/{id}/retry", post(retry))
+        .route("/batches/{id}/jobs/{job}/cancel", post(cancel_job))
+        .route("/static/app.js", get(script))
+        .route("/static/style.css", get(style))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .layer(axum::middleware::from_fn(headers))
+        .with_state(app)
+}
+
+/// Headers on every answer: no framing, no sniffing, no referrer, scripts and styles
+/// from this origin only.
+async fn headers(req: Request<axum::body::Body>, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(
+        h,
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(h, "x-content-type-options", "nosniff");
+    set(h, "referrer-policy", "no-referrer");
+    set(h, "x-frame-options", "DENY");
+    if !h.contains_key(header::CACHE_CONTROL) {
+        set(h, "cache-control", "no-store");
+    }
+    res
+}
+
+/// What went wrong, as a page.
+pub enum WebError {
+    /// Not signed in (or the session ended): to the sign-in page.
+    SignIn,
+    /// A form without this session's CSRF token.
+    Csrf,
+    /// The request names something malformed.
+    BadRequest(String),
+    /// The coordinator's answer.
+    Coordinator(Arc<Session>, tonic::Status),
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::SignIn => Redirect::to("/login").into_response(),
+            Self::Csrf => (
+                StatusCode::FORBIDDEN,
+                Html(html::error(None, "Refused", "The form was not sent from this interface (its CSRF token is missing or stale). Reload the page and try again.")),
+            )
+                .into_response(),
+            Self::BadRequest(m) => {
+                (StatusCode::BAD_REQUEST, Html(html::error(None, "Bad request", &m))).into_response()
+            }
+            Self::Coordinator(who, status) => {
+                let (code, title) = match status.code() {
+                    Code::PermissionDenied => (StatusCode::FORBIDDEN, "Not allowed"),
+                    Code::NotFound => (StatusCode::NOT_FOUND, "Not found"),
+                    Code::InvalidArgument | Code::FailedPrecondition => {
+                        (StatusCode::BAD_REQUEST, "Refused")
+                    }
+                    Code::Unauthenticated => return Redirect::to("/login").into_response(),
+                    Code::Unavailable | Code::DeadlineExceeded => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "The coordinator is not reachable")
+                    }
+                    _ => (StatusCode::BAD_GATEWAY, "The coordinator failed"),
+                };
+                (code, Html(html::error(Some(&who), title, status.message()))).into_response()
+            }
+        }
+    }
+}
+
+/// The signed-in session of a request, or a redirect to the sign-in page.
+pub struct SignedIn(pub Arc<Session>);
+
+impl FromRequestParts<Arc<App>> for SignedIn {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, WebError> {
+        let id = parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(session::cookie_value)
+            .ok_or(WebError::SignIn)?;
+        app.sessions.get(id).map(SignedIn).ok_or(WebError::SignIn)
+    }
+}
+
+/// A state-changing request must come from this origin: browsers send `Origin` (or
+/// `Sec-Fetch-Site`) with every POST, and a page elsewhere cannot make them say so.
+fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest == host),
+        (None, _) => true,
+        _ => false,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A batch or job id as the coordinator makes them (`b00000001`, `b00000001-j000000`).
+fn id(kind: &str, s: &str) -> Result<String, WebError> {
+    if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        Ok(s.to_owned())
+    } else {
+        Err(WebError::BadRequest(format!(
+            "{kind} {s:?} is not a stylefarm id"
+        )))
+    }
+}
+
+async fn login_page(who: Option<SignedIn>) -> Response {
+    match who {
+        Some(_) => Redirect::to("/batches").into_response(),
+        None => Html(html::login(None)).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let refuse =
+        |code: StatusCode, message: &str| (code, Html(html::login(Some(message)))).into_response();
+    if !same_origin(&headers) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Sign in from this interface's own page.",
+        );
+    }
+    if !app.logins.allowed(peer.ip()) {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed sign-ins from this address; wait a minute and try again.",
+        );
+    }
+    let token = form.token.trim();
+    let printable =
+        !token.is_empty() && token.len() <= 256 && token.bytes().all(|b| b.is_ascii_graphic());
+    if !printable {
+        app.logins.failed(peer.ip());
+        return refuse(StatusCode::UNAUTHORIZED, "That is not a stylefarm token.");
+    }
+    match app
+        .client(token)
+        .get_server_info(v1::GetServerInfoRequest {})
+        .await
+    {
+        Ok(info) => {
+            let info = info.into_inner();
+            let (id, _) = app
+                .sessions
+                .create(info.caller.clone(), info.roles, token.to_owned());
+            tracing::info!(caller = %info.caller, "signed in");
+            let mut res = Redirect::to("/batches").into_response();
+            if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&id, app.https)) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            res
+        }
+        Err(s) if s.code() == Code::Unauthenticated => {
+            app.logins.failed(peer.ip());
+            tracing::info!(%peer, "sign-in refused");
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "The coordinator does not accept that token.",
+            )
+        }
+        Err(s) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("The coordinator could not be asked: {}", s.message()),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+fn checked(who: &Session, headers: &HeaderMap, form: &CsrfForm) -> Result<(), WebError> {
+    if same_origin(headers) && who.csrf_ok(&form.csrf) {
+        Ok(())
+    } else {
+        Err(WebError::Csrf)
+    }
+}
+
+async fn logout(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, WebError> {
+    checked(&who, &headers, &form)?;
+    if let Some(id) = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(session::cookie_value)
+    {
+        app.sessions.remove(id);
+    }
+    let mut res = Redirect::to("/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(app.https)) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(res)
+}
+
+#[derive(Deserialize)]
+struct BatchesQuery {
+    state: Option<String>,
+}
+
+async fn list(
+    app: &App,
+    who: &Arc<Session>,
+    filter: Option<&str>,
+) -> Result<Vec<v1::Batch>, WebError> {
+    let mut batches = app
+        .client(who.token())
+        .list_batches(v1::ListBatchesRequest {
+            limit: BATCHES_LISTED,
+        })
+        .await
+        .map_err(|s| WebError::Coordinator(Arc::clone(who), s))?
+        .into_inner()
+        .batches;
+    if let Some(f) = filter {
+        batches.retain(|b| html::batch_state(b.state) == f);
+    }
+    Ok(batches)
+}
+
+fn filter(q: &BatchesQuery) -> Result<Option<&str>, WebError> {
+    match q.state.as_deref().filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) if html::BATCH_STATES.contains(&s) => Ok(Some(s)),
+        Some(s) => Err(WebError::BadRequest(format!(
+            "state {s:?} is not one of {}",
+            html::BATCH_STATES.join(", ")
+        ))),
+    }
+}
+
+async fn batches(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Query(q): Query<BatchesQuery>,
+) -> Result<Html<String>, WebError> {
+    let f = filter(&q)?;
+    let list = list(&app, &who, f).await?;
+    Ok(Html(html::batches(&who, &list, f, now_ms())))
+}
+
+async fn batch_rows(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Query(q): Query<BatchesQuery>,
+) -> Result<Html<String>, WebError> {
+    let f = filter(&q)?;
+    let list = list(&app, &who, f).await?;
+    Ok(Html(html::batch_rows(&list, now_ms())))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    page: String,
+}
+
+async fn batch(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Path(batch_id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Html<String>, WebError> {
+    let batch_id = id("batch", &batch_id)?;
+    if q.page.len() > 256 {
+        return Err(WebError::BadRequest("the page token is too long".into()));
+    }
+    let b = app
+        .client(who.token())
+        .get_batch(v1::GetBatchRequest {
+            batch_id,
+            include_jobs: true,
+            page_size: PAGE_SIZE,
+            page_token: q.page.clone(),
+        })
+        .await
+        .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?
+        .into_inner();
+    Ok(Html(html::batch(&who, &b, &q.page, now_ms())))
+}
+
+/// One change of a job, as the batch page's script reads it.
+#[derive(serde::Serialize)]
+struct JobEvent<'a> {
+    job: &'a str,
+    state: &'static str,
+    attempt: u32,
+    worker: &'a str,
+    iteration: u32,
+    iterations: u32,
+    loss: Option<f64>,
+    error: &'a str,
+    batch_state: &'static str,
+}
+
+/// Live changes of a batch's jobs (server-sent events from the coordinator's WatchBatch,
+/// as the signed-in person).
+async fn events(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Path(batch_id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, WebError> {
+    let batch_id = id("batch", &batch_id)?;
+    let stream = app
+        .client(who.token())
+        .watch_batch(v1::WatchBatchRequest { batch_id })
+        .await
+        .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?
+        .into_inner();
+    let shutdown = app.shutdown.clone();
+    let events = stream.map_while(|e| e.ok()).filter_map(|e| {
+        let job = e.job?;
+        let event = JobEvent {
+            job: &job.job_id,
+            state: html::job_state(job.state),
+            attempt: job.attempt,
+            worker: &job.worker,
+            iteration: job.iteration,
+            iterations: job.iterations,
+            loss: job.losses.as_ref().map(|l| l.total).filter(|t| *t > 0.0),
+            error: &job.error,
+            batch_state: html::batch_state(e.batch_state),
+        };
+        let data = serde_json::to_string(&event).ok()?;
+        Some(Ok(Event::default().event("job").data(data)))
+    });
+    // The stream ends at shutdown, so open pages do not hold the process.
+    let events = futures_util::StreamExt::take_until(events, async move {
+        shutdown.cancelled().await;
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+async fn cancel_batch(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Path(batch_id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Redirect, WebError> {
+    checked(&who, &headers, &form)?;
+    let batch_id = id("batch", &batch_id)?;
+    app.client(who.token())
+        .cancel_batch(v1::CancelBatchRequest {
+            batch_id: batch_id.clone(),
+        })
+        .await
+        .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?;
+    tracing::info!(caller = %who.name, batch = %batch_id, "batch cancelled from the web");
+    Ok(Redirect::to(&format!("/batches/{batch_id}")))
+}
+
+async fn retry(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Path(batch_id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Redirect, WebError> {
+    checked(&who, &headers, &form)?;
+    let batch_id = id("batch", &batch_id)?;
+    app.client(who.token())
+        .retry_jobs(v1::RetryJobsRequest {
+            batch_id: batch_id.clone(),
+            include_cancelled: true,
+        })
+        .await
+        .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?;
+    tracing::info!(caller = %who.name, batch = %batch_id, "jobs retried from the web");
+    Ok(Redirect::to(&format!("/batches/{batch_id}")))
+}
+
+async fn cancel_job(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Path((batch_id, job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Redirect, WebError> {
+    checked(&who, &headers, &form)?;
+    let batch_id = id("batch", &batch_id)?;
+    let job_id = id("job", &job_id)?;
+    app.client(who.token())
+        .cancel_job(v1::CancelJobRequest {
+            job_id: job_id.clone(),
+        })
+        .await
+        .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?;
+    tracing::info!(caller = %who.name, job = %job_id, "job cancelled from the web");
+    Ok(Redirect::to(&format!("/batches/{batch_id}")))
+}
+
+fn asset(body: &'static str, kind: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "private, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    asset(
+        include_str!("../static/app.js"),
+        "text/javascript; charset=utf-8",
+    )
+}
+
+async fn style() -> Response {
+    asset(
+        include_str!("../static/style.css"),
+        "text/css; charset=utf-8",
+    )
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for SignedIn
+where
+    Arc<App>: axum::extract::FromRef<S>,
+{
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Infallible> {
+        let app: Arc<App> = axum::extract::FromRef::from_ref(state);
+        Ok(
+            <Self as FromRequestParts<Arc<App>>>::from_request_parts(parts, &app)
+                .await
+                .ok(),
+        )
+    }
+}

@@ -1,0 +1,256 @@
+//! Signed-in sessions: a random id in an HttpOnly, SameSite=Strict cookie names a
+//! session held in memory with the person's coordinator token (never sent back to the
+//! browser) and the CSRF token every form carries.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "stylefarm_session";
+/// Sessions held at once; the least recently used goes first beyond it.
+pub const MAX_SESSIONS: usize = 10_000;
+/// Failed sign-ins one address may make per [`LOGIN_WINDOW`].
+pub const MAX_FAILED_LOGINS: u32 = 10;
+/// The window failed sign-ins are counted in.
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+
+/// One signed-in person.
+pub struct Session {
+    /// The identity the coordinator knows the token as.
+    pub name: String,
+    /// Its roles, as the coordinator reported them.
+    pub roles: Vec<String>,
+    /// Every form's hidden `csrf` field must equal this.
+    pub csrf: String,
+    token: String,
+    last: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("name", &self.name)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The token calls are made with.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Whether it may submit, cancel and retry (its own batches; all of them as admin).
+    pub fn may_act(&self) -> bool {
+        self.roles.iter().any(|r| r == "submitter" || r == "admin")
+    }
+
+    /// Whether it may act on a batch `owner` submitted.
+    pub fn may_change(&self, owner: &str) -> bool {
+        self.roles.iter().any(|r| r == "admin") || (self.may_act() && self.name == owner)
+    }
+
+    /// Whether `given` is this session's CSRF token (compared in constant time).
+    pub fn csrf_ok(&self, given: &str) -> bool {
+        let (a, b) = (self.csrf.as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// 32 random bytes, hex.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 32];
+    // The OS's generator failing is not something to serve through.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut bytes).expect("the OS random number generator");
+    hex::encode(bytes)
+}
+
+/// The sessions of this process.
+pub struct Sessions {
+    by_id: Mutex<HashMap<String, Arc<Session>>>,
+    idle: Duration,
+}
+
+impl Sessions {
+    /// No sessions; each ends after `idle` without a request.
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            by_id: Mutex::new(HashMap::new()),
+            idle,
+        }
+    }
+
+    /// Starts a session; returns its id (the cookie's value) and the session.
+    pub fn create(
+        &self,
+        name: String,
+        roles: Vec<String>,
+        token: String,
+    ) -> (String, Arc<Session>) {
+        let id = random_id();
+        let session = Arc::new(Session {
+            name,
+            roles,
+            csrf: random_id(),
+            token,
+            last: Mutex::new(Instant::now()),
+        });
+        let mut map = self.lock();
+        let now = Instant::now();
+        map.retain(|_, s| now.duration_since(*s.last_seen()) < self.idle);
+        if map.len() >= MAX_SESSIONS {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, s)| *s.last_seen())
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                map.remove(&k);
+            }
+        }
+        map.insert(id.clone(), Arc::clone(&session));
+        (id, session)
+    }
+
+    /// The live session `id` names, marked as used now.
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        let mut map = self.lock();
+        let s = map.get(id)?;
+        let now = Instant::now();
+        let mut last = s.last.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(*last) >= self.idle {
+            drop(last);
+            map.remove(id);
+            return None;
+        }
+        *last = now;
+        drop(last);
+        map.get(id).cloned()
+    }
+
+    /// Ends session `id`.
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Session {
+    fn last_seen(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Failed sign-ins per address, so that tokens cannot be guessed at speed.
+#[derive(Default)]
+pub struct LoginThrottle {
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl LoginThrottle {
+    /// Whether `peer` may try now.
+    pub fn allowed(&self, peer: IpAddr) -> bool {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&peer)
+            .is_none_or(|(n, since)| *n < MAX_FAILED_LOGINS || since.elapsed() >= LOGIN_WINDOW)
+    }
+
+    /// Counts a failed sign-in from `peer`.
+    pub fn failed(&self, peer: IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_SESSIONS {
+            map.retain(|_, (_, since)| since.elapsed() < LOGIN_WINDOW);
+        }
+        let entry = map.entry(peer).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= LOGIN_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
+/// The session id in a `Cookie` header, if any.
+pub fn cookie_value(header: &str) -> Option<&str> {
+    header.split(';').find_map(|part| {
+        let (k, v) = part.trim().split_once('=')?;
+        (k == COOKIE && v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then_some(v)
+    })
+}
+
+/// The `Set-Cookie` value that holds session `id` (`secure`: only over HTTPS).
+pub fn set_cookie(id: &str, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict{secure}")
+}
+
+/// The `Set-Cookie` value that removes the session cookie.
+pub fn clear_cookie(secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_end_when_idle_or_removed_and_forms_need_the_csrf_token() {
+        let sessions = Sessions::new(Duration::from_millis(50));
+        let (id, s) = sessions.create("alice".into(), vec!["submitter".into()], "sft_x".into());
+        assert!(sessions.get(&id).is_some());
+        assert!(s.csrf_ok(&s.csrf.clone()));
+        assert!(!s.csrf_ok(""));
+        assert!(!s.csrf_ok(&random_id()));
+        assert!(
+            !format!("{s:?}").contains("sft_x"),
+            "the token is never printed"
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(sessions.get(&id).is_none(), "idle past its limit");
+        let (id, _) = sessions.create("bob".into(), vec![], "t".into());
+        sessions.remove(&id);
+        assert!(sessions.get(&id).is_none());
+    }
+
+    #[test]
+    fn who_may_change_what() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let role = |r: &str| vec![r.to_owned()];
+        let (_, alice) = sessions.create("alice".into(), role("submitter"), "a".into());
+        let (_, admin) = sessions.create("ops".into(), role("admin"), "b".into());
+        let (_, worker) = sessions.create("render-7".into(), role("worker"), "c".into());
+        assert!(alice.may_change("alice") && !alice.may_change("bob"));
+        assert!(admin.may_change("bob"));
+        assert!(!worker.may_act() && !worker.may_change("render-7"));
+    }
+
+    #[test]
+    fn the_cookie_is_read_only_in_its_own_shape() {
+        let id = random_id();
+        assert_eq!(
+            cookie_value(&format!("a=b; {COOKIE}={id}")),
+            Some(id.as_str())
+        );
+        assert_eq!(cookie_value(&format!("{COOKIE}=../../etc")), None);
+        assert_eq!(cookie_value("other=1"), None);
+        assert!(set_cookie(&id, true).contains("HttpOnly; SameSite=Strict; Secure"));
+    }
+
+    #[test]
+    fn failed_sign_ins_are_throttled_per_address() {
+        let t = LoginThrottle::default();
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        for _ in 0..MAX_FAILED_LOGINS {
+            assert!(t.allowed(a));
+            t.failed(a);
+        }
+        assert!(!t.allowed(a));
+        assert!(t.allowed(b));
+    }
+}
