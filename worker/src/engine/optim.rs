@@ -34,6 +34,12 @@ pub type Evaluate<'a> = dyn FnMut(&Tensor) -> Result<Evaluation, EngineError> + 
 const TOLERANCE_GRAD_RELATIVE: f64 = 1e-9;
 /// torch.optim.LBFGS's default `tolerance_change`.
 const TOLERANCE_CHANGE: f64 = 1e-9;
+/// After a line search that found no lower point, the next one starts afresh along the
+/// gradient with a first trial this many times longer (see [`Lbfgs::reach`]).
+const REACH_GROWTH: f64 = 100.0;
+/// Reach beyond which a failing search ends the optimization: no step along the
+/// gradient, from a billionth of an image's grey levels up, lowers the loss.
+const MAX_REACH: f64 = 1e6;
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +139,12 @@ struct LbfgsScalars {
     ro: Vec<f64>,
     prev_loss: f64,
     history: usize,
+    #[serde(default = "unit_reach")]
+    reach: f64,
+}
+
+fn unit_reach() -> f64 {
+    1.0
 }
 
 /// torch.optim.LBFGS with `max_iter=1`.
@@ -149,6 +161,12 @@ pub struct Lbfgs {
     h_diag: f64,
     prev_flat_grad: Option<Tensor>,
     prev_loss: f64,
+    /// How far the first trial of a search along the gradient reaches, as a multiple
+    /// of `lr / |g|_1`. It grows when a search finds no lower point: a trial so short
+    /// that its change is below the loss's float32 noise (a reduction's rounding, a
+    /// GPU's nondeterministic sums) reads as a rise, and torch's search then zooms to
+    /// 0 and the render never moves (seen: tubingen x shipwreck at 512 px on CUDA).
+    reach: f64,
 }
 
 /// A 0-dim float tensor's value.
@@ -177,6 +195,7 @@ impl Lbfgs {
             h_diag: 1.0,
             prev_flat_grad: None,
             prev_loss: 0.0,
+            reach: 1.0,
         }
     }
 
@@ -241,7 +260,7 @@ impl Lbfgs {
                 // torch's min(1, ...) shortens it to |g|_1 when the gradient is small,
                 // a change the float32 loss cannot show, and the search never leaves
                 // the start. Where |g|_1 >= 1 the two agree.
-                LineSearch::StrongWolfe => f32r(inverse_l1 * self.lr),
+                LineSearch::StrongWolfe => f32r(inverse_l1 * self.lr * self.reach),
             }
         } else {
             self.lr
@@ -261,6 +280,18 @@ impl Lbfgs {
             LineSearch::StrongWolfe => {
                 let x_init = x.detach().view([-1]).copy();
                 let search = strong_wolfe(&x_init, self.t, &d, loss, flat_grad, gtd, evaluate)?;
+                if search.t == 0.0 {
+                    // No lower point along d: start again along the gradient, reaching
+                    // further, or stop once even far steps find none.
+                    if self.reach >= MAX_REACH {
+                        self.d = Some(d);
+                        return Ok((Step::Converged, Some(search.at)));
+                    }
+                    self.reach *= REACH_GROWTH;
+                    self.n_iter = 0;
+                    self.d = Some(d);
+                    return Ok((Step::Moved, Some(search.at)));
+                }
                 self.t = search.t;
                 // The same expression as the trial point, so the evaluation handed back
                 // is exactly the new point's.
@@ -294,6 +325,7 @@ impl Lbfgs {
             ro: self.ro.iter().copied().collect(),
             prev_loss: self.prev_loss,
             history: self.history,
+            reach: self.reach,
         };
         SavedState {
             tensors,
@@ -317,13 +349,18 @@ impl Lbfgs {
                 self.history
             ));
         }
-        if !(s.t.is_finite() && s.h_diag.is_finite() && s.ro.iter().all(|r| r.is_finite())) {
+        if !(s.t.is_finite()
+            && s.h_diag.is_finite()
+            && s.ro.iter().all(|r| r.is_finite())
+            && (1.0..=MAX_REACH).contains(&s.reach))
+        {
             return Err("L-BFGS state holds a value that is not finite".into());
         }
         self.n_iter = s.n_iter;
         self.t = s.t;
         self.h_diag = s.h_diag;
         self.prev_loss = s.prev_loss;
+        self.reach = s.reach;
         self.ro = s.ro.into_iter().collect();
         self.d = saved.tensors.remove("lbfgs.d");
         self.prev_flat_grad = saved.tensors.remove("lbfgs.prev_flat_grad");
@@ -658,6 +695,67 @@ mod tests {
             at.total,
             search.at.0.total
         );
+    }
+
+    /// `|x - 1|^2 / 2` whose every value away from the start reads a little high, as
+    /// a float32 loss's rounding can: only a step whose true fall beats that noise
+    /// shows as lower.
+    fn noisy_bowl(x: &Tensor) -> Result<Evaluation, EngineError> {
+        let centred = x - 1.0;
+        let mut f = (centred.square().sum(Kind::Double) * 0.5).double_value(&[]);
+        if x.abs().sum(Kind::Double).double_value(&[]) > 0.0 {
+            f += 1e-3;
+        }
+        let losses = Losses {
+            total: f,
+            ..Losses::default()
+        };
+        Ok((losses, centred))
+    }
+
+    #[test]
+    fn a_search_that_finds_no_lower_point_starts_again_reaching_further() {
+        let mut x = Tensor::zeros([1000], (Kind::Float, tch::Device::Cpu));
+        // lr / |g|_1 = 1e-3 moves the bowl (500) down by 0.5: hidden by the 1e-3 of
+        // noise only when lr is tiny, as here.
+        let mut opt = Lbfgs::new(1e-6, 10, LineSearch::StrongWolfe);
+        let mut moved = 0;
+        for _ in 0..4 {
+            let (at, g) = noisy_bowl(&x).expect("evaluate");
+            let (step, reached) = opt.step(&mut x, at.total, &g, &mut noisy_bowl).expect("step");
+            assert_eq!(step, Step::Moved);
+            assert!(reached.is_some());
+            if x.abs().sum(Kind::Double).double_value(&[]) > 0.0 {
+                moved += 1;
+                break;
+            }
+        }
+        assert_eq!(moved, 1, "a longer first trial found the way down");
+        assert!(opt.reach > 1.0, "the reach grew: {}", opt.reach);
+        let (after, _) = noisy_bowl(&x).expect("evaluate");
+        assert!(after.total < 400.0, "{}", after.total);
+
+        // Where no step lowers the loss at all, the optimizer stops instead of spinning.
+        let mut flat = |x: &Tensor| -> Result<Evaluation, EngineError> {
+            let losses = Losses {
+                total: 1.0 + x.abs().sum(Kind::Double).double_value(&[]) * 1e-12 + 1e-9,
+                ..Losses::default()
+            };
+            Ok((losses, x.ones_like()))
+        };
+        let mut y = Tensor::zeros([10], (Kind::Float, tch::Device::Cpu));
+        let mut opt = Lbfgs::new(1.0, 10, LineSearch::StrongWolfe);
+        let mut steps = 0;
+        loop {
+            let (at, g) = flat(&y).expect("evaluate");
+            let (step, _) = opt.step(&mut y, at.total, &g, &mut flat).expect("step");
+            steps += 1;
+            if step == Step::Converged {
+                break;
+            }
+            assert!(steps < 10, "it never gave up");
+        }
+        assert_eq!(y.abs().sum(Kind::Double).double_value(&[]), 0.0);
     }
 
     #[test]
