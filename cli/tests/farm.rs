@@ -215,15 +215,7 @@ async fn submit_watch_status_fetch_retry_and_cancel_against_a_cluster() {
         c.args(coordinator.client_flags("alice"));
         c
     };
-    let mut worker = Proc::spawn(
-        Command::new(workspace_bin("stylefarm-worker"))
-            .args(coordinator.client_flags("worker"))
-            .args(["--device=cpu", "--name=w", "--threads=1"])
-            .arg("--weights")
-            .arg(weights())
-            .args(&storage)
-            .env("RUST_LOG", "warn"),
-    );
+    let mut worker = coordinator.worker("w", &weights(), &storage);
 
     // A studio asset already in the bucket, referenced by its s3:// URI.
     let asset = garage.root("assets").join("starry_night.jpg").expect("key");

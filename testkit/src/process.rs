@@ -179,6 +179,20 @@ impl CoordinatorProc {
         flags
     }
 
+    /// A `stylefarm-worker` process of this farm (as `worker`) named `name`: on CPU with
+    /// one thread, `weights`, and the storage `storage` flags name.
+    pub fn worker(&self, name: &str, weights: &Path, storage: &[String]) -> Proc {
+        Proc::spawn(
+            Command::new(workspace_bin("stylefarm-worker"))
+                .args(self.client_flags("worker"))
+                .args(["--device=cpu", &format!("--name={name}"), "--threads=1"])
+                .arg("--weights")
+                .arg(weights)
+                .args(storage)
+                .env("RUST_LOG", "warn"),
+        )
+    }
+
     /// How an in-process client reaches it as `identity`.
     #[allow(clippy::expect_used)]
     pub fn auth(&self, identity: &str) -> ClientAuth {

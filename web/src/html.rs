@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use stylefarm_proto::v1;
+use stylefarm_core::{BatchState, JobState};
+use stylefarm_proto::{convert, v1};
 
 use crate::session::Session;
 
@@ -95,39 +96,14 @@ pub fn error(who: Option<&Session>, title: &str, message: &str) -> String {
     )
 }
 
-/// The state names, in the order the pages show them.
-pub const JOB_STATES: [&str; 6] = [
-    "queued",
-    "leased",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-];
-
 /// A job state's name as the pages show it.
 pub fn job_state(state: i32) -> &'static str {
-    match v1::JobState::try_from(state).unwrap_or(v1::JobState::Unspecified) {
-        v1::JobState::Queued => "queued",
-        v1::JobState::Leased => "leased",
-        v1::JobState::Running => "running",
-        v1::JobState::Succeeded => "succeeded",
-        v1::JobState::Failed => "failed",
-        v1::JobState::Cancelled => "cancelled",
-        v1::JobState::Unspecified => "unknown",
-    }
+    convert::job_state("state", state).map_or("unknown", JobState::as_str)
 }
 
 /// A batch state's name as the pages show it.
 pub fn batch_state(state: i32) -> &'static str {
-    match v1::BatchState::try_from(state).unwrap_or(v1::BatchState::Unspecified) {
-        v1::BatchState::Queued => "queued",
-        v1::BatchState::Running => "running",
-        v1::BatchState::Succeeded => "succeeded",
-        v1::BatchState::Failed => "failed",
-        v1::BatchState::Cancelled => "cancelled",
-        v1::BatchState::Unspecified => "unknown",
-    }
+    convert::batch_state("state", state).map_or("unknown", BatchState::as_str)
 }
 
 /// The batch states a filter may name.
@@ -189,7 +165,7 @@ fn progress(done: u32, all: u32, label: &str) -> String {
 /// that have jobs.
 fn counts(b: &v1::Batch, all: bool) -> String {
     let mut out = String::from(r#"<ul class="counts">"#);
-    for s in JOB_STATES {
+    for s in JobState::ALL.map(JobState::as_str) {
         if !all && count(b, s) == 0 {
             continue;
         }

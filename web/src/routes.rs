@@ -438,6 +438,18 @@ async fn events(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// The end of an action: the coordinator's refusal as a page, or back to the batch.
+fn done<T>(
+    answer: Result<T, tonic::Status>,
+    who: &Arc<Session>,
+    batch_id: &str,
+    what: &str,
+) -> Result<Redirect, WebError> {
+    answer.map_err(|s| WebError::Coordinator(Arc::clone(who), s))?;
+    tracing::info!(caller = %who.name, batch = %batch_id, "{what} from the web");
+    Ok(Redirect::to(&format!("/batches/{batch_id}")))
+}
+
 async fn cancel_batch(
     State(app): State<Arc<App>>,
     SignedIn(who): SignedIn,
@@ -447,14 +459,11 @@ async fn cancel_batch(
 ) -> Result<Redirect, WebError> {
     checked(&who, &headers, &form)?;
     let batch_id = id("batch", &batch_id)?;
-    app.client(who.token())
-        .cancel_batch(v1::CancelBatchRequest {
-            batch_id: batch_id.clone(),
-        })
-        .await
-        .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?;
-    tracing::info!(caller = %who.name, batch = %batch_id, "batch cancelled from the web");
-    Ok(Redirect::to(&format!("/batches/{batch_id}")))
+    let req = v1::CancelBatchRequest {
+        batch_id: batch_id.clone(),
+    };
+    let answer = app.client(who.token()).cancel_batch(req).await;
+    done(answer, &who, &batch_id, "batch cancelled")
 }
 
 async fn retry(
@@ -466,15 +475,12 @@ async fn retry(
 ) -> Result<Redirect, WebError> {
     checked(&who, &headers, &form)?;
     let batch_id = id("batch", &batch_id)?;
-    app.client(who.token())
-        .retry_jobs(v1::RetryJobsRequest {
-            batch_id: batch_id.clone(),
-            include_cancelled: true,
-        })
-        .await
-        .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?;
-    tracing::info!(caller = %who.name, batch = %batch_id, "jobs retried from the web");
-    Ok(Redirect::to(&format!("/batches/{batch_id}")))
+    let req = v1::RetryJobsRequest {
+        batch_id: batch_id.clone(),
+        include_cancelled: true,
+    };
+    let answer = app.client(who.token()).retry_jobs(req).await;
+    done(answer, &who, &batch_id, "failed and cancelled jobs retried")
 }
 
 async fn cancel_job(
@@ -486,15 +492,11 @@ async fn cancel_job(
 ) -> Result<Redirect, WebError> {
     checked(&who, &headers, &form)?;
     let batch_id = id("batch", &batch_id)?;
-    let job_id = id("job", &job_id)?;
-    app.client(who.token())
-        .cancel_job(v1::CancelJobRequest {
-            job_id: job_id.clone(),
-        })
-        .await
-        .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?;
-    tracing::info!(caller = %who.name, job = %job_id, "job cancelled from the web");
-    Ok(Redirect::to(&format!("/batches/{batch_id}")))
+    let req = v1::CancelJobRequest {
+        job_id: id("job", &job_id)?,
+    };
+    let answer = app.client(who.token()).cancel_job(req).await;
+    done(answer, &who, &batch_id, "job cancelled")
 }
 
 fn asset(body: &'static str, kind: &'static str) -> Response {

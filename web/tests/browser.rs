@@ -232,15 +232,7 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
         &[],
     );
     let storage = garage.storage_flags("farm");
-    let _worker = Proc::spawn(
-        Command::new(workspace_bin("stylefarm-worker"))
-            .args(coordinator.client_flags("worker"))
-            .args(["--device=cpu", "--name=w", "--threads=1"])
-            .arg("--weights")
-            .arg(real_weights())
-            .args(&storage)
-            .env("RUST_LOG", "warn"),
-    );
+    let _worker = coordinator.worker("w", &real_weights(), &storage);
     let (_web, base) = web(&coordinator, dir.path());
     let tokens = &coordinator.security.as_ref().expect("secure").tokens;
     let browser = Browser::start(dir.path()).await;

@@ -722,7 +722,9 @@ mod tests {
         let mut moved = 0;
         for _ in 0..4 {
             let (at, g) = noisy_bowl(&x).expect("evaluate");
-            let (step, reached) = opt.step(&mut x, at.total, &g, &mut noisy_bowl).expect("step");
+            let (step, reached) = opt
+                .step(&mut x, at.total, &g, &mut noisy_bowl)
+                .expect("step");
             assert_eq!(step, Step::Moved);
             assert!(reached.is_some());
             if x.abs().sum(Kind::Double).double_value(&[]) > 0.0 {
