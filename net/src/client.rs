@@ -77,6 +77,7 @@ impl ClientArgs {
         Ok(ClientAuth {
             tls,
             token: token.map(Arc::from),
+            carries_tokens: false,
         })
     }
 }
@@ -86,6 +87,9 @@ impl ClientArgs {
 pub struct ClientAuth {
     tls: Option<ClientTlsConfig>,
     token: Option<Arc<str>>,
+    /// Its channel carries other callers' tokens ([`as_caller`]): held to the same
+    /// rule as its own token.
+    carries_tokens: bool,
 }
 
 impl std::fmt::Debug for ClientAuth {
@@ -103,6 +107,7 @@ impl ClientAuth {
         Self {
             tls: None,
             token: Some(Arc::from(token)),
+            carries_tokens: false,
         }
     }
 
@@ -111,7 +116,15 @@ impl ClientAuth {
         Ok(Self {
             tls: Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(ca)?))),
             token: token.map(Arc::from),
+            carries_tokens: false,
         })
+    }
+
+    /// This for a channel that will carry its callers' tokens ([`as_caller`]): like
+    /// its own token, they never travel in plaintext beyond loopback.
+    pub fn carrying_tokens(mut self) -> Self {
+        self.carries_tokens = true;
+        self
     }
 
     /// This with the client certificate and key at `cert` and `key` (mutual TLS).
@@ -149,7 +162,8 @@ impl ClientAuth {
                         "TLS files are given but the address is http://; use https://".into(),
                     ));
                 }
-                if self.token.is_some() && !is_loopback(uri.host().unwrap_or_default()) {
+                let tokens = self.token.is_some() || self.carries_tokens;
+                if tokens && !is_loopback(uri.host().unwrap_or_default()) {
                     return Err(bad(
                         "a token is never sent in plaintext beyond this machine; use https://"
                             .into(),
@@ -243,6 +257,12 @@ mod tests {
 
     #[test]
     fn a_token_never_travels_in_plaintext_beyond_loopback() {
+        let carrier = ClientAuth::default().carrying_tokens();
+        assert!(
+            carrier.endpoint("http://10.0.0.5:7070").is_err(),
+            "others' tokens neither"
+        );
+        assert!(carrier.endpoint("http://127.0.0.1:7070").is_ok());
         let auth = ClientAuth::loopback("sft_x");
         assert!(auth.endpoint("http://127.0.0.1:7070").is_ok());
         assert!(auth.endpoint("http://[::1]:7070").is_ok());

@@ -114,11 +114,15 @@ fn count(b: &v1::Batch, state: &str) -> u32 {
 }
 
 fn total(b: &v1::Batch) -> u32 {
-    b.jobs_by_state.values().sum()
+    b.jobs_by_state
+        .values()
+        .fold(0, |a, n| a.saturating_add(*n))
 }
 
 fn ended(b: &v1::Batch) -> u32 {
-    count(b, "succeeded") + count(b, "failed") + count(b, "cancelled")
+    count(b, "succeeded")
+        .saturating_add(count(b, "failed"))
+        .saturating_add(count(b, "cancelled"))
 }
 
 /// A duration in words a wrangler reads at a glance: `45 s`, `12 min`, `3 h 5 min`.
@@ -135,8 +139,14 @@ pub fn span(ms: i64) -> String {
 /// render time to speak of); `None` before the first succeeds or once none is left.
 pub fn eta(b: &v1::Batch, now_ms: i64) -> Option<i64> {
     let done = i64::from(count(b, "succeeded"));
-    let left = i64::from(total(b) - ended(b));
-    (done > 0 && left > 0).then(|| (now_ms - b.created_unix_ms).max(0) * left / done)
+    let left = i64::from(total(b).saturating_sub(ended(b)));
+    (done > 0 && left > 0).then(|| {
+        now_ms
+            .saturating_sub(b.created_unix_ms)
+            .max(0)
+            .saturating_mul(left)
+            / done
+    })
 }
 
 /// Time left on a batch page: the iterations its listed jobs still have to run, at the
@@ -149,12 +159,17 @@ pub fn eta_of_jobs(b: &v1::Batch, now_ms: i64) -> Option<i64> {
         .filter(|j| matches!(job_state(j.state), "queued" | "leased" | "running"))
         .map(|j| u64::from(j.iterations.saturating_sub(j.iteration)))
         .sum();
-    let elapsed = u64::try_from((now_ms - b.created_unix_ms).max(0)).unwrap_or(0);
-    (done > 0 && left > 0).then(|| i64::try_from(elapsed * left / done).unwrap_or(i64::MAX))
+    let elapsed = u64::try_from(now_ms.saturating_sub(b.created_unix_ms).max(0)).unwrap_or(0);
+    (done > 0 && left > 0).then(|| {
+        let ms = u128::from(elapsed) * u128::from(left) / u128::from(done);
+        i64::try_from(ms).unwrap_or(i64::MAX)
+    })
 }
 
 fn progress(done: u32, all: u32, label: &str) -> String {
-    let pct = (done * 100).checked_div(all).unwrap_or(0);
+    let pct = (u64::from(done) * 100)
+        .checked_div(u64::from(all))
+        .unwrap_or(0);
     format!(
         r#"<progress max="{all}" value="{done}" aria-label="{label}">{pct}%</progress> <span class="num">{done}/{all}</span>"#,
         label = esc(label)
@@ -194,7 +209,7 @@ pub fn batch_rows(batches: &[v1::Batch], now_ms: i64) -> String {
             state = batch_state(b.state),
             counts = counts(b, false),
             progress = progress(ended(b), total(b), &format!("{} jobs ended", b.name)),
-            age = span(now_ms - b.created_unix_ms),
+            age = span(now_ms.saturating_sub(b.created_unix_ms)),
         );
     }
     if batches.is_empty() {
@@ -321,7 +336,7 @@ pub fn batch(who: &Session, b: &v1::Batch, page_token: &str, now_ms: i64) -> Str
         owner = esc(&b.owner),
         prio = b.priority,
         state = batch_state(b.state),
-        age = span(now_ms - b.created_unix_ms),
+        age = span(now_ms.saturating_sub(b.created_unix_ms)),
         counts = counts(b, true),
     );
     page(&b.name, Some(who), &body)

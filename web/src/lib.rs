@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use stylefarm_net::server::{ServerTls, TlsFiles};
@@ -35,11 +35,15 @@ use session::{LoginThrottle, Sessions};
 
 /// How long open connections get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Connections served at once over plain HTTP (the TLS acceptor has its own cap).
+const MAX_PLAIN_CONNECTIONS: usize = 8192;
+/// A request's headers must arrive within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the interface until `shutdown` resolves.
 pub async fn run(config: WebConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.check().map_err(anyhow::Error::msg)?;
-    let auth = config.client.load()?;
+    let auth = config.client.load()?.carrying_tokens();
     let channel = auth.endpoint(&config.coordinator)?.connect_lazy();
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -76,6 +80,7 @@ pub async fn run(config: WebConfig, shutdown: impl Future<Output = ()>) -> anyho
         conns.spawn(async move { connection(io, peer, router, stop).await });
     };
     tokio::pin!(shutdown);
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_PLAIN_CONNECTIONS));
     match tls {
         Some(tls) => {
             let mut incoming = tls.incoming(listener);
@@ -97,9 +102,16 @@ pub async fn run(config: WebConfig, shutdown: impl Future<Output = ()>) -> anyho
             }
         }
         None => loop {
+            let slot = tokio::select! {
+                slot = Arc::clone(&open).acquire_owned() => match slot {
+                    Ok(s) => s,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => serve(Box::new(tcp) as Box<dyn Io>, peer),
+                    Ok((tcp, peer)) => serve(Box::new(Held { io: tcp, _slot: slot }) as Box<dyn Io>, peer),
                     Err(e) => {
                         tracing::warn!(cause = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -120,6 +132,46 @@ pub async fn run(config: WebConfig, shutdown: impl Future<Output = ()>) -> anyho
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
+/// A plain connection holding its place among [`MAX_PLAIN_CONNECTIONS`] until closed.
+struct Held<T> {
+    io: T,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Held<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Held<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 async fn connection(
     io: Box<dyn Io>,
     peer: SocketAddr,
@@ -128,7 +180,18 @@ async fn connection(
 ) {
     let router = router.layer(axum::Extension(ConnectInfo(peer)));
     let service = TowerToHyperService::new(router);
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    // A peer that never finishes its headers, or holds an idle HTTP/2 connection without
+    // answering pings, is dropped.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -91,6 +91,8 @@ async fn headers(req: Request<axum::body::Body>, next: Next) -> Response {
     set(h, "x-content-type-options", "nosniff");
     set(h, "referrer-policy", "no-referrer");
     set(h, "x-frame-options", "DENY");
+    // Browsers heed it over HTTPS only, so it is harmless on plain HTTP.
+    set(h, "strict-transport-security", "max-age=31536000");
     if !h.contains_key(header::CACHE_CONTROL) {
         set(h, "cache-control", "no-store");
     }
@@ -128,7 +130,11 @@ impl IntoResponse for WebError {
                     Code::InvalidArgument | Code::FailedPrecondition => {
                         (StatusCode::BAD_REQUEST, "Refused")
                     }
-                    Code::Unauthenticated => return Redirect::to("/login").into_response(),
+                    Code::Unauthenticated => {
+                        // The token was revoked: the session goes with it.
+                        who.revoke();
+                        return Redirect::to("/login").into_response();
+                    }
                     Code::Unavailable | Code::DeadlineExceeded => {
                         (StatusCode::SERVICE_UNAVAILABLE, "The coordinator is not reachable")
                     }
@@ -219,7 +225,7 @@ async fn login(
             "Sign in from this interface's own page.",
         );
     }
-    if !app.logins.allowed(peer.ip()) {
+    if !app.logins.attempt(peer.ip()) {
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many failed sign-ins from this address; wait a minute and try again.",
@@ -229,7 +235,6 @@ async fn login(
     let printable =
         !token.is_empty() && token.len() <= 256 && token.bytes().all(|b| b.is_ascii_graphic());
     if !printable {
-        app.logins.failed(peer.ip());
         return refuse(StatusCode::UNAUTHORIZED, "That is not a stylefarm token.");
     }
     match app
@@ -238,6 +243,7 @@ async fn login(
         .await
     {
         Ok(info) => {
+            app.logins.succeeded(peer.ip());
             let info = info.into_inner();
             let (id, _) = app
                 .sessions
@@ -250,7 +256,6 @@ async fn login(
             res
         }
         Err(s) if s.code() == Code::Unauthenticated => {
-            app.logins.failed(peer.ip());
             tracing::info!(%peer, "sign-in refused");
             refuse(
                 StatusCode::UNAUTHORIZED,
@@ -415,22 +420,29 @@ async fn events(
         .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?
         .into_inner();
     let shutdown = app.shutdown.clone();
-    let events = stream.map_while(|e| e.ok()).filter_map(|e| {
-        let job = e.job?;
-        let event = JobEvent {
-            job: &job.job_id,
-            state: html::job_state(job.state),
-            attempt: job.attempt,
-            worker: &job.worker,
-            iteration: job.iteration,
-            iterations: job.iterations,
-            loss: job.losses.as_ref().map(|l| l.total).filter(|t| *t > 0.0),
-            error: &job.error,
-            batch_state: html::batch_state(e.batch_state),
-        };
-        let data = serde_json::to_string(&event).ok()?;
-        Some(Ok(Event::default().event("job").data(data)))
-    });
+    let events = stream
+        .map_while(|e| e.ok())
+        .filter_map(|e| {
+            let job = e.job?;
+            let event = JobEvent {
+                job: &job.job_id,
+                state: html::job_state(job.state),
+                attempt: job.attempt,
+                worker: &job.worker,
+                iteration: job.iteration,
+                iterations: job.iterations,
+                loss: job.losses.as_ref().map(|l| l.total).filter(|t| *t > 0.0),
+                error: &job.error,
+                batch_state: html::batch_state(e.batch_state),
+            };
+            let data = serde_json::to_string(&event).ok()?;
+            Some(Ok(Event::default().event("job").data(data)))
+        })
+        // The coordinator ends the watch once the batch has ended: the page is told so and
+        // stops reconnecting.
+        .chain(tokio_stream::once(Ok(Event::default()
+            .event("end")
+            .data("ended"))));
     // The stream ends at shutdown, so open pages do not hold the process.
     let events = futures_util::StreamExt::take_until(events, async move {
         shutdown.cancelled().await;

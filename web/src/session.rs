@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,9 @@ pub const MAX_SESSIONS: usize = 10_000;
 pub const MAX_FAILED_LOGINS: u32 = 10;
 /// The window failed sign-ins are counted in.
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses whose sign-ins are counted at once; beyond it, new addresses wait for the
+/// window to pass.
+pub const MAX_TRACKED_ADDRESSES: usize = 100_000;
 
 /// One signed-in person.
 pub struct Session {
@@ -26,6 +30,7 @@ pub struct Session {
     pub csrf: String,
     token: String,
     last: Mutex<Instant>,
+    revoked: AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -46,6 +51,11 @@ impl Session {
     /// Whether it may submit, cancel and retry (its own batches; all of them as admin).
     pub fn may_act(&self) -> bool {
         self.roles.iter().any(|r| r == "submitter" || r == "admin")
+    }
+
+    /// Ends this session (the coordinator no longer accepts its token).
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Relaxed);
     }
 
     /// Whether it may act on a batch `owner` submitted.
@@ -98,6 +108,7 @@ impl Sessions {
             csrf: random_id(),
             token,
             last: Mutex::new(Instant::now()),
+            revoked: AtomicBool::new(false),
         });
         let mut map = self.lock();
         let now = Instant::now();
@@ -121,7 +132,7 @@ impl Sessions {
         let s = map.get(id)?;
         let now = Instant::now();
         let mut last = s.last.lock().unwrap_or_else(|p| p.into_inner());
-        if now.duration_since(*last) >= self.idle {
+        if now.duration_since(*last) >= self.idle || s.revoked.load(Ordering::Relaxed) {
             drop(last);
             map.remove(id);
             return None;
@@ -147,31 +158,56 @@ impl Session {
     }
 }
 
-/// Failed sign-ins per address, so that tokens cannot be guessed at speed.
+/// Sign-in attempts per address (IPv6 by /64, what one host is usually given), so that
+/// tokens cannot be guessed at speed. An attempt counts before the coordinator is asked,
+/// so parallel tries cannot outrun the count; a success clears it.
 #[derive(Default)]
 pub struct LoginThrottle {
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    attempts: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+/// The address attempts are counted under.
+fn bucket(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
+        IpAddr::V6(v6) => IpAddr::V4(
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        ),
+        v4 => v4,
+    }
 }
 
 impl LoginThrottle {
-    /// Whether `peer` may try now.
-    pub fn allowed(&self, peer: IpAddr) -> bool {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&peer)
-            .is_none_or(|(n, since)| *n < MAX_FAILED_LOGINS || since.elapsed() >= LOGIN_WINDOW)
-    }
-
-    /// Counts a failed sign-in from `peer`.
-    pub fn failed(&self, peer: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_SESSIONS {
+    /// Counts an attempt from `peer`; false when it has had its share this window.
+    pub fn attempt(&self, peer: IpAddr) -> bool {
+        let key = bucket(peer);
+        let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        if !map.contains_key(&key) && map.len() >= MAX_TRACKED_ADDRESSES {
             map.retain(|_, (_, since)| since.elapsed() < LOGIN_WINDOW);
+            if map.len() >= MAX_TRACKED_ADDRESSES {
+                return false;
+            }
         }
-        let entry = map.entry(peer).or_insert((0, Instant::now()));
+        let entry = map.entry(key).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= LOGIN_WINDOW {
             *entry = (0, Instant::now());
         }
+        if entry.0 >= MAX_FAILED_LOGINS {
+            return false;
+        }
         entry.0 += 1;
+        true
+    }
+
+    /// A sign-in from `peer` succeeded: its count starts again.
+    pub fn succeeded(&self, peer: IpAddr) {
+        let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&bucket(peer));
     }
 }
 
@@ -213,6 +249,9 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(80));
         assert!(sessions.get(&id).is_none(), "idle past its limit");
+        let (id, s) = sessions.create("carol".into(), vec![], "t".into());
+        s.revoke();
+        assert!(sessions.get(&id).is_none(), "revoked");
         let (id, _) = sessions.create("bob".into(), vec![], "t".into());
         sessions.remove(&id);
         assert!(sessions.get(&id).is_none());
@@ -247,10 +286,17 @@ mod tests {
         let t = LoginThrottle::default();
         let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         for _ in 0..MAX_FAILED_LOGINS {
-            assert!(t.allowed(a));
-            t.failed(a);
+            assert!(t.attempt(a));
         }
-        assert!(!t.allowed(a));
-        assert!(t.allowed(b));
+        assert!(!t.attempt(a));
+        assert!(t.attempt(b));
+        t.succeeded(a);
+        assert!(t.attempt(a), "a success starts the count again");
+        // One IPv6 host's /64 is one address.
+        let host = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        for i in 0..MAX_FAILED_LOGINS {
+            assert!(t.attempt(host(u16::try_from(i).unwrap_or(0))));
+        }
+        assert!(!t.attempt(host(999)), "another address of the same /64");
     }
 }

@@ -19,6 +19,7 @@ function followBatch(summary) {
   const counts = {};
   source.addEventListener("open", () => setText(status, "Live: following this batch."));
   source.addEventListener("error", () => setText(status, "Live updates paused; reconnecting…"));
+  source.addEventListener("end", () => { source.close(); setText(status, "This batch has ended."); });
   source.addEventListener("job", (e) => {
     const ev = JSON.parse(e.data);
     const badge = summary.querySelector("[data-batch-state]");

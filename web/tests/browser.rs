@@ -370,6 +370,18 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
         },
     )
     .await;
+    // The batch has ended: the page says so and stops following it (no reconnecting).
+    until(
+        "the page says the batch ended",
+        Duration::from_secs(20),
+        async || {
+            browser
+                .text("#live-status")
+                .await
+                .filter(|t| t.contains("ended"))
+        },
+    )
+    .await;
 
     // Signed out, the pages are the sign-in page again.
     browser.sign_out().await;
