@@ -571,8 +571,8 @@ async fn fetch_one(
     let png_path = out.join(format!("{}.png", job.name));
     write_atomic(&png_path, png).await?;
     write_atomic(&out.join(format!("{}.json", job.name)), sidecar_bytes).await?;
-    if let Some(curve) = crate::plot::from_sidecar(&sidecar) {
-        let svg = crate::plot::loss_svg(&job.name, &curve);
+    if let Some(curve) = stylefarm_core::plot::from_sidecar(&sidecar) {
+        let svg = stylefarm_core::plot::loss_svg(&job.name, &curve);
         write_atomic(
             &out.join(format!("{}.loss.svg", job.name)),
             svg.into_bytes(),

@@ -21,7 +21,6 @@ pub mod embedded;
 pub mod exit;
 pub mod input;
 pub mod manifest;
-pub mod plot;
 pub mod render;
 pub mod sheet;
 pub mod weights;

@@ -338,7 +338,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
 
     let s = &rendered.sidecar;
     let plot = plot_path(&args.out);
-    let curve = crate::plot::Curve {
+    let curve = stylefarm_core::plot::Curve {
         points: s
             .loss_curve
             .iter()
@@ -350,8 +350,11 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         .out
         .file_name()
         .map_or_else(|| out_name.clone(), |n| n.to_string_lossy().into_owned());
-    write_atomic(&plot, crate::plot::loss_svg(&title, &curve).as_bytes())
-        .with_context(|| format!("writing {}", plot.display()))?;
+    write_atomic(
+        &plot,
+        stylefarm_core::plot::loss_svg(&title, &curve).as_bytes(),
+    )
+    .with_context(|| format!("writing {}", plot.display()))?;
     let first = s.loss_curve.first().copied().unwrap_or_default();
     println!(
         "{} ({}x{}, {} iterations{} in {:.1}s, {:.3}s/it)",

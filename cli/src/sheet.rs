@@ -69,7 +69,7 @@ pub async fn write(
         // The name, and at the row's right end the total loss over the iterations.
         let spark = SPARK_W.min(width.saturating_sub(3 * PAD) / 3);
         text(&mut sheet, PAD, top + 2, width - 3 * PAD - spark, &job.name);
-        if let Some(curve) = crate::plot::from_sidecar(&job.sidecar) {
+        if let Some(curve) = stylefarm_core::plot::from_sidecar(&job.sidecar) {
             let totals: Vec<f64> = curve.points.iter().map(|p| p[0]).collect();
             sparkline(
                 &mut sheet,

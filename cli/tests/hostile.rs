@@ -149,6 +149,12 @@ impl StyleFarm for Rogue {
     ) -> Result<Response<v1::ServerInfo>, Status> {
         Err(Status::unimplemented("rogue"))
     }
+    async fn list_workers(
+        &self,
+        _: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
     type WatchBatchStream = tokio_stream::Empty<Result<v1::BatchEvent, Status>>;
     async fn watch_batch(
         &self,

@@ -75,15 +75,17 @@ pub struct Capacity {
     pub max_job_memory_bytes: u64,
 }
 
-/// A registration as loaded at start-up.
+/// A registration as the store holds it, with the jobs it holds leases on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownWorker {
     /// Its id.
     pub id: String,
-    /// The identity that registered it.
-    pub identity: String,
-    /// What one job may take on it.
-    pub capacity: Capacity,
+    /// How it registered.
+    pub worker: NewWorker,
+    /// When it registered.
+    pub registered_ms: i64,
+    /// The jobs leased to it now.
+    pub jobs: Vec<String>,
 }
 
 /// A job handed to a worker.

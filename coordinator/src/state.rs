@@ -150,6 +150,14 @@ impl Workers {
         self.lock().values().filter(|e| e.last >= since_ms).count()
     }
 
+    /// When a worker was last heard from since start-up, if it was.
+    pub fn last_heard(&self, id: &str) -> Option<i64> {
+        self.lock()
+            .get(id)
+            .map(|e| e.last)
+            .filter(|&t| t != i64::MIN)
+    }
+
     /// Workers ever registered.
     pub fn registered(&self) -> usize {
         self.lock().len()
@@ -214,7 +222,13 @@ impl<S: Store> State<S> {
         let workers = Workers::default();
         let clock = Clock::start();
         for w in store.workers().await? {
-            workers.add(w.id, w.identity, w.capacity, clock.now_ms(), false);
+            workers.add(
+                w.id,
+                w.worker.identity,
+                w.worker.capacity,
+                clock.now_ms(),
+                false,
+            );
         }
         let (events, _) = broadcast::channel(4096);
         Ok(Self {

@@ -145,12 +145,13 @@ fn release(worker_id: &str, l: &v1::Lease) -> v1::ReleaseJobRequest {
 /// What each caller gets from each RPC.
 fn expected() -> BTreeMap<(&'static str, &'static str), Code> {
     use Code::{Ok, PermissionDenied as Denied, Unauthenticated as Unauth};
-    let rows: [(&str, [Code; 6]); 17] = [
+    let rows: [(&str, [Code; 6]); 18] = [
         //                     none    bad     worker  alice   bob     admin
         ("SubmitBatch", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
         ("GetBatch", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("ListBatches", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("GetServerInfo", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
+        ("ListWorkers", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("WatchBatch", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("CancelJob", [Unauth, Unauth, Denied, Ok, Denied, Ok]),
         ("CancelBatch", [Unauth, Unauth, Denied, Ok, Denied, Ok]),
@@ -243,6 +244,17 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
             assert_eq!(admin, caller == "admin", "{caller}: {:?}", i.roles);
         }
         put("GetServerInfo", code_of(&info));
+        let workers = client.list_workers(v1::ListWorkersRequest {}).await;
+        if let Ok(w) = &workers {
+            let listed = w.get_ref().workers.iter().find(|w| w.worker_id == foreign);
+            let listed = listed.expect("the registered worker is listed");
+            assert_eq!(
+                (listed.identity.as_str(), listed.name.as_str()),
+                ("worker2", "foreign"),
+                "{caller}: {listed:?}"
+            );
+        }
+        put("ListWorkers", code_of(&workers));
         let watch = v1::WatchBatchRequest {
             batch_id: target.clone(),
         };

@@ -72,6 +72,16 @@ fn complete_req(worker: &str, l: &v1::Lease) -> v1::CompleteJobRequest {
     }
 }
 
+async fn workers(c: &Coordinator) -> Vec<v1::WorkerInfo> {
+    c.client()
+        .await
+        .list_workers(v1::ListWorkersRequest {})
+        .await
+        .expect("list workers")
+        .into_inner()
+        .workers
+}
+
 async fn jobs(c: &Coordinator, batch: &str) -> Vec<v1::JobStatus> {
     stylefarm_testkit::farm::whole_batch(&mut c.client().await, batch)
         .await
@@ -145,6 +155,21 @@ async fn a_worker_that_leaves_gives_back_a_lease_it_never_received_without_spend
     // saw the answer, and says so by leaving.
     let lost = lease(&c, &gone, 0).await.expect("job");
     let allowed = jobs(&c, &batch).await[0].attempts_allowed;
+    let listed = workers(&c).await;
+    let shown = |id: &str| listed.iter().find(|w| w.worker_id == id).cloned();
+    let (g, n) = (shown(&gone).expect("listed"), shown(&next).expect("listed"));
+    assert_eq!(
+        (
+            g.live,
+            g.job_ids.clone(),
+            g.name.as_str(),
+            n.live,
+            n.job_ids.len()
+        ),
+        (true, vec![lost.job_id.clone()], "gone", true, 0),
+        "both heard from within the lease; the one that leased holds its job"
+    );
+    assert!(g.last_heard_unix_ms >= g.registered_unix_ms && g.registered_unix_ms > 0);
     let mut w = c.worker().await;
     let left = w
         .leave_farm(v1::LeaveFarmRequest {
@@ -167,6 +192,10 @@ async fn a_worker_that_leaves_gives_back_a_lease_it_never_received_without_spend
     assert_eq!(again.attempt, 2);
     let job = &jobs(&c, &batch).await[0];
     assert_eq!(job.attempts_allowed, allowed + 1);
+    assert!(
+        workers(&c).await.iter().all(|w| w.worker_id != gone),
+        "a worker that left is no longer listed"
+    );
     // The registration is forgotten: the departed worker can neither lease nor leave again,
     // and its stale token is refused.
     let refused = w

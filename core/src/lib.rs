@@ -8,6 +8,9 @@
 //! - [`state`]: [`JobState`] and [`BatchState`], the lives of jobs and batches.
 //! - [`limits`]: bounds that several components check (attempts, jobs per batch).
 //! - [`fs`]: [`fs::write_atomic`], the one way files are replaced.
+//! - [`layout`]: where a batch's objects live in storage (outputs, attempts, the
+//!   small view files the web interface shows).
+//! - [`plot`]: loss curves as SVG, for the CLI's files and the web's job page.
 //! - [`rng`]: a seeded generator that is the same on every platform.
 //! - [`error`]: [`InvalidField`], the validation error that names the field at fault.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and the SIGTERM/SIGINT future that
@@ -15,8 +18,10 @@
 
 pub mod error;
 pub mod fs;
+pub mod layout;
 pub mod limits;
 pub mod params;
+pub mod plot;
 pub mod progress;
 pub mod rng;
 pub mod shutdown;
@@ -28,6 +33,6 @@ pub use error::InvalidField;
 pub use params::{
     InitKind, LineSearch, OptimizerKind, Pooling, RenderParams, Scale, WeightedLayer,
 };
-pub use progress::{Losses, Progress};
+pub use progress::{Losses, Progress, ScaleRun};
 pub use spec::{JobSpec, ObjectRef, StyleRef};
 pub use state::{BatchState, JobState};

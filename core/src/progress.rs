@@ -16,6 +16,25 @@ pub struct Losses {
     pub total: f64,
 }
 
+/// One scale of a schedule as it ran (checkpoints and sidecars record them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRun {
+    /// Long side in pixels.
+    pub side: u32,
+    /// The image's size at this scale.
+    pub width: u32,
+    /// The image's size at this scale.
+    pub height: u32,
+    /// Iterations the schedule gives this scale.
+    pub iterations: u32,
+    /// The iteration (over the whole schedule) it began at.
+    pub first_iteration: u32,
+    /// The index in the loss curve of its first entry.
+    pub first_loss: usize,
+    /// Optimization seconds spent at it, its targets included.
+    pub optimize_s: f64,
+}
+
 /// Progress a worker reports for the job it holds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {

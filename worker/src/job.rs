@@ -235,7 +235,8 @@ pub fn finish(
     Ok(Rendered { png, sidecar })
 }
 
-fn unix_s(t: SystemTime) -> f64 {
+/// Seconds since the Unix epoch (0 before it).
+pub fn unix_s(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -142,6 +142,24 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn list_workers(
+        &self,
+        req: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        auth::reader(&req)?;
+        let known = self.state.store.workers().await.map_err(ApiError::from)?;
+        let live_since = self.state.clock.now_ms() - self.state.lease_ms();
+        let workers = known
+            .iter()
+            .map(|w| {
+                let heard = self.state.workers.last_heard(&w.id);
+                convert::worker_info(w, heard, heard.is_some_and(|t| t >= live_since))
+            })
+            .collect();
+        Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
     type WatchBatchStream = ReceiverStream<Result<v1::BatchEvent, Status>>;
 
     #[tracing::instrument(skip_all, fields(batch = %req.get_ref().batch_id))]

@@ -11,7 +11,7 @@ use stylefarm_net::Identity;
 use stylefarm_proto::v1;
 
 use crate::config::Config;
-use crate::model::{BatchRecord, Capacity, JobRecord, NewBatch, NewJob, NewWorker};
+use crate::model::{BatchRecord, Capacity, JobRecord, KnownWorker, NewBatch, NewJob, NewWorker};
 use crate::state::Largest;
 use stylefarm_weights::memory::{self, Backend, Dims, JobImages};
 use stylefarm_weights::Architecture;
@@ -236,14 +236,23 @@ pub fn progress(req: &v1::HeartbeatRequest) -> crate::model::Progress {
     }
 }
 
-/// Where the published output of a job goes.
-pub fn output_key(batch_id: &str, name: &str) -> String {
-    format!("batches/{batch_id}/outputs/{name}.png")
-}
-
-/// Under which prefix one attempt writes its checkpoints and output.
-pub fn attempt_prefix(batch_id: &str, job_id: &str, attempt: u32) -> String {
-    format!("batches/{batch_id}/jobs/{job_id}/attempt-{attempt:03}")
+/// A registered worker on the wire: `heard` is when it was last heard from since
+/// start-up, `live` whether that was within a lease.
+pub fn worker_info(w: &KnownWorker, heard: Option<i64>, live: bool) -> v1::WorkerInfo {
+    v1::WorkerInfo {
+        worker_id: w.id.clone(),
+        name: w.worker.name.clone(),
+        identity: w.worker.identity.clone(),
+        device: w.worker.device.clone(),
+        gpu_model: w.worker.gpu_model.clone(),
+        gpu_memory_bytes: w.worker.gpu_memory_bytes,
+        slots: w.worker.slots,
+        max_job_memory_bytes: w.worker.capacity.max_job_memory_bytes,
+        registered_unix_ms: w.registered_ms,
+        last_heard_unix_ms: heard.unwrap_or(0),
+        live,
+        job_ids: w.jobs.clone(),
+    }
 }
 
 /// A job on the wire.

@@ -105,9 +105,13 @@ impl<S: Store> WorkerApi<S> {
                 job_id: lease.job_id.clone(),
                 reason: e.to_string(),
             })?;
-        spec.output_key = convert::output_key(&lease.batch_id, &lease.name);
+        spec.output_key = stylefarm_core::layout::output_key(&lease.batch_id, &lease.name);
         Ok(v1::Lease {
-            attempt_prefix: convert::attempt_prefix(&lease.batch_id, &lease.job_id, lease.attempt),
+            attempt_prefix: stylefarm_core::layout::attempt_prefix(
+                &lease.batch_id,
+                &lease.job_id,
+                lease.attempt,
+            ),
             job_id: lease.job_id,
             batch_id: lease.batch_id,
             spec: Some(spec),
@@ -363,7 +367,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
 /// Refuses a key a worker reports unless it lies under the prefix of the attempt it
 /// holds (`batches/B/jobs/J/attempt-NNN/...`): a worker names only what it wrote.
 fn under_attempt(job: &JobRecord, field: &'static str, key: &str) -> Result<(), ApiError> {
-    let prefix = convert::attempt_prefix(&job.batch_id, &job.job_id, job.attempt);
+    let prefix = stylefarm_core::layout::attempt_prefix(&job.batch_id, &job.job_id, job.attempt);
     let rest = key
         .strip_prefix(prefix.as_str())
         .and_then(|r| r.strip_prefix('/'))

@@ -106,8 +106,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
-    /// Every registered worker: its id, the identity that registered it and what a job
-    /// may take on it (loaded at start-up).
+    /// Every registered worker as it registered, with the jobs leased to it now
+    /// (loaded at start-up; listed by ListWorkers).
     fn workers(&self) -> impl Future<Output = Result<Vec<KnownWorker>, StoreError>> + Send;
 
     /// Deletes these workers' registrations (and their failure counts).

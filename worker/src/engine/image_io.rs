@@ -179,3 +179,26 @@ pub fn encode_png(img: &Rgb32FImage, bit_depth: u8) -> Result<Vec<u8>, ImageErro
         })?;
     Ok(out.into_inner())
 }
+
+/// A small JPEG of `img` for the web interface: its long side at most `side` pixels
+/// (never enlarged), area-averaged, 8 bits, quality 85.
+pub fn encode_view(img: &Rgb32FImage, side: u32) -> Result<Vec<u8>, ImageError> {
+    let (w, h) = img.dimensions();
+    let long = w.max(h).max(1);
+    let scale = f64::from(side.min(long)) / f64::from(long);
+    // Both fit u32 and are at least 1: scale is at most 1.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let (tw, th) = (
+        ((f64::from(w) * scale).round() as u32).max(1),
+        ((f64::from(h) * scale).round() as u32).max(1),
+    );
+    let rgb8 = DynamicImage::ImageRgb32F(img.clone()).into_rgb8();
+    let small = image::imageops::thumbnail(&rgb8, tw, th);
+    let mut out = Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .encode_image(&small)
+        .map_err(|e| ImageError::Encode {
+            reason: e.to_string(),
+        })?;
+    Ok(out.into_inner())
+}

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use image::Rgb32FImage;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stylefarm_core::rng::SplitMix64;
 use stylefarm_core::{InitKind, OptimizerKind, RenderParams, Scale, WeightedLayer};
@@ -31,6 +30,7 @@ use tch::{Device, Tensor};
 
 pub use error::{EngineError, ImageError};
 pub use loss::Losses;
+pub use stylefarm_core::progress::ScaleRun;
 
 use loss::{Objective, Tap};
 use optim::{Adam, Lbfgs, Optimizer, Step};
@@ -113,25 +113,6 @@ pub struct Render {
     originals: Option<RenderInputs>,
     output_size: (u32, u32),
     device: Device,
-}
-
-/// One scale of a schedule as it ran (checkpoints and sidecars record them).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScaleRun {
-    /// Long side in pixels.
-    pub side: u32,
-    /// The image's size at this scale.
-    pub width: u32,
-    /// The image's size at this scale.
-    pub height: u32,
-    /// Iterations the schedule gives this scale.
-    pub iterations: u32,
-    /// The iteration (over the whole schedule) it began at.
-    pub first_iteration: u32,
-    /// The index in the loss curve of its first entry.
-    pub first_loss: usize,
-    /// Optimization seconds spent at it, its targets included.
-    pub optimize_s: f64,
 }
 
 /// The images one scale optimizes against.

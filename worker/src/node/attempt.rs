@@ -11,7 +11,7 @@ use stylefarm_storage::{Limit, ObjectUrl, StorageError};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::engine_thread::{self, EngineJob, Event, Finished};
+use super::engine_thread::{self, EngineJob, Event, Finished, Views};
 use super::heartbeat::Heartbeats;
 use super::stop::{Stop, StopSignal};
 use super::Node;
@@ -252,6 +252,7 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
         checkpoint_every: node.config.checkpoint_every,
         max_input_pixels: node.config.max_input_pixels,
         memory: node.memory.clone(),
+        worker: node.worker_id.clone(),
     })
 }
 
@@ -282,6 +283,8 @@ struct Running {
     prefetch: Option<tokio::task::JoinHandle<Option<Ready>>>,
     uploads: tokio::task::JoinSet<(Result<(), StorageError>, String, u32)>,
     checkpoint: (String, u32),
+    /// View files uploading, in the order they came.
+    views: tokio::task::JoinSet<()>,
 }
 
 impl Running {
@@ -316,6 +319,23 @@ impl Running {
         self.uploads.abort_all();
         self.uploads
             .spawn(async move { (upload(&node, &key, bytes).await, key, iteration) });
+    }
+
+    /// The engine sent view files: upload them beside the run, best effort. During a
+    /// storage outage a new set is skipped while older ones are still uploading.
+    fn on_view(&mut self, node: &Arc<Node>, views: Views) {
+        if matches!(self.held.stop.reason(), Some(Stop::Cancelled | Stop::Lost)) {
+            return;
+        }
+        while self.views.try_join_next().is_some() {}
+        if self.views.len() >= MAX_VIEW_UPLOADS {
+            tracing::debug!("view files still uploading; skipping these");
+            return;
+        }
+        let node = Arc::clone(node);
+        let prefix = self.held.lease.attempt_prefix.clone();
+        self.views
+            .spawn(async move { upload_views(&node, &prefix, views).await });
     }
 
     /// A checkpoint upload ended; the newest one stored is reported at once.
@@ -353,12 +373,14 @@ async fn execute(node: &Arc<Node>, held: Held, job: EngineJob) -> Option<Ready> 
         held,
         prefetch: None,
         uploads: tokio::task::JoinSet::new(),
+        views: tokio::task::JoinSet::new(),
     };
     let finished = loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(Event::Progress(p)) => run.on_progress(node, &p),
                 Some(Event::Checkpoint { iteration, bytes }) => run.on_checkpoint(node, iteration, bytes),
+                Some(Event::View(views)) => run.on_view(node, views),
                 Some(Event::Done(result)) => break Some(result),
                 None => break None,
             },
@@ -372,6 +394,7 @@ async fn execute(node: &Arc<Node>, held: Held, job: EngineJob) -> Option<Ready> 
         prefetch,
         mut uploads,
         mut checkpoint,
+        mut views,
         ..
     } = run;
     let tail = {
@@ -380,6 +403,8 @@ async fn execute(node: &Arc<Node>, held: Held, job: EngineJob) -> Option<Ready> 
             while let Some(done) = uploads.join_next().await {
                 record_upload(done, &mut checkpoint, &held.heartbeats);
             }
+            // The last progress file written is the final one.
+            while views.join_next().await.is_some() {}
             conclude(&node, held, finished, checkpoint, &name).await;
         }
     };
@@ -409,8 +434,17 @@ async fn conclude(
     match (finished, held.stop.reason()) {
         (_, Some(Stop::Lost)) => held.heartbeats.stop().await,
         // A render that finished is published even when a drain began meanwhile.
-        (Ok(Finished::Rendered { png, sidecar, done }), None | Some(Stop::Drain)) => {
+        (
+            Ok(Finished::Rendered {
+                png,
+                sidecar,
+                done,
+                views,
+            }),
+            None | Some(Stop::Drain),
+        ) => {
             let published = publish(node, &held.lease, name, png, sidecar, &done).await;
+            upload_views(node, &held.lease.attempt_prefix, views).await;
             held.heartbeats.stop().await;
             match published {
                 Ok(req) => complete(node, req).await,
@@ -451,6 +485,19 @@ fn record_upload(
         Err(e) => {
             tracing::warn!(cause = %e, "checkpoint upload task failed");
             false
+        }
+    }
+}
+
+/// View uploads of one attempt in flight at most.
+const MAX_VIEW_UPLOADS: usize = 2;
+
+/// Uploads view files under `prefix/view/`, one after another; a failure is logged and
+/// the rest go on (the web interface's files never fail a job).
+async fn upload_views(node: &Node, prefix: &str, views: Views) {
+    for (view, bytes) in views {
+        if let Err(e) = upload(node, &view.key(prefix), bytes).await {
+            tracing::warn!(view = %view.file_name(), cause = %e, "view file upload failed; the job goes on");
         }
     }
 }

@@ -4,15 +4,16 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
+use stylefarm_core::layout::{AttemptProgress, View, VIEW_SIDE};
 use stylefarm_core::JobSpec;
 use stylefarm_weights::WeightsInfo;
 use tch::Device;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::device::MemoryBudget;
-use crate::engine::{EngineError, Outcome, Progress, Render};
+use crate::engine::{image_io, EngineError, Outcome, Progress, Render};
 use crate::job::{self, JobInputs, PreparedJob};
 
 /// What the engine thread reports.
@@ -26,9 +27,15 @@ pub enum Event {
         /// Safetensors bytes.
         bytes: Vec<u8>,
     },
+    /// Small files for the web interface, for the attempt's `view/` (the inputs once
+    /// decoded; a preview and the losses so far with each checkpoint).
+    View(Views),
     /// The run ended.
     Done(Result<Finished, EngineError>),
 }
+
+/// View files and their contents.
+pub type Views = Vec<(View, Vec<u8>)>;
 
 /// How a run ended.
 pub enum Finished {
@@ -40,6 +47,8 @@ pub enum Finished {
         sidecar: Vec<u8>,
         /// Iterations run and the losses at the output, as the sidecar records them.
         done: stylefarm_core::Progress,
+        /// The thumbnail and the last progress file.
+        views: Views,
     },
     /// The cancel flag stopped it after `iteration` iterations (a checkpoint was sent).
     Stopped {
@@ -66,6 +75,8 @@ pub struct EngineJob {
     pub max_input_pixels: u64,
     /// The most memory the job may take.
     pub memory: MemoryBudget,
+    /// The worker running it, for the progress file.
+    pub worker: String,
 }
 
 /// Starts the run on a new thread.
@@ -99,6 +110,18 @@ fn run(
         &job.weights,
         &job.memory,
     )?;
+    let started_unix_s = job::unix_s(SystemTime::now());
+    let inputs = std::iter::once((View::Content, &prepared.inputs.content)).chain(
+        prepared
+            .inputs
+            .styles
+            .iter()
+            .enumerate()
+            .map(|(k, img)| (View::Style(k), img)),
+    );
+    let _ = events.send(Event::View(
+        inputs.filter_map(|(v, img)| view_image(v, img)).collect(),
+    ));
     let mut render = match &job.checkpoint {
         Some(bytes) => {
             match Render::resume(&job.weights, params, &prepared.inputs, job.device, bytes) {
@@ -143,10 +166,13 @@ fn run(
                 losses: rendered.sidecar.final_losses,
                 checkpoint_key: None,
             };
+            let mut views = progress_view(job, &render, started_unix_s);
+            views.extend(view_image(View::Thumbnail, &render.output()));
             return Ok(Finished::Rendered {
                 png: rendered.png,
                 sidecar,
                 done,
+                views,
             });
         }
         // Only a checkpoint that holds new iterations is worth writing.
@@ -156,11 +182,47 @@ fn run(
                 iteration: saved,
                 bytes: render.checkpoint()?,
             });
+            let mut views = progress_view(job, &render, started_unix_s);
+            views.extend(view_image(View::Preview, &render.output()));
+            let _ = events.send(Event::View(views));
         }
         if outcome == Outcome::Cancelled {
             return Ok(Finished::Stopped {
                 iteration: render.iteration(),
             });
+        }
+    }
+}
+
+/// A view image, or nothing (logged) when it cannot be encoded: the web interface's
+/// files never fail a job.
+fn view_image(view: View, img: &image::Rgb32FImage) -> Option<(View, Vec<u8>)> {
+    match image_io::encode_view(img, VIEW_SIDE) {
+        Ok(jpeg) => Some((view, jpeg)),
+        Err(e) => {
+            tracing::warn!(view = %view.file_name(), cause = %e, "cannot encode a view image");
+            None
+        }
+    }
+}
+
+/// The attempt's `progress.json` as it stands.
+fn progress_view(job: &EngineJob, render: &Render, started_unix_s: f64) -> Views {
+    let progress = AttemptProgress {
+        worker: job.worker.clone(),
+        device: format!("{:?}", job.device).to_lowercase(),
+        started_unix_s,
+        updated_unix_s: job::unix_s(SystemTime::now()),
+        iteration: render.iteration(),
+        iterations: render.total_iterations(),
+        loss_curve: render.history().to_vec(),
+        schedule: render.runs().to_vec(),
+    };
+    match serde_json::to_vec(&progress) {
+        Ok(json) => vec![(View::Progress, json)],
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot encode the progress file");
+            Vec::new()
         }
     }
 }

@@ -17,6 +17,7 @@ mod error;
 mod rows;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -502,20 +503,40 @@ impl Store for SqliteStore {
 
     async fn workers(&self) -> Result<Vec<KnownWorker>, StoreError> {
         self.read(|conn| {
+            let mut held: HashMap<String, Vec<String>> = HashMap::new();
+            let mut leases = conn.prepare(
+                "SELECT worker, id FROM jobs WHERE deadline_ms IS NOT NULL AND worker IS NOT NULL ORDER BY id",
+            )?;
+            for row in leases.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
+                let (worker, job) = row?;
+                held.entry(worker).or_default().push(job);
+            }
             let mut stmt = conn.prepare(
-                "SELECT id, identity, device, max_job_memory_bytes FROM workers ORDER BY id",
+                "SELECT id, identity, device, max_job_memory_bytes, name, gpu_model, gpu_memory_bytes, slots, registered_ms
+                 FROM workers ORDER BY id",
             )?;
             let rows = stmt
                 .query_map([], |r| {
+                    let id: String = r.get(0)?;
                     let device: String = r.get(2)?;
                     let bytes: i64 = r.get(3)?;
+                    let gpu_bytes: i64 = r.get(6)?;
                     Ok(KnownWorker {
-                        id: r.get(0)?,
-                        identity: r.get(1)?,
-                        capacity: Capacity {
-                            cuda: device.starts_with("cuda"),
-                            max_job_memory_bytes: u64::try_from(bytes).unwrap_or(0),
+                        worker: NewWorker {
+                            identity: r.get(1)?,
+                            capacity: Capacity {
+                                cuda: device.starts_with("cuda"),
+                                max_job_memory_bytes: u64::try_from(bytes).unwrap_or(0),
+                            },
+                            device,
+                            name: r.get(4)?,
+                            gpu_model: r.get(5)?,
+                            gpu_memory_bytes: u64::try_from(gpu_bytes).unwrap_or(0),
+                            slots: r.get(7)?,
                         },
+                        registered_ms: r.get(8)?,
+                        jobs: held.remove(&id).unwrap_or_default(),
+                        id,
                     })
                 })?
                 .collect::<Result<_, _>>()?;

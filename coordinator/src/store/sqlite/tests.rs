@@ -395,6 +395,23 @@ async fn a_leaving_worker_gives_back_what_it_never_received_uncharged_and_is_for
         .await
         .expect("release");
     let theirs = lease(&s, &other, 3, 100).await.expect("job");
+    let held = |known: &[KnownWorker], id: &str| {
+        known
+            .iter()
+            .find(|w| w.id == id)
+            .map(|w| w.jobs.clone())
+            .expect("listed")
+    };
+    let known = s.workers().await.expect("workers");
+    assert_eq!(
+        (held(&known, &gone), held(&known, &other)),
+        (vec![lost.job_id.clone()], vec![theirs.job_id.clone()]),
+        "each worker lists the leases it holds, not one it handed back"
+    );
+    assert_eq!(
+        (known[0].worker.name.as_str(), known[0].registered_ms),
+        ("gone", 0)
+    );
 
     let requeued = s.leave(&gone).await.expect("leave");
     assert_eq!(
@@ -705,7 +722,7 @@ async fn older_database(version: i64) {
     assert_eq!(known.len(), 1);
     assert_eq!(known[0].id, worker);
     assert_eq!(
-        known[0].capacity,
+        known[0].worker.capacity,
         Capacity {
             cuda: true,
             max_job_memory_bytes: 0
@@ -713,7 +730,7 @@ async fn older_database(version: i64) {
         "a worker from before capacities has not said"
     );
     if version == 2 {
-        assert_eq!(known[0].identity, "worker");
+        assert_eq!(known[0].worker.identity, "worker");
     }
     assert_eq!(
         s.batch(&id).await.expect("batch").owner,
