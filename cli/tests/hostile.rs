@@ -155,6 +155,12 @@ impl StyleFarm for Rogue {
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         Err(Status::unimplemented("rogue"))
     }
+    async fn get_job(
+        &self,
+        _: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::JobDetail>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
     type WatchBatchStream = tokio_stream::Empty<Result<v1::BatchEvent, Status>>;
     async fn watch_batch(
         &self,

@@ -145,13 +145,14 @@ fn release(worker_id: &str, l: &v1::Lease) -> v1::ReleaseJobRequest {
 /// What each caller gets from each RPC.
 fn expected() -> BTreeMap<(&'static str, &'static str), Code> {
     use Code::{Ok, PermissionDenied as Denied, Unauthenticated as Unauth};
-    let rows: [(&str, [Code; 6]); 18] = [
+    let rows: [(&str, [Code; 6]); 19] = [
         //                     none    bad     worker  alice   bob     admin
         ("SubmitBatch", [Unauth, Unauth, Denied, Ok, Ok, Ok]),
         ("GetBatch", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("ListBatches", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("GetServerInfo", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("ListWorkers", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
+        ("GetJob", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("WatchBatch", [Unauth, Unauth, Ok, Ok, Ok, Ok]),
         ("CancelJob", [Unauth, Unauth, Denied, Ok, Denied, Ok]),
         ("CancelBatch", [Unauth, Unauth, Denied, Ok, Denied, Ok]),
@@ -255,6 +256,23 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
             );
         }
         put("ListWorkers", code_of(&workers));
+        let job = client
+            .get_job(v1::GetJobRequest {
+                job_id: jobs[1].clone(),
+            })
+            .await;
+        if let Ok(j) = &job {
+            let j = j.get_ref();
+            let (status, spec) = (j.job.as_ref().expect("job"), j.spec.as_ref().expect("spec"));
+            assert_eq!(status.job_id, jobs[1], "{caller}");
+            assert_eq!(status.batch_id, target, "{caller}");
+            assert!(
+                spec.output_key
+                    .starts_with(&format!("batches/{target}/outputs/")),
+                "{caller}: {spec:?}"
+            );
+        }
+        put("GetJob", code_of(&job));
         let watch = v1::WatchBatchRequest {
             batch_id: target.clone(),
         };

@@ -252,6 +252,33 @@ impl Garage {
         ]
     }
 
+    /// [`Garage::storage_flags`] with a key of its own that may only read the bucket
+    /// (what the web interface is given), created on first use.
+    pub fn read_only_flags(&self, prefix: &str) -> Vec<String> {
+        let id = format!("GK{}", hex_of(&format!("read-{}", self.access_key), 24));
+        let secret = hex_of(&format!("read-secret-{}", self.secret_key), 64);
+        let garage = |args: &[&str]| {
+            let out = Command::new(&self.binary)
+                .arg("-c")
+                .arg(&self.config)
+                .args(args)
+                .output()
+                .expect("run garage");
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() || text.contains("already exists"),
+                "garage {args:?}: {text}"
+            );
+        };
+        garage(&["key", "import", "--yes", "-n", "read-only", &id, &secret]);
+        garage(&["bucket", "allow", "--read", &self.bucket, "--key", &id]);
+        let mut flags = self.storage_flags(prefix);
+        flags.truncate(flags.len() - 2);
+        flags.push(format!("--s3-access-key={id}"));
+        flags.push(format!("--s3-secret-key={secret}"));
+        flags
+    }
+
     /// `s3://BUCKET/prefix`.
     pub fn root(&self, prefix: &str) -> ObjectUrl {
         ObjectUrl::parse(&format!("s3://{}/{prefix}", self.bucket)).expect("valid url")

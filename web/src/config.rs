@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use stylefarm_net::client::ClientArgs;
+use stylefarm_storage::StorageArgs;
 
 /// The farm's web interface: batches, jobs and workers, live, for whoever signs in with
 /// a coordinator token.
@@ -23,6 +24,11 @@ pub struct WebConfig {
     /// call carries the signed-in person's, so --token-file is refused.
     #[command(flatten)]
     pub client: ClientArgs,
+
+    /// The farm's storage (the workers' --storage), read for previews, thumbnails, loss
+    /// curves and downloads; read-only credentials are enough, and better.
+    #[command(flatten)]
+    pub storage: StorageArgs,
 
     /// Certificate chain (PEM) the interface is served with over HTTPS.
     #[arg(
@@ -85,5 +91,32 @@ impl WebConfig {
             return Err("serving without TLS needs --insecure-http; give --https-cert-file and --https-key-file to serve HTTPS".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_is_required_and_read() {
+        let base = [
+            "stylefarm-web",
+            "--coordinator",
+            "https://c:50051",
+            "--insecure-http",
+        ];
+        let err = WebConfig::try_parse_from(base).expect_err("no storage");
+        assert!(err.to_string().contains("--storage"), "{err}");
+        let c = WebConfig::try_parse_from(base.into_iter().chain([
+            "--storage",
+            "s3://b/p",
+            "--s3-path-style",
+        ]))
+        .expect("parses");
+        assert_eq!(
+            (c.storage.storage.as_str(), c.storage.s3_path_style),
+            ("s3://b/p", true)
+        );
     }
 }

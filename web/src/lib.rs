@@ -11,6 +11,7 @@ pub mod config;
 pub mod html;
 pub mod routes;
 pub mod session;
+pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,6 +46,7 @@ pub async fn run(config: WebConfig, shutdown: impl Future<Output = ()>) -> anyho
     config.check().map_err(anyhow::Error::msg)?;
     let auth = config.client.load()?.carrying_tokens();
     let channel = auth.endpoint(&config.coordinator)?.connect_lazy();
+    let views = views::Views::open(&config.storage).context("--storage")?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("--listen {}", config.listen))?;
@@ -65,6 +67,7 @@ pub async fn run(config: WebConfig, shutdown: impl Future<Output = ()>) -> anyho
         channel,
         https: tls.is_some(),
         shutdown: stop.clone(),
+        views,
     });
     let router = routes::router(app);
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -24,6 +24,8 @@ use tonic::Code;
 
 use crate::html;
 use crate::session::{self, LoginThrottle, Session, Sessions};
+use crate::views::{ViewError, Views};
+use stylefarm_core::layout::View;
 
 /// Jobs per page of a batch.
 pub const PAGE_SIZE: u32 = 100;
@@ -44,6 +46,8 @@ pub struct App {
     pub https: bool,
     /// Cancelled at shutdown: live streams end.
     pub shutdown: CancellationToken,
+    /// The farm's storage, for view files and downloads.
+    pub views: Views,
 }
 
 impl App {
@@ -68,6 +72,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/batches/{id}/cancel", post(cancel_batch))
         .route("/batches/{id}/retry", post(retry))
         .route("/batches/{id}/jobs/{job}/cancel", post(cancel_job))
+        .route("/workers", get(workers))
+        .route("/workers/rows", get(worker_rows))
+        .route("/jobs/{job}", get(job))
+        .route("/jobs/{job}/live", get(job_live))
+        .route("/jobs/{job}/attempts/{n}/{file}", get(view_file))
+        .route("/jobs/{job}/output.png", get(output))
+        .route("/jobs/{job}/sidecar.json", get(sidecar))
         .route("/static/app.js", get(script))
         .route("/static/style.css", get(style))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
@@ -83,11 +94,14 @@ async fn headers(req: Request<axum::body::Body>, next: Next) -> Response {
     let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
     };
-    set(
-        h,
-        "content-security-policy",
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    );
+    // A route that set its own policy (a download's sandbox) keeps it.
+    if !h.contains_key("content-security-policy") {
+        set(
+            h,
+            "content-security-policy",
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        );
+    }
     set(h, "x-content-type-options", "nosniff");
     set(h, "referrer-policy", "no-referrer");
     set(h, "x-frame-options", "DENY");
@@ -109,6 +123,8 @@ pub enum WebError {
     BadRequest(String),
     /// The coordinator's answer.
     Coordinator(Arc<Session>, tonic::Status),
+    /// A file from storage could not be served.
+    View(ViewError),
 }
 
 impl IntoResponse for WebError {
@@ -122,6 +138,13 @@ impl IntoResponse for WebError {
                 .into_response(),
             Self::BadRequest(m) => {
                 (StatusCode::BAD_REQUEST, Html(html::error(None, "Bad request", &m))).into_response()
+            }
+            Self::View(ViewError::Missing) => {
+                (StatusCode::NOT_FOUND, "not written yet").into_response()
+            }
+            Self::View(e) => {
+                tracing::warn!(cause = %e, "storage read failed");
+                (StatusCode::BAD_GATEWAY, "storage could not be read").into_response()
             }
             Self::Coordinator(who, status) => {
                 let (code, title) = match status.code() {
@@ -403,6 +426,7 @@ struct JobEvent<'a> {
     loss: Option<f64>,
     error: &'a str,
     batch_state: &'static str,
+    result_attempt: u32,
 }
 
 /// Live changes of a batch's jobs (server-sent events from the coordinator's WatchBatch,
@@ -434,6 +458,7 @@ async fn events(
                 loss: job.losses.as_ref().map(|l| l.total).filter(|t| *t > 0.0),
                 error: &job.error,
                 batch_state: html::batch_state(e.batch_state),
+                result_attempt: job.result_attempt,
             };
             let data = serde_json::to_string(&event).ok()?;
             Some(Ok(Event::default().event("job").data(data)))
@@ -550,4 +575,194 @@ where
                 .ok(),
         )
     }
+}
+
+/// The job as the coordinator answers the signed-in person.
+async fn job_detail(
+    app: &App,
+    who: &Arc<Session>,
+    job_id: &str,
+) -> Result<v1::JobDetail, WebError> {
+    let job_id = id("job", job_id)?;
+    app.client(who.token())
+        .get_job(v1::GetJobRequest { job_id })
+        .await
+        .map_err(|s| WebError::Coordinator(Arc::clone(who), s))
+        .map(tonic::Response::into_inner)
+}
+
+fn status_of(d: &v1::JobDetail) -> v1::JobStatus {
+    d.job.clone().unwrap_or_default()
+}
+
+/// Attempts listed on a job page, newest first.
+const ATTEMPTS_LISTED: u32 = 10;
+
+async fn job(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Path(job_id): Path<String>,
+) -> Result<Html<String>, WebError> {
+    let detail = job_detail(&app, &who, &job_id).await?;
+    let j = status_of(&detail);
+    let batch = app
+        .client(who.token())
+        .get_batch(v1::GetBatchRequest {
+            batch_id: j.batch_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?
+        .into_inner();
+    let first = j.attempt.saturating_sub(ATTEMPTS_LISTED - 1).max(1);
+    let mut attempts = Vec::new();
+    for n in (first..=j.attempt).rev() {
+        let p = app.views.progress(&j.batch_id, &j.job_id, n).await.ok();
+        attempts.push((n, p));
+    }
+    let shown = html::job::shown_attempt(&j);
+    let progress = attempts
+        .iter()
+        .find(|(n, _)| Some(*n) == shown)
+        .and_then(|(_, p)| p.clone());
+    let view = html::JobView {
+        detail,
+        owner: batch.owner,
+        batch_name: batch.name,
+        progress,
+        attempts,
+    };
+    Ok(Html(html::job(&who, &view, now_ms())))
+}
+
+async fn job_live(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Path(job_id): Path<String>,
+) -> Result<Html<String>, WebError> {
+    let detail = job_detail(&app, &who, &job_id).await?;
+    let j = status_of(&detail);
+    let progress = match html::job::shown_attempt(&j) {
+        Some(n) => app.views.progress(&j.batch_id, &j.job_id, n).await.ok(),
+        None => None,
+    };
+    let spec = detail.spec.unwrap_or_default();
+    Ok(Html(html::job_live(&j, &spec, progress.as_ref())))
+}
+
+/// A view image of one attempt: only for an attempt the job has had, only the names
+/// workers write.
+async fn view_file(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Path((job_id, n, file)): Path<(String, String, String)>,
+) -> Result<Response, WebError> {
+    let view = View::parse(&file)
+        .filter(|v| *v != View::Progress)
+        .ok_or_else(|| WebError::BadRequest(format!("{file:?} is not a view image")))?;
+    let n: u32 = n
+        .parse()
+        .map_err(|_| WebError::BadRequest(format!("attempt {n:?} is not a number")))?;
+    let j = status_of(&job_detail(&app, &who, &job_id).await?);
+    if n == 0 || n > j.attempt {
+        return Err(WebError::BadRequest(format!(
+            "job {} has had {} attempts",
+            j.job_id, j.attempt
+        )));
+    }
+    let jpeg = app
+        .views
+        .image(&j.batch_id, &j.job_id, n, view)
+        .await
+        .map_err(WebError::View)?;
+    // A preview is replaced at each checkpoint; the rest never change.
+    let cache = if view == View::Preview {
+        "private, max-age=2"
+    } else {
+        "private, max-age=86400"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, cache),
+        ],
+        jpeg,
+    )
+        .into_response())
+}
+
+/// The job's output or sidecar, from the key the coordinator recorded for its result.
+async fn download(
+    app: &App,
+    who: &Arc<Session>,
+    job_id: &str,
+    pick: fn(&v1::JobStatus) -> &str,
+    kind: &'static str,
+    name: &str,
+) -> Result<Response, WebError> {
+    let j = status_of(&job_detail(app, who, job_id).await?);
+    let key = pick(&j);
+    if key.is_empty() {
+        return Err(WebError::View(ViewError::Missing));
+    }
+    let bytes = app.views.download(key).await.map_err(WebError::View)?;
+    let disposition = format!("inline; filename=\"{}{name}\"", j.name);
+    let mut res = ([(header::CONTENT_TYPE, kind)], bytes).into_response();
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    // Served bytes are never run as a page of this origin.
+    res.headers_mut().insert(
+        "content-security-policy",
+        HeaderValue::from_static("sandbox; default-src 'none'; img-src 'self'"),
+    );
+    Ok(res)
+}
+
+async fn output(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Path(job_id): Path<String>,
+) -> Result<Response, WebError> {
+    download(&app, &who, &job_id, |j| &j.result_key, "image/png", ".png").await
+}
+
+async fn sidecar(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+    Path(job_id): Path<String>,
+) -> Result<Response, WebError> {
+    download(
+        &app,
+        &who,
+        &job_id,
+        |j| &j.sidecar_key,
+        "application/json",
+        ".json",
+    )
+    .await
+}
+
+async fn worker_list(app: &App, who: &Arc<Session>) -> Result<Vec<v1::WorkerInfo>, WebError> {
+    app.client(who.token())
+        .list_workers(v1::ListWorkersRequest {})
+        .await
+        .map_err(|s| WebError::Coordinator(Arc::clone(who), s))
+        .map(|r| r.into_inner().workers)
+}
+
+async fn workers(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+) -> Result<Html<String>, WebError> {
+    let list = worker_list(&app, &who).await?;
+    Ok(Html(html::workers(&who, &list, now_ms())))
+}
+
+async fn worker_rows(
+    State(app): State<Arc<App>>,
+    SignedIn(who): SignedIn,
+) -> Result<Html<String>, WebError> {
+    let list = worker_list(&app, &who).await?;
+    Ok(Html(html::worker_rows(&list, now_ms())))
 }

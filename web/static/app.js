@@ -1,6 +1,7 @@
 // stylefarm web interface: live updates without reloading the page.
 // The batch page follows the coordinator's events for its batch (server-sent events);
-// the batches page refreshes its table body every few seconds.
+// the batches and workers pages refresh their table bodies every few seconds; a job page
+// fetches its live part again while the job runs.
 "use strict";
 
 function setText(el, text) { if (el && el.textContent !== text) el.textContent = text; }
@@ -13,10 +14,56 @@ function progressCell(cell, done, all) {
   setText(num, done + "/" + all);
 }
 
+// An image not written yet (no checkpoint so far) gives way to its "no image yet" note;
+// a later load brings it back.
+function watchImages(root) {
+  for (const img of root.querySelectorAll("img")) {
+    const note = img.nextElementSibling;
+    const show = (ok) => { img.hidden = !ok; if (note && note.classList.contains("noimage")) note.hidden = ok; };
+    img.addEventListener("error", () => show(false));
+    img.addEventListener("load", () => show(true));
+    if (img.complete && img.naturalWidth === 0 && img.getAttribute("src")) show(false);
+  }
+}
+
+// A job's tile in the batch grid: its result once it succeeded, else its latest preview
+// (fetched again at most every 5 s while it runs).
+const tileLoaded = {};
+function updateTile(ev) {
+  const tile = document.querySelector('li[data-tile="' + CSS.escape(ev.job) + '"]');
+  if (!tile) return;
+  const badge = tile.querySelector(".badge");
+  if (badge) { setText(badge, ev.state); badge.className = "badge state-" + ev.state; }
+  const base = "/jobs/" + encodeURIComponent(ev.job) + "/attempts/";
+  let src = null;
+  if (ev.result_attempt > 0) {
+    src = base + ev.result_attempt + "/thumbnail.jpg";
+  } else if (ev.attempt > 0) {
+    const now = Date.now();
+    if (tileLoaded[ev.job] && now - tileLoaded[ev.job] < 5000) return;
+    tileLoaded[ev.job] = now;
+    src = base + ev.attempt + "/preview.jpg?v=" + ev.iteration;
+  }
+  if (!src) return;
+  let img = tile.querySelector("img");
+  if (!img) {
+    const link = tile.querySelector("a");
+    const old = link.querySelector(".noimage");
+    img = document.createElement("img");
+    img.width = 160;
+    img.alt = ev.job;
+    const note = document.createElement("span");
+    note.className = "noimage"; note.hidden = true; note.textContent = "no image yet";
+    if (old) old.remove();
+    link.prepend(img, note);
+    watchImages(tile);
+  }
+  if (img.getAttribute("src") !== src) img.src = src;
+}
+
 function followBatch(summary) {
   const status = document.getElementById("live-status");
   const source = new EventSource(summary.dataset.events);
-  const counts = {};
   source.addEventListener("open", () => setText(status, "Live: following this batch."));
   source.addEventListener("error", () => setText(status, "Live updates paused; reconnecting…"));
   source.addEventListener("end", () => { source.close(); setText(status, "This batch has ended."); });
@@ -24,6 +71,7 @@ function followBatch(summary) {
     const ev = JSON.parse(e.data);
     const badge = summary.querySelector("[data-batch-state]");
     if (badge) { setText(badge, ev.batch_state); badge.className = "badge state-" + ev.batch_state; }
+    updateTile(ev);
     const row = document.querySelector('tr[data-job="' + CSS.escape(ev.job) + '"]');
     if (!row) return; // on another page of the table
     const cell = (f) => row.querySelector('[data-field="' + f + '"]');
@@ -49,19 +97,44 @@ function followBatch(summary) {
   });
 }
 
+async function fetchPart(url) {
+  const res = await fetch(url, { credentials: "same-origin" });
+  if (!res.ok || res.url.indexOf("/login") >= 0) return null;
+  return res.text();
+}
+
 function refreshRows(table) {
   const body = table.querySelector("tbody");
   setInterval(async () => {
     try {
-      const res = await fetch(table.dataset.refresh, { credentials: "same-origin" });
-      if (res.ok && res.url.indexOf("/login") < 0) body.innerHTML = await res.text();
+      const html = await fetchPart(table.dataset.refresh);
+      if (html !== null) body.innerHTML = html;
+    } catch (_) { /* the next tick tries again */ }
+  }, 3000);
+}
+
+// The job page's live part, fetched again every 3 s until the job has ended.
+function followJob(section) {
+  watchImages(section);
+  if (section.querySelector("[data-ended]")) return;
+  const timer = setInterval(async () => {
+    try {
+      const html = await fetchPart(section.dataset.live);
+      if (html === null) return;
+      section.innerHTML = html;
+      watchImages(section);
+      if (section.querySelector("[data-ended]")) clearInterval(timer);
     } catch (_) { /* the next tick tries again */ }
   }, 3000);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  const tiles = document.querySelector("ul.tiles");
+  if (tiles) watchImages(tiles);
   const summary = document.querySelector("section.summary[data-events]");
   if (summary) followBatch(summary);
   const table = document.querySelector("table[data-refresh]");
   if (table) refreshRows(table);
+  const job = document.querySelector("section[data-live]");
+  if (job) followJob(job);
 });

@@ -160,6 +160,37 @@ impl Browser {
         .await;
     }
 
+    /// The natural width of the first image `css` finds once it has loaded (0 while it
+    /// has not, or could not).
+    async fn image_width(&self, css: &str) -> u64 {
+        self.client
+            .execute(
+                "const i = document.querySelector(arguments[0]); return i && i.complete && !i.hidden ? i.naturalWidth : 0;",
+                vec![css.into()],
+            )
+            .await
+            .ok()
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    }
+
+    /// GETs `path` from the page's own script: status and content type.
+    async fn head(&self, path: &str) -> (u64, String) {
+        let out = self
+            .client
+            .execute_async(
+                "const [path, done] = arguments;
+                 fetch(path).then(r => done([r.status, r.headers.get('content-type') || '']));",
+                vec![path.into()],
+            )
+            .await
+            .expect("fetch");
+        (
+            out[0].as_u64().unwrap_or(0),
+            out[1].as_str().unwrap_or("").to_owned(),
+        )
+    }
+
     /// POSTs a form from the page's own script (as a forged or scripted request would).
     async fn post(&self, path: &str, body: &str) -> (u64, String) {
         let out = self
@@ -179,7 +210,7 @@ impl Browser {
     }
 }
 
-fn web(coordinator: &CoordinatorProc, dir: &Path) -> (Proc, String) {
+fn web(coordinator: &CoordinatorProc, dir: &Path, storage: &[String]) -> (Proc, String) {
     let security = coordinator.security.as_ref().expect("a secure coordinator");
     let ready = dir.join("web.ready");
     let proc = Proc::spawn(
@@ -198,6 +229,7 @@ fn web(coordinator: &CoordinatorProc, dir: &Path) -> (Proc, String) {
             .arg(&security.pki.key)
             .arg("--ready-file")
             .arg(&ready)
+            .args(storage)
             .env("RUST_LOG", "warn"),
     );
     let body = poll_file(&ready, Duration::from_secs(30));
@@ -233,7 +265,8 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
     );
     let storage = garage.storage_flags("farm");
     let _worker = coordinator.worker("w", &real_weights(), &storage);
-    let (_web, base) = web(&coordinator, dir.path());
+    // The interface reads storage with a key that may only read.
+    let (_web, base) = web(&coordinator, dir.path(), &garage.read_only_flags("farm"));
     let tokens = &coordinator.security.as_ref().expect("secure").tokens;
     let browser = Browser::start(dir.path()).await;
     let b = &browser.client;
@@ -267,6 +300,11 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
     style: {shared}/fixtures/styles/the_scream.jpg
     params:
       iterations: 5
+  - name: quick
+    content: {shared}/fixtures/content/tubingen.jpg
+    style: {shared}/fixtures/styles/the_scream.jpg
+    params:
+      iterations: 60
   - name: slow
     content: {shared}/fixtures/content/tubingen.jpg
     style: {shared}/fixtures/styles/starry_night.jpg
@@ -340,7 +378,125 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
         .await
         .expect("mark");
     assert_eq!(mark, "unreloaded", "the page was never reloaded");
+    // The grid shows the finished job's result and the running job's live preview.
+    let quick = job(&coordinator, &batch, "quick").await.job_id;
+    until(
+        "the finished job's thumbnail shows in the grid",
+        Duration::from_secs(60),
+        async || {
+            let css = format!("li[data-tile=\"{quick}\"] img[src$=\"thumbnail.jpg\"]");
+            (browser.image_width(&css).await > 0).then_some(())
+        },
+    )
+    .await;
+    until(
+        "a preview of the running job shows in the grid",
+        Duration::from_secs(60),
+        async || {
+            (browser
+                .image_width(&format!("li[data-tile=\"{slow}\"] img"))
+                .await
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
     browser.shot("batch").await;
+    b.execute(
+        "document.querySelector('ul.tiles').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .expect("scroll");
+    browser.shot("batch-images").await;
+
+    // The running job's page: its preview beside its inputs, a loss curve with points,
+    // its attempt with the worker that runs it, its parameters.
+    b.goto(&format!("{base}/jobs/{slow}"))
+        .await
+        .expect("job page");
+    until(
+        "the job page shows a preview",
+        Duration::from_secs(30),
+        async || (browser.image_width("#job-live figure img").await > 0).then_some(()),
+    )
+    .await;
+    assert!(
+        browser.image_width("img[src$=\"content.jpg\"]").await > 0,
+        "the content shows"
+    );
+    assert!(
+        browser.image_width("img[src$=\"style-0.jpg\"]").await > 0,
+        "the style shows"
+    );
+    let points = |v: serde_json::Value| v.as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let curve = async || {
+        let v = b
+            .execute(
+                "const f = document.querySelector('figure.curve'); const p = f && f.querySelector('path[stroke=\"#222222\"]');
+                 return f && p && p.getAttribute('d').split('L').length > 1 ? f.dataset.points : '0';",
+                vec![],
+            )
+            .await
+            .ok()?;
+        Some(points(v)).filter(|n| *n > 1)
+    };
+    let before = until("the loss curve has points", Duration::from_secs(30), curve).await;
+    until(
+        "the curve grows without a reload",
+        Duration::from_secs(60),
+        async || curve().await.filter(|n| *n > before),
+    )
+    .await;
+    let attempts = browser.text("table.attempts").await.unwrap_or_default();
+    assert!(
+        attempts.contains("-w") && attempts.contains("cpu"),
+        "{attempts}"
+    );
+    let params = browser.text("table.params").await.unwrap_or_default();
+    assert!(
+        params.contains("iterations") && params.contains("20000"),
+        "{params}"
+    );
+    browser.shot("job").await;
+
+    // The finished job's page: its result, and its output served from storage.
+    b.goto(&format!("{base}/jobs/{quick}"))
+        .await
+        .expect("job page");
+    assert!(
+        browser.image_width("img[src$=\"thumbnail.jpg\"]").await > 0,
+        "the result shows"
+    );
+    assert!(curve().await.is_some(), "the finished job has its curve");
+    assert_eq!(
+        browser.head(&format!("/jobs/{quick}/output.png")).await,
+        (200, "image/png".to_owned())
+    );
+    assert_eq!(
+        browser.head(&format!("/jobs/{quick}/sidecar.json")).await,
+        (200, "application/json".to_owned())
+    );
+    assert_eq!(
+        browser
+            .head(&format!("/jobs/{quick}/attempts/9/thumbnail.jpg"))
+            .await
+            .0,
+        400,
+        "an attempt the job never had"
+    );
+    browser.shot("job-finished").await;
+
+    // The workers page: the worker is live and holds the running job.
+    b.goto(&format!("{base}/workers"))
+        .await
+        .expect("workers page");
+    let row = browser.text("tr[data-worker]").await.unwrap_or_default();
+    assert!(row.contains("live") && row.contains(&slow), "{row}");
+    browser.shot("workers").await;
+    b.goto(&format!("{base}/batches/{batch}"))
+        .await
+        .expect("back to the batch");
 
     // A form without the session's CSRF token is refused, and changes nothing.
     let (status, body) = browser

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use prost::Message;
 use stylefarm_proto::v1::{self, style_farm_server::StyleFarm};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -158,6 +159,30 @@ impl<S: Store> StyleFarm for ClientApi<S> {
             })
             .collect();
         Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %req.get_ref().job_id))]
+    async fn get_job(
+        &self,
+        req: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::JobDetail>, Status> {
+        auth::reader(&req)?;
+        let id = convert::id("job_id", &req.get_ref().job_id).map_err(ApiError::from)?;
+        let (job, spec) = self
+            .state
+            .store
+            .job_with_spec(id)
+            .await
+            .map_err(ApiError::from)?;
+        let mut spec = v1::JobSpec::decode(spec.as_slice()).map_err(|e| ApiError::CorruptSpec {
+            job_id: job.job_id.clone(),
+            reason: e.to_string(),
+        })?;
+        spec.output_key = stylefarm_core::layout::output_key(&job.batch_id, &job.name);
+        Ok(Response::new(v1::JobDetail {
+            job: Some(convert::job_status(&job)),
+            spec: Some(spec),
+        }))
     }
 
     type WatchBatchStream = ReceiverStream<Result<v1::BatchEvent, Status>>;

@@ -226,6 +226,12 @@ pub trait Store: Send + Sync + 'static {
     /// One job.
     fn job(&self, job_id: &str) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
+    /// One job and its encoded spec, read together.
+    fn job_with_spec(
+        &self,
+        job_id: &str,
+    ) -> impl Future<Output = Result<(JobRecord, Vec<u8>), StoreError>> + Send;
+
     /// Counts for the metrics endpoint.
     fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
 

@@ -834,6 +834,18 @@ impl Store for SqliteStore {
         self.read(move |conn| job(conn, &job_id)).await
     }
 
+    async fn job_with_spec(&self, job_id: &str) -> Result<(JobRecord, Vec<u8>), StoreError> {
+        let job_id = job_id.to_owned();
+        self.read(move |conn| {
+            let record = job(conn, &job_id)?;
+            let spec: Vec<u8> = conn
+                .prepare_cached("SELECT spec FROM specs WHERE job_id = ?1")?
+                .query_row([&job_id], |r| r.get(0))?;
+            Ok((record, spec))
+        })
+        .await
+    }
+
     async fn stats(&self) -> Result<Stats, StoreError> {
         self.read(|conn| {
             let jobs_by_state = conn

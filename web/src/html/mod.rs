@@ -8,6 +8,12 @@ use stylefarm_proto::{convert, v1};
 
 use crate::session::Session;
 
+pub mod job;
+mod workers;
+
+pub use job::{job, job_live, JobView};
+pub use workers::{worker_rows, workers};
+
 /// `s` safe inside HTML text and double-quoted attributes.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -28,7 +34,7 @@ pub fn esc(s: &str) -> String {
 pub fn page(title: &str, who: Option<&Session>, body: &str) -> String {
     let nav = match who {
         Some(s) => format!(
-            r#"<nav aria-label="Main"><a href="/batches">Batches</a></nav>
+            r#"<nav aria-label="Main"><a href="/batches">Batches</a> <a href="/workers">Workers</a></nav>
 <form class="who" method="post" action="/logout"><input type="hidden" name="csrf" value="{csrf}">
 <span>Signed in as <strong>{name}</strong> ({roles})</span> <button type="submit">Sign out</button></form>"#,
             csrf = esc(&s.csrf),
@@ -166,7 +172,7 @@ pub fn eta_of_jobs(b: &v1::Batch, now_ms: i64) -> Option<i64> {
     })
 }
 
-fn progress(done: u32, all: u32, label: &str) -> String {
+pub(crate) fn progress(done: u32, all: u32, label: &str) -> String {
     let pct = (u64::from(done) * 100)
         .checked_div(u64::from(all))
         .unwrap_or(0);
@@ -240,7 +246,7 @@ pub fn batches(who: &Session, batches: &[v1::Batch], filter: Option<&str>, now_m
     page("Batches", Some(who), &body)
 }
 
-fn action(path: &str, csrf: &str, label: &str, class: &str) -> String {
+pub(crate) fn action(path: &str, csrf: &str, label: &str, class: &str) -> String {
     format!(
         r#"<form method="post" action="{path}" class="inline"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="{class}">{label}</button></form>"#,
         path = esc(path),
@@ -264,7 +270,7 @@ fn job_row(j: &v1::JobStatus, batch_id: &str, who: &Session, owner: &str) -> Str
         String::new()
     };
     format!(
-        r#"<tr data-job="{id}"><td>{name}</td><td data-field="state"><span class="badge state-{state}">{state}</span></td><td class="num" data-field="attempt">{attempt}</td><td data-field="worker">{worker}</td><td data-field="progress">{progress}</td><td data-field="losses" class="num">{loss}</td><td data-field="error" class="error-text">{error}</td><td>{cancel}</td></tr>"#,
+        r#"<tr data-job="{id}"><td><a href="/jobs/{id}">{name}</a></td><td data-field="state"><span class="badge state-{state}">{state}</span></td><td class="num" data-field="attempt">{attempt}</td><td data-field="worker">{worker}</td><td data-field="progress">{progress}</td><td data-field="losses" class="num">{loss}</td><td data-field="error" class="error-text">{error}</td><td>{cancel}</td></tr>"#,
         id = esc(&j.job_id),
         name = esc(&j.name),
         attempt = j.attempt,
@@ -302,8 +308,10 @@ pub fn batch(who: &Session, b: &v1::Batch, page_token: &str, now_ms: i64) -> Str
         }
     }
     let mut rows = String::new();
+    let mut tiles = String::new();
     for j in &b.jobs {
         rows.push_str(&job_row(j, &b.batch_id, who, &b.owner));
+        tiles.push_str(&job::tile(j));
     }
     let mut pager = String::new();
     if !page_token.is_empty() {
@@ -331,7 +339,9 @@ pub fn batch(who: &Session, b: &v1::Batch, page_token: &str, now_ms: i64) -> Str
 <tbody>{rows}</tbody>
 </table>
 <nav class="pager" aria-label="Pages of jobs">{pager}</nav>
-<p class="live" aria-live="polite" id="live-status"></p>"#,
+<p class="live" aria-live="polite" id="live-status"></p>
+<h2>Images</h2>
+<ul class="tiles" aria-label="Results and live previews of the jobs above">{tiles}</ul>"#,
         name = esc(&b.name),
         owner = esc(&b.owner),
         prio = b.priority,
