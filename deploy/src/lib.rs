@@ -290,6 +290,9 @@ pub struct HttpGet {
     pub path: String,
     /// A port name or number.
     pub port: String,
+    /// `HTTP` (the default) or `HTTPS`.
+    #[serde(default)]
+    pub scheme: Option<String>,
 }
 
 /// A Service port.

@@ -19,12 +19,13 @@ use stylefarm_testkit::fixtures::{real_weights, shared};
 use stylefarm_testkit::garage::Garage;
 use stylefarm_testkit::pki::{tokens, Pki};
 use stylefarm_testkit::process::{
-    http_get, output_within, poll_file, ready_field, workspace_bin, Proc,
+    http_get, https_get, output_within, poll_file, ready_field, workspace_bin, Proc,
 };
 
 const COORDINATOR: (&str, &str) = ("StatefulSet", "stylefarm-coordinator");
 const WORKER: (&str, &str) = ("Deployment", "stylefarm-worker");
 const WEIGHTS_JOB: (&str, &str) = ("Job", "stylefarm-weights");
+const WEB: (&str, &str) = ("Deployment", "stylefarm-web");
 /// The file `stylefarm weights fetch vgg19` writes into its cache folder.
 const FETCHED_VGG19: &str = "stylefarm/weights/vgg19-torchvision.safetensors";
 /// The label studios put on the pods that submit (README.md).
@@ -268,9 +269,66 @@ fn the_manifests_are_whole_and_agree_with_each_other() {
         secret_of("STYLEFARM_TLS_KEY_FILE")
     );
 
+    // The web interface: served on its named port over HTTPS with a certificate of its
+    // own, probed there, reaching the coordinator as the workers do, and reading storage
+    // with a key of its own (one that may only read), not the workers'.
+    let (web_pod, web) = d.pod(WEB.0, WEB.1);
+    let webenv = d.env(web, "stylefarm-web-abc", &secret);
+    assert_eq!(port_of(&webenv["STYLEFARM_WEB_LISTEN"]), web.port("https"));
+    for p in &d.get("Service", WEB.1).spec.ports {
+        assert_eq!(web.port(&p.target_port), web.port("https"));
+    }
+    let mut probes = 0;
+    for (kind, probe) in web.probes() {
+        let get = probe
+            .http_get
+            .as_ref()
+            .unwrap_or_else(|| panic!("web {kind} is HTTP"));
+        assert_eq!(
+            (
+                get.path.as_str(),
+                web.port(&get.port),
+                get.scheme.as_deref()
+            ),
+            ("/healthz", web.port("https"), Some("HTTPS")),
+            "web {kind}"
+        );
+        probes += 1;
+    }
+    assert!(probes > 0, "the web interface is probed");
+    assert_eq!(
+        webenv["STYLEFARM_COORDINATOR"],
+        wenv["STYLEFARM_COORDINATOR"]
+    );
+    let web_secret = |var: &str| {
+        web_pod
+            .secret_file(web, &webenv[var])
+            .map(|(s, _)| s.secret_name.clone())
+            .unwrap_or_else(|| panic!("web: {var} is a Secret's"))
+    };
+    assert_eq!(
+        web_secret("STYLEFARM_WEB_CERT_FILE"),
+        web_secret("STYLEFARM_WEB_KEY_FILE")
+    );
+    assert_ne!(
+        Some(web_secret("STYLEFARM_WEB_CERT_FILE")),
+        secret_of("STYLEFARM_TLS_CERT_FILE"),
+        "the coordinator's key stays in its own pod"
+    );
+    let web_access = &webenv["STYLEFARM_S3_ACCESS_KEY"];
+    assert_eq!(
+        web_access.split('/').next(),
+        Some(web_secret("STYLEFARM_S3_SECRET_KEY_FILE").as_str())
+    );
+    assert_ne!(
+        web_access.split('/').next(),
+        access.split('/').next(),
+        "the web interface has a storage key of its own, not the workers'"
+    );
+
     // README.md tells how to create every Secret a pod uses, with its keys.
     let readme = std::fs::read_to_string(d.dir.join("README.md")).expect("deploy/README.md");
-    let mut needles: BTreeSet<&str> = access.split('/').collect();
+    let mut needles: BTreeSet<&str> = access.split('/').chain(web_access.split('/')).collect();
     for (_, spec) in d.pods() {
         for secret in spec.volumes.iter().filter_map(|v| v.secret.as_ref()) {
             needles.insert(&secret.secret_name);
@@ -334,8 +392,8 @@ fn every_file_setting_is_a_read_only_secret() {
     }
 }
 
-/// The NetworkPolicy isolates the coordinator: gRPC from the workers and from pods
-/// labelled as submitters, metrics from the monitoring namespace, nothing else.
+/// The NetworkPolicy isolates the coordinator: gRPC from the workers, the web interface
+/// and pods labelled as submitters, metrics from the monitoring namespace, nothing else.
 #[test]
 fn only_workers_submitters_and_monitoring_reach_the_coordinator() {
     let d = deploy();
@@ -415,6 +473,12 @@ fn only_workers_submitters_and_monitoring_reach_the_coordinator() {
         allowed[&grpc].iter().any(|p| p.namespace_selector.is_none()
             && p.pod_selector.as_ref().is_some_and(|s| s.matches(worker))),
         "{name}: the workers reach gRPC"
+    );
+    let web = pod_labels(&d, WEB);
+    assert!(
+        allowed[&grpc].iter().any(|p| p.namespace_selector.is_none()
+            && p.pod_selector.as_ref().is_some_and(|s| s.matches(web))),
+        "{name}: the web interface reaches gRPC"
     );
     let submitter = BTreeMap::from([(SUBMITTER_LABEL.to_owned(), "true".to_owned())]);
     assert!(
@@ -611,8 +675,13 @@ fn the_farm_runs_as_deployed() {
     let ids = tokens(&tokens_dir);
     let read =
         |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let (read_key, read_secret) = garage.read_only_key();
     let secrets: BTreeMap<String, String> = [
         ("stylefarm-s3/access-key-id", garage.access_key.clone()),
+        ("stylefarm-web-s3/access-key-id", read_key),
+        ("stylefarm-web-s3/secret-access-key", read_secret),
+        ("stylefarm-web-tls/tls.crt", read(&pki.cert)),
+        ("stylefarm-web-tls/tls.key", read(&pki.key)),
         ("stylefarm-s3/secret-access-key", garage.secret_key.clone()),
         ("stylefarm-coordinator-tls/tls.crt", read(&pki.cert)),
         ("stylefarm-coordinator-tls/tls.key", read(&pki.key)),
@@ -784,7 +853,46 @@ fn the_farm_runs_as_deployed() {
     let status = cli(&["status", &batch, "--json"]);
     assert!(status.contains("succeeded"), "{status}");
 
+    // The web interface as its Deployment runs it (listening on port 0, the test's
+    // coordinator and S3 server): its probe answers over HTTPS with its certificate,
+    // and it serves the sign-in page.
+    let (webpod, web) = d.pod(WEB.0, WEB.1);
+    let webroot = dir.path().join("web");
+    let mut webenv = d.env(web, "stylefarm-web-abc", &secret);
+    mount_secrets(webpod, web, &mut webenv, &webroot, &secrets);
+    let web_ready = dir.path().join("web.ready");
+    for (k, v) in [
+        ("STYLEFARM_WEB_LISTEN", "127.0.0.1:0".to_owned()),
+        ("STYLEFARM_WEB_READY_FILE", web_ready.display().to_string()),
+        ("STYLEFARM_COORDINATOR", coordinator_url.clone()),
+        ("STYLEFARM_S3_ENDPOINT", garage.endpoint.clone()),
+        ("STYLEFARM_STORAGE", storage.clone()),
+        ("STYLEFARM_S3_REGION", "garage".into()),
+    ] {
+        webenv.insert(k.into(), v);
+    }
+    let (bin, args) = binary(web);
+    assert!(args.is_empty());
+    let mut web_proc = spawn(&bin, &webenv);
+    let web_addr = ready_field(&poll_file(&web_ready, Duration::from_secs(30)), "web");
+    for (kind, probe) in web.probes() {
+        let path = &probe.http_get.as_ref().expect("HTTP probe").path;
+        let (status, _) = https_get(&web_addr, path, &pki.ca);
+        assert!(
+            status.ends_with(" 200 OK"),
+            "web {kind} GET {path} answered {status}"
+        );
+    }
+    let (status, page) = https_get(&web_addr, "/login", &pki.ca);
+    assert!(
+        status.ends_with(" 200 OK") && page.contains("Sign in"),
+        "{status}"
+    );
+
     // A rollout or drain: SIGTERM, and each process exits 0 inside its pod's grace period.
+    web_proc.signal("TERM");
+    let s = web_proc.wait_within(Duration::from_secs(webpod.grace_seconds()));
+    assert!(s.success(), "web exited {s}");
     worker.signal("TERM");
     let s = worker.wait_within(Duration::from_secs(wpod.grace_seconds()));
     assert!(s.success(), "worker exited {s}");

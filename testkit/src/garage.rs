@@ -252,9 +252,9 @@ impl Garage {
         ]
     }
 
-    /// [`Garage::storage_flags`] with a key of its own that may only read the bucket
-    /// (what the web interface is given), created on first use.
-    pub fn read_only_flags(&self, prefix: &str) -> Vec<String> {
+    /// A key of its own that may only read the bucket (what the web interface is
+    /// given), created on first use: (access key id, secret key).
+    pub fn read_only_key(&self) -> (String, String) {
         let id = format!("GK{}", hex_of(&format!("read-{}", self.access_key), 24));
         let secret = hex_of(&format!("read-secret-{}", self.secret_key), 64);
         let garage = |args: &[&str]| {
@@ -272,6 +272,12 @@ impl Garage {
         };
         garage(&["key", "import", "--yes", "-n", "read-only", &id, &secret]);
         garage(&["bucket", "allow", "--read", &self.bucket, "--key", &id]);
+        (id, secret)
+    }
+
+    /// [`Garage::storage_flags`] with [`Garage::read_only_key`].
+    pub fn read_only_flags(&self, prefix: &str) -> Vec<String> {
+        let (id, secret) = self.read_only_key();
         let mut flags = self.storage_flags(prefix);
         flags.truncate(flags.len() - 2);
         flags.push(format!("--s3-access-key={id}"));

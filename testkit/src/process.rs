@@ -236,6 +236,46 @@ pub fn http_get(addr: &str, path: &str) -> (String, String) {
     )
 }
 
+/// An HTTPS/1.1 GET on `addr` (an IP address and port) trusting only the CA in `ca`
+/// (PEM); returns (status line, body).
+pub fn https_get(addr: &str, path: &str, ca: &Path) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).expect("read the CA");
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("a CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
+    let name = rustls_pki_types::ServerName::try_from(host).expect("a server name");
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("TLS client");
+    let tcp = std::net::TcpStream::connect(addr).expect("connect https");
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = Vec::new();
+    // A server that closes without close_notify still sent what it sent.
+    let _ = s.read_to_end(&mut raw);
+    let out = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
 /// Waits for a file to appear (written whole, by rename) and returns its contents.
 pub fn poll_file(path: &Path, timeout: Duration) -> String {
     let start = Instant::now();

@@ -63,6 +63,8 @@ impl App {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/batches") }))
+        // For probes: the process serves; says nothing of the farm.
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/batches", get(batches))
