@@ -345,6 +345,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             .map(|l| [l.total, l.content, l.style, l.tv])
             .collect(),
         scales: s.schedule.iter().map(|r| (r.first_loss, r.side)).collect(),
+        stride: 1,
     };
     let title = args
         .out

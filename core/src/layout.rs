@@ -28,8 +28,14 @@ pub const VIEW_SIDE: u32 = 320;
 /// Largest view image accepted back from storage.
 pub const MAX_VIEW_IMAGE_BYTES: u64 = 1 << 20;
 
-/// Largest `progress.json` or sidecar read back for a loss curve.
-pub const MAX_CURVE_BYTES: u64 = 32 << 20;
+/// Largest `progress.json` read back (its curve is thinned to [`PROGRESS_POINTS`]).
+pub const MAX_PROGRESS_BYTES: u64 = 1 << 20;
+
+/// Most points of a progress file's loss curve: longer runs keep every n-th.
+pub const PROGRESS_POINTS: usize = 2000;
+
+/// Most scales a progress file lists.
+pub const PROGRESS_SCALES: usize = 64;
 
 /// Where the published output of a job goes.
 pub fn output_key(batch_id: &str, name: &str) -> String {
@@ -113,12 +119,57 @@ pub struct AttemptProgress {
     pub iteration: u32,
     /// Iterations over the whole schedule.
     pub iterations: u32,
-    /// Losses at each iteration.
+    /// Losses at every `loss_stride`-th iteration, from the first.
     pub loss_curve: Vec<Losses>,
+    /// Iterations between entries of `loss_curve`.
+    #[serde(default = "one")]
+    pub loss_stride: usize,
     /// The scales begun so far, coarse to fine, each with where its losses begin in
     /// `loss_curve`.
     #[serde(default)]
     pub schedule: Vec<ScaleRun>,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl AttemptProgress {
+    /// Sets the loss curve from every iteration's `history`, keeping at most
+    /// [`PROGRESS_POINTS`] (every n-th), and the first [`PROGRESS_SCALES`] of
+    /// `schedule` with their starts moved to match.
+    pub fn with_curve(mut self, history: &[Losses], schedule: &[ScaleRun]) -> Self {
+        let stride = history.len().div_ceil(PROGRESS_POINTS).max(1);
+        self.loss_curve = history.iter().step_by(stride).copied().collect();
+        self.loss_stride = stride;
+        self.schedule = schedule
+            .iter()
+            .take(PROGRESS_SCALES)
+            .map(|r| ScaleRun {
+                first_loss: r.first_loss.div_ceil(stride),
+                ..r.clone()
+            })
+            .collect();
+        self
+    }
+
+    /// The loss curve to draw.
+    pub fn curve(&self) -> Option<crate::plot::Curve> {
+        (!self.loss_curve.is_empty()).then(|| crate::plot::Curve {
+            points: self
+                .loss_curve
+                .iter()
+                .map(|l| [l.total, l.content, l.style, l.tv])
+                .collect(),
+            scales: self
+                .schedule
+                .iter()
+                .take(PROGRESS_SCALES)
+                .map(|r| (r.first_loss, r.side))
+                .collect(),
+            stride: self.loss_stride.max(1),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -171,27 +222,43 @@ mod tests {
     }
 
     #[test]
-    fn a_progress_file_draws_as_a_curve_with_its_scales() {
-        let p = AttemptProgress {
-            worker: "w1".into(),
-            iteration: 3,
-            iterations: 10,
-            loss_curve: vec![
+    fn a_long_run_is_thinned_to_a_bounded_curve_that_keeps_its_iterations_and_scales() {
+        let history: Vec<Losses> = (0..5000)
+            .map(|i| {
+                let f = f64::from(i);
                 Losses {
                     content: 1.0,
-                    style: 2.0,
+                    style: 1e4 / (1.0 + f),
                     tv: 0.5,
-                    total: 3.5
-                };
-                3
-            ],
-            schedule: vec![run(256, 0), run(512, 2)],
+                    total: 1.5 + 1e4 / (1.0 + f),
+                }
+            })
+            .collect();
+        let p = AttemptProgress {
+            worker: "w1".into(),
+            iteration: 5000,
+            iterations: 5000,
             ..AttemptProgress::default()
-        };
-        let json = serde_json::to_value(&p).unwrap();
-        let curve = crate::plot::from_sidecar(&json).unwrap();
-        assert_eq!(curve.points.len(), 3);
-        assert_eq!(curve.points[0], [3.5, 1.0, 2.0, 0.5]);
-        assert_eq!(curve.scales, vec![(0, 256), (2, 512)]);
+        }
+        .with_curve(&history, &[run(256, 0), run(512, 3000)]);
+        assert_eq!((p.loss_stride, p.loss_curve.len()), (3, 1667));
+        assert!(p.loss_curve.len() <= PROGRESS_POINTS);
+        assert_eq!(p.loss_curve[1], history[3], "every third iteration");
+        let curve = p.curve().expect("a curve");
+        assert_eq!(
+            curve.scales,
+            vec![(0, 256), (1000, 512)],
+            "the 512 px scale begins at 3000 / 3"
+        );
+        // The file reads back to the same curve, as the CLI's reader of sidecars sees it.
+        let json = serde_json::to_value(&p).expect("json");
+        assert_eq!(crate::plot::from_sidecar(&json), Some(curve.clone()));
+        assert!(serde_json::to_vec(&p).expect("json").len() < MAX_PROGRESS_BYTES as usize);
+        // The axis counts iterations, not points.
+        let svg = crate::plot::loss_svg("t", &curve);
+        assert!(svg.contains(">4000</text>"), "{svg}");
+        // A short run keeps every iteration.
+        let short = AttemptProgress::default().with_curve(&history[..10], &[]);
+        assert_eq!((short.loss_stride, short.loss_curve.len()), (1, 10));
     }
 }

@@ -30,10 +30,12 @@ pub type Point = [f64; 4];
 /// A sidecar's losses and where its scales begin.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Curve {
-    /// One point per iteration.
+    /// One point per `stride` iterations.
     pub points: Vec<Point>,
     /// Each scale's first index in `points` and its long side.
     pub scales: Vec<(usize, u32)>,
+    /// Iterations between points (a thinned curve's); 0 reads as 1.
+    pub stride: usize,
 }
 
 /// The losses of a sidecar's `loss_curve` (objects with `total`, `content`, `style`,
@@ -64,7 +66,15 @@ pub fn from_sidecar(sidecar: &serde_json::Value) -> Option<Curve> {
                 .collect()
         })
         .unwrap_or_default();
-    (!points.is_empty()).then_some(Curve { points, scales })
+    let stride = sidecar["loss_stride"]
+        .as_u64()
+        .and_then(|s| usize::try_from(s).ok())
+        .unwrap_or(1);
+    (!points.is_empty()).then_some(Curve {
+        points,
+        scales,
+        stride,
+    })
 }
 
 /// An SVG chart of a curve titled `title`; a schedule of more than one scale gets a
@@ -115,10 +125,11 @@ pub fn loss_svg(title: &str, curve: &Curve) -> String {
         d += 1.0;
     }
     // Iterations: about five labelled ticks.
-    let step = nice_step(last / 5.0);
+    let stride = curve.stride.max(1) as f64;
+    let step = nice_step(last * stride / 5.0);
     let mut i = 0.0;
-    while i <= last + 0.5 {
-        let x = x_of(i as usize);
+    while i <= last * stride + 0.5 {
+        let x = x_of((i / stride) as usize);
         let _ = writeln!(
             svg,
             r##"<line x1="{x:.1}" y1="{y1:.1}" x2="{x:.1}" y2="{y2:.1}" stroke="#888888"/><text x="{x:.1}" y="{ty:.1}" text-anchor="middle">{i}</text>"##,
@@ -219,6 +230,7 @@ mod tests {
                 })
                 .collect(),
             scales: Vec::new(),
+            stride: 1,
         }
     }
 

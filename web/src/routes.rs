@@ -144,6 +144,9 @@ impl IntoResponse for WebError {
             Self::View(ViewError::Missing) => {
                 (StatusCode::NOT_FOUND, "not written yet").into_response()
             }
+            Self::View(ViewError::Busy) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "storage is busy; try again").into_response()
+            }
             Self::View(e) => {
                 tracing::warn!(cause = %e, "storage read failed");
                 (StatusCode::BAD_GATEWAY, "storage could not be read").into_response()
@@ -429,6 +432,7 @@ struct JobEvent<'a> {
     error: &'a str,
     batch_state: &'static str,
     result_attempt: u32,
+    checkpoint: u32,
 }
 
 /// Live changes of a batch's jobs (server-sent events from the coordinator's WatchBatch,
@@ -461,6 +465,7 @@ async fn events(
                 error: &job.error,
                 batch_state: html::batch_state(e.batch_state),
                 result_attempt: job.result_attempt,
+                checkpoint: html::job::checkpointed(&job),
             };
             let data = serde_json::to_string(&event).ok()?;
             Some(Ok(Event::default().event("job").data(data)))
@@ -597,6 +602,23 @@ fn status_of(d: &v1::JobDetail) -> v1::JobStatus {
     d.job.clone().unwrap_or_default()
 }
 
+/// Attempt `n`'s progress file: `None` when it has none (it ended before its first
+/// checkpoint) or it could not be read (logged).
+async fn progress(
+    app: &App,
+    j: &v1::JobStatus,
+    n: u32,
+) -> Option<stylefarm_core::layout::AttemptProgress> {
+    match app.views.progress(&j.batch_id, &j.job_id, n).await {
+        Ok(p) => Some(p),
+        Err(ViewError::Missing) => None,
+        Err(e) => {
+            tracing::warn!(job = %j.job_id, attempt = n, cause = %e, "progress file not read");
+            None
+        }
+    }
+}
+
 /// Attempts listed on a job page, newest first.
 const ATTEMPTS_LISTED: u32 = 10;
 
@@ -617,11 +639,13 @@ async fn job(
         .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?
         .into_inner();
     let first = j.attempt.saturating_sub(ATTEMPTS_LISTED - 1).max(1);
-    let mut attempts = Vec::new();
-    for n in (first..=j.attempt).rev() {
-        let p = app.views.progress(&j.batch_id, &j.job_id, n).await.ok();
-        attempts.push((n, p));
-    }
+    let numbers: Vec<u32> = (first..=j.attempt).rev().collect();
+    let read = numbers.iter().map(|&n| progress(&app, &j, n));
+    let attempts: Vec<(u32, Option<stylefarm_core::layout::AttemptProgress>)> = numbers
+        .iter()
+        .copied()
+        .zip(futures_util::future::join_all(read).await)
+        .collect();
     let shown = html::job::shown_attempt(&j);
     let progress = attempts
         .iter()
@@ -645,7 +669,7 @@ async fn job_live(
     let detail = job_detail(&app, &who, &job_id).await?;
     let j = status_of(&detail);
     let progress = match html::job::shown_attempt(&j) {
-        Some(n) => app.views.progress(&j.batch_id, &j.job_id, n).await.ok(),
+        Some(n) => progress(&app, &j, n).await,
         None => None,
     };
     let spec = detail.spec.unwrap_or_default();
@@ -707,9 +731,9 @@ async fn download(
     if key.is_empty() {
         return Err(WebError::View(ViewError::Missing));
     }
-    let bytes = app.views.download(key).await.map_err(WebError::View)?;
+    let (bytes, turn) = app.views.download(key).await.map_err(WebError::View)?;
     let disposition = format!("inline; filename=\"{}{name}\"", j.name);
-    let mut res = ([(header::CONTENT_TYPE, kind)], bytes).into_response();
+    let mut res = ([(header::CONTENT_TYPE, kind)], sent_within(bytes, turn)).into_response();
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
@@ -719,6 +743,27 @@ async fn download(
         HeaderValue::from_static("sandbox; default-src 'none'; img-src 'self'"),
     );
     Ok(res)
+}
+
+/// Most time a download may take to send.
+const SEND_LIMIT: Duration = Duration::from_secs(600);
+
+/// A download's body, sent in pieces while `turn` is held: it is let go once the last
+/// piece has gone, or after [`SEND_LIMIT`] (the body then ends short).
+fn sent_within(bytes: Vec<u8>, turn: tokio::sync::OwnedSemaphorePermit) -> axum::body::Body {
+    const PIECE: usize = 256 << 10;
+    let bytes = axum::body::Bytes::from(bytes);
+    let pieces: Vec<axum::body::Bytes> = (0..bytes.len())
+        .step_by(PIECE)
+        .map(|at| bytes.slice(at..(at + PIECE).min(bytes.len())))
+        .collect();
+    let stream = tokio_stream::iter(pieces.into_iter().map(Ok::<_, Infallible>));
+    let timed = futures_util::StreamExt::take_until(stream, tokio::time::sleep(SEND_LIMIT));
+    let held = futures_util::StreamExt::map(timed, move |piece| {
+        let _held = &turn;
+        piece
+    });
+    axum::body::Body::from_stream(held)
 }
 
 async fn output(

@@ -6,16 +6,22 @@
 
 use std::time::Duration;
 
-use stylefarm_core::layout::{self, AttemptProgress, View, MAX_CURVE_BYTES, MAX_VIEW_IMAGE_BYTES};
+use std::sync::Arc;
+use stylefarm_core::layout::{
+    self, AttemptProgress, View, MAX_PROGRESS_BYTES, MAX_VIEW_IMAGE_BYTES,
+};
 use stylefarm_storage::{Limit, ObjectUrl, Storage, StorageArgs, StorageError};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Storage reads in flight at once; more wait their turn.
 const MAX_READS: usize = 8;
 /// Downloads of outputs and sidecars in flight at once (each may be large).
 const MAX_DOWNLOADS: usize = 2;
-/// A storage read gives up after this (a page waits no longer for one image).
+/// A storage read's retries of transient failures stop after this.
 const READ_RETRY: Duration = Duration::from_secs(10);
+/// A read (its turn among the others included) gives up after this, however the
+/// storage behaves: a page waits no longer for one image.
+const READ_LIMIT: Duration = Duration::from_secs(15);
 /// Largest output or sidecar served for download.
 pub const MAX_DOWNLOAD_BYTES: u64 = 512 << 20;
 
@@ -23,8 +29,8 @@ pub const MAX_DOWNLOAD_BYTES: u64 = 512 << 20;
 pub struct Views {
     root: ObjectUrl,
     storage: Storage,
-    reads: Semaphore,
-    downloads: Semaphore,
+    reads: Arc<Semaphore>,
+    downloads: Arc<Semaphore>,
 }
 
 /// A view image or download that could not be read.
@@ -36,6 +42,9 @@ pub enum ViewError {
     /// Storage failed or refused; the message names the object, never a credential.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// No answer within [`READ_LIMIT`] (storage slow, or too many reads at once).
+    #[error("no answer from storage within {READ_LIMIT:?}")]
+    Busy,
     /// The object is not what its name says (not a JPEG, not JSON).
     #[error("{0}")]
     Malformed(String),
@@ -52,22 +61,34 @@ impl Views {
         Ok(Self {
             root,
             storage,
-            reads: Semaphore::new(MAX_READS),
-            downloads: Semaphore::new(MAX_DOWNLOADS),
+            reads: Arc::new(Semaphore::new(MAX_READS)),
+            downloads: Arc::new(Semaphore::new(MAX_DOWNLOADS)),
         })
     }
 
-    async fn get(&self, key: &str, limit: &Limit, gate: &Semaphore) -> Result<Vec<u8>, ViewError> {
-        let _turn = gate
-            .acquire()
-            .await
-            .map_err(|_| ViewError::Malformed("shutting down".into()))?;
+    /// Reads `key` in its turn at `gate`, within [`READ_LIMIT`]; the turn comes back
+    /// with the bytes, for a caller that holds it while it sends them.
+    async fn get(
+        &self,
+        key: &str,
+        limit: &Limit,
+        gate: &Arc<Semaphore>,
+    ) -> Result<(Vec<u8>, OwnedSemaphorePermit), ViewError> {
         let url = self.root.join(key)?;
-        match self.storage.get(&url, limit).await {
-            Ok(b) => Ok(b),
-            Err(StorageError::NotFound { .. }) => Err(ViewError::Missing),
-            Err(e) => Err(e.into()),
-        }
+        let read = async {
+            let turn = Arc::clone(gate)
+                .acquire_owned()
+                .await
+                .map_err(|_| ViewError::Busy)?;
+            match self.storage.get(&url, limit).await {
+                Ok(b) => Ok((b, turn)),
+                Err(StorageError::NotFound { .. }) => Err(ViewError::Missing),
+                Err(e) => Err(e.into()),
+            }
+        };
+        tokio::time::timeout(READ_LIMIT, read)
+            .await
+            .map_err(|_| ViewError::Busy)?
     }
 
     /// A view image of attempt `attempt` of a job: JPEG bytes.
@@ -79,13 +100,8 @@ impl Views {
         view: View,
     ) -> Result<Vec<u8>, ViewError> {
         let key = view.key(&layout::attempt_prefix(batch_id, job_id, attempt));
-        let bytes = self
-            .get(
-                &key,
-                &Limit::new("a view image", MAX_VIEW_IMAGE_BYTES),
-                &self.reads,
-            )
-            .await?;
+        let limit = Limit::new("a view image", MAX_VIEW_IMAGE_BYTES);
+        let (bytes, _) = self.get(&key, &limit, &self.reads).await?;
         if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
             Ok(bytes)
         } else {
@@ -93,7 +109,8 @@ impl Views {
         }
     }
 
-    /// The progress file of attempt `attempt`, with its loss curve.
+    /// The progress file of attempt `attempt`, with its loss curve (thinned by the
+    /// worker to a bounded number of points).
     pub async fn progress(
         &self,
         batch_id: &str,
@@ -101,24 +118,16 @@ impl Views {
         attempt: u32,
     ) -> Result<AttemptProgress, ViewError> {
         let key = View::Progress.key(&layout::attempt_prefix(batch_id, job_id, attempt));
-        let bytes = self
-            .get(
-                &key,
-                &Limit::new("a progress file", MAX_CURVE_BYTES),
-                &self.reads,
-            )
-            .await?;
+        let limit = Limit::new("a progress file", MAX_PROGRESS_BYTES);
+        let (bytes, _) = self.get(&key, &limit, &self.reads).await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| ViewError::Malformed(format!("{key} does not read: {e}")))
     }
 
-    /// An object the coordinator named for a job (its result or sidecar), for download.
-    pub async fn download(&self, key: &str) -> Result<Vec<u8>, ViewError> {
-        self.get(
-            key,
-            &Limit::new("a download", MAX_DOWNLOAD_BYTES),
-            &self.downloads,
-        )
-        .await
+    /// An object the coordinator named for a job (its result or sidecar), for download,
+    /// with its turn among the downloads: hold it until the bytes are sent.
+    pub async fn download(&self, key: &str) -> Result<(Vec<u8>, OwnedSemaphorePermit), ViewError> {
+        let limit = Limit::new("a download", MAX_DOWNLOAD_BYTES);
+        self.get(key, &limit, &self.downloads).await
     }
 }

@@ -27,8 +27,7 @@ function watchImages(root) {
 }
 
 // A job's tile in the batch grid: its result once it succeeded, else its latest preview
-// (fetched again at most every 5 s while it runs).
-const tileLoaded = {};
+// (fetched again when a new checkpoint wrote a new one).
 function updateTile(ev) {
   const tile = document.querySelector('li[data-tile="' + CSS.escape(ev.job) + '"]');
   if (!tile) return;
@@ -38,11 +37,8 @@ function updateTile(ev) {
   let src = null;
   if (ev.result_attempt > 0) {
     src = base + ev.result_attempt + "/thumbnail.jpg";
-  } else if (ev.attempt > 0) {
-    const now = Date.now();
-    if (tileLoaded[ev.job] && now - tileLoaded[ev.job] < 5000) return;
-    tileLoaded[ev.job] = now;
-    src = base + ev.attempt + "/preview.jpg?v=" + ev.iteration;
+  } else if (ev.attempt > 0 && ev.checkpoint > 0) {
+    src = base + ev.attempt + "/preview.jpg?v=" + ev.checkpoint;
   }
   if (!src) return;
   let img = tile.querySelector("img");
@@ -103,29 +99,43 @@ async function fetchPart(url) {
   return res.text();
 }
 
-function refreshRows(table) {
-  const body = table.querySelector("tbody");
-  setInterval(async () => {
-    try {
-      const html = await fetchPart(table.dataset.refresh);
-      if (html !== null) body.innerHTML = html;
-    } catch (_) { /* the next tick tries again */ }
-  }, 3000);
+// Runs `step` 3 s after the last one finished (never two at once), not while the page
+// is hidden, backing off to 30 s while it fails; `step` returns false to stop.
+function every3s(step) {
+  let wait = 3000;
+  const tick = async () => {
+    if (!document.hidden) {
+      try {
+        if ((await step()) === false) return;
+        wait = 3000;
+      } catch (_) {
+        wait = Math.min(wait * 2, 30000);
+      }
+    }
+    setTimeout(tick, wait);
+  };
+  setTimeout(tick, wait);
 }
 
-// The job page's live part, fetched again every 3 s until the job has ended.
+function refreshRows(table) {
+  const body = table.querySelector("tbody");
+  every3s(async () => {
+    const html = await fetchPart(table.dataset.refresh);
+    if (html !== null) body.innerHTML = html;
+  });
+}
+
+// The job page's live part, fetched again until the job has ended.
 function followJob(section) {
   watchImages(section);
   if (section.querySelector("[data-ended]")) return;
-  const timer = setInterval(async () => {
-    try {
-      const html = await fetchPart(section.dataset.live);
-      if (html === null) return;
-      section.innerHTML = html;
-      watchImages(section);
-      if (section.querySelector("[data-ended]")) clearInterval(timer);
-    } catch (_) { /* the next tick tries again */ }
-  }, 3000);
+  every3s(async () => {
+    const html = await fetchPart(section.dataset.live);
+    if (html === null) return true;
+    section.innerHTML = html;
+    watchImages(section);
+    return !section.querySelector("[data-ended]");
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {

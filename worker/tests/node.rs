@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use stylefarm_core::layout::{AttemptProgress, View};
 use stylefarm_proto::v1;
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
 use stylefarm_proto::v1::worker_service_client::WorkerServiceClient;
@@ -212,6 +213,38 @@ async fn jobs_complete_into_the_bucket_and_a_corrupt_input_fails_only_its_job() 
         assert!(
             farm.storage.exists(&ck).await.expect("exists"),
             "checkpoints are written every 5 iterations"
+        );
+        // The web interface's view files: the inputs and the result small, and the
+        // final progress (written after every checkpoint's, so it is the last word).
+        let farm = &farm;
+        let view = move |v: View| async move {
+            farm.storage
+                .get(&farm.root().join(&v.key(prefix)).expect("key"), &ANY)
+                .await
+                .unwrap_or_else(|e| panic!("{v:?} of {name}: {e}"))
+        };
+        for v in [
+            View::Thumbnail,
+            View::Preview,
+            View::Content,
+            View::Style(0),
+        ] {
+            let img = image::load_from_memory(&view(v).await).expect("a JPEG");
+            assert!(
+                img.width().max(img.height()) <= stylefarm_core::layout::VIEW_SIDE,
+                "{v:?} of {name} is small"
+            );
+        }
+        let progress: AttemptProgress =
+            serde_json::from_slice(&view(View::Progress).await).expect("progress JSON");
+        assert_eq!(
+            (
+                progress.iteration,
+                progress.loss_curve.len(),
+                progress.worker.ends_with("-w1")
+            ),
+            (12, 12, true),
+            "{name}: {progress:?}"
         );
     }
     let broken = by_name("broken");

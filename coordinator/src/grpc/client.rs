@@ -46,6 +46,10 @@ impl<S: Store> ClientApi<S> {
     }
 }
 
+/// Most workers one ListWorkers answer lists (live ones first), so it fits a client's
+/// 4 MiB message limit.
+pub const MAX_LISTED_WORKERS: usize = 5000;
+
 #[tonic::async_trait]
 impl<S: Store> StyleFarm for ClientApi<S> {
     #[tracing::instrument(skip_all, fields(name = %req.get_ref().name, jobs = req.get_ref().jobs.len()))]
@@ -151,8 +155,18 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         auth::reader(&req)?;
         let known = self.state.store.workers().await.map_err(ApiError::from)?;
         let live_since = self.state.clock.now_ms() - self.state.lease_ms();
+        // Live workers first, then the most recently registered: what fits one answer.
+        let mut known = known;
+        known.sort_by_cached_key(|w| {
+            let heard = self.state.workers.last_heard(&w.id);
+            (
+                std::cmp::Reverse(heard.is_some_and(|t| t >= live_since)),
+                std::cmp::Reverse(w.registered_ms),
+            )
+        });
         let workers = known
             .iter()
+            .take(MAX_LISTED_WORKERS)
             .map(|w| {
                 let heard = self.state.workers.last_heard(&w.id);
                 convert::worker_info(w, heard, heard.is_some_and(|t| t >= live_since))

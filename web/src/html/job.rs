@@ -44,8 +44,18 @@ fn view_src(j: &v1::JobStatus, n: u32, view: View) -> String {
     format!("/jobs/{}/attempts/{n}/{}", esc(&j.job_id), view.file_name())
 }
 
+/// The iteration of the job's latest checkpoint (0 before one): its preview's version.
+pub fn checkpointed(j: &v1::JobStatus) -> u32 {
+    j.checkpoint_key
+        .rsplit_once("checkpoint-")
+        .and_then(|(_, rest)| rest.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The image that stands for a job: its result's thumbnail once it succeeded, else the
-/// latest preview (cache-busted by the iteration), with a caption of what it is.
+/// latest preview (versioned by its checkpoint, so a browser fetches it again only when
+/// a new one is written), with a caption of what it is.
 fn face(j: &v1::JobStatus) -> Option<(String, &'static str)> {
     if j.result_attempt > 0 {
         return Some((view_src(j, j.result_attempt, View::Thumbnail), "result"));
@@ -55,7 +65,7 @@ fn face(j: &v1::JobStatus) -> Option<(String, &'static str)> {
             format!(
                 "{}?v={}",
                 view_src(j, j.attempt, View::Preview),
-                j.iteration
+                checkpointed(j)
             ),
             "preview",
         )
@@ -163,11 +173,7 @@ pub fn job_live(j: &v1::JobStatus, spec: &v1::JobSpec, shown: Option<&AttemptPro
         }
     }
     out.push_str("</div>");
-    match shown
-        .and_then(|p| serde_json::to_value(p).ok())
-        .as_ref()
-        .and_then(plot::from_sidecar)
-    {
+    match shown.and_then(AttemptProgress::curve) {
         Some(curve) => {
             let _ = write!(
                 out,

@@ -283,8 +283,10 @@ struct Running {
     prefetch: Option<tokio::task::JoinHandle<Option<Ready>>>,
     uploads: tokio::task::JoinSet<(Result<(), StorageError>, String, u32)>,
     checkpoint: (String, u32),
-    /// View files uploading, in the order they came.
+    /// The view files uploading (one set at a time, so an older progress file never
+    /// lands after a newer one) and the newest set waiting its turn.
     views: tokio::task::JoinSet<()>,
+    next_views: Option<Views>,
 }
 
 impl Running {
@@ -321,21 +323,28 @@ impl Running {
             .spawn(async move { (upload(&node, &key, bytes).await, key, iteration) });
     }
 
-    /// The engine sent view files: upload them beside the run, best effort. During a
-    /// storage outage a new set is skipped while older ones are still uploading.
+    /// The engine sent view files: upload them beside the run, best effort, one set at
+    /// a time. A set that comes while another uploads waits, and a newer one replaces
+    /// it (previews and progress only: the inputs come first, alone).
     fn on_view(&mut self, node: &Arc<Node>, views: Views) {
-        if matches!(self.held.stop.reason(), Some(Stop::Cancelled | Stop::Lost)) {
+        if self.held.stop.reason().is_some() {
             return;
         }
-        while self.views.try_join_next().is_some() {}
-        if self.views.len() >= MAX_VIEW_UPLOADS {
-            tracing::debug!("view files still uploading; skipping these");
-            return;
+        if self.views.is_empty() {
+            let node = Arc::clone(node);
+            let prefix = self.held.lease.attempt_prefix.clone();
+            self.views
+                .spawn(async move { upload_views(&node, &prefix, views).await });
+        } else {
+            self.next_views = Some(views);
         }
-        let node = Arc::clone(node);
-        let prefix = self.held.lease.attempt_prefix.clone();
-        self.views
-            .spawn(async move { upload_views(&node, &prefix, views).await });
+    }
+
+    /// A set of view files is uploaded: the one waiting goes next.
+    fn on_view_uploaded(&mut self, node: &Arc<Node>) {
+        if let Some(views) = self.next_views.take() {
+            self.on_view(node, views);
+        }
     }
 
     /// A checkpoint upload ended; the newest one stored is reported at once.
@@ -374,6 +383,7 @@ async fn execute(node: &Arc<Node>, held: Held, job: EngineJob) -> Option<Ready> 
         prefetch: None,
         uploads: tokio::task::JoinSet::new(),
         views: tokio::task::JoinSet::new(),
+        next_views: None,
     };
     let finished = loop {
         tokio::select! {
@@ -385,6 +395,7 @@ async fn execute(node: &Arc<Node>, held: Held, job: EngineJob) -> Option<Ready> 
                 None => break None,
             },
             Some(done) = run.uploads.join_next(), if !run.uploads.is_empty() => run.on_upload(done),
+            Some(_) = run.views.join_next(), if !run.views.is_empty() => run.on_view_uploaded(node),
             () = node.draining.cancelled(), if run.held.stop.reason().is_none() => run.on_drain(),
             _ = stop_changed.changed() => {}
         }
@@ -395,6 +406,7 @@ async fn execute(node: &Arc<Node>, held: Held, job: EngineJob) -> Option<Ready> 
         mut uploads,
         mut checkpoint,
         mut views,
+        next_views,
         ..
     } = run;
     let tail = {
@@ -403,8 +415,15 @@ async fn execute(node: &Arc<Node>, held: Held, job: EngineJob) -> Option<Ready> 
             while let Some(done) = uploads.join_next().await {
                 record_upload(done, &mut checkpoint, &held.heartbeats);
             }
-            // The last progress file written is the final one.
+            // A stopped attempt's views are not worth waiting for; a finished one's
+            // last set lands before its final files, which are then the newest.
+            if held.stop.reason().is_some() {
+                views.abort_all();
+            }
             while views.join_next().await.is_some() {}
+            if let (Some(set), None) = (next_views, held.stop.reason()) {
+                upload_views(&node, &held.lease.attempt_prefix, set).await;
+            }
             conclude(&node, held, finished, checkpoint, &name).await;
         }
     };
@@ -489,16 +508,25 @@ fn record_upload(
     }
 }
 
-/// View uploads of one attempt in flight at most.
-const MAX_VIEW_UPLOADS: usize = 2;
+/// The longest one set of view files may take to upload: during a storage outage they
+/// give way rather than hold up the job's end.
+const VIEW_UPLOAD_LIMIT: Duration = Duration::from_secs(15);
 
-/// Uploads view files under `prefix/view/`, one after another; a failure is logged and
-/// the rest go on (the web interface's files never fail a job).
+/// Uploads view files under `prefix/view/`, one after another, for at most
+/// [`VIEW_UPLOAD_LIMIT`]; a failure is logged and the rest go on (the web interface's
+/// files never fail a job).
 async fn upload_views(node: &Node, prefix: &str, views: Views) {
-    for (view, bytes) in views {
-        if let Err(e) = upload(node, &view.key(prefix), bytes).await {
-            tracing::warn!(view = %view.file_name(), cause = %e, "view file upload failed; the job goes on");
+    let all = async {
+        for (view, bytes) in views {
+            if let Err(e) = upload(node, &view.key(prefix), bytes).await {
+                tracing::warn!(view = %view.file_name(), cause = %e, "view file upload failed; the job goes on");
+            }
         }
+    };
+    if tokio::time::timeout(VIEW_UPLOAD_LIMIT, all).await.is_err() {
+        tracing::warn!(
+            "view files not uploaded within {VIEW_UPLOAD_LIMIT:?}; the job goes on without them"
+        );
     }
 }
 

@@ -215,9 +215,9 @@ fn progress_view(job: &EngineJob, render: &Render, started_unix_s: f64) -> Views
         updated_unix_s: job::unix_s(SystemTime::now()),
         iteration: render.iteration(),
         iterations: render.total_iterations(),
-        loss_curve: render.history().to_vec(),
-        schedule: render.runs().to_vec(),
-    };
+        ..AttemptProgress::default()
+    }
+    .with_curve(render.history(), render.runs());
     match serde_json::to_vec(&progress) {
         Ok(json) => vec![(View::Progress, json)],
         Err(e) => {
