@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::html;
-use crate::session::{self, LoginThrottle, Session, Sessions};
+use crate::session::{self, Cookie, LoginThrottle, Session, Sessions};
 use crate::views::{ViewError, Views};
 use stylefarm_core::layout::View;
 
@@ -181,15 +181,34 @@ impl FromRequestParts<Arc<App>> for SignedIn {
     type Rejection = WebError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, WebError> {
-        let id = parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(session::cookie_value)
-            .ok_or(WebError::SignIn)?;
+        let id = cookie(&parts.headers, Cookie::Session, app.https).ok_or(WebError::SignIn)?;
         app.sessions.get(id).map(SignedIn).ok_or(WebError::SignIn)
     }
+}
+
+/// One of the interface's cookies in a request.
+fn cookie(headers: &HeaderMap, which: Cookie, https: bool) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| which.read(h, https))
+}
+
+/// Adds a `Set-Cookie` header.
+fn set_cookie(res: &mut Response, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// The sign-in page (with `error` when the last try failed) and a fresh nonce for its
+/// form, in its cookie.
+fn sign_in_page(app: &App, code: StatusCode, error: Option<&str>) -> Response {
+    let nonce = session::random_id();
+    let mut res = (code, Html(html::login(error, &nonce))).into_response();
+    set_cookie(&mut res, &Cookie::SignIn.set(&nonce, app.https));
+    res
 }
 
 /// A state-changing request must come from this origin: browsers send `Origin` (or
@@ -227,16 +246,18 @@ fn id(kind: &str, s: &str) -> Result<String, WebError> {
     }
 }
 
-async fn login_page(who: Option<SignedIn>) -> Response {
+async fn login_page(State(app): State<Arc<App>>, who: Option<SignedIn>) -> Response {
     match who {
         Some(_) => Redirect::to("/batches").into_response(),
-        None => Html(html::login(None)).into_response(),
+        None => sign_in_page(&app, StatusCode::OK, None),
     }
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     token: String,
+    #[serde(default)]
+    nonce: String,
 }
 
 async fn login(
@@ -245,9 +266,10 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let refuse =
-        |code: StatusCode, message: &str| (code, Html(html::login(Some(message)))).into_response();
-    if !same_origin(&headers) {
+    let refuse = |code: StatusCode, message: &str| sign_in_page(&app, code, Some(message));
+    let nonce_ok = cookie(&headers, Cookie::SignIn, app.https)
+        .is_some_and(|c| session::same_secret(c, &form.nonce));
+    if !same_origin(&headers) || !nonce_ok {
         return refuse(
             StatusCode::FORBIDDEN,
             "Sign in from this interface's own page.",
@@ -278,9 +300,8 @@ async fn login(
                 .create(info.caller.clone(), info.roles, token.to_owned());
             tracing::info!(caller = %info.caller, "signed in");
             let mut res = Redirect::to("/batches").into_response();
-            if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&id, app.https)) {
-                res.headers_mut().insert(header::SET_COOKIE, v);
-            }
+            set_cookie(&mut res, &Cookie::Session.set(&id, app.https));
+            set_cookie(&mut res, &Cookie::SignIn.clear(app.https));
             res
         }
         Err(s) if s.code() == Code::Unauthenticated => {
@@ -318,18 +339,11 @@ async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, WebError> {
     checked(&who, &headers, &form)?;
-    if let Some(id) = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(session::cookie_value)
-    {
+    if let Some(id) = cookie(&headers, Cookie::Session, app.https) {
         app.sessions.remove(id);
     }
     let mut res = Redirect::to("/login").into_response();
-    if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(app.https)) {
-        res.headers_mut().insert(header::SET_COOKIE, v);
-    }
+    set_cookie(&mut res, &Cookie::Session.clear(app.https));
     Ok(res)
 }
 
@@ -475,9 +489,14 @@ async fn events(
         .chain(tokio_stream::once(Ok(Event::default()
             .event("end")
             .data("ended"))));
-    // The stream ends at shutdown, so open pages do not hold the process.
+    // The stream ends at shutdown, so open pages do not hold the process, and when the
+    // session ends (sign-out, a revoked token, idle), so it shows nothing more to a
+    // browser no longer signed in.
     let events = futures_util::StreamExt::take_until(events, async move {
-        shutdown.cancelled().await;
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = who.ended() => {}
+        }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -6,12 +6,17 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// The session cookie's name.
-pub const COOKIE: &str = "stylefarm_session";
+use tokio::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
 /// Sessions held at once; the least recently used goes first beyond it.
 pub const MAX_SESSIONS: usize = 10_000;
+/// Sessions one identity may hold at once (one token cannot crowd out everyone's); its
+/// least recently used goes first beyond it.
+pub const MAX_SESSIONS_PER_IDENTITY: usize = 100;
 /// Failed sign-ins one address may make per [`LOGIN_WINDOW`].
 pub const MAX_FAILED_LOGINS: u32 = 10;
 /// The window failed sign-ins are counted in.
@@ -30,7 +35,9 @@ pub struct Session {
     pub csrf: String,
     token: String,
     last: Mutex<Instant>,
+    idle: Duration,
     revoked: AtomicBool,
+    ended: CancellationToken,
 }
 
 impl std::fmt::Debug for Session {
@@ -53,9 +60,27 @@ impl Session {
         self.roles.iter().any(|r| r == "submitter" || r == "admin")
     }
 
-    /// Ends this session (the coordinator no longer accepts its token).
+    /// Ends this session (the coordinator no longer accepts its token, or it signed out):
+    /// its next request is signed out, and its open live streams end.
     pub fn revoke(&self) {
         self.revoked.store(true, Ordering::Relaxed);
+        self.ended.cancel();
+    }
+
+    /// Resolves when the session ends: revoked, signed out, evicted, or idle past its
+    /// limit (what ends a live stream that outlives the pages' requests).
+    pub async fn ended(&self) {
+        loop {
+            let deadline = *self.last_seen() + self.idle;
+            tokio::select! {
+                () = self.ended.cancelled() => return,
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.last_seen().elapsed() >= self.idle {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Whether it may act on a batch `owner` submitted.
@@ -65,8 +90,7 @@ impl Session {
 
     /// Whether `given` is this session's CSRF token (compared in constant time).
     pub fn csrf_ok(&self, given: &str) -> bool {
-        let (a, b) = (self.csrf.as_bytes(), given.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        same_secret(&self.csrf, given)
     }
 }
 
@@ -108,19 +132,34 @@ impl Sessions {
             csrf: random_id(),
             token,
             last: Mutex::new(Instant::now()),
+            idle: self.idle,
             revoked: AtomicBool::new(false),
+            ended: CancellationToken::new(),
         });
         let mut map = self.lock();
         let now = Instant::now();
-        map.retain(|_, s| now.duration_since(*s.last_seen()) < self.idle);
-        if map.len() >= MAX_SESSIONS {
+        map.retain(|_, s| {
+            let live = now.duration_since(*s.last_seen()) < self.idle;
+            if !live {
+                s.revoke();
+            }
+            live
+        });
+        let evict = |map: &mut HashMap<String, Arc<Session>>, same: Option<&str>| {
             let oldest = map
                 .iter()
+                .filter(|(_, s)| same.is_none_or(|n| s.name == n))
                 .min_by_key(|(_, s)| *s.last_seen())
                 .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                map.remove(&k);
+            if let Some(s) = oldest.and_then(|k| map.remove(&k)) {
+                s.revoke();
             }
+        };
+        if map.values().filter(|s| s.name == session.name).count() >= MAX_SESSIONS_PER_IDENTITY {
+            evict(&mut map, Some(&session.name));
+        }
+        if map.len() >= MAX_SESSIONS {
+            evict(&mut map, None);
         }
         map.insert(id.clone(), Arc::clone(&session));
         (id, session)
@@ -134,7 +173,9 @@ impl Sessions {
         let mut last = s.last.lock().unwrap_or_else(|p| p.into_inner());
         if now.duration_since(*last) >= self.idle || s.revoked.load(Ordering::Relaxed) {
             drop(last);
-            map.remove(id);
+            if let Some(s) = map.remove(id) {
+                s.revoke();
+            }
             return None;
         }
         *last = now;
@@ -142,9 +183,11 @@ impl Sessions {
         map.get(id).cloned()
     }
 
-    /// Ends session `id`.
+    /// Ends session `id` (sign-out), its live streams with it.
     pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+        if let Some(s) = self.lock().remove(id) {
+            s.revoke();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
@@ -211,24 +254,65 @@ impl LoginThrottle {
     }
 }
 
-/// The session id in a `Cookie` header, if any.
-pub fn cookie_value(header: &str) -> Option<&str> {
-    header.split(';').find_map(|part| {
-        let (k, v) = part.trim().split_once('=')?;
-        (k == COOKIE && v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then_some(v)
-    })
+/// The cookies the interface sets, each a [`random_id`]: HttpOnly, SameSite=Strict, for
+/// the whole site; over HTTPS `Secure` and named `__Host-…`, which browsers accept only
+/// from this very host over HTTPS (no sibling domain can plant one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cookie {
+    /// Names the signed-in session.
+    Session,
+    /// The sign-in form's nonce: the form must echo it (a page elsewhere cannot read
+    /// it), so no other site can sign a browser in as someone else.
+    SignIn,
 }
 
-/// The `Set-Cookie` value that holds session `id` (`secure`: only over HTTPS).
-pub fn set_cookie(id: &str, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict{secure}")
+impl Cookie {
+    /// Its name (`secure`: served over HTTPS).
+    pub fn name(self, secure: bool) -> &'static str {
+        match (self, secure) {
+            (Self::Session, true) => "__Host-stylefarm_session",
+            (Self::Session, false) => "stylefarm_session",
+            (Self::SignIn, true) => "__Host-stylefarm_signin",
+            (Self::SignIn, false) => "stylefarm_signin",
+        }
+    }
+
+    /// Its value in a `Cookie` header, if there in its own shape (64 hex digits).
+    pub fn read(self, header: &str, secure: bool) -> Option<&str> {
+        let name = self.name(secure);
+        header.split(';').find_map(|part| {
+            let (k, v) = part.trim().split_once('=')?;
+            (k == name && v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then_some(v)
+        })
+    }
+
+    /// The `Set-Cookie` value that holds `value`.
+    pub fn set(self, value: &str, secure: bool) -> String {
+        let tail = if secure { "; Secure" } else { "" };
+        let life = match self {
+            Self::Session => "",
+            Self::SignIn => "; Max-Age=3600",
+        };
+        format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Strict{life}{tail}",
+            self.name(secure)
+        )
+    }
+
+    /// The `Set-Cookie` value that removes it.
+    pub fn clear(self, secure: bool) -> String {
+        let tail = if secure { "; Secure" } else { "" };
+        format!(
+            "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{tail}",
+            self.name(secure)
+        )
+    }
 }
 
-/// The `Set-Cookie` value that removes the session cookie.
-pub fn clear_cookie(secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
+/// Whether `a` and `b` are equal, compared in constant time.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -270,15 +354,85 @@ mod tests {
     }
 
     #[test]
-    fn the_cookie_is_read_only_in_its_own_shape() {
+    fn cookies_are_read_only_in_their_own_shape_and_host_bound_over_https() {
         let id = random_id();
+        let c = Cookie::Session;
         assert_eq!(
-            cookie_value(&format!("a=b; {COOKIE}={id}")),
+            c.read(&format!("a=b; __Host-stylefarm_session={id}"), true),
             Some(id.as_str())
         );
-        assert_eq!(cookie_value(&format!("{COOKIE}=../../etc")), None);
-        assert_eq!(cookie_value("other=1"), None);
-        assert!(set_cookie(&id, true).contains("HttpOnly; SameSite=Strict; Secure"));
+        assert_eq!(
+            c.read(&format!("stylefarm_session={id}"), true),
+            None,
+            "over HTTPS only the __Host- cookie counts"
+        );
+        assert_eq!(
+            c.read(&format!("stylefarm_session={id}"), false),
+            Some(id.as_str())
+        );
+        assert_eq!(c.read("stylefarm_session=../../etc", false), None);
+        assert_eq!(
+            Cookie::SignIn.read(&format!("stylefarm_session={id}"), false),
+            None
+        );
+        let set = c.set(&id, true);
+        assert!(
+            set.starts_with("__Host-stylefarm_session=")
+                && set.contains("Path=/; HttpOnly; SameSite=Strict")
+        );
+        assert!(
+            set.ends_with("; Secure") && !set.contains("Domain"),
+            "{set}"
+        );
+        assert!(!c.set(&id, false).contains("Secure"));
+        assert!(c.clear(true).contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn one_identity_cannot_crowd_out_the_others_and_an_evicted_session_ends() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let (bob, _) = sessions.create("bob".into(), vec![], "b".into());
+        let (_, first) = sessions.create("mallory".into(), vec![], "m".into());
+        for _ in 1..MAX_SESSIONS_PER_IDENTITY {
+            sessions.create("mallory".into(), vec![], "m".into());
+        }
+        assert!(!first.ended.is_cancelled());
+        sessions.create("mallory".into(), vec![], "m".into());
+        assert!(
+            first.ended.is_cancelled(),
+            "mallory's oldest session made room for her newest"
+        );
+        assert!(sessions.get(&bob).is_some(), "bob's session is untouched");
+        let mallory = sessions
+            .lock()
+            .values()
+            .filter(|s| s.name == "mallory")
+            .count();
+        assert_eq!(mallory, MAX_SESSIONS_PER_IDENTITY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_ends_for_its_streams_when_it_signs_out_or_idles() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let (id, s) = sessions.create("alice".into(), vec![], "a".into());
+        let ended = tokio::spawn({
+            let s = Arc::clone(&s);
+            async move { s.ended().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!ended.is_finished());
+        sessions.remove(&id);
+        tokio::time::timeout(Duration::from_secs(1), ended)
+            .await
+            .expect("ends at sign-out")
+            .expect("task");
+        let (_, idle) = sessions.create("carol".into(), vec![], "c".into());
+        let waited = tokio::time::Instant::now();
+        idle.ended().await;
+        assert!(
+            waited.elapsed() >= Duration::from_secs(59),
+            "ends once idle past its limit"
+        );
     }
 
     #[test]

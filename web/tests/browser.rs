@@ -279,8 +279,27 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
     let refused = browser.text("#login-error").await.unwrap_or_default();
     assert!(refused.contains("does not accept"), "{refused}");
 
+    // A sign-in posted without the sign-in page's nonce (as a page elsewhere would post
+    // it, or a script that never loaded the form) is refused, even with a good token.
+    let (status, body) = browser
+        .post("/login", &format!("token={}", tokens.token("alice")))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    b.goto(&format!("{base}/batches")).await.expect("goto");
+    assert_eq!(browser.path().await, "/login", "not signed in");
+
     // alice signs in and sees her batch appear when the CLI submits it.
     browser.sign_in(&base, tokens.token("alice")).await;
+    let cookies = b.get_all_cookies().await.expect("cookies");
+    let session = cookies
+        .iter()
+        .find(|c| c.name() == "__Host-stylefarm_session")
+        .unwrap_or_else(|| panic!("the session cookie: {cookies:?}"));
+    assert_eq!(
+        (session.http_only(), session.secure(), session.path()),
+        (Some(true), Some(true), Some("/")),
+        "{session:?}"
+    );
     assert_eq!(
         browser.path().await,
         "/batches",

@@ -66,8 +66,9 @@ pub fn page(title: &str, who: Option<&Session>, body: &str) -> String {
     )
 }
 
-/// The sign-in page, with `error` above the form when the last try failed.
-pub fn login(error: Option<&str>) -> String {
+/// The sign-in page, with `error` above the form when the last try failed; `nonce`
+/// echoes the sign-in cookie's.
+pub fn login(error: Option<&str>, nonce: &str) -> String {
     let error = error.map_or(String::new(), |e| {
         format!(
             r#"<p class="error" role="alert" id="login-error">{}</p>"#,
@@ -80,11 +81,13 @@ pub fn login(error: Option<&str>) -> String {
         &format!(
             r#"<h1>Sign in</h1>
 {error}<form method="post" action="/login" class="login">
+<input type="hidden" name="nonce" value="{nonce}">
 <label for="token">Your stylefarm token</label>
 <input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
 <p class="hint">The token from <code>stylefarm-coordinator token add</code>, as in your <code>--token-file</code>.</p>
 <button type="submit">Sign in</button>
-</form>"#
+</form>"#,
+            nonce = esc(nonce)
         ),
     )
 }
