@@ -51,7 +51,7 @@ pub enum InputError {
     },
     /// Its first bytes are not an image header stylefarm reads.
     #[error(
-        "{name} is not an image stylefarm reads (JPEG, PNG, WebP or TIFF): {reason}; only images are uploaded"
+        "{name} is not an image stylefarm reads (JPEG, PNG, WebP, TIFF or OpenEXR): {reason}; only images are uploaded"
     )]
     NotAnImage {
         /// The file.
@@ -183,6 +183,16 @@ mod tests {
             .write_to(&mut out, image::ImageFormat::Png)
             .expect("png");
         out.into_inner()
+    }
+
+    #[test]
+    fn an_openexr_plate_is_an_image_input() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let plate = d.path().join("sh042.1001.exr");
+        image::DynamicImage::ImageRgba32F(image::Rgba32FImage::new(5, 3))
+            .save_with_format(&plate, image::ImageFormat::OpenExr)
+            .expect("exr");
+        assert_eq!(read_file(&plate).expect("an image").1, (5, 3));
     }
 
     #[test]

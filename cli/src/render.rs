@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use stylefarm_core::fs::write_atomic;
 use stylefarm_core::params::{parse_layer_list, DEFAULT_ADAM_LR};
 use stylefarm_core::{
-    InitKind, InvalidField, LineSearch, OptimizerKind, Pooling, RenderParams, WeightedLayer,
+    InitKind, InvalidField, LineSearch, OptimizerKind, Pooling, RenderParams, Transfer,
+    WeightedLayer,
 };
 use stylefarm_weights::WeightsInfo;
 use stylefarm_worker::device::{DeviceArg, MemoryBudget};
@@ -21,7 +22,7 @@ use stylefarm_worker::job::{self, JobInputs, NamedBytes, PreparedJob};
 /// Arguments of `stylefarm render`.
 #[derive(Debug, Args)]
 pub struct RenderArgs {
-    /// The content photo (JPEG, PNG, WebP or TIFF).
+    /// The content photo (JPEG, PNG, WebP, TIFF or OpenEXR).
     #[arg(long, value_name = "IMAGE")]
     pub content: PathBuf,
     /// A style image; repeat to blend several.
@@ -94,6 +95,11 @@ pub struct RenderArgs {
     /// Max or average pooling.
     #[arg(long, value_enum, default_value_t = RenderParams::default().pooling)]
     pub pooling: Pooling,
+
+    /// What the input images' values are: auto (linear for OpenEXR, else sRGB), srgb,
+    /// or linear (encoded to sRGB for the network; values above 1 clip).
+    #[arg(long, value_enum, default_value_t = RenderParams::default().input_transfer)]
+    pub input_transfer: Transfer,
     /// Bits per channel of the output PNG (8 or 16).
     #[arg(long, default_value_t = RenderParams::default().output_bit_depth)]
     pub bit_depth: u8,
@@ -144,6 +150,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("preserve_colors", "--preserve-colors"),
     ("pooling", "--pooling"),
     ("output_bit_depth", "--bit-depth"),
+    ("input_transfer", "--input-transfer"),
 ];
 
 /// `--bit-depth: 12 is not 8 or 16` for a field error; a field without a flag keeps
@@ -204,6 +211,7 @@ impl RenderArgs {
             preserve_colors: self.preserve_colors,
             pooling: self.pooling,
             output_bit_depth: self.bit_depth,
+            input_transfer: self.input_transfer,
             ..defaults
         };
         params

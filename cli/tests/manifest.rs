@@ -164,7 +164,7 @@ fn each_bad_manifest_is_refused_with_its_line_field_and_what_is_allowed() {
         // (manifest, line, field, part of the message)
         (&format!("name: x\n{job}"), 1, "name", "allowed here: batch, priority"),
         (job, 1, "batch", "is required"),
-        (&format!("batch: b\ndefaults:\n  sise: 3\n{job}"), 3, "defaults.sise", "the parameters are content_layers, content_weight, init, iterations"),
+        (&format!("batch: b\ndefaults:\n  sise: 3\n{job}"), 3, "defaults.sise", "the parameters are content_layers, content_weight, init, input_transfer, iterations"),
         (&format!("batch: b\ndefaults:\n  iterations: many\n{job}"), 3, "defaults.iterations", "\"many\" is not a whole number"),
         (&format!("batch: b\ndefaults:\n  size: 5\n{job}"), 3, "defaults.size", "5 is outside 16..=8192"),
         (&format!("batch: b\ndefaults:\n  optimizer: sgd\n{job}"), 3, "defaults.optimizer", "unknown variant `sgd`, expected `lbfgs` or `adam`"),
@@ -254,7 +254,7 @@ fn a_manifest_names_only_image_files_and_stylefarm_variables() {
     let job =
         |content: &str| format!("batch: b\njobs:\n  - content: {content}\n    style: b.png\n");
     let cases: &[(&str, usize, &str, &str)] = &[
-        (&job("credentials"), 3, "jobs[0].content", "credentials is not an image stylefarm reads (JPEG, PNG, WebP or TIFF): its first bytes match no image format; only images are uploaded"),
+        (&job("credentials"), 3, "jobs[0].content", "credentials is not an image stylefarm reads (JPEG, PNG, WebP, TIFF or OpenEXR): its first bytes match no image format; only images are uploaded"),
         (&job("/dev/zero"), 3, "jobs[0].content", "/dev/zero is a character device, not a regular file"),
         (&job("folder"), 3, "jobs[0].content", "folder is a directory, not a regular file"),
         (&job("/proc/self/environ"), 3, "jobs[0].content", "/proc/self/environ is empty (0 bytes)"),
@@ -277,4 +277,127 @@ fn a_manifest_names_only_image_files_and_stylefarm_variables() {
     let d = d.with_env("STYLEFARM_ASSETS", &root);
     let m = d.ok(&job("${STYLEFARM_ASSETS}/a.png"));
     assert_eq!(m.jobs[0].content, ImageRef::Local(d.path("a.png")));
+}
+
+#[test]
+fn a_numbered_sequence_is_one_job_per_frame_named_with_its_padded_number() {
+    let d = Dir::new();
+    std::fs::create_dir(d.path("plates")).expect("folder");
+    for f in 1001..=1006 {
+        std::fs::copy(d.path("a.png"), d.path(&format!("plates/sh042.{f}.png"))).expect("frame");
+    }
+    let m = d.ok("batch: shot
+defaults:
+  input_transfer: linear
+jobs:
+  - content: plates/sh042.####.png
+    frames: 1001-1005x2
+    style: b.png
+  - name: graded
+    content: plates/sh042.%04d.png
+    frames: 1006, 1002
+    style: c.png
+wedges:
+  - name: w
+    contents: [plates/sh042.####.png, a.png]
+    frames: 1001-1002
+    styles: [b.png, c.png]
+");
+    let got: Vec<(&str, Option<u32>)> = m.jobs.iter().map(|j| (j.name.as_str(), j.frame)).collect();
+    let want: Vec<(&str, Option<u32>)> = vec![
+        ("sh042_b.1001", Some(1001)),
+        ("sh042_b.1003", Some(1003)),
+        ("sh042_b.1005", Some(1005)),
+        ("graded.1006", Some(1006)),
+        ("graded.1002", Some(1002)),
+        // A wedge: one sequence per look, the still beside it as before.
+        ("w-sh042_b.1001", Some(1001)),
+        ("w-sh042_b.1002", Some(1002)),
+        ("w-sh042_c.1001", Some(1001)),
+        ("w-sh042_c.1002", Some(1002)),
+        ("w-a_b", None),
+        ("w-a_c", None),
+    ];
+    assert_eq!(got, want);
+    assert!(m
+        .jobs
+        .iter()
+        .all(|j| j.params.input_transfer == stylefarm_core::Transfer::Linear));
+    assert_eq!(
+        m.jobs[1].content,
+        ImageRef::Local(d.path("plates/sh042.1003.png"))
+    );
+    assert_eq!(
+        m.jobs[3].content,
+        ImageRef::Local(d.path("plates/sh042.1006.png"))
+    );
+    // A sequence in S3 is named frame by frame; the bucket is read at submit.
+    let s3 = d.ok("batch: s
+jobs:
+  - content: s3://plates/sh010/sh010.%05d.exr
+    frames: 7-8
+    style: b.png
+");
+    assert_eq!(
+        s3.jobs
+            .iter()
+            .map(|j| (j.name.as_str(), j.content.to_string()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                "sh010_b.00007",
+                "s3://plates/sh010/sh010.00007.exr".to_owned()
+            ),
+            (
+                "sh010_b.00008",
+                "s3://plates/sh010/sh010.00008.exr".to_owned()
+            )
+        ]
+    );
+}
+
+#[test]
+fn a_sequence_with_missing_frames_or_no_frames_is_refused_naming_what_is_wrong() {
+    let d = Dir::new();
+    for f in [1, 2, 4] {
+        std::fs::copy(d.path("a.png"), d.path(&format!("sh.{f:03}.png"))).expect("frame");
+    }
+    let missing = d.err(
+        "batch: b
+jobs:
+  - content: sh.###.png
+    frames: 1-6
+    style: b.png
+",
+        3,
+        "jobs[0].content",
+    );
+    assert!(
+        missing.contains("3 of 6 frames") && missing.contains("003, 005, 006"),
+        "{missing}"
+    );
+    let no_frames = d.err(
+        "batch: b\njobs:\n  - content: sh.###.png\n    style: b.png\n",
+        3,
+        "jobs[0].content",
+    );
+    assert!(no_frames.contains("say which with `frames`"), "{no_frames}");
+    let still = d.err(
+        "batch: b\njobs:\n  - content: a.png\n    frames: 1-2\n    style: b.png\n",
+        4,
+        "jobs[0].frames",
+    );
+    assert!(still.contains("one image"), "{still}");
+    let range = d.err(
+        "batch: b\njobs:\n  - content: sh.###.png\n    frames: 4-1\n    style: b.png\n",
+        4,
+        "jobs[0].frames",
+    );
+    assert!(range.contains("ends before it starts"), "{range}");
+    let style = d.err(
+        "batch: b\njobs:\n  - content: a.png\n    style: sh.###.png\n",
+        4,
+        "jobs[0].style",
+    );
+    assert!(style.contains("only a job's content"), "{style}");
 }

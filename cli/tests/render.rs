@@ -351,3 +351,58 @@ fn a_render_over_its_memory_budget_stops_before_decoding_with_the_estimate() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.exists());
 }
+
+#[test]
+fn an_openexr_plate_is_read_as_linear_light_and_the_sidecar_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The fixture photo decoded to linear light, as a half-float-free 32-bit EXR plate.
+    let photo = image::open(shared().join("fixtures/content/tubingen.jpg"))
+        .expect("fixture")
+        .resize(96, 96, image::imageops::FilterType::Triangle)
+        .into_rgb32f();
+    let linear = image::Rgb32FImage::from_fn(photo.width(), photo.height(), |x, y| {
+        image::Rgb(photo.get_pixel(x, y).0.map(|v| {
+            if v <= 0.04045 {
+                v / 12.92
+            } else {
+                ((v + 0.055) / 1.055).powf(2.4)
+            }
+        }))
+    });
+    let plate = dir.path().join("plate.1001.exr");
+    image::DynamicImage::ImageRgb32F(linear)
+        .save_with_format(&plate, image::ImageFormat::OpenExr)
+        .expect("write the plate");
+    let out = dir.path().join("plate.png");
+    let run = stylefarm()
+        .args([
+            "render",
+            "--quiet",
+            "--size",
+            "64",
+            "--iterations",
+            "3",
+            "--threads",
+            "2",
+        ])
+        .arg("--content")
+        .arg(&plate)
+        .arg("--style")
+        .arg(shared().join("fixtures/styles/starry_night.jpg"))
+        .arg("--out")
+        .arg(&out)
+        .env("STYLEFARM_WEIGHTS", weights())
+        .output()
+        .expect("runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("plate.png.json")).expect("sidecar"))
+            .expect("json");
+    assert_eq!(sidecar["content"]["transfer"], "linear");
+    assert_eq!(sidecar["styles"][0]["transfer"], "srgb");
+    assert_eq!(sidecar["params"]["input_transfer"], "auto");
+}

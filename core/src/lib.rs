@@ -7,6 +7,7 @@
 //! - [`progress`]: [`Losses`] and [`Progress`], how far a job got.
 //! - [`state`]: [`JobState`] and [`BatchState`], the lives of jobs and batches.
 //! - [`limits`]: bounds that several components check (attempts, jobs per batch).
+//! - [`frames`]: frame ranges (`1001-1100x2`) and numbered file patterns (`####`).
 //! - [`fs`]: [`fs::write_atomic`], the one way files are replaced.
 //! - [`layout`]: where a batch's objects live in storage (outputs, attempts, the
 //!   small view files the web interface shows).
@@ -17,6 +18,7 @@
 //!   every binary passes to its `run`.
 
 pub mod error;
+pub mod frames;
 pub mod fs;
 pub mod layout;
 pub mod limits;
@@ -31,7 +33,7 @@ pub mod telemetry;
 
 pub use error::InvalidField;
 pub use params::{
-    InitKind, LineSearch, OptimizerKind, Pooling, RenderParams, Scale, WeightedLayer,
+    InitKind, LineSearch, OptimizerKind, Pooling, RenderParams, Scale, Transfer, WeightedLayer,
 };
 pub use progress::{Losses, Progress, ScaleRun};
 pub use spec::{JobSpec, ObjectRef, StyleRef};

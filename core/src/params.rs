@@ -68,6 +68,32 @@ pub enum Pooling {
     Avg,
 }
 
+/// How an input image's values relate to light, and so what is done before the
+/// network (trained on sRGB-encoded photos) sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Transfer {
+    /// Linear for OpenEXR files, sRGB for every other format.
+    #[default]
+    Auto,
+    /// sRGB-encoded values, used as they are.
+    Srgb,
+    /// Linear light (scene-referred plates): encoded to sRGB, values above 1 clipped.
+    Linear,
+}
+
+impl Transfer {
+    /// Its name as manifests and sidecars write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Srgb => "srgb",
+            Self::Linear => "linear",
+        }
+    }
+}
+
 /// A network layer with the weight of its term in the loss.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WeightedLayer {
@@ -128,6 +154,8 @@ pub struct RenderParams {
     pub pooling: Pooling,
     /// 8 or 16 bits per channel in the output PNG.
     pub output_bit_depth: u8,
+    /// What the input images' values are (auto: linear for OpenEXR, else sRGB).
+    pub input_transfer: Transfer,
 }
 
 impl Default for RenderParams {
@@ -152,6 +180,7 @@ impl Default for RenderParams {
             preserve_colors: false,
             pooling: Pooling::Max,
             output_bit_depth: 8,
+            input_transfer: Transfer::Auto,
         }
     }
 }

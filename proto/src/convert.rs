@@ -8,7 +8,7 @@
 use stylefarm_core::params::{RenderParams, DEFAULT_ADAM_LR};
 use stylefarm_core::{
     BatchState, InitKind, InvalidField, JobSpec, JobState, LineSearch, Losses, ObjectRef,
-    OptimizerKind, Pooling, StyleRef, WeightedLayer,
+    OptimizerKind, Pooling, StyleRef, Transfer, WeightedLayer,
 };
 
 use crate::v1;
@@ -41,6 +41,12 @@ impl TryFrom<v1::RenderParams> for RenderParams {
             Ok(v1::Pooling::Avg) => Pooling::Avg,
             Err(_) => return Err(unknown_enum("pooling", p.pooling)),
         };
+        let input_transfer = match v1::InputTransfer::try_from(p.input_transfer) {
+            Ok(v1::InputTransfer::Unspecified | v1::InputTransfer::Auto) => Transfer::Auto,
+            Ok(v1::InputTransfer::Srgb) => Transfer::Srgb,
+            Ok(v1::InputTransfer::Linear) => Transfer::Linear,
+            Err(_) => return Err(unknown_enum("input_transfer", p.input_transfer)),
+        };
         let bit_depth = p.output_bit_depth.unwrap_or(u32::from(d.output_bit_depth));
         let output_bit_depth = u8::try_from(bit_depth).map_err(|_| {
             InvalidField::new("output_bit_depth", format!("{bit_depth} is not 8 or 16"))
@@ -69,6 +75,7 @@ impl TryFrom<v1::RenderParams> for RenderParams {
             preserve_colors: p.preserve_colors.unwrap_or(d.preserve_colors),
             pooling,
             output_bit_depth,
+            input_transfer,
         };
         params.validate()?;
         Ok(params)
@@ -108,6 +115,11 @@ impl From<&RenderParams> for v1::RenderParams {
                 Pooling::Avg => v1::Pooling::Avg,
             } as i32,
             output_bit_depth: Some(u32::from(p.output_bit_depth)),
+            input_transfer: match p.input_transfer {
+                Transfer::Auto => v1::InputTransfer::Auto,
+                Transfer::Srgb => v1::InputTransfer::Srgb,
+                Transfer::Linear => v1::InputTransfer::Linear,
+            } as i32,
             scales: p.scales.clone(),
             scale_iterations: Some(p.scale_iterations),
         }
@@ -366,6 +378,7 @@ mod tests {
                 prop_oneof![Just(vec![]), proptest::collection::vec(0u32..9000, 0..5), proptest::collection::vec(any::<u32>(), 0..20)],
                 proptest::option::of(prop_oneof![0u32..2000, any::<u32>()]),
                 -1i32..4,
+                -1i32..5,
             ),
         ) -> v1::RenderParams {
             v1::RenderParams {
@@ -373,7 +386,7 @@ mod tests {
                 content_weight: weights.0, style_weight: weights.1, tv_weight: weights.2,
                 content_layers, style_layers, style_scale, seed, init, preserve_colors,
                 pooling, output_bit_depth, scales: schedule.0, scale_iterations: schedule.1,
-                line_search: schedule.2,
+                line_search: schedule.2, input_transfer: schedule.3,
             }
         }
     }

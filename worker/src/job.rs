@@ -5,7 +5,7 @@
 use std::time::{Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
-use stylefarm_core::{InitKind, RenderParams};
+use stylefarm_core::{InitKind, RenderParams, Transfer};
 use stylefarm_weights::{memory, WeightsInfo};
 use tch::Device;
 
@@ -67,8 +67,14 @@ pub struct PreparedJob {
     styles: Vec<InputRecord>,
 }
 
-fn record(n: &NamedBytes, img: &image::Rgb32FImage, weight: Option<f64>) -> InputRecord {
+fn record(
+    n: &NamedBytes,
+    img: &image::Rgb32FImage,
+    weight: Option<f64>,
+    transfer: Transfer,
+) -> InputRecord {
     InputRecord {
+        transfer: transfer.as_str().to_owned(),
         source: n.source.clone(),
         label: n.label.clone(),
         sha256: hex::encode(Sha256::digest(&n.bytes)),
@@ -90,21 +96,23 @@ impl PreparedJob {
         budget: &MemoryBudget,
     ) -> Result<Self, EngineError> {
         check_memory(job, params, weights, budget, max_pixels)?;
-        let decode = |n: &NamedBytes| image_io::decode(&n.bytes, n.name(), max_pixels);
-        let content = decode(&job.content)?;
+        let decode = |n: &NamedBytes| {
+            image_io::decode_as(&n.bytes, n.name(), max_pixels, params.input_transfer)
+        };
+        let (content, content_transfer) = decode(&job.content)?;
         let mut styles = Vec::new();
         let mut records = Vec::new();
         for (n, w) in &job.styles {
-            let img = decode(n)?;
-            records.push(record(n, &img, Some(*w)));
+            let (img, transfer) = decode(n)?;
+            records.push(record(n, &img, Some(*w), transfer));
             styles.push(img);
         }
         let init_image = match (&params.init, &job.init_image) {
-            (InitKind::Image, Some(n)) => Some(decode(n)?),
+            (InitKind::Image, Some(n)) => Some(decode(n)?.0),
             _ => None,
         };
         Ok(Self {
-            content: record(&job.content, &content, None),
+            content: record(&job.content, &content, None, content_transfer),
             inputs: RenderInputs {
                 content,
                 styles,

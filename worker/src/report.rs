@@ -23,6 +23,10 @@ pub struct InputRecord {
     /// Blend weight (styles only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
+    /// What its values were taken to be: `srgb` (used as they are) or `linear`
+    /// (encoded to sRGB, values above 1 clipped).
+    #[serde(default)]
+    pub transfer: String,
 }
 
 /// The weights used.

@@ -723,3 +723,69 @@ fn sixteen_bit_png_output_round_trips() {
         image::ColorType::Rgb8
     );
 }
+
+#[test]
+fn openexr_is_linear_light_encoded_to_srgb_and_the_transfer_can_be_named() {
+    use stylefarm_core::Transfer;
+    // Linear 0.2140 is sRGB 0.5; 4.0 is a highlight above 1; the last column is clear.
+    let plate = image::Rgba32FImage::from_fn(6, 4, |x, _| match x {
+        0..=3 => image::Rgba([0.2140, 0.0, 4.0, 1.0]),
+        _ => image::Rgba([0.0, 0.0, 0.0, 0.0]),
+    });
+    let exr = encode(
+        &DynamicImage::ImageRgba32F(plate),
+        image::ImageFormat::OpenExr,
+    );
+    let (img, t) = image_io::decode_as(&exr, "plate.exr", DEFAULT_MAX_PIXELS, Transfer::Auto)
+        .expect("an EXR decodes");
+    assert_eq!(t, Transfer::Linear, "OpenEXR is taken as linear");
+    let p = img.get_pixel(0, 0).0;
+    assert!((p[0] - 0.5).abs() < 2e-3, "linear 0.214 is sRGB 0.5: {p:?}");
+    assert_eq!(
+        (p[1], p[2]),
+        (0.0, 1.0),
+        "black stays black, a highlight clips"
+    );
+    assert_eq!(
+        img.get_pixel(5, 0).0,
+        [1.0; 3],
+        "clear is composited over white"
+    );
+    // Named sRGB, the same file's values are used as they are.
+    let (raw, t) = image_io::decode_as(&exr, "plate.exr", DEFAULT_MAX_PIXELS, Transfer::Srgb)
+        .expect("decodes");
+    assert_eq!(t, Transfer::Srgb);
+    assert!((raw.get_pixel(0, 0).0[0] - 0.2140).abs() < 1e-3);
+    // A PNG is sRGB unless named linear.
+    let png = encode(
+        &DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+            2,
+            2,
+            image::Rgb([14025u16, 0, 65535]),
+        )),
+        image::ImageFormat::Png,
+    );
+    let (s, t) =
+        image_io::decode_as(&png, "a.png", DEFAULT_MAX_PIXELS, Transfer::Auto).expect("png");
+    assert_eq!(t, Transfer::Srgb);
+    assert!(
+        (s.get_pixel(0, 0).0[0] - 14025.0 / 65535.0).abs() < 1e-6,
+        "16 bits kept"
+    );
+    let (l, _) =
+        image_io::decode_as(&png, "a.png", DEFAULT_MAX_PIXELS, Transfer::Linear).expect("png");
+    assert!(
+        (l.get_pixel(0, 0).0[0] - 0.5).abs() < 2e-3,
+        "named linear, it is encoded"
+    );
+    assert_eq!(image_io::srgb_encode(f32::NAN), 0.0);
+    // A 2K plate decodes within the decoder's memory limit.
+    let big = image::Rgba32FImage::from_pixel(2048, 1152, image::Rgba([0.5, 0.25, 0.125, 1.0]));
+    let exr = encode(
+        &DynamicImage::ImageRgba32F(big),
+        image::ImageFormat::OpenExr,
+    );
+    let (img, _) = image_io::decode_as(&exr, "2k.exr", DEFAULT_MAX_PIXELS, Transfer::Auto)
+        .expect("a 2K plate decodes");
+    assert_eq!(img.dimensions(), (2048, 1152));
+}

@@ -7,26 +7,48 @@ use serde_json::Value;
 use stylefarm_core::spec::check_name;
 
 use super::params::{param_value, Params};
-use super::reader::Reader;
+use super::reader::{Content, Reader};
 use super::{ImageRef, ManifestError, PlannedJob, MAX_JOBS};
+use stylefarm_core::frames::FramePattern;
 
 impl Reader<'_> {
+    /// One entry of `jobs`: one output, or one per frame of a sequence.
     pub(super) fn job(
         &self,
         node: &Node,
         field: &str,
         defaults: &Params,
-    ) -> Result<PlannedJob, ManifestError> {
+        jobs: &mut Vec<PlannedJob>,
+    ) -> Result<(), ManifestError> {
         let m = self.mapping(node, field)?;
         self.known_keys(
             m,
             field,
-            &["name", "content", "style", "styles", "init_image", "params"],
+            &[
+                "name",
+                "content",
+                "frames",
+                "style",
+                "styles",
+                "init_image",
+                "params",
+            ],
         )?;
-        let content = m
+        let frames = match m.get_node("frames") {
+            Some(f) => Some(self.frames(f, &format!("{field}.frames"))?),
+            None => None,
+        };
+        let content_node = m
             .get_node("content")
             .ok_or_else(|| self.at(node.span(), field, "needs `content`: the photo to restyle"))?;
-        let content = self.image(content, &format!("{field}.content"))?;
+        let content = self.content(content_node, &format!("{field}.content"), frames.as_ref())?;
+        if let (Content::Still(_), Some(f)) = (&content, m.get_node("frames")) {
+            return Err(self.at(
+                f.span(),
+                &format!("{field}.frames"),
+                "given, but `content` is one image: number its frames (plate.####.exr or plate.%04d.exr)",
+            ));
+        }
         let styles = match (m.get_node("style"), m.get_node("styles")) {
             (Some(s), None) => self.look(s, &format!("{field}.style"))?,
             (None, Some(s)) => {
@@ -60,10 +82,34 @@ impl Reader<'_> {
             params.apply(self, p, &format!("{field}.params"))?;
         }
         let name = match m.get_node("name") {
-            Some(n) => self.string(n, &format!("{field}.name"))?,
-            None => default_name(&content, &styles, &[]),
+            Some(n) => Some(self.string(n, &format!("{field}.name"))?),
+            None => None,
         };
-        self.finish(node, field, name, content, styles, init_image, &params)
+        let count = match &content {
+            Content::Still(_) => 1,
+            Content::Sequence { images, .. } => images.len(),
+        };
+        if jobs.len() + count > MAX_JOBS {
+            return Err(self.at(
+                node.span(),
+                field,
+                &format!("expands to more than {MAX_JOBS} jobs in all"),
+            ));
+        }
+        for (name, content, frame) in outputs(&content, name.as_deref(), &styles, &[]) {
+            let mut job = self.finish(
+                node,
+                field,
+                name,
+                content,
+                styles.clone(),
+                init_image.clone(),
+                &params,
+            )?;
+            job.frame = frame;
+            jobs.push(job);
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -103,6 +149,7 @@ impl Reader<'_> {
             init_image,
             params,
             line: node.span().start().map_or(0, marked_yaml::Marker::line),
+            frame: None,
         })
     }
 
@@ -120,12 +167,17 @@ impl Reader<'_> {
             &[
                 "name",
                 "contents",
+                "frames",
                 "styles",
                 "init_image",
                 "params",
                 "sweep",
             ],
         )?;
+        let frames = match m.get_node("frames") {
+            Some(f) => Some(self.frames(f, &format!("{field}.frames"))?),
+            None => None,
+        };
         let list = |key: &str, what: &str| -> Result<&[Node], ManifestError> {
             let n = m.get_node(key).ok_or_else(|| {
                 self.at(
@@ -147,8 +199,24 @@ impl Reader<'_> {
         let contents = list("contents", "content photos")?
             .iter()
             .enumerate()
-            .map(|(i, n)| self.image(n, &format!("{field}.contents[{i}]")))
+            .map(|(i, n)| self.content(n, &format!("{field}.contents[{i}]"), frames.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(f) = m.get_node("frames") {
+            if contents.iter().all(|c| matches!(c, Content::Still(_))) {
+                return Err(self.at(
+                    f.span(),
+                    &format!("{field}.frames"),
+                    "given, but no content numbers its frames (plate.####.exr or plate.%04d.exr)",
+                ));
+            }
+        }
+        let outputs_per_look: usize = contents
+            .iter()
+            .map(|c| match c {
+                Content::Still(_) => 1,
+                Content::Sequence { images, .. } => images.len(),
+            })
+            .sum();
         let looks = list("styles", "style images (a nested list is a blend)")?
             .iter()
             .enumerate()
@@ -195,7 +263,7 @@ impl Reader<'_> {
         let total = sweep
             .iter()
             .map(|(_, v)| v.len())
-            .try_fold(contents.len() * looks.len(), usize::checked_mul);
+            .try_fold(outputs_per_look * looks.len(), usize::checked_mul);
         if total.is_none_or(|t| jobs.len() + t > MAX_JOBS) {
             return Err(self.at(
                 node.span(),
@@ -219,19 +287,23 @@ impl Reader<'_> {
                         params.insert(name, v.value.clone(), &v.span, &v.field);
                         tags.push(v.tag.clone());
                     }
-                    let mut name = default_name(content, look, &tags);
-                    if let Some(p) = &prefix {
-                        name = format!("{p}-{name}");
+                    for (name, image, frame) in outputs(content, None, look, &tags) {
+                        let name = match &prefix {
+                            Some(p) => format!("{p}-{name}"),
+                            None => name,
+                        };
+                        let mut job = self.finish(
+                            node,
+                            field,
+                            name,
+                            image,
+                            look.clone(),
+                            init_image.clone(),
+                            &params,
+                        )?;
+                        job.frame = frame;
+                        jobs.push(job);
                     }
-                    jobs.push(self.finish(
-                        node,
-                        field,
-                        name,
-                        content.clone(),
-                        look.clone(),
-                        init_image.clone(),
-                        &params,
-                    )?);
                     if !advance(&mut pick, &sweep) {
                         break;
                     }
@@ -263,11 +335,61 @@ fn advance(pick: &mut [usize], sweep: &[(String, Vec<Swept>)]) -> bool {
     false
 }
 
+/// The outputs one content makes with one look: (name, content image, frame). A still
+/// is one output named `name` (else after what it combines); a sequence one per frame,
+/// named `NAME.FRAME` with the frame number padded as its files are.
+fn outputs(
+    content: &Content,
+    name: Option<&str>,
+    styles: &[(ImageRef, f64)],
+    tags: &[String],
+) -> Vec<(String, ImageRef, Option<u32>)> {
+    match content {
+        Content::Still(image) => {
+            let name =
+                name.map_or_else(|| default_name(&image.stem(), styles, tags), str::to_owned);
+            vec![(name, image.clone(), None)]
+        }
+        Content::Sequence { pattern, images } => {
+            let base = name.map_or_else(
+                || default_name(&sequence_stem(pattern), styles, tags),
+                str::to_owned,
+            );
+            images
+                .iter()
+                .map(|(frame, image)| {
+                    (
+                        format!("{base}.{}", pattern.number(*frame)),
+                        image.clone(),
+                        Some(*frame),
+                    )
+                })
+                .collect()
+        }
+    }
+}
+
+/// A sequence's name in output names: its files' name before the frame number
+/// (`plates/sh042.####.exr`: `sh042`).
+fn sequence_stem(pattern: &FramePattern) -> String {
+    let file = pattern
+        .prefix
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default();
+    let stem = file.trim_end_matches(['.', '_', '-']);
+    if stem.is_empty() {
+        "frame".into()
+    } else {
+        stem.to_owned()
+    }
+}
+
 /// `content_style[+style2]` then `-tag` per swept parameter; characters an output name
 /// may not hold become `_`.
-fn default_name(content: &ImageRef, styles: &[(ImageRef, f64)], tags: &[String]) -> String {
+fn default_name(content: &str, styles: &[(ImageRef, f64)], tags: &[String]) -> String {
     let looks: Vec<String> = styles.iter().map(|(s, _)| s.stem()).collect();
-    let mut name = format!("{}_{}", content.stem(), looks.join("+"));
+    let mut name = format!("{content}_{}", looks.join("+"));
     for t in tags {
         name.push('-');
         name.push_str(t);

@@ -113,6 +113,8 @@ pub struct PlannedJob {
     pub params: RenderParams,
     /// Where in the manifest the job came from (its list entry).
     pub line: usize,
+    /// Its frame, when its content is a frame of a sequence.
+    pub frame: Option<u32>,
 }
 
 /// A parsed, validated and expanded manifest.
@@ -220,7 +222,7 @@ impl Manifest {
         let mut jobs = Vec::new();
         if let Some(n) = top.get_node("jobs") {
             for (i, job) in reader.sequence(n, "jobs")?.iter().enumerate() {
-                jobs.push(reader.job(job, &format!("jobs[{i}]"), &defaults)?);
+                reader.job(job, &format!("jobs[{i}]"), &defaults, &mut jobs)?;
             }
         }
         if let Some(n) = top.get_node("wedges") {

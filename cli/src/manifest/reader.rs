@@ -8,6 +8,8 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use stylefarm_core::frames::{parse_frames, FramePattern};
+
 use super::{Env, ImageRef, ManifestError};
 
 /// The file being read and the folder its relative paths start from.
@@ -134,9 +136,93 @@ impl Reader<'_> {
         Ok(())
     }
 
+    /// An image reference's text, `${STYLEFARM_*}` expanded.
+    fn reference(&self, node: &Node, field: &str) -> Result<String, ManifestError> {
+        expand_env(&self.string(node, field)?, self.env)
+            .map_err(|e| self.at(node.span(), field, &e))
+    }
+
+    /// A content reference: one image, or a numbered sequence (`plate.####.exr`,
+    /// `plate.%04d.exr`) over `frames`. Every frame of a local sequence must exist: the
+    /// missing ones are named, before anything is uploaded.
+    pub(super) fn content(
+        &self,
+        node: &Node,
+        field: &str,
+        frames: Option<&Frames>,
+    ) -> Result<Content, ManifestError> {
+        let s = self.reference(node, field)?;
+        let pattern = FramePattern::find(&s).map_err(|e| self.at(node.span(), field, &e.0))?;
+        let (pattern, frames) = match (pattern, frames) {
+            (None, _) => return Ok(Content::Still(self.image(node, field)?)),
+            (Some(_), None) => {
+                return Err(self.at(
+                    node.span(),
+                    field,
+                    &format!("{s:?} numbers its frames; say which with `frames` (1001-1100, 1001-1100x2, 1,5,10-20)"),
+                ))
+            }
+            (Some(p), Some(f)) => (p, f),
+        };
+        let mut images = Vec::with_capacity(frames.list.len());
+        let mut missing = Vec::new();
+        for &frame in &frames.list {
+            let one = pattern.frame(frame);
+            if one.starts_with("s3://") || self.base.join(&one).exists() {
+                images.push((frame, self.located(node, field, &one)?));
+            } else {
+                missing.push(frame);
+            }
+        }
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing
+                .iter()
+                .take(20)
+                .map(|f| pattern.number(*f))
+                .collect();
+            let more = missing.len().saturating_sub(shown.len());
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            return Err(self.at(
+                node.span(),
+                field,
+                &format!(
+                    "{} of {} frames of {s:?} are missing: {}{more} (looked for {})",
+                    missing.len(),
+                    frames.list.len(),
+                    shown.join(", "),
+                    self.base.join(pattern.frame(missing[0])).display(),
+                ),
+            ));
+        }
+        Ok(Content::Sequence { pattern, images })
+    }
+
+    /// A `frames` value: a range string (`1001-1100x2`, `1,5,10-20`) or a number.
+    pub(super) fn frames(&self, node: &Node, field: &str) -> Result<Frames, ManifestError> {
+        let text = self.scalar(node, field)?.as_str().to_owned();
+        let list = parse_frames(&text).map_err(|e| self.at(node.span(), field, &e.0))?;
+        Ok(Frames { list })
+    }
+
     pub(super) fn image(&self, node: &Node, field: &str) -> Result<ImageRef, ManifestError> {
-        let s = expand_env(&self.string(node, field)?, self.env)
-            .map_err(|e| self.at(node.span(), field, &e))?;
+        let s = self.reference(node, field)?;
+        if FramePattern::find(&s).is_ok_and(|p| p.is_some()) {
+            return Err(self.at(
+                node.span(),
+                field,
+                &format!("{s:?} numbers frames; only a job's content may be a sequence"),
+            ));
+        }
+        self.located(node, field, &s)
+    }
+
+    /// The image `s` names, checked: an s3:// URI, or a local image file.
+    fn located(&self, node: &Node, field: &str, s: &str) -> Result<ImageRef, ManifestError> {
+        let s = s.to_owned();
         if s.trim().is_empty() {
             return Err(self.at(node.span(), field, "is empty: give a path or an s3:// URI"));
         }
@@ -285,4 +371,25 @@ fn expand_env(s: &str, env: Env<'_>) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The frames a job or wedge renders, as its `frames` lists them.
+#[derive(Debug, Clone)]
+pub(super) struct Frames {
+    /// In the order written, each once.
+    pub list: Vec<u32>,
+}
+
+/// A content reference as read.
+#[derive(Debug, Clone)]
+pub(super) enum Content {
+    /// One photo.
+    Still(ImageRef),
+    /// A numbered sequence: each frame's number and image.
+    Sequence {
+        /// How its files are numbered.
+        pattern: FramePattern,
+        /// Each frame and its image, in the order of `frames`.
+        images: Vec<(u32, ImageRef)>,
+    },
 }

@@ -1,14 +1,18 @@
 //! Image decoding, resizing and encoding for the engine.
 //!
-//! Everything is decoded to linear-in-file RGB `f32` in [0, 1]: grayscale is replicated,
-//! alpha is composited over white, 16-bit and CMYK are converted, EXIF orientation is
-//! applied. Dimensions are checked against a pixel budget before any pixel is decoded.
+//! Everything is decoded to sRGB-encoded RGB `f32` in [0, 1] (what the network was
+//! trained on): grayscale is replicated, alpha is composited over white, 16-bit and
+//! CMYK are converted, EXIF orientation is applied, and linear-light inputs (OpenEXR by
+//! default, [`Transfer`]) are encoded to sRGB with values above 1 clipped. Dimensions are
+//! checked against a pixel budget before any pixel is decoded.
 
 use std::io::Cursor;
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Rgb32FImage};
 use tch::{Device, Kind, Tensor};
+
+use stylefarm_core::Transfer;
 
 use super::error::ImageError;
 
@@ -34,8 +38,20 @@ pub fn load(path: &Path, max_pixels: u64) -> Result<Rgb32FImage, ImageError> {
     decode(&bytes, &path.display().to_string(), max_pixels)
 }
 
-/// Decodes image bytes; `name` identifies them in errors.
+/// Decodes image bytes taken to be what their format usually holds
+/// ([`Transfer::Auto`]); `name` identifies them in errors.
 pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb32FImage, ImageError> {
+    decode_as(bytes, name, max_pixels, Transfer::Auto).map(|(img, _)| img)
+}
+
+/// Decodes image bytes whose values are `transfer` (auto: linear for OpenEXR, else
+/// sRGB) to sRGB-encoded RGB; returns the image and the transfer it was taken to have.
+pub fn decode_as(
+    bytes: &[u8],
+    name: &str,
+    max_pixels: u64,
+    transfer: Transfer,
+) -> Result<(Rgb32FImage, Transfer), ImageError> {
     let corrupt = |e: image::ImageError| ImageError::Corrupt {
         name: name.to_owned(),
         reason: e.to_string(),
@@ -79,14 +95,65 @@ pub fn decode(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb32FImage, 
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
-    // RGBA16 with room for one conversion copy.
-    limits.max_alloc = Some(pixels * 8 * 3 + (64 << 20));
+    // RGBA16 (RGBA f32 for OpenEXR) with room for two conversion copies.
+    let per_pixel = if format == image::ImageFormat::OpenExr {
+        16
+    } else {
+        8
+    };
+    limits.max_alloc = Some(pixels * per_pixel * 3 + (64 << 20));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let orientation = decoder.orientation().map_err(corrupt)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
-    Ok(to_rgb(img))
+    let transfer = match transfer {
+        Transfer::Auto if format == image::ImageFormat::OpenExr => Transfer::Linear,
+        Transfer::Auto => Transfer::Srgb,
+        t => t,
+    };
+    let img = match transfer {
+        Transfer::Linear => linear_to_srgb(img),
+        _ => to_rgb(img),
+    };
+    Ok((img, transfer))
+}
+
+/// The sRGB encoding of one linear value, clipped to [0, 1] first.
+pub fn srgb_encode(linear: f32) -> f32 {
+    let x = if linear.is_finite() {
+        linear.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    if x <= 0.003_130_8 {
+        12.92 * x
+    } else if x >= 1.0 {
+        1.0
+    } else {
+        1.055 * x.powf(1.0 / 2.4) - 0.055
+    }
+}
+
+/// A linear-light image (alpha, if any, premultiplied as OpenEXR stores it) composited
+/// over white in linear light, then encoded to sRGB.
+fn linear_to_srgb(img: DynamicImage) -> Rgb32FImage {
+    let has_alpha = img.color().has_alpha();
+    let rgba = img.into_rgba32f();
+    let (w, h) = rgba.dimensions();
+    Rgb32FImage::from_fn(w, h, |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let under = if has_alpha {
+            1.0 - p[3].clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        image::Rgb([
+            srgb_encode(p[0] + under),
+            srgb_encode(p[1] + under),
+            srgb_encode(p[2] + under),
+        ])
+    })
 }
 
 /// True when an end-of-image marker follows the last start-of-scan. The JPEG decoder
