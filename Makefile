@@ -26,7 +26,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export STYLEFARM_SHARED := $(SHARED)
 export STYLEFARM_GARAGE := $(GARAGE)
 
-.PHONY: all venv garage build test deploy-check browser demo demo-run bench-engine bench-quality bench-worker bench-coordinator fmt lint clean
+.PHONY: all venv garage build test deploy-check browser demo demo-run bench-engine bench-quality bench-worker bench-coordinator bench-web fmt lint clean
 
 all: build
 
@@ -119,6 +119,12 @@ bench-quality: venv
 bench-worker: venv garage
 	cargo build --release --workspace --bins
 	cargo bench --workspace --bench idle
+
+# The web interface's pages and live stream for a batch of 10,000 jobs against one of 100
+# (real coordinator process, the interface's router in process); needs no libtorch.
+bench-web:
+	cargo build --release --workspace --bins
+	cargo bench --workspace --bench pages
 
 # Simulated workers against a real coordinator process; needs no libtorch.
 bench-coordinator:

@@ -36,7 +36,7 @@ use crate::model::{
     NewWorker, Progress, Stats, Submitted,
 };
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// From version 1: batches gained owners and workers the identity that registered them.
 /// (A column added with a default is a change to the schema record only: instant.)
@@ -52,6 +52,11 @@ const MIGRATE_FROM_1: &str = "ALTER TABLE batches ADD COLUMN owner TEXT NOT NULL
 /// From version 2: workers say what one job may take on them (0: not said).
 const MIGRATE_FROM_2: &str =
     "ALTER TABLE workers ADD COLUMN max_job_memory_bytes INTEGER NOT NULL DEFAULT 0;";
+
+/// Up to version 3, batches' job counts were counted on each read: after the schema
+/// made `batch_counts`, it is filled from the jobs as they are.
+const COUNT_FROM_3: &str = "INSERT INTO batch_counts (batch_id, state, n)
+    SELECT batch_id, state, COUNT(*) FROM jobs GROUP BY batch_id, state;";
 
 const SCHEMA: &str = include_str!("schema.sql");
 
@@ -136,8 +141,13 @@ impl SqliteStore {
             2 => MIGRATE_FROM_2.to_owned(),
             _ => String::new(),
         };
+        let fill = if (1..=3).contains(&found) {
+            COUNT_FROM_3
+        } else {
+            ""
+        };
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {migrate} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            "BEGIN IMMEDIATE; {migrate} {SCHEMA} {fill} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         ))?;
         let counters = Arc::new(Counters {
             turn: AtomicI64::new(conn.query_row(
@@ -456,6 +466,10 @@ impl Store for SqliteStore {
                 ])?;
                 insert_spec.execute(params![job_id, job.spec])?;
             }
+            tx.execute(
+                "INSERT INTO batch_counts (batch_id, state, n) VALUES (?1, 'queued', ?2)",
+                params![id, batch.jobs.len() as i64],
+            )?;
             Ok(Submitted {
                 batch_id: id,
                 existing: false,
@@ -815,13 +829,15 @@ impl Store for SqliteStore {
         let batch_id = batch_id.to_owned();
         let after = after.unwrap_or_default().to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // Job ids sort by batch and sequence: the primary key walks the page.
+        // Job ids sort by batch and sequence: the primary key walks the page. (`+batch_id`
+        // keeps the planner off the (batch_id, name) index, which would read every job of
+        // the batch and sort them to find one page.)
         self.read(move |conn| {
             batch_exists(conn, &batch_id)?;
             jobs_where(
                 conn,
                 // The batch's ids are `BATCH-j...`: a range of the key ('.' follows '-').
-                "id > max(?2, ?1 || '-') AND id < ?1 || '.' AND batch_id = ?1
+                "id > max(?2, ?1 || '-') AND id < ?1 || '.' AND +batch_id = ?1
                  ORDER BY id LIMIT ?3",
                 rusqlite::params![&batch_id, &after, limit],
             )

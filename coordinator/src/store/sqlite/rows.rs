@@ -83,7 +83,7 @@ pub(super) fn counts(
     batch_id: &str,
 ) -> Result<BTreeMap<JobState, u64>, StoreError> {
     let mut stmt =
-        conn.prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE batch_id = ?1 GROUP BY state")?;
+        conn.prepare_cached("SELECT state, n FROM batch_counts WHERE batch_id = ?1 AND n > 0")?;
     let rows = stmt
         .query_map([batch_id], |r| {
             let s: String = r.get(0)?;

@@ -1,5 +1,6 @@
 use super::*;
 use crate::model::{Capacity, Losses, NewJob};
+use std::collections::BTreeMap;
 
 fn batch(token: &str, priority: i32, n: usize) -> NewBatch {
     NewBatch {
@@ -670,6 +671,59 @@ async fn fencing_tokens_are_not_one_counter() {
 }
 
 #[tokio::test]
+async fn a_version_3_database_gains_batch_counts_filled_from_its_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let s = SqliteStore::open(&path).expect("open");
+    let id = s
+        .submit(batch("t", 0, 5), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let w = s
+        .register_worker(
+            NewWorker {
+                name: "w".into(),
+                identity: "worker".into(),
+                device: "cpu".into(),
+                gpu_model: String::new(),
+                gpu_memory_bytes: 0,
+                slots: 1,
+                capacity: Capacity::default(),
+            },
+            0,
+        )
+        .await
+        .expect("register");
+    let held = lease(&s, &w, 0, 100).await.expect("job");
+    s.cancel_job(&held.job_id).await.expect("cancel");
+    lease(&s, &w, 1, 100).await.expect("job");
+    let before = s.batch(&id).await.expect("batch").counts;
+    assert_eq!(
+        before,
+        BTreeMap::from([
+            (JobState::Queued, 3),
+            (JobState::Leased, 1),
+            (JobState::Cancelled, 1)
+        ]),
+        "the trigger moves each job's count with its state"
+    );
+    drop(s);
+    let conn = Connection::open(&path).expect("raw");
+    conn.execute_batch(
+        "DROP TRIGGER jobs_state_count; DROP TABLE batch_counts; PRAGMA user_version = 3;",
+    )
+    .expect("make it version 3");
+    drop(conn);
+    let s = SqliteStore::open(&path).expect("migrate");
+    assert_eq!(
+        s.batch(&id).await.expect("batch").counts,
+        before,
+        "filled from the jobs"
+    );
+}
+
+#[tokio::test]
 async fn older_databases_gain_owners_identities_and_worker_capacities() {
     for version in [1, 2] {
         older_database(version).await;
@@ -713,7 +767,8 @@ async fn older_database(version: i64) {
         ""
     };
     conn.execute_batch(&format!(
-        "{older} ALTER TABLE workers DROP COLUMN max_job_memory_bytes; PRAGMA user_version = {version};"
+        "{older} ALTER TABLE workers DROP COLUMN max_job_memory_bytes;
+         DROP TRIGGER jobs_state_count; DROP TABLE batch_counts; PRAGMA user_version = {version};"
     ))
     .expect("make it an older version");
     drop(conn);
