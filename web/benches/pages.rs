@@ -29,12 +29,17 @@ const LARGE: usize = 10_000;
 const SMALL: usize = 100;
 const RUNS: usize = 7;
 
-async fn get(router: &axum::Router, cookie: &str, path: &str) -> (Duration, Vec<u8>) {
-    let req = Request::get(path)
+/// A signed-in GET of `path`, as from loopback.
+fn request(cookie: &str, path: &str) -> Request<Body> {
+    Request::get(path)
         .header(header::COOKIE, cookie)
         .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))))
         .body(Body::empty())
-        .expect("request");
+        .expect("request")
+}
+
+async fn get(router: &axum::Router, cookie: &str, path: &str) -> (Duration, Vec<u8>) {
+    let req = request(cookie, path);
     let start = Instant::now();
     let res = router.clone().oneshot(req).await.expect("answer");
     assert!(res.status().is_success(), "{path}: {}", res.status());
@@ -62,11 +67,7 @@ async fn median(router: &axum::Router, cookie: &str, path: &str) -> (Duration, u
 
 /// Time until the live stream has sent `n` job events.
 async fn burst(router: &axum::Router, cookie: &str, batch: &str, n: usize) -> Duration {
-    let req = Request::get(format!("/batches/{batch}/events"))
-        .header(header::COOKIE, cookie)
-        .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))))
-        .body(Body::empty())
-        .expect("request");
+    let req = request(cookie, &format!("/batches/{batch}/events"));
     let start = Instant::now();
     let res = router.clone().oneshot(req).await.expect("answer");
     let mut body = res.into_body();

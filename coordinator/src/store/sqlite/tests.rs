@@ -365,15 +365,7 @@ async fn a_leaving_worker_gives_back_what_it_never_received_uncharged_and_is_for
     let mut b = batch("t", 0, 3);
     b.max_attempts = 1;
     s.submit(b, 0).await.expect("submit");
-    let register = |name: &str| NewWorker {
-        name: name.into(),
-        identity: "worker".into(),
-        device: "cpu".into(),
-        gpu_model: String::new(),
-        gpu_memory_bytes: 0,
-        slots: 1,
-        capacity: Capacity::default(),
-    };
+    let register = cpu_worker;
     let gone = s
         .register_worker(register("gone"), 0)
         .await
@@ -670,6 +662,19 @@ async fn fencing_tokens_are_not_one_counter() {
     assert!(tokens.iter().all(|t| *t > 0 && *t <= i64::MAX as u64));
 }
 
+/// A one-slot CPU worker of the `worker` identity named `name`.
+fn cpu_worker(name: &str) -> NewWorker {
+    NewWorker {
+        name: name.into(),
+        identity: "worker".into(),
+        device: "cpu".into(),
+        gpu_model: String::new(),
+        gpu_memory_bytes: 0,
+        slots: 1,
+        capacity: Capacity::default(),
+    }
+}
+
 #[tokio::test]
 async fn a_version_3_database_gains_batch_counts_filled_from_its_jobs() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -681,18 +686,7 @@ async fn a_version_3_database_gains_batch_counts_filled_from_its_jobs() {
         .expect("submit")
         .batch_id;
     let w = s
-        .register_worker(
-            NewWorker {
-                name: "w".into(),
-                identity: "worker".into(),
-                device: "cpu".into(),
-                gpu_model: String::new(),
-                gpu_memory_bytes: 0,
-                slots: 1,
-                capacity: Capacity::default(),
-            },
-            0,
-        )
+        .register_worker(cpu_worker("w"), 0)
         .await
         .expect("register");
     let held = lease(&s, &w, 0, 100).await.expect("job");
