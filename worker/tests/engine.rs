@@ -789,3 +789,21 @@ fn openexr_is_linear_light_encoded_to_srgb_and_the_transfer_can_be_named() {
         .expect("a 2K plate decodes");
     assert_eq!(img.dimensions(), (2048, 1152));
 }
+
+#[test]
+fn a_view_image_is_small_and_keeps_the_colours() {
+    // A large image with a known colour and a gradient: the view is at most VIEW_SIDE
+    // on its long side and its pixels are the image's, not brightened or darkened.
+    let img =
+        image::Rgb32FImage::from_fn(1200, 600, |x, _| image::Rgb([0.2, 0.5, x as f32 / 1199.0]));
+    let jpeg = image_io::encode_view(&img, 320).expect("encodes");
+    let view = image::load_from_memory(&jpeg).expect("a JPEG").into_rgb8();
+    assert_eq!(view.dimensions(), (320, 160));
+    let p = view.get_pixel(160, 80).0;
+    assert!(
+        (i32::from(p[0]) - 51).abs() <= 3
+            && (i32::from(p[1]) - 128).abs() <= 3
+            && (i32::from(p[2]) - 128).abs() <= 6,
+        "{p:?}"
+    );
+}

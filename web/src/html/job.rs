@@ -60,7 +60,7 @@ fn face(j: &v1::JobStatus) -> Option<(String, &'static str)> {
     if j.result_attempt > 0 {
         return Some((view_src(j, j.result_attempt, View::Thumbnail), "result"));
     }
-    (j.attempt > 0).then(|| {
+    (j.attempt > 0 && checkpointed(j) > 0).then(|| {
         (
             format!(
                 "{}?v={}",
@@ -74,8 +74,13 @@ fn face(j: &v1::JobStatus) -> Option<(String, &'static str)> {
 
 /// One job's tile in a batch's grid of thumbnails.
 pub(crate) fn tile(j: &v1::JobStatus) -> String {
+    let none = if live(j) {
+        "no preview yet"
+    } else {
+        "no image"
+    };
     let img = face(j).map_or_else(
-        || r#"<span class="noimage">not started</span>"#.to_owned(),
+        || format!(r#"<span class="noimage">{none}</span>"#),
         |(src, what)| {
             format!(
                 r#"<img src="{src}" alt="{name}: {what}" loading="lazy" width="160" data-face="{what}"><span class="noimage" hidden>no image yet</span>"#,

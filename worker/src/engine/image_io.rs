@@ -259,8 +259,10 @@ pub fn encode_view(img: &Rgb32FImage, side: u32) -> Result<Vec<u8>, ImageError> 
         ((f64::from(w) * scale).round() as u32).max(1),
         ((f64::from(h) * scale).round() as u32).max(1),
     );
-    // Shrunk first, so the full-size image is never copied.
-    let small = DynamicImage::ImageRgb32F(image::imageops::thumbnail(img, tw, th)).into_rgb8();
+    // Shrunk first, so the full-size image is never copied. (`imageops::thumbnail`
+    // brightens f32 images: its sums assume integer subpixels.)
+    let small = image::imageops::resize(img, tw, th, image::imageops::FilterType::Triangle);
+    let small = DynamicImage::ImageRgb32F(small).into_rgb8();
     let mut out = Cursor::new(Vec::new());
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
         .encode_image(&small)
