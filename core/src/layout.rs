@@ -47,6 +47,20 @@ pub fn attempt_prefix(batch_id: &str, job_id: &str, attempt: u32) -> String {
     format!("batches/{batch_id}/jobs/{job_id}/attempt-{attempt:03}")
 }
 
+/// Where an attempt's checkpoint after `iteration` iterations goes.
+pub fn checkpoint_key(attempt_prefix: &str, iteration: u32) -> String {
+    format!("{attempt_prefix}/checkpoint-{iteration:06}.safetensors")
+}
+
+/// The iteration a [`checkpoint_key`] holds, if `key` is one.
+pub fn checkpoint_iteration(key: &str) -> Option<u32> {
+    key.rsplit_once("/checkpoint-")?
+        .1
+        .strip_suffix(".safetensors")?
+        .parse()
+        .ok()
+}
+
 /// One of an attempt's view files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -175,6 +189,24 @@ impl AttemptProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_key_names_its_iteration() {
+        let key = checkpoint_key(&attempt_prefix("b1", "j1", 2), 250);
+        assert_eq!(
+            key,
+            "batches/b1/jobs/j1/attempt-002/checkpoint-000250.safetensors"
+        );
+        assert_eq!(checkpoint_iteration(&key), Some(250));
+        for other in [
+            "",
+            "ck/40",
+            "a/checkpoint-x.safetensors",
+            "a/checkpoint-12.json",
+        ] {
+            assert_eq!(checkpoint_iteration(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn every_view_reads_back_from_its_name_and_nothing_else_does() {

@@ -229,7 +229,12 @@ pub fn http_get(addr: &str, path: &str) -> (String, String) {
     .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    status_and_body(&out)
+}
+
+/// An HTTP/1.1 answer's status line and body.
+fn status_and_body(answer: &str) -> (String, String) {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
     (
         head.lines().next().unwrap_or("").to_owned(),
         body.to_owned(),
@@ -268,12 +273,7 @@ pub fn https_get(addr: &str, path: &str, ca: &Path) -> (String, String) {
     let mut raw = Vec::new();
     // A server that closes without close_notify still sent what it sent.
     let _ = s.read_to_end(&mut raw);
-    let out = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
+    status_and_body(&String::from_utf8_lossy(&raw))
 }
 
 /// Waits for a file to appear (written whole, by rename) and returns its contents.

@@ -2,21 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let config = stylefarm_web::WebConfig::parse();
     stylefarm_core::telemetry::init(config.log_json, "info");
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| {
-            // The signal handlers need the runtime: install them inside it.
-            rt.block_on(async {
-                let shutdown = stylefarm_core::shutdown::signal();
-                stylefarm_web::run(config, shutdown).await
-            })
-        });
-    match result {
+    match stylefarm_web::run(config, stylefarm_core::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(cause = %format!("{err:#}"), "web interface failed");

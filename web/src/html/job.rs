@@ -46,11 +46,7 @@ fn view_src(j: &v1::JobStatus, n: u32, view: View) -> String {
 
 /// The iteration of the job's latest checkpoint (0 before one): its preview's version.
 pub fn checkpointed(j: &v1::JobStatus) -> u32 {
-    j.checkpoint_key
-        .rsplit_once("checkpoint-")
-        .and_then(|(_, rest)| rest.split('.').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    stylefarm_core::layout::checkpoint_iteration(&j.checkpoint_key).unwrap_or(0)
 }
 
 /// The image that stands for a job: its result's thumbnail once it succeeded, else the

@@ -313,10 +313,8 @@ impl Running {
         if matches!(self.held.stop.reason(), Some(Stop::Cancelled | Stop::Lost)) {
             return;
         }
-        let key = format!(
-            "{}/checkpoint-{iteration:06}.safetensors",
-            self.held.lease.attempt_prefix
-        );
+        let key =
+            stylefarm_core::layout::checkpoint_key(&self.held.lease.attempt_prefix, iteration);
         let node = Arc::clone(node);
         self.uploads.abort_all();
         self.uploads
