@@ -105,7 +105,10 @@ impl Coordinator {
     pub async fn batches(&mut self, limit: u32) -> anyhow::Result<Vec<v1::Batch>> {
         match self
             .client
-            .list_batches(v1::ListBatchesRequest { limit })
+            .list_batches(v1::ListBatchesRequest {
+                limit,
+                ..Default::default()
+            })
             .await
         {
             Ok(r) => Ok(r.into_inner().batches),

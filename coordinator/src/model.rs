@@ -172,6 +172,11 @@ pub struct JobRecord {
     /// Attempts it may start in all: the batch's `max_attempts`, raised by one for each
     /// attempt handed back unfinished (ReleaseJob); a retry allows `max_attempts` more.
     pub attempts_allowed: u32,
+    /// When the latest attempt was leased (unix ms).
+    pub started_ms: Option<i64>,
+    /// When the latest attempt ended (unix ms): completed, failed, handed back, expired or
+    /// cancelled; `None` while it runs.
+    pub ended_ms: Option<i64>,
 }
 
 /// A batch's stored record with its job counts.

@@ -230,7 +230,10 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
             "ListBatches",
             code(
                 client
-                    .list_batches(v1::ListBatchesRequest { limit: 5 })
+                    .list_batches(v1::ListBatchesRequest {
+                        limit: 5,
+                        ..Default::default()
+                    })
                     .await,
             ),
         );
@@ -378,7 +381,10 @@ async fn every_rpc_answers_each_caller_as_its_role_and_ownership_allow() {
     let b = c
         .client_as("bob")
         .await
-        .list_batches(v1::ListBatchesRequest { limit: 100 })
+        .list_batches(v1::ListBatchesRequest {
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .expect("list")
         .into_inner()
@@ -537,7 +543,10 @@ fn rand_suffix() -> String {
 async fn try_list(auth: &ClientAuth, addr: &str) -> Result<(), String> {
     let ch = auth.connect(addr).await.map_err(|e| e.to_string())?;
     StyleFarmClient::new(ch)
-        .list_batches(v1::ListBatchesRequest { limit: 1 })
+        .list_batches(v1::ListBatchesRequest {
+            limit: 1,
+            ..Default::default()
+        })
         .await
         .map(|_| ())
         .map_err(|s| format!("{:?}: {}", s.code(), stylefarm_net::chain(&s)))

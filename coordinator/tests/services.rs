@@ -3,6 +3,7 @@
 
 use stylefarm_testkit::farm as common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,10 +235,62 @@ async fn bad_submissions_are_invalid_argument_naming_job_and_field() {
     // Nothing was stored by any of them.
     let list = h
         .client
-        .list_batches(call(v1::ListBatchesRequest { limit: 0 }))
+        .list_batches(call(v1::ListBatchesRequest::default()))
         .await
         .expect("list");
     assert!(list.into_inner().batches.is_empty());
+}
+
+#[tokio::test]
+async fn batches_are_listed_by_state_however_far_back_they_are() {
+    let h = harness(|_| {}).await;
+    let oldest = h
+        .submit(common::submit("a", 0, 1))
+        .await
+        .expect("submit")
+        .batch_id;
+    for token in ["b", "c"] {
+        h.submit(common::submit(token, 0, 1)).await.expect("submit");
+    }
+    h.client
+        .cancel_batch(call(v1::CancelBatchRequest {
+            batch_id: oldest.clone(),
+        }))
+        .await
+        .expect("cancel");
+    let list = |limit, state: BatchState| {
+        h.client.list_batches(call(v1::ListBatchesRequest {
+            limit,
+            state: state as i32,
+        }))
+    };
+    let cancelled = list(1, BatchState::Cancelled)
+        .await
+        .expect("list")
+        .into_inner()
+        .batches;
+    assert_eq!(
+        cancelled.iter().map(|b| &b.batch_id).collect::<Vec<_>>(),
+        [&oldest],
+        "found behind two newer batches in other states"
+    );
+    let count = |r: Result<tonic::Response<v1::ListBatchesResponse>, tonic::Status>| {
+        r.expect("list").into_inner().batches.len()
+    };
+    assert_eq!(count(list(10, BatchState::Queued).await), 2);
+    assert_eq!(count(list(1, BatchState::Queued).await), 1);
+    assert_eq!(count(list(10, BatchState::Failed).await), 0);
+    assert_eq!(count(list(10, BatchState::Unspecified).await), 3);
+    let bad = h
+        .client
+        .list_batches(call(v1::ListBatchesRequest {
+            limit: 1,
+            state: 42,
+        }))
+        .await
+        .expect_err("no such state");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("state"), "{}", bad.message());
 }
 
 #[tokio::test]
@@ -478,7 +531,12 @@ async fn a_watch_that_starts_after_some_jobs_finished_still_follows_the_batch() 
         .await
         .expect("watch")
         .into_inner();
-    // Every snapshot event carries the state of the whole batch: still running.
+    // Every snapshot event carries the state of the whole batch: still running, and its
+    // counts once the snapshot is complete.
+    let counts = |pairs: &[(&str, u32)]| -> HashMap<String, u32> {
+        pairs.iter().map(|(s, n)| ((*s).to_owned(), *n)).collect()
+    };
+    let mut snapshot = Vec::new();
     for _ in 0..3 {
         let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
             .await
@@ -486,13 +544,32 @@ async fn a_watch_that_starts_after_some_jobs_finished_still_follows_the_batch() 
             .expect("an event")
             .expect("ok");
         assert_eq!(ev.batch_state, BatchState::Running as i32, "{ev:?}");
+        snapshot.push(ev);
     }
-    for _ in 0..2 {
-        let l = h.lease(&w, 0).await.expect("job");
-        h.complete(&w, &l, &format!("{}/x.png", l.attempt_prefix))
-            .await
-            .expect("complete");
-    }
+    assert_eq!(
+        snapshot[2].jobs_by_state,
+        counts(&[("succeeded", 1), ("queued", 2)]),
+        "the whole batch's counts"
+    );
+    let l = h.lease(&w, 0).await.expect("job");
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("event in time")
+        .expect("an event")
+        .expect("ok");
+    assert_eq!(ev.job.as_ref().expect("job").job_id, l.job_id);
+    assert_eq!(
+        ev.jobs_by_state,
+        counts(&[("succeeded", 1), ("queued", 1), ("leased", 1)]),
+        "counts move with each event"
+    );
+    h.complete(&w, &l, &format!("{}/x.png", l.attempt_prefix))
+        .await
+        .expect("complete");
+    let l = h.lease(&w, 0).await.expect("job");
+    h.complete(&w, &l, &format!("{}/x.png", l.attempt_prefix))
+        .await
+        .expect("complete");
     let mut last = None;
     while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), events.next())
         .await

@@ -83,6 +83,20 @@ pub enum BatchState {
 }
 
 impl BatchState {
+    /// Every state, in the order a person reads them.
+    pub const ALL: [BatchState; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The state with this name (`as_str`), if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
     /// The state of a batch whose jobs are in `counts`.
     pub fn of(counts: &BTreeMap<JobState, u64>) -> Self {
         let n = |s: JobState| counts.get(&s).copied().unwrap_or(0);

@@ -2,6 +2,7 @@
 //! signed-in person's token, so the coordinator alone decides what each may see and do;
 //! the pages only hide what would be refused.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::html;
 use crate::session::{self, Cookie, LoginThrottle, Session, Sessions};
 use crate::views::{ViewError, Views};
 use stylefarm_core::layout::View;
+use stylefarm_core::BatchState;
 
 /// Jobs per page of a batch.
 pub const PAGE_SIZE: u32 = 100;
@@ -352,35 +354,35 @@ struct BatchesQuery {
     state: Option<String>,
 }
 
+/// The newest batches (only those in state `filter`, however far back, when given).
 async fn list(
     app: &App,
     who: &Arc<Session>,
-    filter: Option<&str>,
+    filter: Option<BatchState>,
 ) -> Result<Vec<v1::Batch>, WebError> {
-    let mut batches = app
+    let batches = app
         .client(who.token())
         .list_batches(v1::ListBatchesRequest {
             limit: BATCHES_LISTED,
+            state: filter.map_or(0, |s| v1::BatchState::from(s) as i32),
         })
         .await
         .map_err(|s| WebError::Coordinator(Arc::clone(who), s))?
         .into_inner()
         .batches;
-    if let Some(f) = filter {
-        batches.retain(|b| html::batch_state(b.state) == f);
-    }
     Ok(batches)
 }
 
-fn filter(q: &BatchesQuery) -> Result<Option<&str>, WebError> {
-    match q.state.as_deref().filter(|s| !s.is_empty()) {
-        None => Ok(None),
-        Some(s) if html::BATCH_STATES.contains(&s) => Ok(Some(s)),
-        Some(s) => Err(WebError::BadRequest(format!(
-            "state {s:?} is not one of {}",
-            html::BATCH_STATES.join(", ")
-        ))),
-    }
+fn filter(q: &BatchesQuery) -> Result<Option<BatchState>, WebError> {
+    let Some(name) = q.state.as_deref().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    BatchState::parse(name).map(Some).ok_or_else(|| {
+        WebError::BadRequest(format!(
+            "state {name:?} is not one of {}",
+            BatchState::ALL.map(BatchState::as_str).join(", ")
+        ))
+    })
 }
 
 async fn batches(
@@ -390,7 +392,12 @@ async fn batches(
 ) -> Result<Html<String>, WebError> {
     let f = filter(&q)?;
     let list = list(&app, &who, f).await?;
-    Ok(Html(html::batches(&who, &list, f, now_ms())))
+    Ok(Html(html::batches(
+        &who,
+        &list,
+        f.map(BatchState::as_str),
+        now_ms(),
+    )))
 }
 
 async fn batch_rows(
@@ -445,8 +452,53 @@ struct JobEvent<'a> {
     loss: Option<f64>,
     error: &'a str,
     batch_state: &'static str,
+    /// The whole batch's jobs per state, this change included.
+    counts: &'a HashMap<String, u32>,
     result_attempt: u32,
     checkpoint: u32,
+    /// How long the latest attempt has run (or ran), and whether it still runs.
+    elapsed_ms: Option<i64>,
+    running: bool,
+}
+
+/// One WatchBatch message as a server-sent event: a job's change, `lost` when the
+/// coordinator broke the stream (the browser reconnects and gets a fresh snapshot), or
+/// `end` when the batch has ended (the page stops following it).
+fn batch_event(message: Option<Result<v1::BatchEvent, tonic::Status>>) -> Event {
+    let e = match message {
+        Some(Ok(e)) => e,
+        Some(Err(status)) => {
+            tracing::info!(code = ?status.code(), "a batch's event stream broke");
+            return Event::default()
+                .event("lost")
+                .data(format!("{:?}", status.code()));
+        }
+        None => return Event::default().event("end").data("ended"),
+    };
+    let Some(job) = e.job else {
+        return Event::default().comment("");
+    };
+    let elapsed = html::elapsed(&job, now_ms());
+    let event = JobEvent {
+        job: &job.job_id,
+        state: html::job_state(job.state),
+        attempt: job.attempt,
+        worker: &job.worker,
+        iteration: job.iteration,
+        iterations: job.iterations,
+        loss: job.losses.as_ref().map(|l| l.total).filter(|t| *t > 0.0),
+        error: &job.error,
+        batch_state: html::batch_state(e.batch_state),
+        counts: &e.jobs_by_state,
+        result_attempt: job.result_attempt,
+        checkpoint: html::job::checkpointed(&job),
+        elapsed_ms: elapsed.map(|(ms, _)| ms),
+        running: elapsed.is_some_and(|(_, running)| running),
+    };
+    match serde_json::to_string(&event) {
+        Ok(data) => Event::default().event("job").data(data),
+        Err(_) => Event::default().comment(""),
+    }
 }
 
 /// Live changes of a batch's jobs (server-sent events from the coordinator's WatchBatch,
@@ -464,31 +516,17 @@ async fn events(
         .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?
         .into_inner();
     let shutdown = app.shutdown.clone();
-    let events = stream
-        .map_while(|e| e.ok())
-        .filter_map(|e| {
-            let job = e.job?;
-            let event = JobEvent {
-                job: &job.job_id,
-                state: html::job_state(job.state),
-                attempt: job.attempt,
-                worker: &job.worker,
-                iteration: job.iteration,
-                iterations: job.iterations,
-                loss: job.losses.as_ref().map(|l| l.total).filter(|t| *t > 0.0),
-                error: &job.error,
-                batch_state: html::batch_state(e.batch_state),
-                result_attempt: job.result_attempt,
-                checkpoint: html::job::checkpointed(&job),
-            };
-            let data = serde_json::to_string(&event).ok()?;
-            Some(Ok(Event::default().event("job").data(data)))
-        })
-        // The coordinator ends the watch once the batch has ended: the page is told so and
-        // stops reconnecting.
-        .chain(tokio_stream::once(Ok(Event::default()
-            .event("end")
-            .data("ended"))));
+    // The coordinator ends the watch once the batch has ended (the page is told so and
+    // stops reconnecting); a broken watch is the last event of this stream too.
+    let events = futures_util::stream::unfold(Some(stream), |stream| async move {
+        let mut stream = stream?;
+        let message = stream.next().await;
+        let last = !matches!(message, Some(Ok(_)));
+        Some((
+            Ok::<_, Infallible>(batch_event(message)),
+            (!last).then_some(stream),
+        ))
+    });
     // The stream ends at shutdown, so open pages do not hold the process, and when the
     // session ends (sign-out, a revoked token, idle), so it shows nothing more to a
     // browser no longer signed in.

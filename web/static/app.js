@@ -57,29 +57,85 @@ function updateTile(ev) {
   if (img.getAttribute("src") !== src) img.src = src;
 }
 
+// A duration as the server writes it (html::span): `45 s`, `12 min`, `3 h 5 min`.
+function span(ms) {
+  const s = Math.floor(Math.max(0, ms) / 1000);
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min";
+  return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+}
+
+// Elapsed times of attempts that still run count on between events: each such cell holds
+// its elapsed time when it was written (`data-running`) and when that was (`data-since`).
+function tickElapsed() {
+  const now = performance.now();
+  for (const cell of document.querySelectorAll("[data-running]")) {
+    const since = cell.dataset.since ? parseFloat(cell.dataset.since) : 0;
+    setText(cell, span(parseInt(cell.dataset.running, 10) + now - since));
+  }
+}
+
+function setElapsed(cell, ev) {
+  if (!cell) return;
+  if (ev.running && ev.elapsed_ms !== null) {
+    cell.dataset.running = String(ev.elapsed_ms);
+    cell.dataset.since = String(performance.now());
+  } else {
+    delete cell.dataset.running;
+    delete cell.dataset.since;
+  }
+  setText(cell, ev.elapsed_ms === null ? "" : span(ev.elapsed_ms));
+}
+
+// Says on the page that it no longer follows the farm, and why.
+function stale(message) {
+  let note = document.getElementById("live-status");
+  if (!note) {
+    note = document.createElement("p");
+    note.id = "live-status";
+    note.className = "live";
+    note.setAttribute("role", "status");
+    document.querySelector("main").append(note);
+  }
+  note.classList.add("stale");
+  setText(note, message);
+}
+
+// The page follows the farm again.
+function recovered() {
+  const note = document.getElementById("live-status");
+  if (note && note.classList.contains("stale")) { note.classList.remove("stale"); setText(note, ""); }
+}
+
+const SIGNED_OUT = "Your session has ended, so this page no longer updates: reload it to sign in again.";
+
 function followBatch(summary) {
   const status = document.getElementById("live-status");
   const source = new EventSource(summary.dataset.events);
-  source.addEventListener("open", () => setText(status, "Live: following this batch."));
-  source.addEventListener("error", () => setText(status, "Live updates paused; reconnecting…"));
-  source.addEventListener("end", () => { source.close(); setText(status, "This batch has ended."); });
+  source.addEventListener("open", () => { status.classList.remove("stale"); setText(status, "Live: following this batch."); });
+  source.addEventListener("error", () => {
+    // The browser reconnects by itself unless the answer was no stream at all (signed
+    // out, or the web server refused): then only a reload helps.
+    if (source.readyState === EventSource.CLOSED) stale(SIGNED_OUT);
+    else stale("Live updates paused; reconnecting…");
+  });
+  source.addEventListener("lost", () => stale("Lost the coordinator's events; reconnecting…"));
+  source.addEventListener("end", () => { source.close(); status.classList.remove("stale"); setText(status, "This batch has ended."); });
   source.addEventListener("job", (e) => {
     const ev = JSON.parse(e.data);
     const badge = summary.querySelector("[data-batch-state]");
     if (badge) { setText(badge, ev.batch_state); badge.className = "badge state-" + ev.batch_state; }
+    for (const c of summary.querySelectorAll("[data-count]")) {
+      setText(c, String(ev.counts[c.dataset.count] || 0));
+    }
     updateTile(ev);
     const row = document.querySelector('tr[data-job="' + CSS.escape(ev.job) + '"]');
     if (!row) return; // on another page of the table
     const cell = (f) => row.querySelector('[data-field="' + f + '"]');
     const state = cell("state").querySelector(".badge");
-    const before = state.textContent;
-    if (before !== ev.state) {
+    if (state.textContent !== ev.state) {
       setText(state, ev.state);
       state.className = "badge state-" + ev.state;
-      for (const [s, d] of [[before, -1], [ev.state, 1]]) {
-        const c = summary.querySelector('[data-count="' + s + '"]');
-        if (c) setText(c, String(Math.max(0, parseInt(c.textContent, 10) + d)));
-      }
       if (!["queued", "leased", "running"].includes(ev.state)) {
         const form = row.querySelector("form");
         if (form) form.remove();
@@ -88,14 +144,18 @@ function followBatch(summary) {
     setText(cell("attempt"), String(ev.attempt));
     setText(cell("worker"), ev.worker);
     progressCell(cell("progress"), ev.iteration, ev.iterations);
+    setElapsed(cell("elapsed"), ev);
     setText(cell("losses"), ev.loss ? ev.loss.toExponential(4) : "");
     setText(cell("error"), ev.error);
   });
 }
 
+// A part of a page fetched again; null once the session has ended (the page says so).
+// Other failures throw, so `every3s` backs off.
 async function fetchPart(url) {
   const res = await fetch(url, { credentials: "same-origin" });
-  if (!res.ok || res.url.indexOf("/login") >= 0) return null;
+  if (new URL(res.url).pathname === "/login") { stale(SIGNED_OUT); return null; }
+  if (!res.ok) throw new Error("HTTP " + res.status);
   return res.text();
 }
 
@@ -108,8 +168,10 @@ function every3s(step) {
       try {
         if ((await step()) === false) return;
         wait = 3000;
+        recovered();
       } catch (_) {
         wait = Math.min(wait * 2, 30000);
+        stale("Updates failed; trying again in " + wait / 1000 + " s…");
       }
     }
     setTimeout(tick, wait);
@@ -121,7 +183,8 @@ function refreshRows(table) {
   const body = table.querySelector("tbody");
   every3s(async () => {
     const html = await fetchPart(table.dataset.refresh);
-    if (html !== null) body.innerHTML = html;
+    if (html === null) return false;
+    body.innerHTML = html;
   });
 }
 
@@ -131,7 +194,7 @@ function followJob(section) {
   if (section.querySelector("[data-ended]")) return;
   every3s(async () => {
     const html = await fetchPart(section.dataset.live);
-    if (html === null) return true;
+    if (html === null) return false;
     section.innerHTML = html;
     watchImages(section);
     return !section.querySelector("[data-ended]");
@@ -142,7 +205,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const tiles = document.querySelector("ul.tiles");
   if (tiles) watchImages(tiles);
   const summary = document.querySelector("section.summary[data-events]");
-  if (summary) followBatch(summary);
+  if (summary) { followBatch(summary); setInterval(tickElapsed, 1000); }
   const table = document.querySelector("table[data-refresh]");
   if (table) refreshRows(table);
   const job = document.querySelector("section[data-live]");

@@ -118,10 +118,14 @@ impl<S: Store> StyleFarm for ClientApi<S> {
             0 => 100,
             n => n.min(MAX_LIST),
         };
+        let state = match req.get_ref().state {
+            0 => None,
+            n => Some(stylefarm_proto::convert::batch_state("state", n).map_err(ApiError::from)?),
+        };
         let batches = self
             .state
             .store
-            .batches(limit)
+            .batches(limit, state)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(v1::ListBatchesResponse {
@@ -239,7 +243,7 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         let changed = self
             .state
             .store
-            .cancel_batch(id)
+            .cancel_batch(id, self.state.clock.now_ms())
             .await
             .map_err(ApiError::from)?;
         tracing::info!(jobs = changed.len(), "batch cancelled");
@@ -285,7 +289,7 @@ impl<S: Store> StyleFarm for ClientApi<S> {
         let job = self
             .state
             .store
-            .cancel_job(id)
+            .cancel_job(id, self.state.clock.now_ms())
             .await
             .map_err(ApiError::from)?;
         let answer = convert::job_status(&job);
@@ -303,27 +307,20 @@ async fn watch<S: Store>(
     mut events: broadcast::Receiver<JobRecord>,
     tx: mpsc::Sender<Result<v1::BatchEvent, Status>>,
 ) {
-    let mut known: HashMap<String, (u64, JobState)> = HashMap::new();
+    let mut known = Known::default();
     let mut pending = snapshot;
     loop {
         // Events can arrive older than the snapshot; versions put them in order.
-        let fresh: Vec<JobRecord> = pending
-            .drain(..)
-            .filter(|job| {
-                let newer = known.get(&job.job_id).is_none_or(|(v, _)| *v < job.version);
-                if newer {
-                    known.insert(job.job_id.clone(), (job.version, job.state));
-                }
-                newer
-            })
-            .collect();
-        // The batch's state over everything known, not just the jobs sent so far: a
-        // snapshot's first finished job must not read as a finished batch.
-        let overall = v1::BatchState::from(batch_state(&known)) as i32;
+        let fresh: Vec<JobRecord> = pending.drain(..).filter(|job| known.learn(job)).collect();
+        // The batch's state and counts over everything known, not just the jobs sent so
+        // far: a snapshot's first finished job must not read as a finished batch.
+        let overall = v1::BatchState::from(BatchState::of(&known.counts)) as i32;
+        let jobs_by_state = convert::counts(&known.counts);
         for job in fresh {
             let event = v1::BatchEvent {
                 job: Some(convert::job_status(&job)),
                 batch_state: overall,
+                jobs_by_state: jobs_by_state.clone(),
             };
             // A client that stops reading must not hold the stream past shutdown.
             tokio::select! {
@@ -331,7 +328,7 @@ async fn watch<S: Store>(
                 () = state.shutdown.cancelled() => return,
             }
         }
-        if batch_state(&known).has_ended() {
+        if BatchState::of(&known.counts).has_ended() {
             return;
         }
         tokio::select! {
@@ -359,10 +356,29 @@ async fn watch<S: Store>(
     }
 }
 
-fn batch_state(known: &HashMap<String, (u64, JobState)>) -> BatchState {
-    let mut counts = BTreeMap::new();
-    for (_, s) in known.values() {
-        *counts.entry(*s).or_insert(0u64) += 1;
+/// What a watch has seen of its batch: each job's newest version and state, and the
+/// jobs per state, kept as they change (so an event costs no pass over the batch).
+#[derive(Default)]
+struct Known {
+    jobs: HashMap<String, (u64, JobState)>,
+    counts: BTreeMap<JobState, u64>,
+}
+
+impl Known {
+    /// Takes in `job` if it is newer than what was seen of it; true if it was.
+    fn learn(&mut self, job: &JobRecord) -> bool {
+        let before = self.jobs.get(&job.job_id).copied();
+        if before.is_some_and(|(v, _)| v >= job.version) {
+            return false;
+        }
+        if let Some((_, s)) = before {
+            if let Some(n) = self.counts.get_mut(&s) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        *self.counts.entry(job.state).or_insert(0) += 1;
+        self.jobs
+            .insert(job.job_id.clone(), (job.version, job.state));
+        true
     }
-    BatchState::of(&counts)
 }

@@ -1,7 +1,7 @@
 //! Requests to domain values and domain values to answers: the coordinator's edge.
 //! Job specs themselves convert in `stylefarm_proto::convert`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -11,7 +11,9 @@ use stylefarm_net::Identity;
 use stylefarm_proto::v1;
 
 use crate::config::Config;
-use crate::model::{BatchRecord, Capacity, JobRecord, KnownWorker, NewBatch, NewJob, NewWorker};
+use crate::model::{
+    BatchRecord, Capacity, JobRecord, JobState, KnownWorker, NewBatch, NewJob, NewWorker,
+};
 use crate::state::Largest;
 use stylefarm_weights::memory::{self, Backend, Dims, JobImages};
 use stylefarm_weights::Architecture;
@@ -278,6 +280,8 @@ pub fn job_status(j: &JobRecord) -> v1::JobStatus {
         result_attempt: j.result_attempt.unwrap_or(0),
         sidecar_key: j.sidecar_key.clone().unwrap_or_default(),
         attempts_allowed: j.attempts_allowed,
+        started_ms: j.started_ms.unwrap_or(0),
+        ended_ms: j.ended_ms.unwrap_or(0),
     }
 }
 
@@ -332,6 +336,15 @@ pub fn fill_page(answer: &mut v1::Batch, jobs: &[JobRecord], size: usize) {
     }
 }
 
+/// Jobs per state on the wire (states with none left out).
+pub fn counts(counts: &BTreeMap<JobState, u64>) -> HashMap<String, u32> {
+    counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(s, n)| (s.as_str().to_owned(), u32::try_from(*n).unwrap_or(u32::MAX)))
+        .collect()
+}
+
 /// A batch on the wire, with its jobs when given.
 pub fn batch(b: &BatchRecord, jobs: &[JobRecord]) -> v1::Batch {
     v1::Batch {
@@ -341,11 +354,7 @@ pub fn batch(b: &BatchRecord, jobs: &[JobRecord]) -> v1::Batch {
         state: v1::BatchState::from(b.state()) as i32,
         priority: b.priority,
         created_unix_ms: b.created_ms,
-        jobs_by_state: b
-            .counts
-            .iter()
-            .map(|(s, n)| (s.as_str().to_owned(), u32::try_from(*n).unwrap_or(u32::MAX)))
-            .collect(),
+        jobs_by_state: counts(&b.counts),
         jobs: jobs.iter().map(job_status).collect(),
         next_page_token: String::new(),
     }

@@ -251,7 +251,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         let record = self
             .state
             .store
-            .complete(job_id, req.fencing_token, done)
+            .complete(job_id, req.fencing_token, done, self.state.clock.now_ms())
             .await
             .map_err(ApiError::from)?;
         tracing::info!(
@@ -288,7 +288,12 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         let record = self
             .state
             .store
-            .release(job_id, req.fencing_token, progress)
+            .release(
+                job_id,
+                req.fencing_token,
+                progress,
+                self.state.clock.now_ms(),
+            )
             .await
             .map_err(ApiError::from)?;
         tracing::info!(
@@ -314,7 +319,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         let requeued = self
             .state
             .store
-            .leave(&worker)
+            .leave(&worker, self.state.clock.now_ms())
             .await
             .map_err(ApiError::from)?;
         self.state.workers.remove(&worker);
@@ -345,7 +350,13 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         let record = self
             .state
             .store
-            .fail(job_id, req.fencing_token, &error, req.retryable)
+            .fail(
+                job_id,
+                req.fencing_token,
+                &error,
+                req.retryable,
+                self.state.clock.now_ms(),
+            )
             .await
             .map_err(ApiError::from)?;
         tracing::warn!(state = record.state.as_str(), attempt = record.attempt, cause = %error, retryable = req.retryable, "attempt failed");

@@ -7,8 +7,8 @@ pub mod sqlite;
 use std::future::Future;
 
 use crate::model::{
-    BatchRecord, Completion, JobRecord, KnownWorker, Lease, LeaseAsk, NewBatch, NewWorker,
-    Progress, Stats, Submitted,
+    BatchRecord, BatchState, Completion, JobRecord, KnownWorker, Lease, LeaseAsk, NewBatch,
+    NewWorker, Progress, Stats, Submitted,
 };
 
 pub use sqlite::SqliteStore;
@@ -141,6 +141,7 @@ pub trait Store: Send + Sync + 'static {
         job_id: &str,
         token: u64,
         done: Completion,
+        now_ms: i64,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
     /// Records a failed attempt: requeued while attempts remain and `retryable`, else
@@ -151,6 +152,7 @@ pub trait Store: Send + Sync + 'static {
         token: u64,
         error: &str,
         retryable: bool,
+        now_ms: i64,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
     /// Hands a leased job back unfinished: requeued at once with its checkpoint (a
@@ -161,6 +163,7 @@ pub trait Store: Send + Sync + 'static {
         job_id: &str,
         token: u64,
         progress: Progress,
+        now_ms: i64,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
     /// Requeues every job still leased to `worker`, uncharged like [`Store::release`]
@@ -170,6 +173,7 @@ pub trait Store: Send + Sync + 'static {
     fn leave(
         &self,
         worker: &str,
+        now_ms: i64,
     ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
 
     /// Returns jobs whose lease deadline passed to the queue (attempt count kept).
@@ -182,12 +186,14 @@ pub trait Store: Send + Sync + 'static {
     fn cancel_batch(
         &self,
         batch_id: &str,
+        now_ms: i64,
     ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
 
     /// Cancels one job that has not ended.
     fn cancel_job(
         &self,
         job_id: &str,
+        now_ms: i64,
     ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
     /// Requeues failed (and, if asked, cancelled) jobs with a fresh allowance of attempts,
@@ -202,10 +208,12 @@ pub trait Store: Send + Sync + 'static {
     fn batch(&self, batch_id: &str)
         -> impl Future<Output = Result<BatchRecord, StoreError>> + Send;
 
-    /// The newest batches first.
+    /// The newest batches first; with `state`, only those in it (at most `limit` of them,
+    /// however far back they are).
     fn batches(
         &self,
         limit: u32,
+        state: Option<BatchState>,
     ) -> impl Future<Output = Result<Vec<BatchRecord>, StoreError>> + Send;
 
     /// Up to `limit` jobs of a batch in submission order, after the job `after` (from

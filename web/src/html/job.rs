@@ -249,8 +249,25 @@ pub fn job(who: &Session, v: &JobView, now_ms: i64) -> String {
         };
         let row = p.as_ref().map_or_else(
             || {
-                r#"<td colspan="4">no record (it ended before its first checkpoint)</td>"#
-                    .to_owned()
+                if *n != j.attempt {
+                    return r#"<td colspan="4">no record (it ended before its first checkpoint)</td>"#
+                        .to_owned();
+                }
+                // The latest attempt before its first checkpoint: what the coordinator knows.
+                let started = if j.started_ms > 0 {
+                    format!("{} ago", span(now_ms.saturating_sub(j.started_ms)))
+                } else {
+                    "—".into()
+                };
+                let state = if live(&j) {
+                    "no checkpoint yet"
+                } else {
+                    "ended before its first checkpoint"
+                };
+                format!(
+                    "<td>{}</td><td>—</td><td>{started}</td><td>{state}</td>",
+                    esc(&j.worker)
+                )
             },
             |p| {
                 format!(

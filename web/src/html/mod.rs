@@ -115,9 +115,6 @@ pub fn batch_state(state: i32) -> &'static str {
     convert::batch_state("state", state).map_or("unknown", BatchState::as_str)
 }
 
-/// The batch states a filter may name.
-pub const BATCH_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
-
 fn count(b: &v1::Batch, state: &str) -> u32 {
     b.jobs_by_state.get(state).copied().unwrap_or(0)
 }
@@ -142,6 +139,17 @@ pub fn span(ms: i64) -> String {
         60..=3599 => format!("{} min", s / 60),
         _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
     }
+}
+
+/// How long a job's latest attempt has run (`running`: it still does, so the page counts
+/// on), or ran; `None` for a job waiting in the queue or never started.
+pub fn elapsed(j: &v1::JobStatus, now_ms: i64) -> Option<(i64, bool)> {
+    if j.started_ms <= 0 || job_state(j.state) == "queued" {
+        return None;
+    }
+    let running = j.ended_ms <= 0;
+    let end = if running { now_ms } else { j.ended_ms };
+    Some((end.saturating_sub(j.started_ms).max(0), running))
 }
 
 /// Time left at the rate jobs have succeeded so far (failures and cancels take no
@@ -230,7 +238,7 @@ pub fn batch_rows(batches: &[v1::Batch], now_ms: i64) -> String {
 /// The batches page.
 pub fn batches(who: &Session, batches: &[v1::Batch], filter: Option<&str>, now_ms: i64) -> String {
     let mut options = String::from(r#"<option value="">every state</option>"#);
-    for s in BATCH_STATES {
+    for s in BatchState::ALL.map(BatchState::as_str) {
         let selected = if filter == Some(s) { " selected" } else { "" };
         let _ = write!(options, r#"<option value="{s}"{selected}>{s}</option>"#);
     }
@@ -238,11 +246,11 @@ pub fn batches(who: &Session, batches: &[v1::Batch], filter: Option<&str>, now_m
         r#"<h1>Batches</h1>
 <form method="get" action="/batches" class="filter"><label for="state">State</label>
 <select id="state" name="state">{options}</select> <button type="submit">Filter</button></form>
-<table class="batches" data-refresh="/batches/rows{query}">
+<div class="scroll" role="region" aria-label="Batches table" tabindex="0"><table class="batches" data-refresh="/batches/rows{query}">
 <caption class="sr">Batches, newest first</caption>
 <thead><tr><th scope="col">Name</th><th scope="col">Owner</th><th scope="col">Priority</th><th scope="col">State</th><th scope="col">Jobs</th><th scope="col">Progress</th><th scope="col">ETA</th><th scope="col">Age</th></tr></thead>
 <tbody>{rows}</tbody>
-</table>"#,
+</table></div>"#,
         query = filter.map_or(String::new(), |f| format!("?state={}", esc(f))),
         rows = batch_rows(batches, now_ms),
     );
@@ -259,7 +267,7 @@ pub(crate) fn action(path: &str, csrf: &str, label: &str, class: &str) -> String
     )
 }
 
-fn job_row(j: &v1::JobStatus, batch_id: &str, who: &Session, owner: &str) -> String {
+fn job_row(j: &v1::JobStatus, batch_id: &str, who: &Session, owner: &str, now_ms: i64) -> String {
     let state = job_state(j.state);
     let live = matches!(state, "queued" | "leased" | "running");
     let cancel = if live && who.may_change(owner) {
@@ -273,12 +281,16 @@ fn job_row(j: &v1::JobStatus, batch_id: &str, who: &Session, owner: &str) -> Str
         String::new()
     };
     format!(
-        r#"<tr data-job="{id}"><td><a href="/jobs/{id}">{name}</a></td><td data-field="state"><span class="badge state-{state}">{state}</span></td><td class="num" data-field="attempt">{attempt}</td><td data-field="worker">{worker}</td><td data-field="progress">{progress}</td><td data-field="losses" class="num">{loss}</td><td data-field="error" class="error-text">{error}</td><td>{cancel}</td></tr>"#,
+        r#"<tr data-job="{id}"><td><a href="/jobs/{id}">{name}</a></td><td data-field="state"><span class="badge state-{state}">{state}</span></td><td class="num" data-field="attempt">{attempt}</td><td data-field="worker">{worker}</td><td data-field="progress">{progress}</td><td class="num nowrap" data-field="elapsed"{ticks}>{elapsed}</td><td data-field="losses" class="num">{loss}</td><td data-field="error" class="error-text">{error}</td><td>{cancel}</td></tr>"#,
         id = esc(&j.job_id),
         name = esc(&j.name),
         attempt = j.attempt,
         worker = esc(&j.worker),
         progress = progress(j.iteration, j.iterations, &format!("{} iterations", j.name)),
+        elapsed = elapsed(j, now_ms).map_or(String::new(), |(ms, _)| span(ms)),
+        ticks = elapsed(j, now_ms)
+            .filter(|(_, running)| *running)
+            .map_or(String::new(), |(ms, _)| format!(r#" data-running="{ms}""#)),
         loss = j
             .losses
             .as_ref()
@@ -301,11 +313,17 @@ pub fn batch(who: &Session, b: &v1::Batch, page_token: &str, now_ms: i64) -> Str
                 "danger",
             ));
         }
-        if count(b, "failed") + count(b, "cancelled") > 0 {
+        let label = match (count(b, "failed") > 0, count(b, "cancelled") > 0) {
+            (true, true) => Some("Retry failed and cancelled jobs"),
+            (true, false) => Some("Retry failed jobs"),
+            (false, true) => Some("Retry cancelled jobs"),
+            (false, false) => None,
+        };
+        if let Some(label) = label {
             actions.push_str(&action(
                 &format!("/batches/{}/retry", b.batch_id),
                 &who.csrf,
-                "Retry failed jobs",
+                label,
                 "",
             ));
         }
@@ -313,7 +331,7 @@ pub fn batch(who: &Session, b: &v1::Batch, page_token: &str, now_ms: i64) -> Str
     let mut rows = String::new();
     let mut tiles = String::new();
     for j in &b.jobs {
-        rows.push_str(&job_row(j, &b.batch_id, who, &b.owner));
+        rows.push_str(&job_row(j, &b.batch_id, who, &b.owner, now_ms));
         tiles.push_str(&job::tile(j));
     }
     let mut pager = String::new();
@@ -336,11 +354,11 @@ pub fn batch(who: &Session, b: &v1::Batch, page_token: &str, now_ms: i64) -> Str
 {counts}
 <div class="actions">{actions}</div>
 </section>
-<table class="jobs">
+<div class="scroll" role="region" aria-label="Jobs table" tabindex="0"><table class="jobs">
 <caption class="sr">Jobs of {name}</caption>
-<thead><tr><th scope="col">Job</th><th scope="col">State</th><th scope="col">Attempt</th><th scope="col">Worker</th><th scope="col">Iterations</th><th scope="col">Loss</th><th scope="col">Error</th><th scope="col"><span class="sr">Actions</span></th></tr></thead>
+<thead><tr><th scope="col">Job</th><th scope="col">State</th><th scope="col">Attempt</th><th scope="col">Worker</th><th scope="col">Iterations</th><th scope="col">Elapsed</th><th scope="col">Loss</th><th scope="col">Error</th><th scope="col"><span class="sr">Actions</span></th></tr></thead>
 <tbody>{rows}</tbody>
-</table>
+</table></div>
 <nav class="pager" aria-label="Pages of jobs">{pager}</nav>
 <p class="live" aria-live="polite" id="live-status"></p>
 <h2>Images</h2>

@@ -66,11 +66,11 @@ pub fn workers(who: &Session, workers: &[v1::WorkerInfo], now_ms: i64) -> String
     let body = format!(
         r#"<h1>Workers</h1>
 <p>{live} live of {all} registered. A lost worker's jobs go back to the queue when their leases expire.</p>
-<table class="workers" data-refresh="/workers/rows">
+<div class="scroll" role="region" aria-label="Workers table" tabindex="0"><table class="workers" data-refresh="/workers/rows">
 <caption class="sr">Registered workers</caption>
 <thead><tr><th scope="col">Worker</th><th scope="col">Identity</th><th scope="col">State</th><th scope="col">Device</th><th scope="col">GPU</th><th scope="col">Slots</th><th scope="col">Memory per job</th><th scope="col">Jobs</th><th scope="col">Last heard</th><th scope="col">Registered</th></tr></thead>
 <tbody>{rows}</tbody>
-</table>"#,
+</table></div>"#,
         all = workers.len(),
         rows = worker_rows(workers, now_ms),
     );

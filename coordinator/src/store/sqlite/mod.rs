@@ -32,11 +32,11 @@ use self::writer::{checkpoint_loop, write_loop, Change, Health, Op};
 
 use super::{HeartbeatAnswer, Store, StoreError};
 use crate::model::{
-    BatchRecord, Capacity, Completion, JobRecord, JobState, KnownWorker, Lease, LeaseAsk, NewBatch,
-    NewWorker, Progress, Stats, Submitted,
+    BatchRecord, BatchState, Capacity, Completion, JobRecord, JobState, KnownWorker, Lease,
+    LeaseAsk, NewBatch, NewWorker, Progress, Stats, Submitted,
 };
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// From version 1: batches gained owners and workers the identity that registered them.
 /// (A column added with a default is a change to the schema record only: instant.)
@@ -55,6 +55,11 @@ const MIGRATE_FROM_2: &str =
 
 /// Up to version 3, batches' job counts were counted on each read: after the schema
 /// made `batch_counts`, it is filled from the jobs as they are.
+/// From version 4: jobs record when their latest attempt started and ended (unknown for
+/// the attempts before).
+const MIGRATE_FROM_4: &str = "ALTER TABLE jobs ADD COLUMN started_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN ended_ms INTEGER;";
+
 const COUNT_FROM_3: &str = "INSERT INTO batch_counts (batch_id, state, n)
     SELECT batch_id, state, COUNT(*) FROM jobs GROUP BY batch_id, state;";
 
@@ -62,6 +67,11 @@ const SCHEMA: &str = include_str!("schema.sql");
 
 /// Part of every `UPDATE jobs`: a watcher drops events older than what it has seen.
 const BUMP: &str = "version = version + 1";
+
+/// Cancels a job that has not ended (`?2` is now): an attempt that runs ends now as far
+/// as its elapsed time goes (its holder's last word may still come).
+const CANCEL: &str = "state = 'cancelled',
+    ended_ms = CASE WHEN state IN ('leased', 'running') THEN ?2 ELSE ended_ms END";
 
 /// The holder of a live lease: `?1` is the job, `?2` the fencing token. A cancelled job
 /// still accepts its holder's last word while the lease is live.
@@ -137,8 +147,9 @@ impl SqliteStore {
         // Migration, schema and version in one transaction: a crash or error part way
         // leaves the file as it was.
         let migrate = match found {
-            1 => format!("{MIGRATE_FROM_1} {MIGRATE_FROM_2}"),
-            2 => MIGRATE_FROM_2.to_owned(),
+            1 => format!("{MIGRATE_FROM_1} {MIGRATE_FROM_2} {MIGRATE_FROM_4}"),
+            2 => format!("{MIGRATE_FROM_2} {MIGRATE_FROM_4}"),
+            3 | 4 => MIGRATE_FROM_4.to_owned(),
             _ => String::new(),
         };
         let fill = if (1..=3).contains(&found) {
@@ -341,12 +352,16 @@ fn lease_tx(
     let record = tx
         .prepare_cached(&format!(
             "UPDATE jobs SET state = 'leased', attempt = attempt + 1, token = ?2,
-                    deadline_ms = ?3, worker = ?4, error = NULL, {BUMP}
+                    deadline_ms = ?3, worker = ?4, error = NULL,
+                    started_ms = ?5, ended_ms = NULL, {BUMP}
              WHERE id = (SELECT id FROM jobs WHERE batch_id = ?1 AND state = 'queued'
                          ORDER BY seq LIMIT 1)
              RETURNING {JOB_COLUMNS}"
         ))?
-        .query_row(params![batch_id, token, deadline, ask.worker], job_row)?;
+        .query_row(
+            params![batch_id, token, deadline, ask.worker, ask.now_ms],
+            job_row,
+        )?;
     let spec: Vec<u8> = tx
         .prepare_cached("SELECT spec FROM specs WHERE job_id = ?1")?
         .query_row([&record.job_id], |r| r.get(0))?;
@@ -371,6 +386,7 @@ fn complete_tx(
     job_id: &str,
     token: u64,
     done: &Completion,
+    now_ms: i64,
 ) -> Result<JobRecord, StoreError> {
     fenced_update(
         tx,
@@ -385,7 +401,7 @@ fn complete_tx(
          loss_tv = CASE WHEN state = 'cancelled' THEN loss_tv ELSE COALESCE(?8, loss_tv) END,
          loss_total = CASE WHEN state = 'cancelled' THEN loss_total ELSE COALESCE(?9, loss_total) END,
          state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'succeeded' END,
-         deadline_ms = NULL",
+         deadline_ms = NULL, ended_ms = ?10",
         &[
             &done.result_key,
             &done.sidecar_key,
@@ -394,6 +410,7 @@ fn complete_tx(
             &done.progress.map(|(_, l)| l.style),
             &done.progress.map(|(_, l)| l.tv),
             &done.progress.map(|(_, l)| l.total),
+            &now_ms,
         ],
     )
 }
@@ -609,9 +626,10 @@ impl Store for SqliteStore {
         job_id: &str,
         token: u64,
         done: Completion,
+        now_ms: i64,
     ) -> Result<JobRecord, StoreError> {
         let job_id = job_id.to_owned();
-        self.write_one(move |tx| complete_tx(tx, &job_id, token, &done))
+        self.write_one(move |tx| complete_tx(tx, &job_id, token, &done, now_ms))
             .await
     }
 
@@ -621,6 +639,7 @@ impl Store for SqliteStore {
         token: u64,
         error: &str,
         retryable: bool,
+        now_ms: i64,
     ) -> Result<JobRecord, StoreError> {
         let (job_id, error) = (job_id.to_owned(), error.to_owned());
         self.write(move |tx| {
@@ -631,8 +650,8 @@ impl Store for SqliteStore {
                 "state = CASE WHEN state = 'cancelled' THEN 'cancelled'
                               WHEN ?4 AND attempt < attempt_limit THEN 'queued'
                               ELSE 'failed' END,
-                 error = ?3, deadline_ms = NULL",
-                &[&error, &retryable],
+                 error = ?3, deadline_ms = NULL, ended_ms = ?5",
+                &[&error, &retryable, &now_ms],
             )?;
             if let (Some(w), true) = (&record.worker, retryable) {
                 tx.prepare_cached(
@@ -651,6 +670,7 @@ impl Store for SqliteStore {
         job_id: &str,
         token: u64,
         progress: Progress,
+        now_ms: i64,
     ) -> Result<JobRecord, StoreError> {
         let job_id = job_id.to_owned();
         self.write_one(move |tx| {
@@ -660,22 +680,23 @@ impl Store for SqliteStore {
                 token,
                 "state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
                  attempt_limit = attempt_limit + 1, deadline_ms = NULL,
-                 iteration = ?3, checkpoint_key = COALESCE(?4, checkpoint_key)",
-                &[&progress.iteration, &progress.checkpoint_key],
+                 iteration = ?3, checkpoint_key = COALESCE(?4, checkpoint_key),
+                 ended_ms = ?5",
+                &[&progress.iteration, &progress.checkpoint_key, &now_ms],
             )
         })
         .await
     }
 
-    async fn leave(&self, worker: &str) -> Result<Vec<JobRecord>, StoreError> {
+    async fn leave(&self, worker: &str, now_ms: i64) -> Result<Vec<JobRecord>, StoreError> {
         let worker = worker.to_owned();
         self.write(move |tx| {
             let requeued = update_jobs(
                 tx,
                 "state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
-                 attempt_limit = attempt_limit + 1, deadline_ms = NULL",
+                 attempt_limit = attempt_limit + 1, deadline_ms = NULL, ended_ms = ?2",
                 "worker = ?1 AND deadline_ms IS NOT NULL",
-                [&worker],
+                params![worker, now_ms],
             )?;
             tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?
                 .execute([&worker])?;
@@ -706,7 +727,7 @@ impl Store for SqliteStore {
                      || ', workers ' || expired_workers
                      || CASE WHEN expired_workers = '' THEN '' ELSE ', ' END || COALESCE(worker, '?')
                      ELSE error END,
-                 deadline_ms = NULL",
+                 deadline_ms = NULL, ended_ms = ?1",
                 "deadline_ms IS NOT NULL AND deadline_ms < ?1",
                 [now_ms],
             )
@@ -714,28 +735,32 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn cancel_batch(&self, batch_id: &str) -> Result<Vec<JobRecord>, StoreError> {
+    async fn cancel_batch(
+        &self,
+        batch_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<JobRecord>, StoreError> {
         let batch_id = batch_id.to_owned();
         self.write(move |tx| {
             batch_exists(tx, &batch_id)?;
             update_jobs(
                 tx,
-                "state = 'cancelled'",
+                CANCEL,
                 "batch_id = ?1 AND state IN ('queued', 'leased', 'running')",
-                [&batch_id],
+                params![batch_id, now_ms],
             )
         })
         .await
     }
 
-    async fn cancel_job(&self, job_id: &str) -> Result<JobRecord, StoreError> {
+    async fn cancel_job(&self, job_id: &str, now_ms: i64) -> Result<JobRecord, StoreError> {
         let job_id = job_id.to_owned();
         self.write_one(move |tx| {
             let cancelled = update_jobs(
                 tx,
-                "state = 'cancelled'",
+                CANCEL,
                 "id = ?1 AND state IN ('queued', 'leased', 'running')",
-                [&job_id],
+                params![job_id, now_ms],
             )?;
             if let Some(record) = cancelled.into_iter().next() {
                 return Ok(record);
@@ -795,16 +820,31 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn batches(&self, limit: u32) -> Result<Vec<BatchRecord>, StoreError> {
+    async fn batches(
+        &self,
+        limit: u32,
+        state: Option<BatchState>,
+    ) -> Result<Vec<BatchRecord>, StoreError> {
         self.read(move |conn| {
+            // A batch's state follows from its counts (`BatchState::of`, the one
+            // definition), so a filter walks back from the newest until it has enough.
             let mut stmt = conn.prepare_cached(
                 "SELECT id, name, priority, max_attempts, created_ms, owner FROM batches
                  ORDER BY id DESC LIMIT ?1",
             )?;
-            let mut rows = stmt.query([limit])?;
+            let scan = if state.is_some() {
+                -1
+            } else {
+                i64::from(limit)
+            };
+            let mut rows = stmt.query([scan])?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(batch_row(conn, r)?);
+            while out.len() < limit as usize {
+                let Some(r) = rows.next()? else { break };
+                let b = batch_row(conn, r)?;
+                if state.is_none_or(|s| b.state() == s) {
+                    out.push(b);
+                }
             }
             Ok(out)
         })

@@ -11,7 +11,7 @@ use crate::store::StoreError;
 pub(super) const JOB_COLUMNS: &str =
     "id, batch_id, name, state, attempt, worker, iteration, iterations,
     loss_content, loss_style, loss_tv, loss_total, checkpoint_key, result_key, result_attempt,
-    error, deadline_ms, version, sidecar_key, attempt_limit";
+    error, deadline_ms, version, sidecar_key, attempt_limit, started_ms, ended_ms";
 
 pub(super) fn state_of(s: &str) -> JobState {
     // Only this store writes the column, with `as_str` names.
@@ -43,6 +43,8 @@ pub(super) fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
         version: r.get(17)?,
         sidecar_key: r.get(18)?,
         attempts_allowed: r.get(19)?,
+        started_ms: r.get(20)?,
+        ended_ms: r.get(21)?,
     })
 }
 

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     version INTEGER NOT NULL DEFAULT 0,  -- bumped by every change (see BUMP)
     expiries INTEGER NOT NULL DEFAULT 0,  -- leases that ran out: each spends its attempt
     expired_workers TEXT NOT NULL DEFAULT '',  -- whose they were, for the error
+    started_ms INTEGER,  -- when the latest attempt was leased
+    ended_ms INTEGER,  -- when it ended (NULL while it runs)
     UNIQUE (batch_id, name)
 ) WITHOUT ROWID;
 -- Rows stay small (specs live apart and are only read), and ids sort by batch and

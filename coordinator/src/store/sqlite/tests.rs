@@ -21,6 +21,9 @@ fn batch(token: &str, priority: i32, n: usize) -> NewBatch {
     }
 }
 
+/// When the tests' attempts end (unix ms).
+const LATER: i64 = 5_000;
+
 fn done(key: &str) -> Completion {
     Completion {
         result_key: key.to_owned(),
@@ -164,15 +167,20 @@ async fn expiry_requeues_with_checkpoint_and_fences_the_old_token() {
     assert_eq!(second.checkpoint_key.as_deref(), Some("ck/40"));
     assert_ne!(second.token, first.token);
     let stale = s
-        .complete(&first.job_id, first.token, done("late/output.png"))
+        .complete(&first.job_id, first.token, done("late/output.png"), LATER)
         .await;
     assert!(
         matches!(stale, Err(StoreError::StaleToken { .. })),
         "{stale:?}"
     );
-    s.complete(&second.job_id, second.token, done("attempt2/output.png"))
-        .await
-        .expect("complete");
+    s.complete(
+        &second.job_id,
+        second.token,
+        done("attempt2/output.png"),
+        LATER,
+    )
+    .await
+    .expect("complete");
     let job = &s.jobs(&id).await.expect("jobs")[0];
     assert_eq!(job.state, JobState::Succeeded);
     assert_eq!(job.result_key.as_deref(), Some("attempt2/output.png"));
@@ -189,7 +197,7 @@ async fn failures_retry_then_fail_bad_workers_are_kept_off_and_retry_requeues() 
         .batch_id;
     for _ in 0..2 {
         let l = lease(&s, "bad", 0, 100).await.expect("job");
-        s.fail(&l.job_id, l.token, "CUDA error", true)
+        s.fail(&l.job_id, l.token, "CUDA error", true, LATER)
             .await
             .expect("fail");
     }
@@ -198,7 +206,7 @@ async fn failures_retry_then_fail_bad_workers_are_kept_off_and_retry_requeues() 
         "bad worker is kept off"
     );
     let l = lease(&s, "good", 0, 100).await.expect("job");
-    s.fail(&l.job_id, l.token, "corrupt input", false)
+    s.fail(&l.job_id, l.token, "corrupt input", false, LATER)
         .await
         .expect("fail");
     let jobs = s.jobs(&id).await.expect("jobs");
@@ -228,7 +236,7 @@ async fn cancel_reaches_the_heartbeat_and_state_survives_reopening() {
             .expect("submit")
             .batch_id;
         let l = lease(&s, "w", 0, 10_000).await.expect("job");
-        let changed = s.cancel_batch(&id).await.expect("cancel");
+        let changed = s.cancel_batch(&id, LATER).await.expect("cancel");
         assert_eq!(changed.len(), 3);
         (id, l)
     };
@@ -247,14 +255,16 @@ async fn cancel_reaches_the_heartbeat_and_state_survives_reopening() {
     let jobs = s.jobs(&id).await.expect("jobs");
     assert!(jobs.iter().all(|j| j.state == JobState::Cancelled));
     assert!(matches!(
-        s.cancel_batch("nope").await,
+        s.cancel_batch("nope", LATER).await,
         Err(StoreError::NotFound { .. })
     ));
     // The holder's last word releases the lease; the token is then stale.
-    s.fail(&lease_.job_id, lease_.token, "cancelled", false)
+    s.fail(&lease_.job_id, lease_.token, "cancelled", false, LATER)
         .await
         .expect("release");
-    let again = s.complete(&lease_.job_id, lease_.token, done("x")).await;
+    let again = s
+        .complete(&lease_.job_id, lease_.token, done("x"), LATER)
+        .await;
     assert!(
         matches!(again, Err(StoreError::StaleToken { .. })),
         "{again:?}"
@@ -285,7 +295,7 @@ async fn a_completed_job_shows_the_iterations_it_ran_not_its_last_heartbeat() {
         ..done("out.png")
     };
     let rec = s
-        .complete(&l.job_id, l.token, finished)
+        .complete(&l.job_id, l.token, finished, LATER)
         .await
         .expect("complete");
     assert_eq!(
@@ -313,7 +323,7 @@ async fn a_completion_without_figures_keeps_the_last_heartbeats() {
         .expect("heartbeat");
     // An older worker reports no figures with its completion.
     let rec = s
-        .complete(&l.job_id, l.token, done("out.png"))
+        .complete(&l.job_id, l.token, done("out.png"), LATER)
         .await
         .expect("complete");
     assert_eq!((rec.iteration, rec.losses.total), (92, 7.0));
@@ -332,7 +342,7 @@ async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_atte
         checkpoint_key: Some("ck/30".into()),
     };
     let rec = s
-        .release(&first.job_id, first.token, progress)
+        .release(&first.job_id, first.token, progress, LATER)
         .await
         .expect("release");
     assert_eq!((rec.state, rec.iteration), (JobState::Queued, 30));
@@ -342,7 +352,7 @@ async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_atte
     // Two attempts allowed, and the released one does not count: the failure of the
     // second attempt is the first that counts, so the job is retried once more...
     let rec = s
-        .fail(&second.job_id, second.token, "oom", true)
+        .fail(&second.job_id, second.token, "oom", true, LATER)
         .await
         .expect("fail");
     assert_eq!(
@@ -353,7 +363,7 @@ async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_atte
     // ...and the failure of the third attempt, the second that counts, ends it.
     let third = lease(&s, "w", 2, 100).await.expect("requeued");
     let rec = s
-        .fail(&third.job_id, third.token, "oom", true)
+        .fail(&third.job_id, third.token, "oom", true, LATER)
         .await
         .expect("fail");
     assert_eq!(rec.state, JobState::Failed, "two counted attempts failed");
@@ -384,7 +394,7 @@ async fn a_leaving_worker_gives_back_what_it_never_received_uncharged_and_is_for
         .await
         .expect("heartbeat");
     let released = lease(&s, &gone, 2, 100).await.expect("job");
-    s.release(&released.job_id, released.token, Progress::default())
+    s.release(&released.job_id, released.token, Progress::default(), LATER)
         .await
         .expect("release");
     let theirs = lease(&s, &other, 3, 100).await.expect("job");
@@ -406,7 +416,7 @@ async fn a_leaving_worker_gives_back_what_it_never_received_uncharged_and_is_for
         ("gone", 0)
     );
 
-    let requeued = s.leave(&gone).await.expect("leave");
+    let requeued = s.leave(&gone, LATER).await.expect("leave");
     assert_eq!(
         requeued
             .iter()
@@ -460,7 +470,7 @@ async fn concurrent_writers_share_group_commits_and_lose_nothing() {
         tasks.push(tokio::spawn(async move {
             let mut finished = 0;
             while let Some(l) = lease(&s, &format!("w{w}"), 0, 10_000).await {
-                s.complete(&l.job_id, l.token, done("out"))
+                s.complete(&l.job_id, l.token, done("out"), LATER)
                     .await
                     .expect("complete");
                 finished += 1;
@@ -500,12 +510,12 @@ async fn a_group_that_cannot_begin_changes_nothing_and_every_caller_is_told() {
         "{refused:?}"
     );
     assert_eq!(
-        s.batches(10).await.expect("batches").len(),
+        s.batches(10, None).await.expect("batches").len(),
         0,
         "the refused submission left nothing on disk"
     );
     s.submit(batch("t", 0, 2), 1).await.expect("submit");
-    assert_eq!(s.batches(10).await.expect("batches").len(), 1);
+    assert_eq!(s.batches(10, None).await.expect("batches").len(), 1);
 }
 
 #[tokio::test]
@@ -561,7 +571,7 @@ async fn a_full_database_makes_the_store_unhealthy_until_a_commit_succeeds() {
     cap_pages(&s, false).await;
     assert!(s.healthy(), "a commit succeeded again");
     s.submit(big, 2).await.expect("submit once there is room");
-    assert_eq!(s.batches(10).await.expect("batches").len(), 2);
+    assert_eq!(s.batches(10, None).await.expect("batches").len(), 2);
 }
 
 #[tokio::test]
@@ -592,7 +602,7 @@ async fn a_group_that_sqlite_rolls_back_part_way_runs_none_of_its_later_changes(
     let cancel = tokio::spawn({
         let s = Arc::clone(&s);
         let small = small.clone();
-        async move { s.cancel_batch(&small).await }
+        async move { s.cancel_batch(&small, LATER).await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     drop(other);
@@ -675,6 +685,115 @@ fn cpu_worker(name: &str) -> NewWorker {
     }
 }
 
+/// What version 5 added: attempt times.
+const FORGET_ATTEMPT_TIMES: &str =
+    "ALTER TABLE jobs DROP COLUMN started_ms; ALTER TABLE jobs DROP COLUMN ended_ms;";
+
+#[tokio::test]
+async fn a_version_4_database_gains_attempt_times_unknown_until_the_next_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let s = SqliteStore::open(&path).expect("open");
+    let id = s
+        .submit(batch("t", 0, 2), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let w = s
+        .register_worker(cpu_worker("w"), 0)
+        .await
+        .expect("register");
+    let held = lease(&s, &w, 10, 100).await.expect("job");
+    drop(s);
+    let conn = Connection::open(&path).expect("raw");
+    conn.execute_batch(&format!("{FORGET_ATTEMPT_TIMES} PRAGMA user_version = 4;"))
+        .expect("make it version 4");
+    drop(conn);
+    let s = SqliteStore::open(&path).expect("migrate");
+    let before = s.job(&held.job_id).await.expect("job");
+    assert_eq!((before.started_ms, before.ended_ms), (None, None));
+    assert_eq!(before.state, JobState::Leased, "the lease survives");
+    let next = lease(&s, &w, 20, 100).await.expect("job");
+    let after = s
+        .complete(&next.job_id, next.token, done("o.png"), 70)
+        .await
+        .expect("complete");
+    assert_eq!((after.started_ms, after.ended_ms), (Some(20), Some(70)));
+    assert_eq!(s.jobs(&id).await.expect("jobs").len(), 2);
+}
+
+#[tokio::test]
+async fn each_attempt_records_when_it_started_and_ended() {
+    let (_d, s) = store();
+    let id = s
+        .submit(batch("t", 0, 3), 0)
+        .await
+        .expect("submit")
+        .batch_id;
+    let w = s
+        .register_worker(cpu_worker("w"), 0)
+        .await
+        .expect("register");
+    let times = |r: &JobRecord| (r.started_ms, r.ended_ms);
+    let first = lease(&s, &w, 100, 1_000).await.expect("job");
+    assert_eq!(
+        times(&s.job(&first.job_id).await.expect("job")),
+        (Some(100), None),
+        "a leased attempt runs"
+    );
+    let failed = s
+        .fail(&first.job_id, first.token, "oom", true, 400)
+        .await
+        .expect("fail");
+    assert_eq!(failed.state, JobState::Queued);
+    assert_eq!(
+        times(&failed),
+        (Some(100), Some(400)),
+        "a requeued job keeps its last attempt's times"
+    );
+    let again = lease(&s, &w, 500, 1_000).await.expect("job");
+    assert_eq!(again.job_id, first.job_id);
+    assert_eq!(
+        times(&s.job(&again.job_id).await.expect("job")),
+        (Some(500), None),
+        "a new attempt starts afresh"
+    );
+    let finished = s
+        .complete(&again.job_id, again.token, done("o.png"), 900)
+        .await
+        .expect("complete");
+    assert_eq!(times(&finished), (Some(500), Some(900)));
+    let running = lease(&s, &w, 1_000, 1_000).await.expect("job");
+    let expired = s.expire(2_500).await.expect("expire");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        times(&expired[0]),
+        (Some(1_000), Some(2_500)),
+        "expiry ends it when noticed"
+    );
+    let held = lease(&s, &w, 3_000, 1_000).await.expect("job");
+    let cancelled = s.cancel_batch(&id, 3_200).await.expect("cancel");
+    let by_id = |j: &str| cancelled.iter().find(|r| r.job_id == j).expect("cancelled");
+    assert_eq!(
+        times(by_id(&held.job_id)),
+        (Some(3_000), Some(3_200)),
+        "a cancelled attempt ends"
+    );
+    let queued = cancelled
+        .iter()
+        .find(|r| r.job_id != held.job_id)
+        .expect("the queued one");
+    assert_eq!(
+        held.job_id, running.job_id,
+        "the expired job comes first again"
+    );
+    assert_eq!(
+        times(queued),
+        (None, None),
+        "cancelling a job that never ran gives it no times"
+    );
+}
+
 #[tokio::test]
 async fn a_version_3_database_gains_batch_counts_filled_from_its_jobs() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -690,7 +809,7 @@ async fn a_version_3_database_gains_batch_counts_filled_from_its_jobs() {
         .await
         .expect("register");
     let held = lease(&s, &w, 0, 100).await.expect("job");
-    s.cancel_job(&held.job_id).await.expect("cancel");
+    s.cancel_job(&held.job_id, LATER).await.expect("cancel");
     lease(&s, &w, 1, 100).await.expect("job");
     let before = s.batch(&id).await.expect("batch").counts;
     assert_eq!(
@@ -704,9 +823,10 @@ async fn a_version_3_database_gains_batch_counts_filled_from_its_jobs() {
     );
     drop(s);
     let conn = Connection::open(&path).expect("raw");
-    conn.execute_batch(
-        "DROP TRIGGER jobs_state_count; DROP TABLE batch_counts; PRAGMA user_version = 3;",
-    )
+    conn.execute_batch(&format!(
+        "{FORGET_ATTEMPT_TIMES} DROP TRIGGER jobs_state_count; DROP TABLE batch_counts;
+             PRAGMA user_version = 3;"
+    ))
     .expect("make it version 3");
     drop(conn);
     let s = SqliteStore::open(&path).expect("migrate");
@@ -761,7 +881,7 @@ async fn older_database(version: i64) {
         ""
     };
     conn.execute_batch(&format!(
-        "{older} ALTER TABLE workers DROP COLUMN max_job_memory_bytes;
+        "{older} {FORGET_ATTEMPT_TIMES} ALTER TABLE workers DROP COLUMN max_job_memory_bytes;
          DROP TRIGGER jobs_state_count; DROP TABLE batch_counts; PRAGMA user_version = {version};"
     ))
     .expect("make it an older version");
@@ -824,7 +944,7 @@ async fn every_expired_lease_spends_an_attempt_and_the_last_one_fails_the_job_sa
     // Never leased again; the batch's other job still runs.
     let next = lease(&s, "d", now, 100).await.expect("the other job");
     assert_eq!(next.name, "out1");
-    s.complete(&next.job_id, next.token, done("out1.png"))
+    s.complete(&next.job_id, next.token, done("out1.png"), LATER)
         .await
         .expect("complete");
     assert!(
