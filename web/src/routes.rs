@@ -92,7 +92,18 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// Headers on every answer: no framing, no sniffing, no referrer, scripts and styles
 /// from this origin only.
-async fn headers(req: Request<axum::body::Body>, next: Next) -> Response {
+async fn headers(mut req: Request<axum::body::Body>, next: Next) -> Response {
+    // HTTP/2 carries the host as the request's authority, not a `Host` header: the
+    // origin check reads it the same way either way.
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
@@ -869,4 +880,80 @@ async fn worker_rows(
 ) -> Result<Html<String>, WebError> {
     let list = worker_list(&app, &who).await?;
     Ok(Html(html::worker_rows(&list, now_ms())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    /// What the origin check says of a POST, after the middleware every route runs under.
+    async fn origin_check(req: Request<axum::body::Body>) -> bool {
+        let app = Router::new()
+            .route(
+                "/x",
+                post(|h: HeaderMap| async move { same_origin(&h).to_string() }),
+            )
+            .layer(axum::middleware::from_fn(headers));
+        let res = app.oneshot(req).await.expect("answer");
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        body.as_ref() == b"true"
+    }
+
+    fn post_to(uri: &str, headers: &[(&'static str, &str)]) -> Request<axum::body::Body> {
+        let mut req = Request::post(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(axum::body::Body::empty()).expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_form_from_this_origin_passes_over_http_1_and_http_2_and_others_do_not() {
+        let here = "https://farm.example:8443";
+        // HTTP/1.1: the host comes as a header.
+        assert!(
+            origin_check(post_to(
+                "/x",
+                &[("host", "farm.example:8443"), ("origin", here)]
+            ))
+            .await
+        );
+        // HTTP/2: the host is the request's authority, and there is no Host header.
+        assert!(origin_check(post_to(&format!("{here}/x"), &[("origin", here)])).await);
+        assert!(
+            !origin_check(post_to(
+                &format!("{here}/x"),
+                &[("origin", "https://evil.example")]
+            ))
+            .await,
+            "another origin"
+        );
+        assert!(
+            !origin_check(post_to(
+                "/x",
+                &[
+                    ("host", "farm.example:8443"),
+                    ("origin", "https://evil.example")
+                ]
+            ))
+            .await,
+            "another origin over HTTP/1.1"
+        );
+        assert!(
+            !origin_check(post_to(
+                "/x",
+                &[
+                    ("sec-fetch-site", "cross-site"),
+                    ("origin", here),
+                    ("host", "farm.example:8443")
+                ]
+            ))
+            .await,
+            "the browser says it is another site"
+        );
+    }
 }

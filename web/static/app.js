@@ -99,6 +99,10 @@ function stale(message) {
   }
   note.classList.add("stale");
   setText(note, message);
+  // Signed out: nothing here is live any more, elapsed times included.
+  if (message === SIGNED_OUT) {
+    for (const cell of document.querySelectorAll("[data-running]")) delete cell.dataset.running;
+  }
 }
 
 // The page follows the farm again.

@@ -420,6 +420,74 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
         },
     )
     .await;
+    // The running job's tile fetches its preview again when a new checkpoint wrote one.
+    let tile = format!("li[data-tile=\"{slow}\"] img");
+    let version = async || {
+        let src = b
+            .execute(
+                "const i = document.querySelector(arguments[0]); return i ? i.getAttribute('src') : '';",
+                vec![tile.as_str().into()],
+            )
+            .await
+            .ok()?;
+        src.as_str()?.split("?v=").nth(1)?.parse::<u32>().ok()
+    };
+    let shown = until(
+        "the preview names its checkpoint",
+        Duration::from_secs(30),
+        version,
+    )
+    .await;
+    until(
+        "a newer checkpoint's preview replaces it",
+        Duration::from_secs(90),
+        async || version().await.filter(|v| *v > shown),
+    )
+    .await;
+    until(
+        "the newer preview loads",
+        Duration::from_secs(30),
+        async || (browser.image_width(&tile).await > 0).then_some(()),
+    )
+    .await;
+    // Elapsed: the running attempt's counts on between events; the finished one's stays.
+    let elapsed = |job: &str| format!("tr[data-job=\"{job}\"] [data-field=elapsed]");
+    let seconds = async |job: &str| -> Option<u64> {
+        let t = browser.text(&elapsed(job)).await?;
+        match t.split_whitespace().collect::<Vec<_>>()[..] {
+            [n, "s"] => n.parse().ok(),
+            [n, "min"] => n.parse::<u64>().ok().map(|m| m * 60),
+            _ => None,
+        }
+    };
+    let running_for = until(
+        "the running job's elapsed time shows",
+        Duration::from_secs(10),
+        async || seconds(&slow).await,
+    )
+    .await;
+    until("it counts on", Duration::from_secs(10), async || {
+        seconds(&slow).await.filter(|s| *s > running_for)
+    })
+    .await;
+    assert!(
+        seconds(&quick).await.is_some(),
+        "the finished job shows how long it ran"
+    );
+    assert!(
+        b.find(Locator::Css(&format!("{}[data-running]", elapsed(&quick))))
+            .await
+            .is_err(),
+        "a finished job's elapsed time does not count on"
+    );
+    // The counts above the table follow the coordinator's: one of each ended state.
+    for state in ["failed", "succeeded", "running"] {
+        let shown = browser
+            .text(&format!("section.summary [data-count=\"{state}\"]"))
+            .await
+            .unwrap_or_default();
+        assert_eq!(shown, "1", "{state}");
+    }
     browser.shot("batch").await;
     b.execute(
         "document.querySelector('ul.tiles').scrollIntoView()",
@@ -437,7 +505,13 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
     until(
         "the job page shows a preview",
         Duration::from_secs(30),
-        async || (browser.image_width("#job-live figure img").await > 0).then_some(()),
+        async || {
+            (browser
+                .image_width("#job-live img[src*=\"preview.jpg\"]")
+                .await
+                > 0)
+            .then_some(())
+        },
     )
     .await;
     assert!(
@@ -517,6 +591,73 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
         .await
         .expect("back to the batch");
 
+    // A session that ends while its page is open (here signed out from a script, as
+    // another tab would) leaves the page saying so, not showing stale rows as live.
+    let csrf = async || {
+        b.execute(
+            "return document.querySelector('input[name=csrf]').value",
+            vec![],
+        )
+        .await
+        .expect("csrf")
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+    };
+    let (status, _) = browser
+        .post("/logout", &format!("csrf={}", csrf().await))
+        .await;
+    assert!(status < 400, "signed out: {status}");
+    until(
+        "the open page says the session ended",
+        Duration::from_secs(30),
+        async || {
+            browser
+                .text("#live-status")
+                .await
+                .filter(|t| t.contains("session has ended"))
+        },
+    )
+    .await;
+    browser.shot("batch-signed-out").await;
+
+    // A worker identity sees the running batch but is offered no action, and a scripted
+    // cancel of the running job is refused by the coordinator with its reason.
+    browser.sign_in(&base, tokens.token("worker")).await;
+    b.goto(&format!("{base}/batches/{batch}"))
+        .await
+        .expect("goto");
+    assert!(browser
+        .text("h1")
+        .await
+        .is_some_and(|t| t.contains("web-wedge")));
+    assert!(
+        b.find_all(Locator::Css("main button"))
+            .await
+            .expect("find")
+            .is_empty(),
+        "no actions for a worker identity"
+    );
+    browser.shot("batch-as-worker").await;
+    let (status, body) = browser
+        .post(
+            &format!("/batches/{batch}/jobs/{slow}/cancel"),
+            &format!("csrf={}", csrf().await),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("submitter role"), "{body}");
+    assert_eq!(
+        job(&coordinator, &batch, "slow").await.state,
+        v1::JobState::Running as i32,
+        "still running"
+    );
+    browser.sign_out().await;
+    browser.sign_in(&base, tokens.token("alice")).await;
+    b.goto(&format!("{base}/batches/{batch}"))
+        .await
+        .expect("back to the batch");
+
     // A form without the session's CSRF token is refused, and changes nothing.
     let (status, body) = browser
         .post(&format!("/batches/{batch}/cancel"), "csrf=forged")
@@ -558,6 +699,8 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
     )
     .await;
 
+    browser.shot("batch-ended").await;
+
     // Signed out, the pages are the sign-in page again.
     browser.sign_out().await;
     assert_eq!(browser.path().await, "/login");
@@ -565,39 +708,5 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
         .await
         .expect("goto");
     assert_eq!(browser.path().await, "/login");
-
-    // A worker identity sees the batch but is offered no action, and a scripted cancel
-    // is refused by the coordinator with its reason.
-    browser.sign_in(&base, tokens.token("worker")).await;
-    b.goto(&format!("{base}/batches/{batch}"))
-        .await
-        .expect("goto");
-    assert!(browser
-        .text("h1")
-        .await
-        .is_some_and(|t| t.contains("web-wedge")));
-    assert!(
-        b.find_all(Locator::Css("main button"))
-            .await
-            .expect("find")
-            .is_empty(),
-        "no actions for a worker identity"
-    );
-    browser.shot("batch-as-worker").await;
-    let csrf = b
-        .execute(
-            "return document.querySelector('input[name=csrf]').value",
-            vec![],
-        )
-        .await
-        .expect("csrf");
-    let (status, body) = browser
-        .post(
-            &format!("/batches/{batch}/retry"),
-            &format!("csrf={}", csrf.as_str().unwrap_or("")),
-        )
-        .await;
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("submitter role"), "{body}");
     b.clone().close().await.expect("close the browser");
 }
