@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use stylefarm_core::fs::write_atomic;
 use stylefarm_core::params::{parse_layer_list, DEFAULT_ADAM_LR};
 use stylefarm_core::{
-    InitKind, InvalidField, LineSearch, OptimizerKind, Pooling, RenderParams, Transfer,
+    InitKind, InvalidField, LineSearch, OptimizerKind, OutputFormat, Pooling, RenderParams, Transfer,
     WeightedLayer,
 };
 use stylefarm_weights::WeightsInfo;
@@ -31,9 +31,15 @@ pub struct RenderArgs {
     /// Blend weights, one per style, e.g. 0.7,0.3 (default: equal).
     #[arg(long, value_delimiter = ',', value_name = "W,..")]
     pub style_weights: Vec<f64>,
-    /// The output PNG; its sidecar goes to OUT.json.
-    #[arg(long, value_name = "PNG")]
+    /// The output image (its extension, .png, .exr or .jpg, names its format unless
+    /// --format does); its sidecar goes to OUT.json.
+    #[arg(long, value_name = "IMAGE")]
     pub out: PathBuf,
+    /// The output's format: png (8 or 16 bits, sRGB), exr (half float, linear light) or
+    /// jpg (8 bits, quality 95) [default: from --out's extension, else png]. PNG and
+    /// OpenEXR carry the content's alpha channel when it has one.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<OutputFormat>,
     /// VGG weights (safetensors); see `README.md` for where to get them.
     #[arg(long, env = "STYLEFARM_WEIGHTS", value_name = "FILE")]
     pub weights: Option<PathBuf>,
@@ -100,7 +106,7 @@ pub struct RenderArgs {
     /// or linear (encoded to sRGB for the network; values above 1 clip).
     #[arg(long, value_enum, default_value_t = RenderParams::default().input_transfer)]
     pub input_transfer: Transfer,
-    /// Bits per channel of the output PNG (8 or 16).
+    /// Bits per channel of a PNG output (8 or 16).
     #[arg(long, default_value_t = RenderParams::default().output_bit_depth)]
     pub bit_depth: u8,
     /// CPU threads for libtorch (default: libtorch's choice).
@@ -151,6 +157,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("pooling", "--pooling"),
     ("output_bit_depth", "--bit-depth"),
     ("input_transfer", "--input-transfer"),
+    ("output_format", "--format"),
 ];
 
 /// `--bit-depth: 12 is not 8 or 16` for a field error; a field without a flag keeps
@@ -176,6 +183,22 @@ fn layers(
 }
 
 impl RenderArgs {
+    /// The output's format: `--format`, else `--out`'s extension, else PNG; the two must
+    /// agree when both name one.
+    fn output_format(&self) -> anyhow::Result<OutputFormat> {
+        let named = OutputFormat::from_name(&self.out.to_string_lossy());
+        match (self.format, named) {
+            (Some(f), Some(n)) if f != n => bail!(
+                "--out {} is a .{} file but --format is {}",
+                self.out.display(),
+                n.as_str(),
+                f.as_str()
+            ),
+            (Some(f), _) | (None, Some(f)) => Ok(f),
+            (None, None) => Ok(OutputFormat::Png),
+        }
+    }
+
     /// The engine parameters these flags ask for, validated.
     pub fn params(&self) -> anyhow::Result<RenderParams> {
         let defaults = RenderParams::default();
@@ -211,6 +234,7 @@ impl RenderArgs {
             preserve_colors: self.preserve_colors,
             pooling: self.pooling,
             output_bit_depth: self.bit_depth,
+            output_format: self.output_format()?,
             input_transfer: self.input_transfer,
             ..defaults
         };
@@ -338,7 +362,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    write_atomic(&args.out, &rendered.png)
+    write_atomic(&args.out, &rendered.image)
         .with_context(|| format!("writing {}", args.out.display()))?;
     let sidecar = sidecar_path(&args.out);
     let json = serde_json::to_vec_pretty(&rendered.sidecar)?;

@@ -4,8 +4,9 @@
 //! issued, never from a client's text.
 //!
 //! ```text
-//! batches/B/outputs/NAME.png                          the published output
-//! batches/B/jobs/J/attempt-NNN/NAME.png, NAME.json    an attempt's output and sidecar
+//! batches/B/outputs/NAME.EXT                          the published output
+//! batches/B/jobs/J/attempt-NNN/NAME.EXT, NAME.json    an attempt's output (png, exr or
+//!                                                     jpg) and sidecar
 //! batches/B/jobs/J/attempt-NNN/checkpoint-IIIIII.safetensors
 //! batches/B/jobs/J/attempt-NNN/view/preview.jpg       the image at the last checkpoint
 //! batches/B/jobs/J/attempt-NNN/view/progress.json     losses so far, who ran it, when
@@ -19,6 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::params::OutputFormat;
 use crate::progress::{Losses, ScaleRun};
 
 /// Longest side of every view image, in pixels: small enough that a page of a hundred
@@ -37,9 +39,24 @@ pub const PROGRESS_POINTS: usize = 2000;
 /// Most scales a progress file lists.
 pub const PROGRESS_SCALES: usize = 64;
 
+/// An output's file name: the job's name and its format's extension.
+pub fn output_file(name: &str, format: OutputFormat) -> String {
+    format!("{name}.{}", format.as_str())
+}
+
 /// Where the published output of a job goes.
-pub fn output_key(batch_id: &str, name: &str) -> String {
-    format!("batches/{batch_id}/outputs/{name}.png")
+pub fn output_key(batch_id: &str, name: &str, format: OutputFormat) -> String {
+    format!("batches/{batch_id}/outputs/{}", output_file(name, format))
+}
+
+/// Where an attempt's output goes.
+pub fn result_key(attempt_prefix: &str, name: &str, format: OutputFormat) -> String {
+    format!("{attempt_prefix}/{}", output_file(name, format))
+}
+
+/// Where an attempt's sidecar goes.
+pub fn sidecar_key(attempt_prefix: &str, name: &str) -> String {
+    format!("{attempt_prefix}/{name}.json")
 }
 
 /// Under which prefix one attempt writes its checkpoints, output and view files.

@@ -33,7 +33,8 @@ pub mod telemetry;
 
 pub use error::InvalidField;
 pub use params::{
-    InitKind, LineSearch, OptimizerKind, Pooling, RenderParams, Scale, Transfer, WeightedLayer,
+    InitKind, LineSearch, OptimizerKind, OutputFormat, Pooling, RenderParams, Scale, Transfer,
+    WeightedLayer,
 };
 pub use progress::{Losses, Progress, ScaleRun};
 pub use spec::{JobSpec, ObjectRef, StyleRef};

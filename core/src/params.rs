@@ -94,6 +94,56 @@ impl Transfer {
     }
 }
 
+/// The output's file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// PNG, 8 or 16 bits per channel (`output_bit_depth`), sRGB, with the content's alpha.
+    #[default]
+    Png,
+    /// OpenEXR, half float, linear light, with the content's alpha (colour premultiplied
+    /// by it, as OpenEXR stores colour).
+    Exr,
+    /// JPEG, 8 bits, sRGB, quality 95; JPEG has no alpha.
+    Jpg,
+}
+
+impl OutputFormat {
+    /// Every format.
+    pub const ALL: [OutputFormat; 3] = [Self::Png, Self::Exr, Self::Jpg];
+
+    /// Its name as manifests and flags write it, and the output file's extension.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Exr => "exr",
+            Self::Jpg => "jpg",
+        }
+    }
+
+    /// The format a file name's extension names (`.png`, `.exr`, `.jpg` or `.jpeg`,
+    /// any case), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "png" => Some(Self::Png),
+            "exr" => Some(Self::Exr),
+            "jpg" | "jpeg" => Some(Self::Jpg),
+            _ => None,
+        }
+    }
+
+    /// The media type a download of it is served as.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Exr => "image/x-exr",
+            Self::Jpg => "image/jpeg",
+        }
+    }
+}
+
 /// A network layer with the weight of its term in the loss.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WeightedLayer {
@@ -154,6 +204,8 @@ pub struct RenderParams {
     pub pooling: Pooling,
     /// 8 or 16 bits per channel in the output PNG.
     pub output_bit_depth: u8,
+    /// The output's file format.
+    pub output_format: OutputFormat,
     /// What the input images' values are (auto: linear for OpenEXR, else sRGB).
     pub input_transfer: Transfer,
 }
@@ -180,6 +232,7 @@ impl Default for RenderParams {
             preserve_colors: false,
             pooling: Pooling::Max,
             output_bit_depth: 8,
+            output_format: OutputFormat::Png,
             input_transfer: Transfer::Auto,
         }
     }
@@ -239,6 +292,21 @@ impl RenderParams {
             return Err(InvalidField::new(
                 "output_bit_depth",
                 format!("{} is not 8 or 16", self.output_bit_depth),
+            ));
+        }
+        if self.output_bit_depth != 8 && self.output_format != OutputFormat::Png {
+            return Err(InvalidField::new(
+                "output_bit_depth",
+                format!(
+                    "{} bits is for png; {} is always {}",
+                    self.output_bit_depth,
+                    self.output_format.as_str(),
+                    if self.output_format == OutputFormat::Exr {
+                        "half float"
+                    } else {
+                        "8 bits"
+                    }
+                ),
             ));
         }
         Ok(())

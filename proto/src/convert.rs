@@ -8,7 +8,7 @@
 use stylefarm_core::params::{RenderParams, DEFAULT_ADAM_LR};
 use stylefarm_core::{
     BatchState, InitKind, InvalidField, JobSpec, JobState, LineSearch, Losses, ObjectRef,
-    OptimizerKind, Pooling, StyleRef, Transfer, WeightedLayer,
+    OptimizerKind, OutputFormat, Pooling, StyleRef, Transfer, WeightedLayer,
 };
 
 use crate::v1;
@@ -47,6 +47,12 @@ impl TryFrom<v1::RenderParams> for RenderParams {
             Ok(v1::InputTransfer::Linear) => Transfer::Linear,
             Err(_) => return Err(unknown_enum("input_transfer", p.input_transfer)),
         };
+        let output_format = match v1::OutputFormat::try_from(p.output_format) {
+            Ok(v1::OutputFormat::Unspecified | v1::OutputFormat::Png) => OutputFormat::Png,
+            Ok(v1::OutputFormat::Exr) => OutputFormat::Exr,
+            Ok(v1::OutputFormat::Jpg) => OutputFormat::Jpg,
+            Err(_) => return Err(unknown_enum("output_format", p.output_format)),
+        };
         let bit_depth = p.output_bit_depth.unwrap_or(u32::from(d.output_bit_depth));
         let output_bit_depth = u8::try_from(bit_depth).map_err(|_| {
             InvalidField::new("output_bit_depth", format!("{bit_depth} is not 8 or 16"))
@@ -75,6 +81,7 @@ impl TryFrom<v1::RenderParams> for RenderParams {
             preserve_colors: p.preserve_colors.unwrap_or(d.preserve_colors),
             pooling,
             output_bit_depth,
+            output_format,
             input_transfer,
         };
         params.validate()?;
@@ -119,6 +126,11 @@ impl From<&RenderParams> for v1::RenderParams {
                 Transfer::Auto => v1::InputTransfer::Auto,
                 Transfer::Srgb => v1::InputTransfer::Srgb,
                 Transfer::Linear => v1::InputTransfer::Linear,
+            } as i32,
+            output_format: match p.output_format {
+                OutputFormat::Png => v1::OutputFormat::Png,
+                OutputFormat::Exr => v1::OutputFormat::Exr,
+                OutputFormat::Jpg => v1::OutputFormat::Jpg,
             } as i32,
             scales: p.scales.clone(),
             scale_iterations: Some(p.scale_iterations),
@@ -250,6 +262,20 @@ pub fn job_state(field: &str, wire: i32) -> Result<JobState, InvalidField> {
     })
 }
 
+/// The output format a wire spec asks for (png when it names none it knows: specs are
+/// checked when submitted).
+pub fn output_format(spec: &v1::JobSpec) -> OutputFormat {
+    match spec
+        .params
+        .as_ref()
+        .map(|p| v1::OutputFormat::try_from(p.output_format))
+    {
+        Some(Ok(v1::OutputFormat::Exr)) => OutputFormat::Exr,
+        Some(Ok(v1::OutputFormat::Jpg)) => OutputFormat::Jpg,
+        _ => OutputFormat::Png,
+    }
+}
+
 /// A batch state as the wire's integer carries it (see [`job_state`]).
 pub fn batch_state(field: &str, wire: i32) -> Result<BatchState, InvalidField> {
     Ok(match v1::BatchState::try_from(wire) {
@@ -379,6 +405,7 @@ mod tests {
                 proptest::option::of(prop_oneof![0u32..2000, any::<u32>()]),
                 -1i32..4,
                 -1i32..5,
+                -1i32..5,
             ),
         ) -> v1::RenderParams {
             v1::RenderParams {
@@ -386,7 +413,7 @@ mod tests {
                 content_weight: weights.0, style_weight: weights.1, tv_weight: weights.2,
                 content_layers, style_layers, style_scale, seed, init, preserve_colors,
                 pooling, output_bit_depth, scales: schedule.0, scale_iterations: schedule.1,
-                line_search: schedule.2, input_transfer: schedule.3,
+                line_search: schedule.2, input_transfer: schedule.3, output_format: schedule.4,
             }
         }
     }

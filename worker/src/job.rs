@@ -5,7 +5,7 @@
 use std::time::{Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
-use stylefarm_core::{InitKind, RenderParams, Transfer};
+use stylefarm_core::{InitKind, OutputFormat, RenderParams, Transfer};
 use stylefarm_weights::{memory, WeightsInfo};
 use tch::Device;
 
@@ -63,6 +63,8 @@ pub struct JobInputs {
 pub struct PreparedJob {
     /// The engine's view of the inputs.
     pub inputs: RenderInputs,
+    /// The content's alpha channel, passed through to the output.
+    alpha: Option<image_io::Alpha>,
     content: InputRecord,
     styles: Vec<InputRecord>,
 }
@@ -99,7 +101,16 @@ impl PreparedJob {
         let decode = |n: &NamedBytes| {
             image_io::decode_as(&n.bytes, n.name(), max_pixels, params.input_transfer)
         };
-        let (content, content_transfer) = decode(&job.content)?;
+        let image_io::Decoded {
+            image: content,
+            alpha,
+            transfer: content_transfer,
+        } = image_io::decode_full(
+            &job.content.bytes,
+            job.content.name(),
+            max_pixels,
+            params.input_transfer,
+        )?;
         let mut styles = Vec::new();
         let mut records = Vec::new();
         for (n, w) in &job.styles {
@@ -112,6 +123,7 @@ impl PreparedJob {
             _ => None,
         };
         Ok(Self {
+            alpha,
             content: record(&job.content, &content, None, content_transfer),
             inputs: RenderInputs {
                 content,
@@ -181,8 +193,8 @@ fn check_memory(
 
 /// A finished render's files.
 pub struct Rendered {
-    /// The PNG.
-    pub png: Vec<u8>,
+    /// The output image, encoded as `params.output_format`.
+    pub image: Vec<u8>,
     /// The sidecar.
     pub sidecar: Sidecar,
 }
@@ -200,7 +212,16 @@ pub fn finish(
     setup_s: f64,
 ) -> Result<Rendered, EngineError> {
     let image = render.output();
-    let png = image_io::encode_png(&image, params.output_bit_depth)?;
+    let alpha = job
+        .alpha
+        .as_ref()
+        .map(|a| image_io::resize_alpha(a, image.width(), image.height()));
+    let encoded = image_io::encode_output(
+        &image,
+        alpha.as_ref(),
+        params.output_format,
+        params.output_bit_depth,
+    )?;
     let final_losses = render.losses()?;
     let optimize_s = render.elapsed().as_secs_f64();
     let done = render.iteration();
@@ -209,6 +230,7 @@ pub fn finish(
         output: output_name.to_owned(),
         width: image.width(),
         height: image.height(),
+        alpha: alpha.is_some() && params.output_format != OutputFormat::Jpg,
         params: render.params().clone(),
         content: job.content.clone(),
         styles: job.styles.clone(),
@@ -240,7 +262,10 @@ pub fn finish(
             finished_unix_s: unix_s(SystemTime::now()),
         },
     };
-    Ok(Rendered { png, sidecar })
+    Ok(Rendered {
+        image: encoded,
+        sidecar,
+    })
 }
 
 /// Seconds since the Unix epoch (0 before it).

@@ -76,6 +76,10 @@ pub struct Sidecar {
     pub width: u32,
     /// Output height.
     pub height: u32,
+    /// True when the output carries the content's alpha channel (the content had one,
+    /// and the format holds it: PNG and OpenEXR do, JPEG does not).
+    #[serde(default)]
+    pub alpha: bool,
     /// Every engine parameter.
     pub params: RenderParams,
     /// The content photo.

@@ -196,7 +196,11 @@ impl<S: Store> StyleFarm for ClientApi<S> {
             job_id: job.job_id.clone(),
             reason: e.to_string(),
         })?;
-        spec.output_key = stylefarm_core::layout::output_key(&job.batch_id, &job.name);
+        spec.output_key = stylefarm_core::layout::output_key(
+            &job.batch_id,
+            &job.name,
+            stylefarm_proto::convert::output_format(&spec),
+        );
         Ok(Response::new(v1::JobDetail {
             job: Some(convert::job_status(&job)),
             spec: Some(spec),

@@ -105,7 +105,11 @@ impl<S: Store> WorkerApi<S> {
                 job_id: lease.job_id.clone(),
                 reason: e.to_string(),
             })?;
-        spec.output_key = stylefarm_core::layout::output_key(&lease.batch_id, &lease.name);
+        spec.output_key = stylefarm_core::layout::output_key(
+            &lease.batch_id,
+            &lease.name,
+            stylefarm_proto::convert::output_format(&spec),
+        );
         Ok(v1::Lease {
             attempt_prefix: stylefarm_core::layout::attempt_prefix(
                 &lease.batch_id,

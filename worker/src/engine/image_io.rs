@@ -12,7 +12,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageDecoder, ImageReader, Rgb32FImage};
 use tch::{Device, Kind, Tensor};
 
-use stylefarm_core::Transfer;
+use stylefarm_core::{OutputFormat, Transfer};
 
 use super::error::ImageError;
 
@@ -52,6 +52,30 @@ pub fn decode_as(
     max_pixels: u64,
     transfer: Transfer,
 ) -> Result<(Rgb32FImage, Transfer), ImageError> {
+    decode_full(bytes, name, max_pixels, transfer).map(|d| (d.image, d.transfer))
+}
+
+/// One channel of coverage, 0 (clear) to 1 (opaque), per pixel.
+pub type Alpha = image::ImageBuffer<image::Luma<f32>, Vec<f32>>;
+
+/// A decoded image: its colour for the network, its alpha when the file has one, and
+/// the transfer its values were taken to have.
+pub struct Decoded {
+    /// sRGB-encoded RGB in [0, 1], composited over white where it was not opaque.
+    pub image: Rgb32FImage,
+    /// The file's alpha channel, if it has one.
+    pub alpha: Option<Alpha>,
+    /// What the values were taken to be.
+    pub transfer: Transfer,
+}
+
+/// [`decode_as`], keeping the alpha channel.
+pub fn decode_full(
+    bytes: &[u8],
+    name: &str,
+    max_pixels: u64,
+    transfer: Transfer,
+) -> Result<Decoded, ImageError> {
     let corrupt = |e: image::ImageError| ImageError::Corrupt {
         name: name.to_owned(),
         reason: e.to_string(),
@@ -112,11 +136,72 @@ pub fn decode_as(
         Transfer::Auto => Transfer::Srgb,
         t => t,
     };
-    let img = match transfer {
+    let alpha = img.color().has_alpha().then(|| alpha_of(&img));
+    let image = match transfer {
         Transfer::Linear => linear_to_srgb(img),
         _ => to_rgb(img),
     };
-    Ok((img, transfer))
+    Ok(Decoded {
+        image,
+        alpha,
+        transfer,
+    })
+}
+
+/// The alpha channel of an image that has one, as coverage in [0, 1].
+fn alpha_of(img: &DynamicImage) -> Alpha {
+    let (w, h) = (img.width(), img.height());
+    let mut out = Alpha::new(w, h);
+    match img {
+        DynamicImage::ImageRgba32F(i) => {
+            for (o, p) in out.pixels_mut().zip(i.pixels()) {
+                o.0[0] = p.0[3];
+            }
+        }
+        DynamicImage::ImageRgba16(i) => {
+            for (o, p) in out.pixels_mut().zip(i.pixels()) {
+                o.0[0] = f32::from(p.0[3]) / 65535.0;
+            }
+        }
+        DynamicImage::ImageLumaA16(i) => {
+            for (o, p) in out.pixels_mut().zip(i.pixels()) {
+                o.0[0] = f32::from(p.0[1]) / 65535.0;
+            }
+        }
+        other => {
+            let la = other.to_luma_alpha8();
+            for (o, p) in out.pixels_mut().zip(la.pixels()) {
+                o.0[0] = f32::from(p.0[1]) / 255.0;
+            }
+        }
+    }
+    for v in out.iter_mut() {
+        *v = if v.is_finite() { v.clamp(0.0, 1.0) } else { 1.0 };
+    }
+    out
+}
+
+/// Resizes an alpha channel to `width` x `height` (Lanczos3), clamped to [0, 1].
+pub fn resize_alpha(alpha: &Alpha, width: u32, height: u32) -> Alpha {
+    if alpha.dimensions() == (width, height) {
+        return alpha.clone();
+    }
+    let mut out =
+        image::imageops::resize(alpha, width, height, image::imageops::FilterType::Lanczos3);
+    for v in out.iter_mut() {
+        *v = v.clamp(0.0, 1.0);
+    }
+    out
+}
+
+/// The linear value of one sRGB-encoded value (the inverse of [`srgb_encode`] on [0, 1]).
+pub fn srgb_decode(encoded: f32) -> f32 {
+    let x = encoded.clamp(0.0, 1.0);
+    if x <= 0.040_45 {
+        x / 12.92
+    } else {
+        ((x + 0.055) / 1.055).powf(2.4)
+    }
 }
 
 /// The sRGB encoding of one linear value, clipped to [0, 1] first.
@@ -232,18 +317,92 @@ pub fn from_tensor(t: &Tensor) -> Rgb32FImage {
 
 /// Encodes as PNG with 8 or 16 bits per channel.
 pub fn encode_png(img: &Rgb32FImage, bit_depth: u8) -> Result<Vec<u8>, ImageError> {
-    let dynamic = DynamicImage::ImageRgb32F(img.clone());
-    let converted = if bit_depth == 16 {
-        DynamicImage::ImageRgb16(dynamic.into_rgb16())
-    } else {
-        DynamicImage::ImageRgb8(dynamic.into_rgb8())
+    encode_output(img, None, OutputFormat::Png, bit_depth)
+}
+
+/// Encodes a finished render as `format`, with `alpha` (the content's, at the output's
+/// size) where the format holds one: PNG (8 or 16 bits, sRGB, straight alpha), OpenEXR
+/// (half float, linear light, colour premultiplied by alpha) or JPEG (8 bits, sRGB,
+/// quality 95, no alpha).
+pub fn encode_output(
+    img: &Rgb32FImage,
+    alpha: Option<&Alpha>,
+    format: OutputFormat,
+    bit_depth: u8,
+) -> Result<Vec<u8>, ImageError> {
+    let encode_err = |e: &dyn std::fmt::Display| ImageError::Encode {
+        reason: e.to_string(),
     };
+    let alpha = alpha.filter(|a| a.dimensions() == img.dimensions());
     let mut out = Cursor::new(Vec::new());
-    converted
-        .write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| ImageError::Encode {
-            reason: e.to_string(),
-        })?;
+    match format {
+        OutputFormat::Png => {
+            let dynamic = match alpha {
+                Some(a) => {
+                    let rgba = image::Rgba32FImage::from_fn(img.width(), img.height(), |x, y| {
+                        let p = img.get_pixel(x, y).0;
+                        image::Rgba([p[0], p[1], p[2], a.get_pixel(x, y).0[0]])
+                    });
+                    let d = DynamicImage::ImageRgba32F(rgba);
+                    if bit_depth == 16 {
+                        DynamicImage::ImageRgba16(d.into_rgba16())
+                    } else {
+                        DynamicImage::ImageRgba8(d.into_rgba8())
+                    }
+                }
+                None => {
+                    let d = DynamicImage::ImageRgb32F(img.clone());
+                    if bit_depth == 16 {
+                        DynamicImage::ImageRgb16(d.into_rgb16())
+                    } else {
+                        DynamicImage::ImageRgb8(d.into_rgb8())
+                    }
+                }
+            };
+            dynamic
+                .write_to(&mut out, image::ImageFormat::Png)
+                .map_err(|e| encode_err(&e))?;
+        }
+        OutputFormat::Jpg => {
+            let rgb8 = DynamicImage::ImageRgb32F(img.clone()).into_rgb8();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
+                .encode_image(&rgb8)
+                .map_err(|e| encode_err(&e))?;
+        }
+        OutputFormat::Exr => {
+            use exr::prelude::{f16, Image, SpecificChannels, Vec2, WritableImage as _};
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            let linear = |x: usize, y: usize| {
+                // Both fit u32: they index an image of u32 dimensions.
+                #[allow(clippy::cast_possible_truncation)]
+                let (x, y) = (x as u32, y as u32);
+                let p = img.get_pixel(x, y).0;
+                let a = alpha.map_or(1.0, |a| a.get_pixel(x, y).0[0]);
+                (p.map(|v| f16::from_f32(srgb_decode(v) * a)), f16::from_f32(a))
+            };
+            let written = match alpha {
+                Some(_) => Image::from_channels(
+                    (w, h),
+                    SpecificChannels::rgba(|Vec2(x, y)| {
+                        let ([r, g, b], a) = linear(x, y);
+                        (r, g, b, a)
+                    }),
+                )
+                .write()
+                .to_buffered(&mut out),
+                None => Image::from_channels(
+                    (w, h),
+                    SpecificChannels::rgb(|Vec2(x, y)| {
+                        let ([r, g, b], _) = linear(x, y);
+                        (r, g, b)
+                    }),
+                )
+                .write()
+                .to_buffered(&mut out),
+            };
+            written.map_err(|e| encode_err(&e))?;
+        }
+    }
     Ok(out.into_inner())
 }
 

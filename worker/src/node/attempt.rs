@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use stylefarm_core::{JobSpec, ObjectRef, Progress, RenderParams};
+use stylefarm_core::{layout, JobSpec, ObjectRef, Progress, RenderParams};
 use stylefarm_proto::v1;
 use stylefarm_storage::{Limit, ObjectUrl, StorageError};
 use tokio::sync::mpsc;
@@ -453,14 +453,23 @@ async fn conclude(
         // A render that finished is published even when a drain began meanwhile.
         (
             Ok(Finished::Rendered {
-                png,
+                image,
+                format,
                 sidecar,
                 done,
                 views,
             }),
             None | Some(Stop::Drain),
         ) => {
-            let published = publish(node, &held.lease, name, png, sidecar, &done).await;
+            let published = publish(
+                node,
+                &held.lease,
+                name,
+                (image, format),
+                sidecar,
+                &done,
+            )
+            .await;
             upload_views(node, &held.lease.attempt_prefix, views).await;
             held.heartbeats.stop().await;
             match published {
@@ -539,13 +548,13 @@ async fn publish(
     node: &Node,
     lease: &v1::Lease,
     name: &str,
-    png: Vec<u8>,
+    (image, format): (Vec<u8>, stylefarm_core::OutputFormat),
     sidecar: Vec<u8>,
     done: &Progress,
 ) -> Result<v1::CompleteJobRequest, Failure> {
-    let result_key = format!("{}/{name}.png", lease.attempt_prefix);
-    let sidecar_key = format!("{}/{name}.json", lease.attempt_prefix);
-    upload(node, &result_key, png).await?;
+    let result_key = layout::result_key(&lease.attempt_prefix, name, format);
+    let sidecar_key = layout::sidecar_key(&lease.attempt_prefix, name);
+    upload(node, &result_key, image).await?;
     upload(node, &sidecar_key, sidecar).await?;
     Ok(v1::CompleteJobRequest {
         worker_id: node.worker_id.clone(),

@@ -41,8 +41,10 @@ pub type Views = Vec<(View, Vec<u8>)>;
 pub enum Finished {
     /// Every iteration ran (or the optimizer converged): the output.
     Rendered {
-        /// The PNG.
-        png: Vec<u8>,
+        /// The output image.
+        image: Vec<u8>,
+        /// Its format.
+        format: stylefarm_core::OutputFormat,
         /// The JSON sidecar.
         sidecar: Vec<u8>,
         /// Iterations run and the losses at the output, as the sidecar records them.
@@ -153,7 +155,7 @@ fn run(
                 params,
                 &job.weights,
                 job.device,
-                &format!("{}.png", job.spec.name),
+                &stylefarm_core::layout::output_file(&job.spec.name, params.output_format),
                 started,
                 setup_s,
             )?;
@@ -169,7 +171,8 @@ fn run(
             let mut views = progress_view(job, &render, started_unix_s);
             views.extend(view_image(View::Thumbnail, &render.output()));
             return Ok(Finished::Rendered {
-                png: rendered.png,
+                image: rendered.image,
+                format: params.output_format,
                 sidecar,
                 done,
                 views,
