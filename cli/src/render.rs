@@ -11,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use stylefarm_core::fs::write_atomic;
 use stylefarm_core::params::{parse_layer_list, DEFAULT_ADAM_LR};
 use stylefarm_core::{
-    InitKind, InvalidField, LineSearch, OptimizerKind, OutputFormat, Pooling, RenderParams, Transfer,
-    WeightedLayer,
+    InitKind, InvalidField, LineSearch, OptimizerKind, OutputFormat, Pooling, RenderParams,
+    Transfer, WeightedLayer,
 };
 use stylefarm_weights::WeightsInfo;
 use stylefarm_worker::device::{DeviceArg, MemoryBudget};

@@ -131,6 +131,12 @@ impl CoordinatorProc {
     /// and tokens kept beside `db` (made on first use), so a restart on the same `db`
     /// is the same farm to its clients.
     pub fn start(binary: &Path, db: &Path, extra: &[&str]) -> Self {
+        Self::start_on(binary, db, "127.0.0.1:0", extra)
+    }
+
+    /// [`CoordinatorProc::start`] with its gRPC service on `listen` (a restart on the
+    /// port it had, so clients that know its address find it again).
+    pub fn start_on(binary: &Path, db: &Path, listen: &str, extra: &[&str]) -> Self {
         let ready = db.with_extension(format!("ready-{}", std::process::id()));
         let _ = std::fs::remove_file(&ready);
         let security = (!extra.contains(&"--insecure")).then(|| {
@@ -141,7 +147,7 @@ impl CoordinatorProc {
             }
         });
         let mut cmd = Command::new(binary);
-        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        cmd.args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
             .arg("--db")
             .arg(db)
             .arg("--ready-file")

@@ -2,7 +2,7 @@
 //! signed-in person's token, so the coordinator alone decides what each may see and do;
 //! the pages only hide what would be refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
+use stylefarm_proto::convert;
 use stylefarm_proto::v1::{self, style_farm_client::StyleFarmClient};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -472,24 +473,61 @@ struct JobEvent<'a> {
     running: bool,
 }
 
-/// One WatchBatch message as a server-sent event: a job's change, `lost` when the
-/// coordinator broke the stream (the browser reconnects and gets a fresh snapshot), or
-/// `end` when the batch has ended (the page stops following it).
-fn batch_event(message: Option<Result<v1::BatchEvent, tonic::Status>>) -> Event {
-    let e = match message {
-        Some(Ok(e)) => e,
-        Some(Err(status)) => {
-            tracing::info!(code = ?status.code(), "a batch's event stream broke");
-            return Event::default()
-                .event("lost")
-                .data(format!("{:?}", status.code()));
+/// The batch's state and counts, as the page's summary shows them.
+#[derive(serde::Serialize)]
+struct Counts<'a> {
+    batch_state: &'static str,
+    counts: &'a HashMap<String, u32>,
+}
+
+/// What a batch page's event stream has told its page so far.
+struct Told {
+    /// The jobs the page lists: only their changes are sent whole.
+    on_page: HashSet<String>,
+    /// The counts last sent, and whether the batch had ended by them.
+    counts: Option<(String, bool)>,
+}
+
+impl Told {
+    /// The event that tells the page about one WatchBatch message, if any: a listed
+    /// job's change (with the counts), or new counts when an unlisted job changed them;
+    /// `None` when the page has nothing to learn from it (so a snapshot of 10,000 jobs
+    /// sends the page its 100 and one line of counts).
+    fn event(&mut self, e: &v1::BatchEvent) -> Option<Event> {
+        let job = e.job.as_ref()?;
+        let counts = Counts {
+            batch_state: html::batch_state(e.batch_state),
+            counts: &e.jobs_by_state,
+        };
+        let summary = serde_json::to_string(&counts).ok()?;
+        let ended =
+            convert::batch_state("batch_state", e.batch_state).is_ok_and(BatchState::has_ended);
+        let fresh = self.counts.as_ref().is_none_or(|(s, _)| *s != summary);
+        if self.on_page.contains(&job.job_id) {
+            self.counts = Some((summary, ended));
+            return job_event(job, counts);
         }
-        None => return Event::default().event("end").data("ended"),
-    };
-    let Some(job) = e.job else {
-        return Event::default().comment("");
-    };
-    let elapsed = html::elapsed(&job, now_ms());
+        if !fresh {
+            return None;
+        }
+        self.counts = Some((summary.clone(), ended));
+        Some(Event::default().event("counts").data(summary))
+    }
+
+    /// The last event of the stream: `end` once the batch has ended (the page stops
+    /// following it), else `lost` (the browser reconnects and gets a fresh snapshot).
+    fn last(&self, broken: Option<&tonic::Status>) -> Event {
+        if let Some(status) = broken {
+            tracing::info!(code = ?status.code(), "a batch's event stream broke");
+        } else if self.counts.as_ref().is_some_and(|(_, ended)| *ended) {
+            return Event::default().event("end").data("ended");
+        }
+        Event::default().event("lost").data("reconnect")
+    }
+}
+
+fn job_event(job: &v1::JobStatus, counts: Counts<'_>) -> Option<Event> {
+    let elapsed = html::elapsed(job, now_ms());
     let event = JobEvent {
         job: &job.job_id,
         state: html::job_state(job.state),
@@ -499,44 +537,64 @@ fn batch_event(message: Option<Result<v1::BatchEvent, tonic::Status>>) -> Event 
         iterations: job.iterations,
         loss: job.losses.as_ref().map(|l| l.total).filter(|t| *t > 0.0),
         error: &job.error,
-        batch_state: html::batch_state(e.batch_state),
-        counts: &e.jobs_by_state,
+        batch_state: counts.batch_state,
+        counts: counts.counts,
         result_attempt: job.result_attempt,
-        checkpoint: html::job::checkpointed(&job),
+        checkpoint: html::job::checkpointed(job),
         elapsed_ms: elapsed.map(|(ms, _)| ms),
         running: elapsed.is_some_and(|(_, running)| running),
     };
-    match serde_json::to_string(&event) {
-        Ok(data) => Event::default().event("job").data(data),
-        Err(_) => Event::default().comment(""),
-    }
+    let data = serde_json::to_string(&event).ok()?;
+    Some(Event::default().event("job").data(data))
 }
 
-/// Live changes of a batch's jobs (server-sent events from the coordinator's WatchBatch,
-/// as the signed-in person).
+/// Live changes of the jobs one page of a batch lists, and the batch's counts
+/// (server-sent events from the coordinator's WatchBatch, as the signed-in person).
 async fn events(
     State(app): State<Arc<App>>,
     SignedIn(who): SignedIn,
     Path(batch_id): Path<String>,
+    Query(q): Query<PageQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, WebError> {
     let batch_id = id("batch", &batch_id)?;
-    let stream = app
-        .client(who.token())
+    if q.page.len() > 256 {
+        return Err(WebError::BadRequest("the page token is too long".into()));
+    }
+    let mut client = app.client(who.token());
+    let refused = |s| WebError::Coordinator(Arc::clone(&who), s);
+    let page = client
+        .get_batch(v1::GetBatchRequest {
+            batch_id: batch_id.clone(),
+            include_jobs: true,
+            page_size: PAGE_SIZE,
+            page_token: q.page,
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let stream = client
         .watch_batch(v1::WatchBatchRequest { batch_id })
         .await
-        .map_err(|s| WebError::Coordinator(Arc::clone(&who), s))?
+        .map_err(refused)?
         .into_inner();
+    let told = Told {
+        on_page: page.jobs.into_iter().map(|j| j.job_id).collect(),
+        counts: None,
+    };
     let shutdown = app.shutdown.clone();
-    // The coordinator ends the watch once the batch has ended (the page is told so and
-    // stops reconnecting); a broken watch is the last event of this stream too.
-    let events = futures_util::stream::unfold(Some(stream), |stream| async move {
-        let mut stream = stream?;
-        let message = stream.next().await;
-        let last = !matches!(message, Some(Ok(_)));
-        Some((
-            Ok::<_, Infallible>(batch_event(message)),
-            (!last).then_some(stream),
-        ))
+    let events = futures_util::stream::unfold(Some((stream, told)), |state| async move {
+        let (mut stream, mut told) = state?;
+        loop {
+            match stream.next().await {
+                Some(Ok(e)) => {
+                    if let Some(event) = told.event(&e) {
+                        return Some((Ok::<_, Infallible>(event), Some((stream, told))));
+                    }
+                }
+                Some(Err(status)) => return Some((Ok(told.last(Some(&status))), None)),
+                None => return Some((Ok(told.last(None)), None)),
+            }
+        }
     });
     // The stream ends at shutdown, so open pages do not hold the process, and when the
     // session ends (sign-out, a revoked token, idle), so it shows nothing more to a
@@ -578,21 +636,43 @@ async fn cancel_batch(
     done(answer, &who, &batch_id, "batch cancelled")
 }
 
+#[derive(Deserialize)]
+struct RetryQuery {
+    /// `cancelled`: cancelled jobs too, not only failed ones.
+    #[serde(default)]
+    include: String,
+}
+
 async fn retry(
     State(app): State<Arc<App>>,
     SignedIn(who): SignedIn,
     Path(batch_id): Path<String>,
+    Query(q): Query<RetryQuery>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Result<Redirect, WebError> {
     checked(&who, &headers, &form)?;
     let batch_id = id("batch", &batch_id)?;
+    let include_cancelled = match q.include.as_str() {
+        "" => false,
+        "cancelled" => true,
+        other => {
+            return Err(WebError::BadRequest(format!(
+                "include={other:?}: only `cancelled` may be added to a retry"
+            )))
+        }
+    };
     let req = v1::RetryJobsRequest {
         batch_id: batch_id.clone(),
-        include_cancelled: true,
+        include_cancelled,
     };
     let answer = app.client(who.token()).retry_jobs(req).await;
-    done(answer, &who, &batch_id, "failed and cancelled jobs retried")
+    let what = if include_cancelled {
+        "failed and cancelled jobs retried"
+    } else {
+        "failed jobs retried"
+    };
+    done(answer, &who, &batch_id, what)
 }
 
 async fn cancel_job(

@@ -113,45 +113,81 @@ function recovered() {
 
 const SIGNED_OUT = "Your session has ended, so this page no longer updates: reload it to sign in again.";
 
+// The batch's state and its jobs per state (every job's, not only the listed ones).
+function updateSummary(summary, ev) {
+  const badge = summary.querySelector("[data-batch-state]");
+  if (badge) { setText(badge, ev.batch_state); badge.className = "badge state-" + ev.batch_state; }
+  for (const c of summary.querySelectorAll("[data-count]")) {
+    setText(c, String(ev.counts[c.dataset.count] || 0));
+  }
+}
+
+// Whether this browser is still signed in: the page itself, fetched again, is the
+// sign-in page once the session has ended.
+async function signedIn() {
+  try {
+    const res = await fetch(location.href, { credentials: "same-origin" });
+    return new URL(res.url).pathname !== "/login";
+  } catch (_) {
+    return true; // unreachable says nothing about the session
+  }
+}
+
 function followBatch(summary) {
   const status = document.getElementById("live-status");
-  const source = new EventSource(summary.dataset.events);
-  source.addEventListener("open", () => { status.classList.remove("stale"); setText(status, "Live: following this batch."); });
-  source.addEventListener("error", () => {
-    // The browser reconnects by itself unless the answer was no stream at all (signed
-    // out, or the web server refused): then only a reload helps.
-    if (source.readyState === EventSource.CLOSED) stale(SIGNED_OUT);
-    else stale("Live updates paused; reconnecting…");
-  });
-  source.addEventListener("lost", () => stale("Lost the coordinator's events; reconnecting…"));
-  source.addEventListener("end", () => { source.close(); status.classList.remove("stale"); setText(status, "This batch has ended."); });
-  source.addEventListener("job", (e) => {
-    const ev = JSON.parse(e.data);
-    const badge = summary.querySelector("[data-batch-state]");
-    if (badge) { setText(badge, ev.batch_state); badge.className = "badge state-" + ev.batch_state; }
-    for (const c of summary.querySelectorAll("[data-count]")) {
-      setText(c, String(ev.counts[c.dataset.count] || 0));
-    }
-    updateTile(ev);
-    const row = document.querySelector('tr[data-job="' + CSS.escape(ev.job) + '"]');
-    if (!row) return; // on another page of the table
-    const cell = (f) => row.querySelector('[data-field="' + f + '"]');
-    const state = cell("state").querySelector(".badge");
-    if (state.textContent !== ev.state) {
-      setText(state, ev.state);
-      state.className = "badge state-" + ev.state;
-      if (!["queued", "leased", "running"].includes(ev.state)) {
-        const form = row.querySelector("form");
-        if (form) form.remove();
+  let wait = 3000;
+  const connect = () => {
+    const source = new EventSource(summary.dataset.events);
+    source.addEventListener("open", () => {
+      wait = 3000;
+      status.classList.remove("stale");
+      setText(status, "Live: following this batch.");
+    });
+    source.addEventListener("error", async () => {
+      // The browser reconnects by itself after a stream that ended; an answer that was
+      // no stream at all (signed out, or the coordinator unreachable) closes it.
+      if (source.readyState !== EventSource.CLOSED) {
+        stale("Live updates paused; reconnecting…");
+        return;
       }
+      if (!(await signedIn())) { stale(SIGNED_OUT); return; }
+      stale("The farm is not answering; trying again in " + wait / 1000 + " s…");
+      setTimeout(connect, wait);
+      wait = Math.min(wait * 2, 30000);
+    });
+    source.addEventListener("lost", () => stale("Lost the coordinator's events; reconnecting…"));
+    source.addEventListener("end", () => {
+      source.close();
+      status.classList.remove("stale");
+      setText(status, "This batch has ended.");
+    });
+    source.addEventListener("counts", (e) => updateSummary(summary, JSON.parse(e.data)));
+    source.addEventListener("job", (e) => onJob(summary, JSON.parse(e.data)));
+  };
+  connect();
+}
+
+function onJob(summary, ev) {
+  updateSummary(summary, ev);
+  updateTile(ev);
+  const row = document.querySelector('tr[data-job="' + CSS.escape(ev.job) + '"]');
+  if (!row) return; // on another page of the table
+  const cell = (f) => row.querySelector('[data-field="' + f + '"]');
+  const state = cell("state").querySelector(".badge");
+  if (state.textContent !== ev.state) {
+    setText(state, ev.state);
+    state.className = "badge state-" + ev.state;
+    if (!["queued", "leased", "running"].includes(ev.state)) {
+      const form = row.querySelector("form");
+      if (form) form.remove();
     }
-    setText(cell("attempt"), String(ev.attempt));
-    setText(cell("worker"), ev.worker);
-    progressCell(cell("progress"), ev.iteration, ev.iterations);
-    setElapsed(cell("elapsed"), ev);
-    setText(cell("losses"), ev.loss ? ev.loss.toExponential(4) : "");
-    setText(cell("error"), ev.error);
-  });
+  }
+  setText(cell("attempt"), String(ev.attempt));
+  setText(cell("worker"), ev.worker);
+  progressCell(cell("progress"), ev.iteration, ev.iterations);
+  setElapsed(cell("elapsed"), ev);
+  setText(cell("losses"), ev.loss ? ev.loss.toExponential(4) : "");
+  setText(cell("error"), ev.error);
 }
 
 // A part of a page fetched again; null once the session has ended (the page says so).

@@ -258,11 +258,8 @@ async fn job(coordinator: &CoordinatorProc, batch: &str, name: &str) -> v1::JobS
 async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identity_only_looks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let garage = Garage::start();
-    let coordinator = CoordinatorProc::start(
-        &workspace_bin("stylefarm-coordinator"),
-        &dir.path().join("coordinator.db"),
-        &[],
-    );
+    let db = dir.path().join("coordinator.db");
+    let mut coordinator = CoordinatorProc::start(&workspace_bin("stylefarm-coordinator"), &db, &[]);
     let storage = garage.storage_flags("farm");
     let _worker = coordinator.worker("w", &real_weights(), &storage);
     // The interface reads storage with a key that may only read.
@@ -466,7 +463,7 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
         async || seconds(&slow).await,
     )
     .await;
-    until("it counts on", Duration::from_secs(10), async || {
+    until("it counts on", Duration::from_secs(70), async || {
         seconds(&slow).await.filter(|s| *s > running_for)
     })
     .await;
@@ -658,6 +655,60 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
         .await
         .expect("back to the batch");
 
+    // The coordinator dies (kill -9) and comes back on its address under the open page:
+    // the page says it lost the farm, then follows the batch again by itself.
+    until(
+        "the page follows the batch",
+        Duration::from_secs(20),
+        async || {
+            browser
+                .text("#live-status")
+                .await
+                .filter(|t| t.contains("Live: following"))
+        },
+    )
+    .await;
+    let address = coordinator
+        .grpc
+        .rsplit_once("//")
+        .map(|(_, a)| a.to_owned())
+        .expect("host:port");
+    coordinator.proc.kill9();
+    until(
+        "the page says the farm is not answering",
+        Duration::from_secs(30),
+        async || {
+            browser
+                .text("#live-status")
+                .await
+                .filter(|t| t.contains("reconnecting") || t.contains("not answering"))
+        },
+    )
+    .await;
+    browser.shot("batch-farm-lost").await;
+    coordinator =
+        CoordinatorProc::start_on(&workspace_bin("stylefarm-coordinator"), &db, &address, &[]);
+    until(
+        "the page follows the batch again",
+        Duration::from_secs(60),
+        async || {
+            browser
+                .text("#live-status")
+                .await
+                .filter(|t| t.contains("Live: following"))
+        },
+    )
+    .await;
+    until(
+        "the running job is running again (its worker reconnected)",
+        Duration::from_secs(90),
+        async || {
+            (job(&coordinator, &batch, "slow").await.state == v1::JobState::Running as i32)
+                .then_some(())
+        },
+    )
+    .await;
+
     // A form without the session's CSRF token is refused, and changes nothing.
     let (status, body) = browser
         .post(&format!("/batches/{batch}/cancel"), "csrf=forged")
@@ -686,7 +737,7 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
         },
     )
     .await;
-    // The batch has ended: the page says so and stops following it (no reconnecting).
+    // The batch has ended: the page says so and stops following it.
     until(
         "the page says the batch ended",
         Duration::from_secs(20),
@@ -694,12 +745,47 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
             browser
                 .text("#live-status")
                 .await
-                .filter(|t| t.contains("ended"))
+                .filter(|t| t.contains("This batch has ended"))
         },
     )
     .await;
-
     browser.shot("batch-ended").await;
+
+    // Retry brings back the failed job only; the cancelled one stays cancelled.
+    let attempts_before = job(&coordinator, &batch, "broken").await.attempt;
+    b.goto(&format!("{base}/batches/{batch}"))
+        .await
+        .expect("reload the ended batch");
+    let labels = browser
+        .text("section.summary .actions")
+        .await
+        .unwrap_or_default();
+    assert!(
+        labels.contains("Retry failed jobs") && labels.contains("Retry failed and cancelled jobs"),
+        "{labels}"
+    );
+    b.find(Locator::XPath(
+        "//section[@class='summary']//button[normalize-space()='Retry failed jobs']",
+    ))
+    .await
+    .expect("the retry button")
+    .click()
+    .await
+    .expect("retry");
+    until(
+        "the failed job runs again (and fails again: its input is corrupt)",
+        Duration::from_secs(60),
+        async || {
+            let j = job(&coordinator, &batch, "broken").await;
+            (j.attempt > attempts_before && j.state == v1::JobState::Failed as i32).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        job(&coordinator, &batch, "slow").await.state,
+        v1::JobState::Cancelled as i32,
+        "the cancelled job was not asked back"
+    );
 
     // Signed out, the pages are the sign-in page again.
     browser.sign_out().await;

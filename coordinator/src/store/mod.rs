@@ -88,6 +88,10 @@ pub struct HeartbeatAnswer {
     pub cancelled: bool,
 }
 
+/// How many of the newest batches a listing by state looks through: a state is worked
+/// out from each batch's counts, so a filter costs a read per batch it passes over.
+pub const FILTER_SCAN: i64 = 20_000;
+
 /// Coordinator state. Times are unix milliseconds passed in by the caller, so the
 /// service's clock (paused in tests) is the only clock.
 pub trait Store: Send + Sync + 'static {
@@ -209,7 +213,7 @@ pub trait Store: Send + Sync + 'static {
         -> impl Future<Output = Result<BatchRecord, StoreError>> + Send;
 
     /// The newest batches first; with `state`, only those in it (at most `limit` of them,
-    /// however far back they are).
+    /// found among the newest [`FILTER_SCAN`]).
     fn batches(
         &self,
         limit: u32,

@@ -313,19 +313,25 @@ pub fn batch(who: &Session, b: &v1::Batch, page_token: &str, now_ms: i64) -> Str
                 "danger",
             ));
         }
-        let label = match (count(b, "failed") > 0, count(b, "cancelled") > 0) {
-            (true, true) => Some("Retry failed and cancelled jobs"),
-            (true, false) => Some("Retry failed jobs"),
-            (false, true) => Some("Retry cancelled jobs"),
-            (false, false) => None,
-        };
-        if let Some(label) = label {
-            actions.push_str(&action(
-                &format!("/batches/{}/retry", b.batch_id),
+        let retry = |query: &str, label: &str| {
+            action(
+                &format!("/batches/{}/retry{query}", b.batch_id),
                 &who.csrf,
                 label,
                 "",
+            )
+        };
+        let (failed, cancelled) = (count(b, "failed") > 0, count(b, "cancelled") > 0);
+        if failed {
+            actions.push_str(&retry("", "Retry failed jobs"));
+        }
+        if failed && cancelled {
+            actions.push_str(&retry(
+                "?include=cancelled",
+                "Retry failed and cancelled jobs",
             ));
+        } else if cancelled {
+            actions.push_str(&retry("?include=cancelled", "Retry cancelled jobs"));
         }
     }
     let mut rows = String::new();
@@ -349,7 +355,7 @@ pub fn batch(who: &Session, b: &v1::Batch, page_token: &str, now_ms: i64) -> Str
     let body = format!(
         r#"<p><a href="/batches">All batches</a></p>
 <h1>{name}</h1>
-<section class="summary" data-batch="{id}" data-events="/batches/{id}/events">
+<section class="summary" data-batch="{id}" data-events="/batches/{id}/events{page}">
 <p>Owner <strong>{owner}</strong> · priority {prio} · state <span class="badge state-{state}" data-batch-state>{state}</span> · submitted {age} ago · ETA {eta}</p>
 {counts}
 <div class="actions">{actions}</div>
@@ -369,6 +375,11 @@ pub fn batch(who: &Session, b: &v1::Batch, page_token: &str, now_ms: i64) -> Str
         state = batch_state(b.state),
         age = span(now_ms.saturating_sub(b.created_unix_ms)),
         counts = counts(b, true),
+        page = if page_token.is_empty() {
+            String::new()
+        } else {
+            format!("?page={}", esc(page_token))
+        },
     );
     page(&b.name, Some(who), &body)
 }

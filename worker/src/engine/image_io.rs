@@ -176,7 +176,11 @@ fn alpha_of(img: &DynamicImage) -> Alpha {
         }
     }
     for v in out.iter_mut() {
-        *v = if v.is_finite() { v.clamp(0.0, 1.0) } else { 1.0 };
+        *v = if v.is_finite() {
+            v.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
     }
     out
 }
@@ -378,7 +382,10 @@ pub fn encode_output(
                 let (x, y) = (x as u32, y as u32);
                 let p = img.get_pixel(x, y).0;
                 let a = alpha.map_or(1.0, |a| a.get_pixel(x, y).0[0]);
-                (p.map(|v| f16::from_f32(srgb_decode(v) * a)), f16::from_f32(a))
+                (
+                    p.map(|v| f16::from_f32(srgb_decode(v) * a)),
+                    f16::from_f32(a),
+                )
             };
             let written = match alpha {
                 Some(_) => Image::from_channels(

@@ -461,15 +461,7 @@ async fn conclude(
             }),
             None | Some(Stop::Drain),
         ) => {
-            let published = publish(
-                node,
-                &held.lease,
-                name,
-                (image, format),
-                sidecar,
-                &done,
-            )
-            .await;
+            let published = publish(node, &held.lease, name, (image, format), sidecar, &done).await;
             upload_views(node, &held.lease.attempt_prefix, views).await;
             held.heartbeats.stop().await;
             match published {

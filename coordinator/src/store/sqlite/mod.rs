@@ -69,7 +69,8 @@ const SCHEMA: &str = include_str!("schema.sql");
 const BUMP: &str = "version = version + 1";
 
 /// Cancels a job that has not ended (`?2` is now): an attempt that runs ends now as far
-/// as its elapsed time goes (its holder's last word may still come).
+/// as its elapsed time goes (its holder's last word may still come, and keeps this end:
+/// every change that ends an attempt sets `ended_ms` only if it is not set).
 const CANCEL: &str = "state = 'cancelled',
     ended_ms = CASE WHEN state IN ('leased', 'running') THEN ?2 ELSE ended_ms END";
 
@@ -401,7 +402,7 @@ fn complete_tx(
          loss_tv = CASE WHEN state = 'cancelled' THEN loss_tv ELSE COALESCE(?8, loss_tv) END,
          loss_total = CASE WHEN state = 'cancelled' THEN loss_total ELSE COALESCE(?9, loss_total) END,
          state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'succeeded' END,
-         deadline_ms = NULL, ended_ms = ?10",
+         deadline_ms = NULL, ended_ms = COALESCE(ended_ms, ?10)",
         &[
             &done.result_key,
             &done.sidecar_key,
@@ -650,7 +651,7 @@ impl Store for SqliteStore {
                 "state = CASE WHEN state = 'cancelled' THEN 'cancelled'
                               WHEN ?4 AND attempt < attempt_limit THEN 'queued'
                               ELSE 'failed' END,
-                 error = ?3, deadline_ms = NULL, ended_ms = ?5",
+                 error = ?3, deadline_ms = NULL, ended_ms = COALESCE(ended_ms, ?5)",
                 &[&error, &retryable, &now_ms],
             )?;
             if let (Some(w), true) = (&record.worker, retryable) {
@@ -681,7 +682,7 @@ impl Store for SqliteStore {
                 "state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
                  attempt_limit = attempt_limit + 1, deadline_ms = NULL,
                  iteration = ?3, checkpoint_key = COALESCE(?4, checkpoint_key),
-                 ended_ms = ?5",
+                 ended_ms = COALESCE(ended_ms, ?5)",
                 &[&progress.iteration, &progress.checkpoint_key, &now_ms],
             )
         })
@@ -694,7 +695,8 @@ impl Store for SqliteStore {
             let requeued = update_jobs(
                 tx,
                 "state = CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
-                 attempt_limit = attempt_limit + 1, deadline_ms = NULL, ended_ms = ?2",
+                 attempt_limit = attempt_limit + 1, deadline_ms = NULL,
+                 ended_ms = COALESCE(ended_ms, ?2)",
                 "worker = ?1 AND deadline_ms IS NOT NULL",
                 params![worker, now_ms],
             )?;
@@ -727,7 +729,7 @@ impl Store for SqliteStore {
                      || ', workers ' || expired_workers
                      || CASE WHEN expired_workers = '' THEN '' ELSE ', ' END || COALESCE(worker, '?')
                      ELSE error END,
-                 deadline_ms = NULL, ended_ms = ?1",
+                 deadline_ms = NULL, ended_ms = COALESCE(ended_ms, ?1)",
                 "deadline_ms IS NOT NULL AND deadline_ms < ?1",
                 [now_ms],
             )
@@ -833,7 +835,7 @@ impl Store for SqliteStore {
                  ORDER BY id DESC LIMIT ?1",
             )?;
             let scan = if state.is_some() {
-                -1
+                super::FILTER_SCAN
             } else {
                 i64::from(limit)
             };

@@ -792,6 +792,16 @@ async fn each_attempt_records_when_it_started_and_ended() {
         (None, None),
         "cancelling a job that never ran gives it no times"
     );
+    let last_word = s
+        .fail(&held.job_id, held.token, "cancelled", false, 3_900)
+        .await
+        .expect("the holder's last word");
+    assert_eq!(last_word.state, JobState::Cancelled);
+    assert_eq!(
+        times(&last_word),
+        (Some(3_000), Some(3_200)),
+        "the holder's last word keeps the cancel's end"
+    );
 }
 
 #[tokio::test]
