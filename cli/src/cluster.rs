@@ -9,7 +9,7 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use stylefarm_core::limits;
-use stylefarm_core::{BatchState, JobSpec, JobState, ObjectRef, StyleRef};
+use stylefarm_core::{BatchState, JobSpec, JobState, ObjectRef, OutputFormat, StyleRef};
 use stylefarm_net::client::Channel;
 use stylefarm_net::{ClientAuth, NetError};
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
@@ -436,8 +436,8 @@ pub fn batch_state_name(state: i32) -> &'static str {
 pub struct Fetched {
     /// The job's name.
     pub name: String,
-    /// The result PNG.
-    pub png: PathBuf,
+    /// The result image (PNG, OpenEXR or JPEG).
+    pub image: PathBuf,
     /// The sidecar.
     pub sidecar: serde_json::Value,
 }
@@ -479,7 +479,7 @@ impl FetchReport {
 /// The contact sheet's name in the output folder, without `.png`.
 pub const SHEET: &str = "contact-sheet";
 
-/// Downloads every succeeded job's output and sidecar into `out` as `NAME.png` and
+/// Downloads every succeeded job's output and sidecar into `out` as `NAME.EXT` and
 /// `NAME.json`, a page of jobs at a time. Names from the coordinator are checked again
 /// here (as the coordinator checks them), so none can write outside `out` or over
 /// another job's files; a job that is refused or cannot be downloaded is counted in
@@ -556,7 +556,7 @@ async fn fetch_one(
         root.join(key)
             .with_context(|| format!("the coordinator's {what} key"))
     };
-    let png = storage
+    let image = storage
         .get(
             &key("result", &job.result_key)?,
             &Limit::new("a result", limits::MAX_RESULT_BYTES),
@@ -571,8 +571,10 @@ async fn fetch_one(
         .await
         .context("downloading the sidecar")?;
     let sidecar = serde_json::from_slice(&sidecar_bytes).context("the sidecar is not JSON")?;
-    let png_path = out.join(format!("{}.png", job.name));
-    write_atomic(&png_path, png).await?;
+    // Saved with the extension of the format the worker wrote (the key's).
+    let format = OutputFormat::from_name(&job.result_key).unwrap_or_default();
+    let image_path = out.join(stylefarm_core::layout::output_file(&job.name, format));
+    write_atomic(&image_path, image).await?;
     write_atomic(&out.join(format!("{}.json", job.name)), sidecar_bytes).await?;
     if let Some(curve) = stylefarm_core::plot::from_sidecar(&sidecar) {
         let svg = stylefarm_core::plot::loss_svg(&job.name, &curve);
@@ -584,7 +586,7 @@ async fn fetch_one(
     }
     Ok(Fetched {
         name: job.name.clone(),
-        png: png_path,
+        image: image_path,
         sidecar,
     })
 }

@@ -80,7 +80,7 @@ pub async fn write(
                 &totals,
             );
         }
-        let mut cells = vec![(Picture::File(&job.png), "result".to_owned())];
+        let mut cells = vec![(Picture::File(&job.image), "result".to_owned())];
         cells.push((
             Picture::Input(&job.sidecar["content"]["source"]),
             "content".into(),
@@ -199,9 +199,19 @@ async fn thumbnail(name: &str, bytes: Vec<u8>) -> Option<RgbImage> {
         let mut limits = image::Limits::default();
         limits.max_alloc = Some(MAX_DECODE_ALLOC);
         reader.limits(limits);
+        let linear = reader.format() == Some(image::ImageFormat::OpenExr);
         let img = reader.decode().map_err(|e| e.to_string())?;
         let (w, h) = fit(img.width(), img.height());
-        Ok(img.resize_exact(w, h, FilterType::Triangle).to_rgb8())
+        let small = img.resize_exact(w, h, FilterType::Triangle);
+        if !linear {
+            return Ok(small.to_rgb8());
+        }
+        // OpenEXR holds linear light: encoded to sRGB to be seen as it is meant.
+        let mut rgb = small.into_rgb32f();
+        for v in rgb.iter_mut() {
+            *v = stylefarm_worker::engine::image_io::srgb_encode(*v);
+        }
+        Ok(image::DynamicImage::ImageRgb32F(rgb).to_rgb8())
     })
     .await
     .ok()?;

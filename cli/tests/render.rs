@@ -406,3 +406,113 @@ fn an_openexr_plate_is_read_as_linear_light_and_the_sidecar_says_so() {
     assert_eq!(sidecar["styles"][0]["transfer"], "srgb");
     assert_eq!(sidecar["params"]["input_transfer"], "auto");
 }
+
+#[test]
+fn a_plate_with_alpha_renders_to_a_half_float_exr_with_that_alpha_or_to_a_jpeg() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The fixture photo with its right third cleared and a soft edge before it.
+    let photo = image::open(shared().join("fixtures/content/tubingen.jpg"))
+        .expect("fixture")
+        .resize_exact(96, 64, image::imageops::FilterType::Triangle)
+        .into_rgb32f();
+    let coverage = |x: u32| ((64.0 - x as f32) / 8.0).clamp(0.0, 1.0);
+    let rgba = image::Rgba32FImage::from_fn(96, 64, |x, y| {
+        let p = photo.get_pixel(x, y).0;
+        image::Rgba([p[0], p[1], p[2], coverage(x)])
+    });
+    let plate = dir.path().join("matte.png");
+    image::DynamicImage::ImageRgba32F(rgba)
+        .into_rgba16()
+        .save(&plate)
+        .expect("write the plate");
+    let render = |out: &std::path::Path, extra: &[&str]| {
+        stylefarm()
+            .args([
+                "render",
+                "--quiet",
+                "--size",
+                "96",
+                "--iterations",
+                "3",
+                "--threads",
+                "2",
+            ])
+            .args(extra)
+            .arg("--content")
+            .arg(&plate)
+            .arg("--style")
+            .arg(shared().join("fixtures/styles/starry_night.jpg"))
+            .arg("--out")
+            .arg(out)
+            .env("STYLEFARM_WEIGHTS", weights())
+            .output()
+            .expect("runs")
+    };
+    let exr = dir.path().join("matte.exr");
+    let run = render(&exr, &[]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let meta = exr::meta::MetaData::read_from_file(&exr, true).expect("an OpenEXR file");
+    let names: Vec<String> = meta.headers[0]
+        .channels
+        .list
+        .iter()
+        .map(|c| format!("{}:{:?}", c.name, c.sample_type))
+        .collect();
+    assert_eq!(
+        names,
+        ["A:F16", "B:F16", "G:F16", "R:F16"],
+        "half-float RGBA"
+    );
+    let out = image::open(&exr).expect("decodes").into_rgba32f();
+    assert_eq!(out.dimensions(), (96, 64));
+    for x in [0, 30, 60, 62, 70, 95] {
+        let p = out.get_pixel(x, 32).0;
+        assert!(
+            (p[3] - coverage(x)).abs() < 0.02,
+            "alpha at x={x}: {} for the plate's {}",
+            p[3],
+            coverage(x)
+        );
+        assert!(
+            p[..3].iter().all(|c| *c <= p[3] + 1e-3),
+            "premultiplied at x={x}: {p:?}"
+        );
+    }
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("matte.exr.json")).expect("sidecar"))
+            .expect("json");
+    assert_eq!(sidecar["params"]["output_format"], "exr");
+    assert_eq!(sidecar["alpha"], true);
+
+    let jpg = dir.path().join("matte.jpg");
+    let run = render(&jpg, &["--format", "jpg"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        image::ImageReader::open(&jpg)
+            .expect("open")
+            .with_guessed_format()
+            .expect("read")
+            .format(),
+        Some(image::ImageFormat::Jpeg)
+    );
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("matte.jpg.json")).expect("sidecar"))
+            .expect("json");
+    assert_eq!(sidecar["alpha"], false, "JPEG holds no alpha");
+
+    let mismatched = render(&dir.path().join("x.png"), &["--format", "exr"]);
+    assert!(!mismatched.status.success());
+    let err = String::from_utf8_lossy(&mismatched.stderr);
+    assert!(err.contains("is a .png file but --format is exr"), "{err}");
+    let deep_jpeg = render(&dir.path().join("x.jpg"), &["--bit-depth", "16"]);
+    let err = String::from_utf8_lossy(&deep_jpeg.stderr);
+    assert!(err.contains("--bit-depth") && err.contains("png"), "{err}");
+}

@@ -28,7 +28,7 @@ use crate::html;
 use crate::session::{self, Cookie, LoginThrottle, Session, Sessions};
 use crate::views::{ViewError, Views};
 use stylefarm_core::layout::View;
-use stylefarm_core::BatchState;
+use stylefarm_core::{BatchState, OutputFormat};
 
 /// Jobs per page of a batch.
 pub const PAGE_SIZE: u32 = 100;
@@ -82,7 +82,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/jobs/{job}", get(job))
         .route("/jobs/{job}/live", get(job_live))
         .route("/jobs/{job}/attempts/{n}/{file}", get(view_file))
-        .route("/jobs/{job}/output.png", get(output))
+        .route("/jobs/{job}/output", get(output))
         .route("/jobs/{job}/sidecar.json", get(sidecar))
         .route("/static/app.js", get(script))
         .route("/static/style.css", get(style))
@@ -871,16 +871,22 @@ async fn download(
     who: &Arc<Session>,
     job_id: &str,
     pick: fn(&v1::JobStatus) -> &str,
-    kind: &'static str,
-    name: &str,
 ) -> Result<Response, WebError> {
     let j = status_of(&job_detail(app, who, job_id).await?);
     let key = pick(&j);
     if key.is_empty() {
         return Err(WebError::View(ViewError::Missing));
     }
+    // What the worker wrote, by the extension of the key it reported.
+    let (kind, ext) = if key.ends_with(".json") {
+        ("application/json", "json")
+    } else {
+        OutputFormat::from_name(key).map_or(("application/octet-stream", "bin"), |f| {
+            (f.content_type(), f.as_str())
+        })
+    };
     let (bytes, turn) = app.views.download(key).await.map_err(WebError::View)?;
-    let disposition = format!("inline; filename=\"{}{name}\"", j.name);
+    let disposition = format!("inline; filename=\"{}.{ext}\"", j.name);
     let mut res = ([(header::CONTENT_TYPE, kind)], sent_within(bytes, turn)).into_response();
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
@@ -919,7 +925,7 @@ async fn output(
     SignedIn(who): SignedIn,
     Path(job_id): Path<String>,
 ) -> Result<Response, WebError> {
-    download(&app, &who, &job_id, |j| &j.result_key, "image/png", ".png").await
+    download(&app, &who, &job_id, |j| &j.result_key).await
 }
 
 async fn sidecar(
@@ -927,15 +933,7 @@ async fn sidecar(
     SignedIn(who): SignedIn,
     Path(job_id): Path<String>,
 ) -> Result<Response, WebError> {
-    download(
-        &app,
-        &who,
-        &job_id,
-        |j| &j.sidecar_key,
-        "application/json",
-        ".json",
-    )
-    .await
+    download(&app, &who, &job_id, |j| &j.sidecar_key).await
 }
 
 async fn worker_list(app: &App, who: &Arc<Session>) -> Result<Vec<v1::WorkerInfo>, WebError> {

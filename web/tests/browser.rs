@@ -560,7 +560,7 @@ async fn a_wrangler_follows_and_cancels_a_batch_in_chromium_and_a_worker_identit
     );
     assert!(curve().await.is_some(), "the finished job has its curve");
     assert_eq!(
-        browser.head(&format!("/jobs/{quick}/output.png")).await,
+        browser.head(&format!("/jobs/{quick}/output")).await,
         (200, "image/png".to_owned())
     );
     assert_eq!(

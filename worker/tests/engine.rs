@@ -725,6 +725,106 @@ fn sixteen_bit_png_output_round_trips() {
 }
 
 #[test]
+fn outputs_are_png_half_float_linear_exr_or_jpeg_and_png_and_exr_keep_the_alpha() {
+    use stylefarm_core::{OutputFormat, Transfer};
+    // An RGBA content: opaque on the left, half covered in the middle, clear on the right.
+    let coverage = |x: u32| match x {
+        0..=3 => 1.0,
+        4..=5 => 0.5,
+        _ => 0.0,
+    };
+    let content =
+        image::Rgba32FImage::from_fn(8, 4, |x, _| image::Rgba([0.5, 0.25, 1.0, coverage(x)]));
+    let png_in = encode(
+        &DynamicImage::ImageRgba16(DynamicImage::ImageRgba32F(content).into_rgba16()),
+        image::ImageFormat::Png,
+    );
+    let decoded = image_io::decode_full(&png_in, "rgba.png", DEFAULT_MAX_PIXELS, Transfer::Auto)
+        .expect("decodes");
+    let alpha = decoded.alpha.expect("the PNG's alpha is kept");
+    for x in 0..8 {
+        let a = alpha.get_pixel(x, 0).0[0];
+        assert!(
+            (a - coverage(x)).abs() < 1e-4,
+            "alpha at {x}: {a} (16 bits)"
+        );
+    }
+    let opaque = image_io::decode_full(
+        &encode(
+            &DynamicImage::ImageRgb8(image::RgbImage::new(2, 2)),
+            image::ImageFormat::Png,
+        ),
+        "rgb.png",
+        DEFAULT_MAX_PIXELS,
+        Transfer::Auto,
+    )
+    .expect("decodes");
+    assert!(opaque.alpha.is_none(), "no alpha where the file has none");
+
+    // A render's output (sRGB 0.5 is linear 0.214) with that alpha.
+    let out = Rgb32FImage::from_pixel(8, 4, image::Rgb([0.5, 0.0, 1.0]));
+    let png = image_io::encode_output(&out, Some(&alpha), OutputFormat::Png, 16).expect("png");
+    let back = image::load_from_memory(&png).expect("decodes");
+    assert_eq!(back.color(), image::ColorType::Rgba16);
+    let back = back.into_rgba32f();
+    for x in 0..8 {
+        let p = back.get_pixel(x, 1).0;
+        assert!((p[3] - coverage(x)).abs() < 1e-4, "PNG alpha at {x}: {p:?}");
+        assert!(
+            (p[0] - 0.5).abs() < 1e-4,
+            "PNG colour is straight sRGB: {p:?}"
+        );
+    }
+    let png8 = image_io::encode_output(&out, Some(&alpha), OutputFormat::Png, 8).expect("png");
+    assert_eq!(
+        image::load_from_memory(&png8).expect("decodes").color(),
+        image::ColorType::Rgba8
+    );
+
+    let exr = image_io::encode_output(&out, Some(&alpha), OutputFormat::Exr, 8).expect("exr");
+    let back = image::load_from_memory_with_format(&exr, image::ImageFormat::OpenExr)
+        .expect("an OpenEXR file");
+    assert!(back.color().has_alpha(), "{:?}", back.color());
+    let back = back.into_rgba32f();
+    for x in 0..8 {
+        let p = back.get_pixel(x, 2).0;
+        let a = coverage(x);
+        assert!((p[3] - a).abs() < 1e-3, "EXR alpha at {x}: {p:?}");
+        assert!(
+            (p[0] - 0.2140 * a).abs() < 2e-3 && p[1].abs() < 1e-6 && (p[2] - a).abs() < 2e-3,
+            "EXR colour is linear, premultiplied: {p:?} at coverage {a}"
+        );
+    }
+    // Half floats, as the file's header says of each of its four channels.
+    let meta = exr::meta::MetaData::read_from_buffered(Cursor::new(&exr), true).expect("header");
+    let channels = &meta.headers[0].channels.list;
+    assert_eq!(channels.len(), 4);
+    assert!(
+        channels
+            .iter()
+            .all(|c| c.sample_type == exr::meta::attribute::SampleType::F16),
+        "{channels:?}"
+    );
+    // Read back as a plate, the output is the render again (sRGB 0.5 where opaque).
+    let (plate, t) = image_io::decode_as(&exr, "out.exr", DEFAULT_MAX_PIXELS, Transfer::Auto)
+        .expect("decodes as a plate");
+    assert_eq!(t, Transfer::Linear);
+    assert!((plate.get_pixel(0, 0).0[0] - 0.5).abs() < 3e-3);
+    // Without an alpha, three channels.
+    let rgb = image_io::encode_output(&out, None, OutputFormat::Exr, 8).expect("exr");
+    assert!(!image::load_from_memory(&rgb)
+        .expect("decodes")
+        .color()
+        .has_alpha());
+
+    let jpg = image_io::encode_output(&out, Some(&alpha), OutputFormat::Jpg, 8).expect("jpg");
+    let back = image::load_from_memory(&jpg).expect("decodes");
+    assert_eq!(back.color(), image::ColorType::Rgb8, "JPEG has no alpha");
+    let p = back.into_rgb8().get_pixel(0, 0).0;
+    assert!((i32::from(p[0]) - 128).abs() <= 3 && p[2] >= 250, "{p:?}");
+}
+
+#[test]
 fn openexr_is_linear_light_encoded_to_srgb_and_the_transfer_can_be_named() {
     use stylefarm_core::Transfer;
     // Linear 0.2140 is sRGB 0.5; 4.0 is a highlight above 1; the last column is clear.

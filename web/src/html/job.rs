@@ -218,7 +218,9 @@ pub fn job(who: &Session, v: &JobView, now_ms: i64) -> String {
     if !j.result_key.is_empty() {
         let _ = write!(
             links,
-            r#"<p class="links"><a href="/jobs/{id}/output.png">Output image</a> · <a href="/jobs/{id}/sidecar.json">Sidecar (JSON)</a></p>"#
+            r#"<p class="links"><a href="/jobs/{id}/output">Output image ({format})</a> · <a href="/jobs/{id}/sidecar.json">Sidecar (JSON)</a></p>"#,
+            format = stylefarm_core::OutputFormat::from_name(&j.result_key)
+                .map_or("image", stylefarm_core::OutputFormat::as_str)
         );
     }
     let mut params = String::new();
