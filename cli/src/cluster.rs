@@ -212,6 +212,7 @@ impl Coordinator {
                     params: j.params.clone(),
                     weights_sha256: weights_sha256.to_owned(),
                     output_key: String::new(),
+                    after: j.after.clone(),
                 };
                 v1::JobSpec::from(&spec)
             })

@@ -401,3 +401,61 @@ jobs:
     );
     assert!(style.contains("only a job's content"), "{style}");
 }
+
+#[test]
+fn jobs_run_after_others_by_name_and_a_chained_sequence_runs_frame_after_frame() {
+    let d = Dir::new();
+    std::fs::create_dir(d.path("plates")).expect("folder");
+    for f in 1..=3 {
+        std::fs::copy(d.path("a.png"), d.path(&format!("plates/bg.{f}.png"))).expect("frame");
+    }
+    let m = d.ok("batch: shot
+jobs:
+  - name: bg
+    content: plates/bg.#.png
+    frames: 1-3
+    chain: true
+    style: b.png
+  - name: slate
+    content: a.png
+    style: c.png
+    after: bg
+  - name: final
+    content: a.png
+    style: b.png
+    after: [slate, bg.2]
+");
+    let after: Vec<(&str, Vec<&str>)> = m
+        .jobs
+        .iter()
+        .map(|j| {
+            (
+                j.name.as_str(),
+                j.after.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        after,
+        vec![
+            ("bg.1", vec![]),
+            ("bg.2", vec!["bg.1"]),
+            ("bg.3", vec!["bg.2"]),
+            ("slate", vec!["bg.1", "bg.2", "bg.3"]),
+            ("final", vec!["bg.2", "slate"]),
+        ],
+        "a sequence's name stands for all its frames"
+    );
+    let job = "jobs:\n  - content: a.png\n    style: b.png\n";
+    let e = d.err(&format!("batch: b\n{job}    after: nothing\n"), 3, "after");
+    assert!(
+        e.contains("\"nothing\" names no job of this manifest"),
+        "{e}"
+    );
+    let e = d.err(
+        &format!("batch: b\n{job}    chain: true\n"),
+        5,
+        "jobs[0].chain",
+    );
+    assert!(e.contains("only a sequence's frames chain"), "{e}");
+}

@@ -14,6 +14,8 @@ pub struct NewJob {
     pub iterations: u32,
     /// The job spec as the wire carries it (opaque to the store).
     pub spec: Vec<u8>,
+    /// The jobs of the same batch (by their place in it) that must succeed first.
+    pub after: Vec<usize>,
 }
 
 /// A validated batch to be stored.

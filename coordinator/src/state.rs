@@ -257,6 +257,21 @@ impl<S: Store> State<S> {
         }
     }
 
+    /// Announces a job's change and, once it has ended, the jobs that run after it (its
+    /// end released or blocked them in the same commit).
+    pub async fn publish_ended(&self, job: JobRecord) {
+        let ended = job.state.is_terminal().then(|| job.job_id.clone());
+        self.publish([job]);
+        if let Some(id) = ended {
+            match self.store.downstream(&id).await {
+                Ok(jobs) => self.publish(jobs),
+                Err(e) => {
+                    tracing::warn!(job = %id, cause = %e, "could not announce the jobs that run after it")
+                }
+            }
+        }
+    }
+
     /// Lease length in milliseconds.
     pub fn lease_ms(&self) -> i64 {
         i64::from(self.config.lease_ms)

@@ -793,3 +793,64 @@ async fn get_batch_pages_jobs_within_a_size_and_byte_budget() {
     let err = page(0, "bad\ntoken").await.expect_err("not a job id");
     invalid(err, &["page_token"]);
 }
+
+#[tokio::test]
+async fn dependencies_are_checked_at_submit_unknown_names_and_cycles_refused_by_name() {
+    let h = harness(|_| {}).await;
+    let with_after = |after: &[(usize, &[&str])]| {
+        let mut req = common::submit("deps", 0, 4);
+        for (i, names) in after {
+            req.jobs[*i].after = names.iter().map(|n| (*n).to_owned()).collect();
+        }
+        req
+    };
+    invalid(
+        h.submit(with_after(&[(1, &["out00009"])]))
+            .await
+            .expect_err("unknown"),
+        &[
+            "jobs[1]",
+            "after[0]",
+            "\"out00009\" is not a job of this batch",
+        ],
+    );
+    invalid(
+        h.submit(with_after(&[(2, &["out00002"])]))
+            .await
+            .expect_err("itself"),
+        &["jobs[2]", "cannot wait on itself"],
+    );
+    invalid(
+        h.submit(with_after(&[
+            (0, &["out00003"]),
+            (1, &["out00000"]),
+            (2, &["out00001"]),
+            (3, &["out00002"]),
+        ]))
+        .await
+        .expect_err("a cycle"),
+        &["cycle", "out00000", "out00001", "out00002", "out00003"],
+    );
+    // A chain is fine, and what waits shows as waiting.
+    let ok = h
+        .submit(with_after(&[
+            (1, &["out00000"]),
+            (2, &["out00001"]),
+            (3, &["out00000", "out00002"]),
+        ]))
+        .await
+        .expect("a chain");
+    let b = h
+        .client
+        .get_batch(call(v1::GetBatchRequest {
+            batch_id: ok.batch_id,
+            include_jobs: true,
+            ..Default::default()
+        }))
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(b.jobs_by_state.get("waiting"), Some(&3));
+    assert_eq!(b.jobs[1].state, v1::JobState::Waiting as i32);
+    assert_eq!(b.state, BatchState::Queued as i32, "nothing has started");
+}

@@ -6,6 +6,9 @@ pub const MAX_ATTEMPTS: u32 = 100;
 /// Most jobs one batch may hold (the coordinator's default cap, and a manifest's limit).
 pub const MAX_JOBS_PER_BATCH: u32 = 100_000;
 
+/// Most jobs one job may wait on (`after`).
+pub const MAX_AFTER: usize = 1000;
+
 /// Largest input image, in bytes: what `submit` uploads and what a worker downloads.
 pub const MAX_INPUT_BYTES: u64 = 256 << 20;
 /// Largest result image a client downloads (a 16-bit 8192 px PNG is about 400 MB).

@@ -61,6 +61,8 @@ pub struct JobSpec {
     pub weights_sha256: String,
     /// Where the published result goes (set by the coordinator; empty before).
     pub output_key: String,
+    /// Names of jobs of the same batch that must succeed before this one may run.
+    pub after: Vec<String>,
 }
 
 impl JobSpec {
@@ -68,6 +70,25 @@ impl JobSpec {
     pub fn validate(&self) -> Result<(), InvalidField> {
         check_name(&self.name)?;
         self.content.validate("content")?;
+        if self.after.len() > crate::limits::MAX_AFTER {
+            return Err(InvalidField::new(
+                "after",
+                format!(
+                    "{} jobs to wait on, at most {} are allowed",
+                    self.after.len(),
+                    crate::limits::MAX_AFTER
+                ),
+            ));
+        }
+        for (i, a) in self.after.iter().enumerate() {
+            check_name(a).map_err(|e| InvalidField::new(format!("after[{i}]"), e.reason))?;
+            if *a == self.name {
+                return Err(InvalidField::new(
+                    format!("after[{i}]"),
+                    "a job cannot wait on itself",
+                ));
+            }
+        }
         if self.styles.is_empty() {
             return Err(InvalidField::new(
                 "styles",
@@ -208,6 +229,7 @@ mod tests {
             params: RenderParams::default(),
             weights_sha256: "c".repeat(64),
             output_key: String::new(),
+            after: Vec::new(),
         }
     }
 

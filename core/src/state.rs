@@ -7,6 +7,8 @@ use std::fmt;
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum JobState {
+    /// Waiting for the jobs it runs after (`after`) to succeed.
+    Waiting,
     /// Waiting for a worker.
     Queued,
     /// Leased to a worker that has not reported progress yet.
@@ -19,28 +21,35 @@ pub enum JobState {
     Failed,
     /// Cancelled by a user.
     Cancelled,
+    /// Will not run: a job it runs after failed or was cancelled (its error says which);
+    /// a retry of that job brings it back.
+    Blocked,
 }
 
 impl JobState {
     /// Every state, in life order.
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 8] = [
+        Self::Waiting,
         Self::Queued,
         Self::Leased,
         Self::Running,
         Self::Succeeded,
         Self::Failed,
         Self::Cancelled,
+        Self::Blocked,
     ];
 
     /// The name stored in the database and shown to users.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Waiting => "waiting",
             Self::Queued => "queued",
             Self::Leased => "leased",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Blocked => "blocked",
         }
     }
 
@@ -51,7 +60,10 @@ impl JobState {
 
     /// True for states a job does not leave on its own.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Blocked
+        )
     }
 
     /// True while a worker holds the job.
@@ -101,7 +113,7 @@ impl BatchState {
     pub fn of(counts: &BTreeMap<JobState, u64>) -> Self {
         let n = |s: JobState| counts.get(&s).copied().unwrap_or(0);
         let total: u64 = counts.values().sum();
-        if total > 0 && n(JobState::Queued) == total {
+        if total > 0 && n(JobState::Queued) + n(JobState::Waiting) == total {
             Self::Queued
         } else if JobState::ALL.iter().any(|s| !s.is_terminal() && n(*s) > 0) {
             Self::Running

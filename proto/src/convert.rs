@@ -173,6 +173,7 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             params,
             weights_sha256: s.weights_sha256,
             output_key: s.output_key,
+            after: s.after,
         };
         spec.validate()?;
         Ok(spec)
@@ -196,6 +197,7 @@ impl From<&JobSpec> for v1::JobSpec {
             params: Some(v1::RenderParams::from(&s.params)),
             weights_sha256: s.weights_sha256.clone(),
             output_key: s.output_key.clone(),
+            after: s.after.clone(),
         }
     }
 }
@@ -232,6 +234,8 @@ impl From<JobState> for v1::JobState {
             JobState::Succeeded => Self::Succeeded,
             JobState::Failed => Self::Failed,
             JobState::Cancelled => Self::Cancelled,
+            JobState::Waiting => Self::Waiting,
+            JobState::Blocked => Self::Blocked,
         }
     }
 }
@@ -258,6 +262,8 @@ pub fn job_state(field: &str, wire: i32) -> Result<JobState, InvalidField> {
         Ok(v1::JobState::Succeeded) => JobState::Succeeded,
         Ok(v1::JobState::Failed) => JobState::Failed,
         Ok(v1::JobState::Cancelled) => JobState::Cancelled,
+        Ok(v1::JobState::Waiting) => JobState::Waiting,
+        Ok(v1::JobState::Blocked) => JobState::Blocked,
         Ok(v1::JobState::Unspecified) | Err(_) => return Err(unknown_enum(field, wire)),
     })
 }
@@ -430,7 +436,7 @@ mod tests {
             params in proptest::option::weighted(0.9, params()),
             weights_sha256 in hex64(),
         ) -> v1::JobSpec {
-            v1::JobSpec { name, content, styles, init_image, params, weights_sha256, output_key: String::new() }
+            v1::JobSpec { name, content, styles, init_image, params, weights_sha256, output_key: String::new(), after: Vec::new() }
         }
     }
 

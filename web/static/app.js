@@ -177,7 +177,7 @@ function onJob(summary, ev) {
   if (state.textContent !== ev.state) {
     setText(state, ev.state);
     state.className = "badge state-" + ev.state;
-    if (!["queued", "leased", "running"].includes(ev.state)) {
+    if (!["waiting", "queued", "leased", "running"].includes(ev.state)) {
       const form = row.querySelector("form");
       if (form) form.remove();
     }

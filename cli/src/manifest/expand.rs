@@ -32,16 +32,53 @@ impl Reader<'_> {
                 "styles",
                 "init_image",
                 "params",
+                "after",
+                "chain",
             ],
         )?;
         let frames = match m.get_node("frames") {
             Some(f) => Some(self.frames(f, &format!("{field}.frames"))?),
             None => None,
         };
+        let after = match m.get_node("after") {
+            None => Vec::new(),
+            Some(n @ Node::Sequence(items)) => {
+                if items.len() > stylefarm_core::limits::MAX_AFTER {
+                    return Err(self.at(
+                        n.span(),
+                        &format!("{field}.after"),
+                        &format!("at most {} names", stylefarm_core::limits::MAX_AFTER),
+                    ));
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| self.string(a, &format!("{field}.after[{i}]")))
+                    .collect::<Result<_, _>>()?
+            }
+            Some(n) => vec![self.string(n, &format!("{field}.after"))?],
+        };
+        let chain = match m.get_node("chain") {
+            None => false,
+            Some(n) => {
+                let f = format!("{field}.chain");
+                match self.scalar(n, &f)?.as_bool() {
+                    Some(b) => b,
+                    None => return Err(self.at(n.span(), &f, "expected true or false")),
+                }
+            }
+        };
         let content_node = m
             .get_node("content")
             .ok_or_else(|| self.at(node.span(), field, "needs `content`: the photo to restyle"))?;
         let content = self.content(content_node, &format!("{field}.content"), frames.as_ref())?;
+        if let (Content::Still(_), Some(c)) = (&content, m.get_node("chain").filter(|_| chain)) {
+            return Err(self.at(
+                c.span(),
+                &format!("{field}.chain"),
+                "given, but `content` is one image: only a sequence's frames chain",
+            ));
+        }
         if let (Content::Still(_), Some(f)) = (&content, m.get_node("frames")) {
             return Err(self.at(
                 f.span(),
@@ -96,6 +133,14 @@ impl Reader<'_> {
                 &format!("expands to more than {MAX_JOBS} jobs in all"),
             ));
         }
+        let sequence = match &content {
+            Content::Still(_) => None,
+            Content::Sequence { pattern, .. } => Some(
+                name.clone()
+                    .unwrap_or_else(|| default_name(&sequence_stem(pattern), &styles, &[])),
+            ),
+        };
+        let mut previous: Option<String> = None;
         for (name, content, frame) in outputs(&content, name.as_deref(), &styles, &[]) {
             let mut job = self.finish(
                 node,
@@ -107,6 +152,12 @@ impl Reader<'_> {
                 &params,
             )?;
             job.frame = frame;
+            job.after.clone_from(&after);
+            if chain {
+                // Each frame after the one before it: frames in order, one at a time.
+                job.after.extend(previous.replace(job.name.clone()));
+            }
+            job.sequence.clone_from(&sequence);
             jobs.push(job);
         }
         Ok(())
@@ -150,6 +201,8 @@ impl Reader<'_> {
             params,
             line: node.span().start().map_or(0, marked_yaml::Marker::line),
             frame: None,
+            after: Vec::new(),
+            sequence: None,
         })
     }
 

@@ -115,6 +115,46 @@ pub struct PlannedJob {
     pub line: usize,
     /// Its frame, when its content is a frame of a sequence.
     pub frame: Option<u32>,
+    /// Names of jobs that must succeed before it runs (output names, a sequence's
+    /// `name` standing for all its frames; resolved when the manifest is read).
+    pub after: Vec<String>,
+    /// The name of the manifest entry it came from, when that named a sequence.
+    pub sequence: Option<String>,
+}
+
+/// Replaces each job's `after` names with output names: a sequence's name stands for
+/// every frame of it. A name that is neither is refused with the job's line.
+fn resolve_after(file: &Path, jobs: &mut [PlannedJob]) -> Result<(), ManifestError> {
+    let names: std::collections::HashSet<String> = jobs.iter().map(|j| j.name.clone()).collect();
+    let mut frames: HashMap<String, Vec<String>> = HashMap::new();
+    for j in jobs.iter() {
+        if let Some(s) = &j.sequence {
+            frames.entry(s.clone()).or_default().push(j.name.clone());
+        }
+    }
+    for j in jobs.iter_mut() {
+        let mut resolved = Vec::new();
+        for a in &j.after {
+            if names.contains(a) {
+                resolved.push(a.clone());
+            } else if let Some(all) = frames.get(a) {
+                resolved.extend(all.iter().filter(|f| **f != j.name).cloned());
+            } else {
+                return Err(ManifestError {
+                    file: file.to_owned(),
+                    line: j.line,
+                    field: "after".into(),
+                    message: format!(
+                        "{a:?} names no job of this manifest (an output name, or the `name` of a sequence for all its frames)"
+                    ),
+                });
+            }
+        }
+        resolved.sort();
+        resolved.dedup();
+        j.after = resolved;
+    }
+    Ok(())
 }
 
 /// A parsed, validated and expanded manifest.
@@ -251,6 +291,7 @@ impl Manifest {
                 });
             }
         }
+        resolve_after(file, &mut jobs)?;
         Ok(Self {
             file: file.to_owned(),
             batch,

@@ -297,7 +297,7 @@ impl<S: Store> StyleFarm for ClientApi<S> {
             .await
             .map_err(ApiError::from)?;
         let answer = convert::job_status(&job);
-        self.state.publish([job]);
+        self.state.publish_ended(job).await;
         Ok(Response::new(answer))
     }
 }

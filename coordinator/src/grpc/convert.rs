@@ -87,8 +87,10 @@ pub fn new_batch(
             name: spec.name.clone(),
             iterations: spec.params.total_iterations(),
             spec: v1::JobSpec::from(&spec).encode_to_vec(),
+            after: Vec::new(),
         });
     }
+    dependencies(req, &seen, &mut jobs)?;
     let mut unkeyed = req.clone();
     unkeyed.client_token.clear();
     Ok(NewBatch {
@@ -101,6 +103,84 @@ pub fn new_batch(
         max_attempts,
         jobs,
     })
+}
+
+/// Resolves each job's `after` names to jobs of the batch and refuses names that are
+/// none of them, and dependencies that go round in a cycle (naming it).
+fn dependencies(
+    req: &v1::SubmitBatchRequest,
+    index: &HashMap<&str, usize>,
+    jobs: &mut [NewJob],
+) -> Result<(), InvalidField> {
+    for (i, wire) in req.jobs.iter().enumerate() {
+        let mut after = Vec::with_capacity(wire.after.len());
+        for (k, name) in wire.after.iter().enumerate() {
+            let Some(&j) = index.get(name.as_str()) else {
+                return Err(InvalidField::new(
+                    format!("jobs[{i}] (name {:?}) after[{k}]", wire.name),
+                    format!("{name:?} is not a job of this batch"),
+                ));
+            };
+            after.push(j);
+        }
+        after.sort_unstable();
+        after.dedup();
+        jobs[i].after = after;
+    }
+    // Kahn's algorithm: what cannot be ordered lies on or behind a cycle.
+    let n = jobs.len();
+    let mut waits = vec![0usize; n];
+    let mut next: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, j) in jobs.iter().enumerate() {
+        waits[i] = j.after.len();
+        for &a in &j.after {
+            next[a].push(i);
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|i| waits[*i] == 0).collect();
+    let mut ordered = 0;
+    while let Some(i) = ready.pop() {
+        ordered += 1;
+        for &d in &next[i] {
+            waits[d] -= 1;
+            if waits[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    if ordered == n {
+        return Ok(());
+    }
+    // Walk back along unordered dependencies from an unordered job until one repeats.
+    let Some(mut at) = (0..n).find(|i| waits[*i] > 0) else {
+        return Ok(());
+    };
+    let mut path = vec![at];
+    loop {
+        let Some(&back) = jobs[at].after.iter().find(|a| waits[**a] > 0) else {
+            break;
+        };
+        if let Some(start) = path.iter().position(|p| *p == back) {
+            let mut cycle: Vec<&str> = path[start..]
+                .iter()
+                .map(|p| jobs[*p].name.as_str())
+                .collect();
+            cycle.push(&jobs[back].name);
+            return Err(InvalidField::new(
+                "jobs",
+                format!(
+                    "the jobs wait on each other in a cycle: {} (each runs after the next)",
+                    cycle.join(" → ")
+                ),
+            ));
+        }
+        path.push(back);
+        at = back;
+    }
+    Err(InvalidField::new(
+        "jobs",
+        "the jobs wait on each other in a cycle",
+    ))
 }
 
 /// Refuses a job whose memory estimate is over what one job may take on every

@@ -268,7 +268,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .attempts
             .with_label_values(&["succeeded"])
             .inc();
-        self.state.publish([record]);
+        self.state.publish_ended(record).await;
         Ok(Response::new(v1::CompleteJobResponse {}))
     }
 
@@ -374,7 +374,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .attempts
             .with_label_values(&[outcome])
             .inc();
-        self.state.publish([record]);
+        self.state.publish_ended(record).await;
         Ok(Response::new(v1::FailJobResponse {}))
     }
 }

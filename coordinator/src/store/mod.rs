@@ -235,6 +235,12 @@ pub trait Store: Send + Sync + 'static {
         batch_id: &str,
     ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
 
+    /// Every job that runs after `job_id`, at any depth (as they are now).
+    fn downstream(
+        &self,
+        job_id: &str,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+
     /// One job.
     fn job(&self, job_id: &str) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 

@@ -26,7 +26,10 @@ pub struct JobView {
 
 /// Whether a job can still change.
 fn live(j: &v1::JobStatus) -> bool {
-    matches!(job_state(j.state), "queued" | "leased" | "running")
+    matches!(
+        job_state(j.state),
+        "waiting" | "queued" | "leased" | "running"
+    )
 }
 
 /// The attempt whose files the page shows: the one whose output counts, else the

@@ -173,7 +173,7 @@ pub fn eta_of_jobs(b: &v1::Batch, now_ms: i64) -> Option<i64> {
     let left: u64 = b
         .jobs
         .iter()
-        .filter(|j| matches!(job_state(j.state), "queued" | "leased" | "running"))
+        .filter(|j| !JobState::parse(job_state(j.state)).is_some_and(JobState::is_terminal))
         .map(|j| u64::from(j.iterations.saturating_sub(j.iteration)))
         .sum();
     let elapsed = u64::try_from(now_ms.saturating_sub(b.created_unix_ms).max(0)).unwrap_or(0);
@@ -269,7 +269,7 @@ pub(crate) fn action(path: &str, csrf: &str, label: &str, class: &str) -> String
 
 fn job_row(j: &v1::JobStatus, batch_id: &str, who: &Session, owner: &str, now_ms: i64) -> String {
     let state = job_state(j.state);
-    let live = matches!(state, "queued" | "leased" | "running");
+    let live = matches!(state, "waiting" | "queued" | "leased" | "running");
     let cancel = if live && who.may_change(owner) {
         action(
             &format!("/batches/{batch_id}/jobs/{}/cancel", j.job_id),

@@ -36,7 +36,9 @@ use crate::model::{
     LeaseAsk, NewBatch, NewWorker, Progress, Stats, Submitted,
 };
 
-const SCHEMA_VERSION: i64 = 5;
+/// Version 6 added job dependencies (`job_deps`, the states `waiting` and `blocked`):
+/// nothing to migrate, but a binary from before must not open a file that has them.
+const SCHEMA_VERSION: i64 = 6;
 
 /// From version 1: batches gained owners and workers the identity that registered them.
 /// (A column added with a default is a change to the schema record only: instant.)
@@ -325,6 +327,63 @@ fn update_jobs(
     Ok(rows)
 }
 
+/// A job that waits on one that has not succeeded.
+const UNMET: &str = "EXISTS (SELECT 1 FROM job_deps d JOIN jobs a ON a.id = d.after_id
+    WHERE d.job_id = jobs.id AND a.state <> 'succeeded')";
+
+/// Queues the waiting jobs that run after `job_id` (which has just succeeded) and wait
+/// on nothing else that has not.
+fn release(tx: &Connection, job_id: &str) -> Result<Vec<JobRecord>, StoreError> {
+    update_jobs(
+        tx,
+        "state = 'queued'",
+        &format!(
+            "state = 'waiting' AND id IN (SELECT job_id FROM job_deps WHERE after_id = ?1)
+             AND NOT {UNMET}"
+        ),
+        [job_id],
+    )
+}
+
+/// Why a job that waits on `a` will not run (SQL over a row `a` of jobs).
+const WHY: &str = "a.name || CASE a.state WHEN 'failed' THEN ', which failed'
+    WHEN 'cancelled' THEN ', which was cancelled' ELSE ', which will not run' END";
+
+/// Blocks every waiting job that runs after (at any depth) a job that `seeds` selects
+/// (`a`, a failed, cancelled or blocked job: `FROM jobs a WHERE ...`), its error naming
+/// that job.
+fn block(
+    tx: &Connection,
+    seeds: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let sql = format!(
+        "WITH RECURSIVE seed(id, why) AS (
+             SELECT a.id, {WHY} FROM jobs a WHERE a.state IN ('failed', 'cancelled', 'blocked') AND {seeds}),
+         down(id, why) AS (
+             SELECT d.job_id, s.why FROM job_deps d JOIN seed s ON d.after_id = s.id
+             UNION SELECT d.job_id, down.why FROM job_deps d JOIN down ON d.after_id = down.id)
+         UPDATE jobs SET state = 'blocked',
+             error = 'runs after ' || (SELECT why FROM down WHERE down.id = jobs.id LIMIT 1),
+             {BUMP}
+         WHERE state = 'waiting' AND id IN (SELECT id FROM down)
+         RETURNING {JOB_COLUMNS}"
+    );
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let rows = stmt.query_map(args, job_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// What one job's change means for the jobs that run after it: released when it
+/// succeeded, blocked when it failed or was cancelled.
+fn settle(tx: &Connection, job: &JobRecord) -> Result<Vec<JobRecord>, StoreError> {
+    match job.state {
+        JobState::Succeeded => release(tx, &job.job_id),
+        JobState::Failed | JobState::Cancelled => block(tx, "a.id = ?1", [&job.job_id]),
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// Leases the next job for `ask.worker` (see [`Store::lease`]).
 fn lease_tx(
     tx: &Connection,
@@ -468,25 +527,44 @@ impl Store for SqliteStore {
             )?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO jobs (id, batch_id, seq, name, iterations, state, attempt_limit)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut insert_spec =
                 tx.prepare_cached("INSERT INTO specs (job_id, spec) VALUES (?1, ?2)")?;
+            let mut insert_dep =
+                tx.prepare_cached("INSERT INTO job_deps (job_id, after_id) VALUES (?1, ?2)")?;
+            let job_id = |seq: usize| format!("{id}-j{seq:06}");
             for (seq, job) in batch.jobs.iter().enumerate() {
-                let job_id = format!("{id}-j{seq:06}");
+                // A job with dependencies waits for them; the others are leasable now.
+                let state = if job.after.is_empty() {
+                    JobState::Queued
+                } else {
+                    JobState::Waiting
+                };
                 insert.execute(params![
-                    job_id,
+                    job_id(seq),
                     id,
                     seq as i64,
                     job.name,
                     job.iterations,
+                    state.as_str(),
                     batch.max_attempts
                 ])?;
-                insert_spec.execute(params![job_id, job.spec])?;
+                insert_spec.execute(params![job_id(seq), job.spec])?;
+                for &after in &job.after {
+                    insert_dep.execute(params![job_id(seq), job_id(after)])?;
+                }
             }
+            let waiting = batch.jobs.iter().filter(|j| !j.after.is_empty()).count() as i64;
+            let queued = batch.jobs.len() as i64 - waiting;
             tx.execute(
-                "INSERT INTO batch_counts (batch_id, state, n) VALUES (?1, 'queued', ?2)",
-                params![id, batch.jobs.len() as i64],
+                "UPDATE batches SET queued = ?2 WHERE id = ?1",
+                params![id, queued],
+            )?;
+            tx.execute(
+                "INSERT INTO batch_counts (batch_id, state, n)
+                 VALUES (?1, 'queued', ?2), (?1, 'waiting', ?3)",
+                params![id, queued, waiting],
             )?;
             Ok(Submitted {
                 batch_id: id,
@@ -630,8 +708,12 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<JobRecord, StoreError> {
         let job_id = job_id.to_owned();
-        self.write_one(move |tx| complete_tx(tx, &job_id, token, &done, now_ms))
-            .await
+        self.write_one(move |tx| {
+            let record = complete_tx(tx, &job_id, token, &done, now_ms)?;
+            settle(tx, &record)?;
+            Ok(record)
+        })
+        .await
     }
 
     async fn fail(
@@ -661,6 +743,7 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![w, record.batch_id])?;
             }
+            settle(tx, &record)?;
             Ok(record)
         })
         .await
@@ -733,6 +816,15 @@ impl Store for SqliteStore {
                 "deadline_ms IS NOT NULL AND deadline_ms < ?1",
                 [now_ms],
             )
+            .and_then(|mut expired| {
+                // Jobs that ran after one whose attempts are now spent will not run.
+                let mut settled = Vec::new();
+                for job in &expired {
+                    settled.extend(settle(tx, job)?);
+                }
+                expired.extend(settled);
+                Ok(expired)
+            })
         })
         .await
     }
@@ -748,7 +840,7 @@ impl Store for SqliteStore {
             update_jobs(
                 tx,
                 CANCEL,
-                "batch_id = ?1 AND state IN ('queued', 'leased', 'running')",
+                "batch_id = ?1 AND state IN ('waiting', 'queued', 'leased', 'running')",
                 params![batch_id, now_ms],
             )
         })
@@ -761,19 +853,22 @@ impl Store for SqliteStore {
             let cancelled = update_jobs(
                 tx,
                 CANCEL,
-                "id = ?1 AND state IN ('queued', 'leased', 'running')",
+                "id = ?1 AND state IN ('waiting', 'queued', 'leased', 'running')",
                 params![job_id, now_ms],
             )?;
             if let Some(record) = cancelled.into_iter().next() {
+                settle(tx, &record)?;
                 return Ok(record);
             }
             // Nothing changed: the job is missing, has ended, or was already cancelled.
             let current = job(tx, &job_id)?;
             match current.state {
-                JobState::Succeeded | JobState::Failed => Err(StoreError::AlreadyEnded {
-                    job_id,
-                    state: current.state.as_str(),
-                }),
+                JobState::Succeeded | JobState::Failed | JobState::Blocked => {
+                    Err(StoreError::AlreadyEnded {
+                        job_id,
+                        state: current.state.as_str(),
+                    })
+                }
                 _ => Ok(current),
             }
         })
@@ -792,14 +887,28 @@ impl Store for SqliteStore {
                 "DELETE FROM worker_failures WHERE batch_id = ?1",
                 [&batch_id],
             )?;
-            update_jobs(
+            // Failed jobs (and cancelled ones, if asked), and the jobs they blocked, come
+            // back: waiting if they run after others, else queued.
+            let mut changed = update_jobs(
                 tx,
-                "state = 'queued', error = NULL,
+                "state = CASE WHEN EXISTS (SELECT 1 FROM job_deps WHERE job_id = jobs.id)
+                              THEN 'waiting' ELSE 'queued' END,
+                 error = NULL,
                  attempt_limit = attempt + (SELECT max_attempts FROM batches WHERE id = ?1)",
                 "batch_id = ?1 AND deadline_ms IS NULL
-                 AND (state = 'failed' OR (?2 AND state = 'cancelled'))",
+                 AND (state IN ('failed', 'blocked') OR (?2 AND state = 'cancelled'))",
                 params![batch_id, include_cancelled],
-            )
+            )?;
+            // Those that run after a job still cancelled stay blocked; those whose jobs
+            // have all succeeded run now.
+            changed.extend(block(tx, "a.batch_id = ?1", [&batch_id])?);
+            changed.extend(update_jobs(
+                tx,
+                "state = 'queued'",
+                &format!("batch_id = ?1 AND state = 'waiting' AND NOT {UNMET}"),
+                [&batch_id],
+            )?);
+            Ok(changed)
         })
         .await
     }
@@ -882,6 +991,21 @@ impl Store for SqliteStore {
                 "id > max(?2, ?1 || '-') AND id < ?1 || '.' AND +batch_id = ?1
                  ORDER BY id LIMIT ?3",
                 rusqlite::params![&batch_id, &after, limit],
+            )
+        })
+        .await
+    }
+
+    async fn downstream(&self, job_id: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let job_id = job_id.to_owned();
+        self.read(move |conn| {
+            jobs_where(
+                conn,
+                "id IN (WITH RECURSIVE down(id) AS (
+                     SELECT job_id FROM job_deps WHERE after_id = ?1
+                     UNION SELECT d.job_id FROM job_deps d JOIN down ON d.after_id = down.id)
+                 SELECT id FROM down)",
+                [&job_id],
             )
         })
         .await

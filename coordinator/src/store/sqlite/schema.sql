@@ -75,6 +75,15 @@ BEGIN
     INSERT INTO batch_counts (batch_id, state, n) VALUES (new.batch_id, new.state, 1)
         ON CONFLICT (batch_id, state) DO UPDATE SET n = n + 1;
 END;
+-- Which jobs must succeed before which (a job waits on each `after_id`): rows only for
+-- jobs submitted with dependencies; the coordinator refused cycles at submit.
+CREATE TABLE IF NOT EXISTS job_deps (
+    job_id TEXT NOT NULL,
+    after_id TEXT NOT NULL,
+    PRIMARY KEY (job_id, after_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS job_deps_after ON job_deps (after_id, job_id);
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (batch_id) WHERE state = 'waiting';
 CREATE TABLE IF NOT EXISTS worker_failures (
     worker TEXT NOT NULL,
     batch_id TEXT NOT NULL,

@@ -16,6 +16,7 @@ fn batch(token: &str, priority: i32, n: usize) -> NewBatch {
                 name: format!("out{i}"),
                 iterations: 10,
                 spec: vec![i as u8],
+                after: Vec::new(),
             })
             .collect(),
     }
@@ -961,4 +962,140 @@ async fn every_expired_lease_spends_an_attempt_and_the_last_one_fails_the_job_sa
         lease(&s, "e", now, 100).await.is_none(),
         "a failed job was leased again"
     );
+}
+
+/// Four jobs: out0; out1 after out0; out2 after out1; out3 after out0.
+fn chained(token: &str) -> NewBatch {
+    let mut b = batch(token, 0, 4);
+    for (i, after) in [vec![], vec![0], vec![1], vec![0]].into_iter().enumerate() {
+        b.jobs[i].after = after;
+    }
+    b
+}
+
+#[tokio::test]
+async fn jobs_wait_for_what_they_run_after_failures_block_their_dependants_and_retry_brings_them_back(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let s = SqliteStore::open(&path).expect("open");
+    let id = s.submit(chained("t"), 0).await.expect("submit").batch_id;
+    let w = s
+        .register_worker(cpu_worker("w"), 0)
+        .await
+        .expect("register");
+    async fn state(s: &SqliteStore, id: &str, n: usize) -> JobRecord {
+        s.job(&format!("{id}-j{n:06}")).await.expect("job")
+    }
+    assert_eq!(
+        s.batch(&id).await.expect("batch").counts,
+        BTreeMap::from([(JobState::Queued, 1), (JobState::Waiting, 3)])
+    );
+    let first = lease(&s, &w, 0, 1_000)
+        .await
+        .expect("the one that waits on nothing");
+    assert_eq!(first.name, "out0");
+    assert!(lease(&s, &w, 1, 1_000).await.is_none(), "the others wait");
+    s.complete(&first.job_id, first.token, done("o0.png"), 2)
+        .await
+        .expect("complete");
+    assert_eq!(state(&s, &id, 1).await.state, JobState::Queued, "released");
+    assert_eq!(state(&s, &id, 3).await.state, JobState::Queued, "released");
+    assert_eq!(
+        state(&s, &id, 2).await.state,
+        JobState::Waiting,
+        "out1 has not run"
+    );
+    let downstream: Vec<String> = s
+        .downstream(&first.job_id)
+        .await
+        .expect("downstream")
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
+    assert_eq!(downstream.len(), 3, "{downstream:?}");
+
+    let second = lease(&s, &w, 3, 1_000).await.expect("out1");
+    assert_eq!(second.name, "out1");
+    s.fail(&second.job_id, second.token, "corrupt input", false, 4)
+        .await
+        .expect("fail");
+    let blocked = state(&s, &id, 2).await;
+    assert_eq!(blocked.state, JobState::Blocked);
+    assert_eq!(
+        blocked.error.as_deref(),
+        Some("runs after out1, which failed")
+    );
+    let fourth = lease(&s, &w, 5, 1_000).await.expect("out3 still runs");
+    assert_eq!(fourth.name, "out3");
+    s.complete(&fourth.job_id, fourth.token, done("o3.png"), 6)
+        .await
+        .expect("complete");
+    assert!(
+        lease(&s, &w, 7, 1_000).await.is_none(),
+        "a blocked job is not leased"
+    );
+    assert_eq!(
+        s.batch(&id).await.expect("batch").state(),
+        BatchState::Failed,
+        "every job has ended, one failed"
+    );
+
+    // A retry brings back the failed job and the one it blocked, which waits again; the
+    // store reopened (as after kill -9) keeps it waiting.
+    let retried = s.retry(&id, false).await.expect("retry");
+    let mut names: Vec<&str> = retried.iter().map(|j| j.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names, ["out1", "out2"], "each change is returned, in order");
+    drop(s);
+    let s = SqliteStore::open(&path).expect("reopen");
+    assert_eq!(state(&s, &id, 1).await.state, JobState::Queued);
+    let waiting = state(&s, &id, 2).await;
+    assert_eq!((waiting.state, waiting.error), (JobState::Waiting, None));
+    let again = lease(&s, &w, 8, 1_000).await.expect("out1 again");
+    assert_eq!(again.name, "out1");
+    assert!(lease(&s, &w, 9, 1_000).await.is_none(), "out2 still waits");
+    s.complete(&again.job_id, again.token, done("o1.png"), 10)
+        .await
+        .expect("complete");
+    let last = lease(&s, &w, 11, 1_000).await.expect("out2 runs at last");
+    assert_eq!(last.name, "out2");
+}
+
+#[tokio::test]
+async fn cancelling_a_job_blocks_what_runs_after_it_at_any_depth_and_a_cancelled_batch_leaves_none_waiting(
+) {
+    let (_d, s) = store();
+    let id = s.submit(chained("t"), 0).await.expect("submit").batch_id;
+    let job = |n: usize| format!("{id}-j{n:06}");
+    s.cancel_job(&job(0), 1).await.expect("cancel the first");
+    for n in 1..4 {
+        let j = s.job(&job(n)).await.expect("job");
+        assert_eq!(j.state, JobState::Blocked, "{j:?}");
+        assert_eq!(
+            j.error.as_deref(),
+            Some("runs after out0, which was cancelled"),
+            "at any depth"
+        );
+    }
+    assert!(
+        matches!(
+            s.cancel_job(&job(2), 2).await,
+            Err(StoreError::AlreadyEnded { .. })
+        ),
+        "a blocked job has ended"
+    );
+    // Retried without the cancelled ones, the blocked stay blocked; with them, all wait
+    // or run again.
+    s.retry(&id, false).await.expect("retry");
+    assert_eq!(s.job(&job(3)).await.expect("job").state, JobState::Blocked);
+    s.retry(&id, true).await.expect("retry");
+    assert_eq!(s.job(&job(0)).await.expect("job").state, JobState::Queued);
+    assert_eq!(s.job(&job(3)).await.expect("job").state, JobState::Waiting);
+
+    let other = s.submit(chained("u"), 0).await.expect("submit").batch_id;
+    s.cancel_batch(&other, 3).await.expect("cancel");
+    let counts = s.batch(&other).await.expect("batch").counts;
+    assert_eq!(counts.get(&JobState::Cancelled), Some(&4), "{counts:?}");
 }
