@@ -156,10 +156,7 @@ fn dependencies(
         return Ok(());
     };
     let mut path = vec![at];
-    loop {
-        let Some(&back) = jobs[at].after.iter().find(|a| waits[**a] > 0) else {
-            break;
-        };
+    while let Some(&back) = jobs[at].after.iter().find(|a| waits[**a] > 0) {
         if let Some(start) = path.iter().position(|p| *p == back) {
             let mut cycle: Vec<&str> = path[start..]
                 .iter()
