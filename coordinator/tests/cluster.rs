@@ -602,3 +602,83 @@ async fn a_registration_not_heard_from_is_forgotten_and_stays_forgotten() {
         "the live one is still known"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_keeps_waiting_and_blocked_jobs_and_a_retry_after_restart_releases_them_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("c.db");
+    let mut c = Coordinator::start(&db, &[]);
+    // A chain of four: each job after the one before it.
+    let mut req = common::submit("chain", 0, 4);
+    for i in 1..4 {
+        req.jobs[i].after = vec![format!("out{:05}", i - 1)];
+    }
+    let batch = c
+        .client()
+        .await
+        .submit_batch(req)
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch_id;
+    let w = register(&c, "w").await;
+    let mut wc = c.worker().await;
+    let first = lease(&c, &w, 0).await.expect("the first job");
+    assert_eq!(first.job_id, format!("{batch}-j000000"));
+    assert!(lease(&c, &w, 0).await.is_none(), "the rest wait");
+    wc.complete_job(complete_req(&w, &first))
+        .await
+        .expect("complete");
+    let second = lease(&c, &w, 0).await.expect("released by the first");
+    assert_eq!(second.job_id, format!("{batch}-j000001"));
+    wc.fail_job(v1::FailJobRequest {
+        worker_id: w.clone(),
+        job_id: second.job_id.clone(),
+        fencing_token: second.fencing_token,
+        error: "corrupt input".into(),
+        retryable: false,
+    })
+    .await
+    .expect("fail");
+    let states = |jobs: &[v1::JobStatus]| jobs.iter().map(|j| j.state).collect::<Vec<_>>();
+    let before = jobs(&c, &batch).await;
+    assert_eq!(
+        states(&before),
+        [
+            JobState::Succeeded as i32,
+            JobState::Failed as i32,
+            JobState::Blocked as i32,
+            JobState::Blocked as i32
+        ]
+    );
+    assert_eq!(before[3].error, "runs after out00001, which failed");
+
+    c.kill9();
+    let c = Coordinator::start(&db, &[]);
+    let after = jobs(&c, &batch).await;
+    assert_eq!(states(&after), states(&before), "kill -9 kept every state");
+    assert_eq!(after[2].error, before[2].error);
+    c.client()
+        .await
+        .retry_jobs(v1::RetryJobsRequest {
+            batch_id: batch.clone(),
+            include_cancelled: false,
+        })
+        .await
+        .expect("retry");
+    let w = register(&c, "w2").await;
+    let mut wc = c.worker().await;
+    // Released one at a time, in order.
+    for n in 1..4 {
+        let l = lease(&c, &w, 0).await.expect("the next in the chain");
+        assert_eq!(l.job_id, format!("{batch}-j{n:06}"));
+        assert!(lease(&c, &w, 0).await.is_none(), "one at a time");
+        wc.complete_job(complete_req(&w, &l))
+            .await
+            .expect("complete");
+    }
+    assert!(jobs(&c, &batch)
+        .await
+        .iter()
+        .all(|j| j.state == JobState::Succeeded as i32));
+}
