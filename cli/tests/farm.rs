@@ -635,3 +635,93 @@ async fn status_watch_and_fetch_page_through_a_100000_job_batch() {
     assert!(out.join("contact-sheet.png").is_file());
     assert_eq!(std::fs::read_dir(&out).expect("out").count(), 7);
 }
+
+/// A chained sequence (each frame after the one before it, `chain: true`) through
+/// `stylefarm run` with two workers: interrupted while its second frame runs, the next
+/// run resumes that frame from its checkpoint, and every frame starts only once the one
+/// before it has finished.
+#[test]
+fn a_chained_sequence_renders_frame_after_frame_on_two_workers_and_resumes_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Three frames of a pan across the fixture photo.
+    let photo = image::open(shared().join("fixtures/content/chelsea.png")).expect("fixture");
+    std::fs::create_dir(dir.path().join("plates")).expect("folder");
+    for f in 1..=3u32 {
+        photo
+            .crop_imm(f * 12, 0, 200, 150)
+            .save(dir.path().join(format!("plates/pan.{f:02}.png")))
+            .expect("frame");
+    }
+    let m = manifest(
+        dir.path(),
+        "shot.yaml",
+        "batch: shot\ndefaults:\n  size: 64\n  iterations: 150\njobs:
+  - name: pan
+    content: plates/pan.##.png
+    frames: 1-3
+    chain: true
+    style: ${STYLEFARM_SHARED}/fixtures/styles/starry_night.jpg
+",
+    );
+    let out = dir.path().join("out");
+    let mut first = Proc::spawn(
+        stylefarm(&["run", "--quiet", "--workers", "2"])
+            .arg(&m)
+            .arg("--out")
+            .arg(&out)
+            .stderr(std::process::Stdio::piped()),
+    );
+    // Interrupted once the second frame has a checkpoint.
+    let store = out.join(".stylefarm/store/batches");
+    let start = std::time::Instant::now();
+    while !walk(&store).iter().any(|p| {
+        let p = p.to_string_lossy();
+        p.contains("-j000001/") && p.contains("checkpoint-")
+    }) {
+        assert!(
+            start.elapsed().as_secs() < 300,
+            "no checkpoint of the second frame within 300 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    first.signal("INT");
+    let o = finish(&mut first);
+    assert_eq!(o.0.code(), Some(1), "{}", o.1);
+
+    let o = run(stylefarm(&["run", "--quiet", "--workers", "2"])
+        .arg(&m)
+        .arg("--out")
+        .arg(&out));
+    expect(&o, 0);
+    let sidecar = |f: u32| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(out.join(format!("pan.{f:02}.json")))
+                .unwrap_or_else(|e| panic!("pan.{f:02}.json: {e}")),
+        )
+        .expect("JSON")
+    };
+    let frames: Vec<serde_json::Value> = (1..=3).map(sidecar).collect();
+    for (f, s) in frames.iter().enumerate() {
+        assert_eq!(s["iterations_done"], 150, "frame {}", f + 1);
+        let img = image::open(out.join(format!("pan.{:02}.png", f + 1))).expect("output");
+        assert_eq!(img.width().max(img.height()), 64);
+    }
+    assert!(
+        frames[1]["resumed_from"].as_u64().is_some_and(|i| i >= 50),
+        "the second frame resumed: {}",
+        frames[1]["resumed_from"]
+    );
+    for f in 1..3 {
+        let finished = frames[f - 1]["timings"]["finished_unix_s"]
+            .as_f64()
+            .expect("finished");
+        let started = frames[f]["timings"]["started_unix_s"]
+            .as_f64()
+            .expect("started");
+        assert!(
+            started >= finished,
+            "frame {} started at {started}, before frame {f} finished at {finished}",
+            f + 1
+        );
+    }
+}
