@@ -725,3 +725,112 @@ fn a_chained_sequence_renders_frame_after_frame_on_two_workers_and_resumes_in_or
         );
     }
 }
+
+/// A chained sequence on a cluster of two worker processes: the worker rendering the
+/// second frame is killed (-9) after its first checkpoint; the other takes the frame over
+/// from that checkpoint once the lease runs out, and the frames still come out in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_sequence_on_two_workers_survives_a_killed_worker_and_keeps_its_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garage = Garage::start();
+    let coordinator = CoordinatorProc::start(
+        &workspace_bin("stylefarm-coordinator"),
+        &dir.path().join("coordinator.db"),
+        &["--lease-ms", "3000"],
+    );
+    let storage = garage.storage_flags("farm");
+    let mut workers = vec![
+        coordinator.worker("a", &weights(), &storage),
+        coordinator.worker("b", &weights(), &storage),
+    ];
+    let photo = image::open(shared().join("fixtures/content/chelsea.png")).expect("fixture");
+    std::fs::create_dir(dir.path().join("plates")).expect("folder");
+    for f in 1..=3u32 {
+        photo
+            .crop_imm(f * 12, 0, 200, 150)
+            .save(dir.path().join(format!("plates/pan.{f}.png")))
+            .expect("frame");
+    }
+    let m = manifest(
+        dir.path(),
+        "shot.yaml",
+        "batch: shot\ndefaults:\n  size: 64\n  iterations: 150\njobs:
+  - name: pan
+    content: plates/pan.#.png
+    frames: 1-3
+    chain: true
+    style: ${STYLEFARM_SHARED}/fixtures/styles/starry_night.jpg
+",
+    );
+    let cluster = |cmd: &str| {
+        let mut c = stylefarm(&[cmd]);
+        c.args(coordinator.client_flags("alice"));
+        c
+    };
+    let id = expect(&run(cluster("submit").arg(&m).args(&storage)), 0);
+    let channel = coordinator
+        .auth("admin")
+        .connect(&coordinator.grpc)
+        .await
+        .expect("connect");
+    let mut client = stylefarm_proto::v1::style_farm_client::StyleFarmClient::new(channel);
+    // The second frame's first checkpoint, and who holds it.
+    let start = std::time::Instant::now();
+    let holder = loop {
+        let b = stylefarm_testkit::farm::whole_batch(&mut client, &id).await;
+        let second = &b.jobs[1];
+        assert_eq!(
+            b.jobs[2].state,
+            stylefarm_proto::v1::JobState::Waiting as i32,
+            "the third frame waits while the second runs"
+        );
+        if !second.checkpoint_key.is_empty() {
+            break second.worker.clone();
+        }
+        assert!(start.elapsed().as_secs() < 300, "no checkpoint of frame 2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let victim = usize::from(holder.ends_with("-b"));
+    workers[victim].kill9();
+    expect(&run(cluster("watch").arg(&id)), 0);
+    let out = dir.path().join("fetched");
+    expect(
+        &run(cluster("fetch")
+            .arg(&id)
+            .arg("--out")
+            .arg(&out)
+            .args(&storage)),
+        0,
+    );
+    let sidecar = |f: u32| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(out.join(format!("pan.{f}.json")))
+                .unwrap_or_else(|e| panic!("pan.{f}.json: {e}")),
+        )
+        .expect("JSON")
+    };
+    let frames: Vec<serde_json::Value> = (1..=3).map(sidecar).collect();
+    assert!(
+        frames[1]["resumed_from"].as_u64().is_some_and(|i| i >= 50),
+        "the other worker resumed frame 2 from its checkpoint: {}",
+        frames[1]["resumed_from"]
+    );
+    for f in 1..3 {
+        let finished = frames[f - 1]["timings"]["finished_unix_s"]
+            .as_f64()
+            .expect("finished");
+        let started = frames[f]["timings"]["started_unix_s"]
+            .as_f64()
+            .expect("started");
+        assert!(
+            started >= finished,
+            "frame {} began before frame {f} ended",
+            f + 1
+        );
+    }
+    for (f, s) in frames.iter().enumerate() {
+        assert_eq!(s["iterations_done"], 150, "frame {}", f + 1);
+        let img = image::open(out.join(format!("pan.{}.png", f + 1))).expect("output");
+        assert_eq!(img.width().max(img.height()), 64);
+    }
+}
