@@ -18,6 +18,16 @@ pub struct NewJob {
     pub after: Vec<usize>,
 }
 
+/// A change of jobs, and what it meant for the jobs that run after them: released
+/// (queued) when they succeeded, blocked when they failed or were cancelled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled<T> {
+    /// What changed.
+    pub changed: T,
+    /// The jobs that run after it and changed with it.
+    pub dependants: Vec<JobRecord>,
+}
+
 /// A validated batch to be stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewBatch {

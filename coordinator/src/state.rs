@@ -257,19 +257,10 @@ impl<S: Store> State<S> {
         }
     }
 
-    /// Announces a job's change and, once it has ended, the jobs that run after it (its
-    /// end released or blocked them in the same commit).
-    pub async fn publish_ended(&self, job: JobRecord) {
-        let ended = job.state.is_terminal().then(|| job.job_id.clone());
-        self.publish([job]);
-        if let Some(id) = ended {
-            match self.store.downstream(&id).await {
-                Ok(jobs) => self.publish(jobs),
-                Err(e) => {
-                    tracing::warn!(job = %id, cause = %e, "could not announce the jobs that run after it")
-                }
-            }
-        }
+    /// Announces a settled change: the jobs that changed, then those that run after
+    /// them and changed with them (released or blocked in the same commit).
+    pub fn publish_settled(&self, settled: crate::model::Settled<JobRecord>) {
+        self.publish(std::iter::once(settled.changed).chain(settled.dependants));
     }
 
     /// Lease length in milliseconds.
@@ -280,7 +271,8 @@ impl<S: Store> State<S> {
     /// Requeues expired leases once (or fails their jobs when their attempts are spent);
     /// returns how many.
     pub async fn expire_once(&self) -> Result<usize, crate::store::StoreError> {
-        let expired = self.store.expire(self.clock.now_ms()).await?;
+        let settled = self.store.expire(self.clock.now_ms()).await?;
+        let expired = settled.changed;
         let n = expired.len();
         for job in &expired {
             match job.state {
@@ -293,7 +285,7 @@ impl<S: Store> State<S> {
             }
         }
         self.metrics.expirations.inc_by(n as u64);
-        self.publish(expired);
+        self.publish(expired.into_iter().chain(settled.dependants));
         Ok(n)
     }
 

@@ -290,14 +290,14 @@ impl<S: Store> StyleFarm for ClientApi<S> {
             .map_err(ApiError::from)?
             .batch_id;
         self.may_change(&who, &batch_id).await?;
-        let job = self
+        let settled = self
             .state
             .store
             .cancel_job(id, self.state.clock.now_ms())
             .await
             .map_err(ApiError::from)?;
-        let answer = convert::job_status(&job);
-        self.state.publish_ended(job).await;
+        let answer = convert::job_status(&settled.changed);
+        self.state.publish_settled(settled);
         Ok(Response::new(answer))
     }
 }

@@ -252,12 +252,13 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             sidecar_key: (!req.sidecar_key.is_empty()).then(|| req.sidecar_key.clone()),
             progress: req.losses.map(|l| (req.iteration, Losses::from(l))),
         };
-        let record = self
+        let settled = self
             .state
             .store
             .complete(job_id, req.fencing_token, done, self.state.clock.now_ms())
             .await
             .map_err(ApiError::from)?;
+        let record = &settled.changed;
         tracing::info!(
             state = record.state.as_str(),
             attempt = record.attempt,
@@ -268,7 +269,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .attempts
             .with_label_values(&["succeeded"])
             .inc();
-        self.state.publish_ended(record).await;
+        self.state.publish_settled(settled);
         Ok(Response::new(v1::CompleteJobResponse {}))
     }
 
@@ -351,7 +352,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
         let job_id = convert::id("job_id", &req.job_id).map_err(ApiError::from)?;
         self.held(&worker, job_id, req.fencing_token).await?;
         let error = convert::error_text(&req.error);
-        let record = self
+        let settled = self
             .state
             .store
             .fail(
@@ -363,6 +364,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             )
             .await
             .map_err(ApiError::from)?;
+        let record = &settled.changed;
         tracing::warn!(state = record.state.as_str(), attempt = record.attempt, cause = %error, retryable = req.retryable, "attempt failed");
         let outcome = if req.retryable {
             "failed_retryable"
@@ -374,7 +376,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             .attempts
             .with_label_values(&[outcome])
             .inc();
-        self.state.publish_ended(record).await;
+        self.state.publish_settled(settled);
         Ok(Response::new(v1::FailJobResponse {}))
     }
 }

@@ -8,7 +8,7 @@ use std::future::Future;
 
 use crate::model::{
     BatchRecord, BatchState, Completion, JobRecord, KnownWorker, Lease, LeaseAsk, NewBatch,
-    NewWorker, Progress, Stats, Submitted,
+    NewWorker, Progress, Settled, Stats, Submitted,
 };
 
 pub use sqlite::SqliteStore;
@@ -146,7 +146,7 @@ pub trait Store: Send + Sync + 'static {
         token: u64,
         done: Completion,
         now_ms: i64,
-    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Settled<JobRecord>, StoreError>> + Send;
 
     /// Records a failed attempt: requeued while attempts remain and `retryable`, else
     /// failed. Retryable failures count against the worker on this batch.
@@ -157,7 +157,7 @@ pub trait Store: Send + Sync + 'static {
         error: &str,
         retryable: bool,
         now_ms: i64,
-    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Settled<JobRecord>, StoreError>> + Send;
 
     /// Hands a leased job back unfinished: requeued at once with its checkpoint (a
     /// cancelled job stays cancelled), and the attempt is not counted against the
@@ -184,7 +184,7 @@ pub trait Store: Send + Sync + 'static {
     fn expire(
         &self,
         now_ms: i64,
-    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Settled<Vec<JobRecord>>, StoreError>> + Send;
 
     /// Cancels every job of a batch that has not ended; returns the jobs it changed.
     fn cancel_batch(
@@ -198,7 +198,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         job_id: &str,
         now_ms: i64,
-    ) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Settled<JobRecord>, StoreError>> + Send;
 
     /// Requeues failed (and, if asked, cancelled) jobs with a fresh allowance of attempts,
     /// and forgets the batch's worker failures; returns the jobs it changed.
@@ -233,12 +233,6 @@ pub trait Store: Send + Sync + 'static {
     fn jobs(
         &self,
         batch_id: &str,
-    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
-
-    /// Every job that runs after `job_id`, at any depth (as they are now).
-    fn downstream(
-        &self,
-        job_id: &str,
     ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
 
     /// One job.

@@ -17,8 +17,9 @@ mod error;
 mod rows;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,7 +34,7 @@ use self::writer::{checkpoint_loop, write_loop, Change, Health, Op};
 use super::{HeartbeatAnswer, Store, StoreError};
 use crate::model::{
     BatchRecord, BatchState, Capacity, Completion, JobRecord, JobState, KnownWorker, Lease,
-    LeaseAsk, NewBatch, NewWorker, Progress, Stats, Submitted,
+    LeaseAsk, NewBatch, NewWorker, Progress, Settled, Stats, Submitted,
 };
 
 /// Version 6 added job dependencies (`job_deps`, the states `waiting` and `blocked`):
@@ -345,33 +346,57 @@ fn release(tx: &Connection, job_id: &str) -> Result<Vec<JobRecord>, StoreError> 
     )
 }
 
-/// Why a job that waits on `a` will not run (SQL over a row `a` of jobs).
-const WHY: &str = "a.name || CASE a.state WHEN 'failed' THEN ', which failed'
-    WHEN 'cancelled' THEN ', which was cancelled' ELSE ', which will not run' END";
+/// Why the jobs that wait on a job in `state` will not run.
+fn why(name: &str, state: &str) -> String {
+    match state {
+        "failed" => format!("runs after {name}, which failed"),
+        "cancelled" => format!("runs after {name}, which was cancelled"),
+        _ => format!("runs after {name}, which will not run"),
+    }
+}
 
-/// Blocks every waiting job that runs after (at any depth) a job that `seeds` selects
-/// (`a`, a failed, cancelled or blocked job: `FROM jobs a WHERE ...`), its error naming
-/// that job.
+/// Blocks every waiting job that runs after (at any depth) one of `seeds` (failed,
+/// cancelled or blocked jobs: id, name, state), its error naming the seed it came from.
+/// A walk over waiting jobs only, each visited once, so its cost is the jobs it blocks.
 fn block(
     tx: &Connection,
-    seeds: &str,
-    args: impl rusqlite::Params,
+    seeds: Vec<(String, String, String)>,
 ) -> Result<Vec<JobRecord>, StoreError> {
-    let sql = format!(
-        "WITH RECURSIVE seed(id, why) AS (
-             SELECT a.id, {WHY} FROM jobs a WHERE a.state IN ('failed', 'cancelled', 'blocked') AND {seeds}),
-         down(id, why) AS (
-             SELECT d.job_id, s.why FROM job_deps d JOIN seed s ON d.after_id = s.id
-             UNION SELECT d.job_id, down.why FROM job_deps d JOIN down ON d.after_id = down.id)
-         UPDATE jobs SET state = 'blocked',
-             error = 'runs after ' || (SELECT why FROM down WHERE down.id = jobs.id LIMIT 1),
-             {BUMP}
-         WHERE state = 'waiting' AND id IN (SELECT id FROM down)
-         RETURNING {JOB_COLUMNS}"
-    );
-    let mut stmt = tx.prepare_cached(&sql)?;
-    let rows = stmt.query_map(args, job_row)?.collect::<Result<_, _>>()?;
-    Ok(rows)
+    let mut children = tx.prepare_cached(
+        "SELECT d.job_id FROM job_deps d JOIN jobs j ON j.id = d.job_id
+         WHERE d.after_id = ?1 AND j.state = 'waiting'",
+    )?;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut queue: VecDeque<(String, Rc<String>)> = seeds
+        .into_iter()
+        .map(|(id, name, state)| (id, Rc::new(why(&name, &state))))
+        .collect();
+    let mut found = Vec::new();
+    while let Some((id, reason)) = queue.pop_front() {
+        let kids: Vec<String> = children
+            .query_map([&id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for kid in kids {
+            if seen.insert(kid.clone()) {
+                found.push((kid.clone(), Rc::clone(&reason)));
+                queue.push_back((kid, Rc::clone(&reason)));
+            }
+        }
+    }
+    let mut update = tx.prepare_cached(&format!(
+        "UPDATE jobs SET state = 'blocked', error = ?2, {BUMP}
+         WHERE id = ?1 AND state = 'waiting' RETURNING {JOB_COLUMNS}"
+    ))?;
+    let mut out = Vec::with_capacity(found.len());
+    for (id, reason) in found {
+        if let Some(r) = update
+            .query_row(params![id, reason.as_str()], job_row)
+            .optional()?
+        {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 /// What one job's change means for the jobs that run after it: released when it
@@ -379,7 +404,14 @@ fn block(
 fn settle(tx: &Connection, job: &JobRecord) -> Result<Vec<JobRecord>, StoreError> {
     match job.state {
         JobState::Succeeded => release(tx, &job.job_id),
-        JobState::Failed | JobState::Cancelled => block(tx, "a.id = ?1", [&job.job_id]),
+        JobState::Failed | JobState::Cancelled => block(
+            tx,
+            vec![(
+                job.job_id.clone(),
+                job.name.clone(),
+                job.state.as_str().to_owned(),
+            )],
+        ),
         _ => Ok(Vec::new()),
     }
 }
@@ -706,12 +738,14 @@ impl Store for SqliteStore {
         token: u64,
         done: Completion,
         now_ms: i64,
-    ) -> Result<JobRecord, StoreError> {
+    ) -> Result<Settled<JobRecord>, StoreError> {
         let job_id = job_id.to_owned();
-        self.write_one(move |tx| {
+        self.write(move |tx| {
             let record = complete_tx(tx, &job_id, token, &done, now_ms)?;
-            settle(tx, &record)?;
-            Ok(record)
+            Ok(Settled {
+                dependants: settle(tx, &record)?,
+                changed: record,
+            })
         })
         .await
     }
@@ -723,7 +757,7 @@ impl Store for SqliteStore {
         error: &str,
         retryable: bool,
         now_ms: i64,
-    ) -> Result<JobRecord, StoreError> {
+    ) -> Result<Settled<JobRecord>, StoreError> {
         let (job_id, error) = (job_id.to_owned(), error.to_owned());
         self.write(move |tx| {
             let record = fenced_update(
@@ -743,8 +777,10 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![w, record.batch_id])?;
             }
-            settle(tx, &record)?;
-            Ok(record)
+            Ok(Settled {
+                dependants: settle(tx, &record)?,
+                changed: record,
+            })
         })
         .await
     }
@@ -792,8 +828,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn expire(&self, now_ms: i64) -> Result<Vec<JobRecord>, StoreError> {
-        self.write_one(move |tx| {
+    async fn expire(&self, now_ms: i64) -> Result<Settled<Vec<JobRecord>>, StoreError> {
+        self.write(move |tx| {
             // An expired lease is a spent attempt (its worker died, hung or was cut off):
             // once the attempts are spent the job fails and says how. (SET sees the row
             // as it was, so every expression below reads the old state and counts.)
@@ -816,14 +852,16 @@ impl Store for SqliteStore {
                 "deadline_ms IS NOT NULL AND deadline_ms < ?1",
                 [now_ms],
             )
-            .and_then(|mut expired| {
+            .and_then(|expired| {
                 // Jobs that ran after one whose attempts are now spent will not run.
-                let mut settled = Vec::new();
+                let mut dependants = Vec::new();
                 for job in &expired {
-                    settled.extend(settle(tx, job)?);
+                    dependants.extend(settle(tx, job)?);
                 }
-                expired.extend(settled);
-                Ok(expired)
+                Ok(Settled {
+                    changed: expired,
+                    dependants,
+                })
             })
         })
         .await
@@ -847,9 +885,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn cancel_job(&self, job_id: &str, now_ms: i64) -> Result<JobRecord, StoreError> {
+    async fn cancel_job(
+        &self,
+        job_id: &str,
+        now_ms: i64,
+    ) -> Result<Settled<JobRecord>, StoreError> {
         let job_id = job_id.to_owned();
-        self.write_one(move |tx| {
+        self.write(move |tx| {
             let cancelled = update_jobs(
                 tx,
                 CANCEL,
@@ -857,8 +899,10 @@ impl Store for SqliteStore {
                 params![job_id, now_ms],
             )?;
             if let Some(record) = cancelled.into_iter().next() {
-                settle(tx, &record)?;
-                return Ok(record);
+                return Ok(Settled {
+                    dependants: settle(tx, &record)?,
+                    changed: record,
+                });
             }
             // Nothing changed: the job is missing, has ended, or was already cancelled.
             let current = job(tx, &job_id)?;
@@ -869,7 +913,10 @@ impl Store for SqliteStore {
                         state: current.state.as_str(),
                     })
                 }
-                _ => Ok(current),
+                _ => Ok(Settled {
+                    changed: current,
+                    dependants: Vec::new(),
+                }),
             }
         })
         .await
@@ -901,7 +948,14 @@ impl Store for SqliteStore {
             )?;
             // Those that run after a job still cancelled stay blocked; those whose jobs
             // have all succeeded run now.
-            changed.extend(block(tx, "a.batch_id = ?1", [&batch_id])?);
+            let seeds = tx
+                .prepare_cached(
+                    "SELECT id, name, state FROM jobs
+                     WHERE batch_id = ?1 AND state IN ('failed', 'cancelled', 'blocked')",
+                )?
+                .query_map([&batch_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            changed.extend(block(tx, seeds)?);
             changed.extend(update_jobs(
                 tx,
                 "state = 'queued'",
@@ -991,21 +1045,6 @@ impl Store for SqliteStore {
                 "id > max(?2, ?1 || '-') AND id < ?1 || '.' AND +batch_id = ?1
                  ORDER BY id LIMIT ?3",
                 rusqlite::params![&batch_id, &after, limit],
-            )
-        })
-        .await
-    }
-
-    async fn downstream(&self, job_id: &str) -> Result<Vec<JobRecord>, StoreError> {
-        let job_id = job_id.to_owned();
-        self.read(move |conn| {
-            jobs_where(
-                conn,
-                "id IN (WITH RECURSIVE down(id) AS (
-                     SELECT job_id FROM job_deps WHERE after_id = ?1
-                     UNION SELECT d.job_id FROM job_deps d JOIN down ON d.after_id = down.id)
-                 SELECT id FROM down)",
-                [&job_id],
             )
         })
         .await

@@ -156,10 +156,10 @@ async fn expiry_requeues_with_checkpoint_and_fences_the_old_token() {
         .expect("heartbeat");
     assert_eq!(rec.state, JobState::Running);
     assert!(
-        s.expire(149).await.expect("expire").is_empty(),
+        s.expire(149).await.expect("expire").changed.is_empty(),
         "deadline was extended"
     );
-    let expired = s.expire(151).await.expect("expire");
+    let expired = s.expire(151).await.expect("expire").changed;
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].state, JobState::Queued);
     assert!(expired[0].version > rec.version);
@@ -181,7 +181,8 @@ async fn expiry_requeues_with_checkpoint_and_fences_the_old_token() {
         LATER,
     )
     .await
-    .expect("complete");
+    .expect("complete")
+    .changed;
     let job = &s.jobs(&id).await.expect("jobs")[0];
     assert_eq!(job.state, JobState::Succeeded);
     assert_eq!(job.result_key.as_deref(), Some("attempt2/output.png"));
@@ -200,7 +201,8 @@ async fn failures_retry_then_fail_bad_workers_are_kept_off_and_retry_requeues() 
         let l = lease(&s, "bad", 0, 100).await.expect("job");
         s.fail(&l.job_id, l.token, "CUDA error", true, LATER)
             .await
-            .expect("fail");
+            .expect("fail")
+            .changed;
     }
     assert!(
         lease(&s, "bad", 0, 100).await.is_none(),
@@ -209,7 +211,8 @@ async fn failures_retry_then_fail_bad_workers_are_kept_off_and_retry_requeues() 
     let l = lease(&s, "good", 0, 100).await.expect("job");
     s.fail(&l.job_id, l.token, "corrupt input", false, LATER)
         .await
-        .expect("fail");
+        .expect("fail")
+        .changed;
     let jobs = s.jobs(&id).await.expect("jobs");
     let failed: Vec<_> = jobs
         .iter()
@@ -262,7 +265,8 @@ async fn cancel_reaches_the_heartbeat_and_state_survives_reopening() {
     // The holder's last word releases the lease; the token is then stale.
     s.fail(&lease_.job_id, lease_.token, "cancelled", false, LATER)
         .await
-        .expect("release");
+        .expect("release")
+        .changed;
     let again = s
         .complete(&lease_.job_id, lease_.token, done("x"), LATER)
         .await;
@@ -298,7 +302,8 @@ async fn a_completed_job_shows_the_iterations_it_ran_not_its_last_heartbeat() {
     let rec = s
         .complete(&l.job_id, l.token, finished, LATER)
         .await
-        .expect("complete");
+        .expect("complete")
+        .changed;
     assert_eq!(
         (rec.state, rec.iteration, rec.losses),
         (JobState::Succeeded, 100, losses)
@@ -326,7 +331,8 @@ async fn a_completion_without_figures_keeps_the_last_heartbeats() {
     let rec = s
         .complete(&l.job_id, l.token, done("out.png"), LATER)
         .await
-        .expect("complete");
+        .expect("complete")
+        .changed;
     assert_eq!((rec.iteration, rec.losses.total), (92, 7.0));
 }
 
@@ -355,7 +361,8 @@ async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_atte
     let rec = s
         .fail(&second.job_id, second.token, "oom", true, LATER)
         .await
-        .expect("fail");
+        .expect("fail")
+        .changed;
     assert_eq!(
         rec.state,
         JobState::Queued,
@@ -366,7 +373,8 @@ async fn a_released_job_is_requeued_with_its_checkpoint_without_spending_an_atte
     let rec = s
         .fail(&third.job_id, third.token, "oom", true, LATER)
         .await
-        .expect("fail");
+        .expect("fail")
+        .changed;
     assert_eq!(rec.state, JobState::Failed, "two counted attempts failed");
 }
 
@@ -438,7 +446,7 @@ async fn a_leaving_worker_gives_back_what_it_never_received_uncharged_and_is_for
     s.heartbeat(&theirs.job_id, theirs.token, Progress::default(), 5, 10_000)
         .await
         .expect("heartbeat");
-    let expired = s.expire(1_000).await.expect("expire");
+    let expired = s.expire(1_000).await.expect("expire").changed;
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].job_id, lost.job_id);
     assert_eq!(expired[0].state, JobState::Failed);
@@ -473,7 +481,8 @@ async fn concurrent_writers_share_group_commits_and_lose_nothing() {
             while let Some(l) = lease(&s, &format!("w{w}"), 0, 10_000).await {
                 s.complete(&l.job_id, l.token, done("out"), LATER)
                     .await
-                    .expect("complete");
+                    .expect("complete")
+                    .changed;
                 finished += 1;
             }
             finished
@@ -718,7 +727,8 @@ async fn a_version_4_database_gains_attempt_times_unknown_until_the_next_lease()
     let after = s
         .complete(&next.job_id, next.token, done("o.png"), 70)
         .await
-        .expect("complete");
+        .expect("complete")
+        .changed;
     assert_eq!((after.started_ms, after.ended_ms), (Some(20), Some(70)));
     assert_eq!(s.jobs(&id).await.expect("jobs").len(), 2);
 }
@@ -745,7 +755,8 @@ async fn each_attempt_records_when_it_started_and_ended() {
     let failed = s
         .fail(&first.job_id, first.token, "oom", true, 400)
         .await
-        .expect("fail");
+        .expect("fail")
+        .changed;
     assert_eq!(failed.state, JobState::Queued);
     assert_eq!(
         times(&failed),
@@ -762,10 +773,11 @@ async fn each_attempt_records_when_it_started_and_ended() {
     let finished = s
         .complete(&again.job_id, again.token, done("o.png"), 900)
         .await
-        .expect("complete");
+        .expect("complete")
+        .changed;
     assert_eq!(times(&finished), (Some(500), Some(900)));
     let running = lease(&s, &w, 1_000, 1_000).await.expect("job");
-    let expired = s.expire(2_500).await.expect("expire");
+    let expired = s.expire(2_500).await.expect("expire").changed;
     assert_eq!(expired.len(), 1);
     assert_eq!(
         times(&expired[0]),
@@ -796,7 +808,8 @@ async fn each_attempt_records_when_it_started_and_ended() {
     let last_word = s
         .fail(&held.job_id, held.token, "cancelled", false, 3_900)
         .await
-        .expect("the holder's last word");
+        .expect("the holder's last word")
+        .changed;
     assert_eq!(last_word.state, JobState::Cancelled);
     assert_eq!(
         times(&last_word),
@@ -820,7 +833,10 @@ async fn a_version_3_database_gains_batch_counts_filled_from_its_jobs() {
         .await
         .expect("register");
     let held = lease(&s, &w, 0, 100).await.expect("job");
-    s.cancel_job(&held.job_id, LATER).await.expect("cancel");
+    s.cancel_job(&held.job_id, LATER)
+        .await
+        .expect("cancel")
+        .changed;
     lease(&s, &w, 1, 100).await.expect("job");
     let before = s.batch(&id).await.expect("batch").counts;
     assert_eq!(
@@ -937,7 +953,7 @@ async fn every_expired_lease_spends_an_attempt_and_the_last_one_fails_the_job_sa
         let l = lease(&s, w, now, 100).await.expect("job");
         assert_eq!((l.name.as_str(), l.attempt), ("out0", i as u32 + 1));
         now += 101;
-        let expired = s.expire(now).await.expect("expire");
+        let expired = s.expire(now).await.expect("expire").changed;
         assert_eq!(expired.len(), 1);
         let want = if i < 2 {
             JobState::Queued
@@ -957,7 +973,8 @@ async fn every_expired_lease_spends_an_attempt_and_the_last_one_fails_the_job_sa
     assert_eq!(next.name, "out1");
     s.complete(&next.job_id, next.token, done("out1.png"), LATER)
         .await
-        .expect("complete");
+        .expect("complete")
+        .changed;
     assert!(
         lease(&s, "e", now, 100).await.is_none(),
         "a failed job was leased again"
@@ -996,7 +1013,8 @@ async fn jobs_wait_for_what_they_run_after_failures_block_their_dependants_and_r
         .expect("the one that waits on nothing");
     assert_eq!(first.name, "out0");
     assert!(lease(&s, &w, 1, 1_000).await.is_none(), "the others wait");
-    s.complete(&first.job_id, first.token, done("o0.png"), 2)
+    let settled = s
+        .complete(&first.job_id, first.token, done("o0.png"), 2)
         .await
         .expect("complete");
     assert_eq!(state(&s, &id, 1).await.state, JobState::Queued, "released");
@@ -1006,20 +1024,20 @@ async fn jobs_wait_for_what_they_run_after_failures_block_their_dependants_and_r
         JobState::Waiting,
         "out1 has not run"
     );
-    let downstream: Vec<String> = s
-        .downstream(&first.job_id)
-        .await
-        .expect("downstream")
-        .into_iter()
-        .map(|j| j.name)
-        .collect();
-    assert_eq!(downstream.len(), 3, "{downstream:?}");
+    let mut released: Vec<&str> = settled.dependants.iter().map(|j| j.name.as_str()).collect();
+    released.sort_unstable();
+    assert_eq!(
+        released,
+        ["out1", "out3"],
+        "the completion returns what it released"
+    );
 
     let second = lease(&s, &w, 3, 1_000).await.expect("out1");
     assert_eq!(second.name, "out1");
     s.fail(&second.job_id, second.token, "corrupt input", false, 4)
         .await
-        .expect("fail");
+        .expect("fail")
+        .changed;
     let blocked = state(&s, &id, 2).await;
     assert_eq!(blocked.state, JobState::Blocked);
     assert_eq!(
@@ -1030,7 +1048,8 @@ async fn jobs_wait_for_what_they_run_after_failures_block_their_dependants_and_r
     assert_eq!(fourth.name, "out3");
     s.complete(&fourth.job_id, fourth.token, done("o3.png"), 6)
         .await
-        .expect("complete");
+        .expect("complete")
+        .changed;
     assert!(
         lease(&s, &w, 7, 1_000).await.is_none(),
         "a blocked job is not leased"
@@ -1058,7 +1077,8 @@ async fn jobs_wait_for_what_they_run_after_failures_block_their_dependants_and_r
     assert!(lease(&s, &w, 9, 1_000).await.is_none(), "out2 still waits");
     s.complete(&again.job_id, again.token, done("o1.png"), 10)
         .await
-        .expect("complete");
+        .expect("complete")
+        .changed;
     let last = lease(&s, &w, 11, 1_000).await.expect("out2 runs at last");
     assert_eq!(last.name, "out2");
 }
@@ -1069,7 +1089,10 @@ async fn cancelling_a_job_blocks_what_runs_after_it_at_any_depth_and_a_cancelled
     let (_d, s) = store();
     let id = s.submit(chained("t"), 0).await.expect("submit").batch_id;
     let job = |n: usize| format!("{id}-j{n:06}");
-    s.cancel_job(&job(0), 1).await.expect("cancel the first");
+    s.cancel_job(&job(0), 1)
+        .await
+        .expect("cancel the first")
+        .changed;
     for n in 1..4 {
         let j = s.job(&job(n)).await.expect("job");
         assert_eq!(j.state, JobState::Blocked, "{j:?}");
