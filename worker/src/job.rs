@@ -63,8 +63,9 @@ pub struct JobInputs {
 pub struct PreparedJob {
     /// The engine's view of the inputs.
     pub inputs: RenderInputs,
-    /// The content's alpha channel, passed through to the output.
-    alpha: Option<image_io::Alpha>,
+    /// The content's alpha channel, passed through to the output, and the light the
+    /// content was flattened over white in.
+    alpha: Option<(image_io::Alpha, Transfer)>,
     content: InputRecord,
     styles: Vec<InputRecord>,
 }
@@ -123,7 +124,7 @@ impl PreparedJob {
             _ => None,
         };
         Ok(Self {
-            alpha,
+            alpha: alpha.map(|a| (a, content_transfer)),
             content: record(&job.content, &content, None, content_transfer),
             inputs: RenderInputs {
                 content,
@@ -215,9 +216,17 @@ pub fn finish(
     let alpha = job
         .alpha
         .as_ref()
-        .map(|a| image_io::resize_alpha(a, image.width(), image.height()));
+        .map(|(a, t)| (image_io::resize_alpha(a, image.width(), image.height()), *t));
+    // The network saw the content over white: a matte's colour is taken back out of it.
+    let colour = match &alpha {
+        Some((a, t)) if params.output_format != OutputFormat::Jpg => {
+            std::borrow::Cow::Owned(image_io::unflatten(&image, a, *t))
+        }
+        _ => std::borrow::Cow::Borrowed(&image),
+    };
+    let alpha = alpha.map(|(a, _)| a);
     let encoded = image_io::encode_output(
-        &image,
+        &colour,
         alpha.as_ref(),
         params.output_format,
         params.output_bit_depth,

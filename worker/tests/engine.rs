@@ -817,6 +817,23 @@ fn outputs_are_png_half_float_linear_exr_or_jpeg_and_png_and_exr_keep_the_alpha(
         .color()
         .has_alpha());
 
+    // The colour of a soft edge comes back without the white the network saw it over,
+    // whichever light it was flattened in.
+    let straight = [0.2f32, 0.6, 0.9];
+    for (t, flat) in [
+        (Transfer::Srgb, straight.map(|c| c * 0.5 + 0.5)),
+        (
+            Transfer::Linear,
+            straight.map(|c| image_io::srgb_encode(image_io::srgb_decode(c) * 0.5 + 0.5)),
+        ),
+    ] {
+        let half = image::ImageBuffer::from_pixel(1, 1, image::Luma([0.5f32]));
+        let back = image_io::unflatten(&Rgb32FImage::from_pixel(1, 1, image::Rgb(flat)), &half, t);
+        for (b, c) in back.get_pixel(0, 0).0.iter().zip(straight) {
+            assert!((b - c).abs() < 1e-4, "{t:?}: {b} for {c}");
+        }
+    }
+
     let jpg = image_io::encode_output(&out, Some(&alpha), OutputFormat::Jpg, 8).expect("jpg");
     let back = image::load_from_memory(&jpg).expect("decodes");
     assert_eq!(back.color(), image::ColorType::Rgb8, "JPEG has no alpha");

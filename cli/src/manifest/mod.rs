@@ -152,6 +152,18 @@ fn resolve_after(file: &Path, jobs: &mut [PlannedJob]) -> Result<(), ManifestErr
         }
         resolved.sort();
         resolved.dedup();
+        if resolved.len() > stylefarm_core::limits::MAX_AFTER {
+            return Err(ManifestError {
+                file: file.to_owned(),
+                line: j.line,
+                field: "after".into(),
+                message: format!(
+                    "waits on {} jobs, at most {} are allowed",
+                    resolved.len(),
+                    stylefarm_core::limits::MAX_AFTER
+                ),
+            });
+        }
         j.after = resolved;
     }
     Ok(())

@@ -156,8 +156,11 @@ fn dependencies(
         return Ok(());
     };
     let mut path = vec![at];
+    let mut place = vec![usize::MAX; n];
+    place[at] = 0;
     while let Some(&back) = jobs[at].after.iter().find(|a| waits[**a] > 0) {
-        if let Some(start) = path.iter().position(|p| *p == back) {
+        if place[back] != usize::MAX {
+            let start = place[back];
             let mut cycle: Vec<&str> = path[start..]
                 .iter()
                 .map(|p| jobs[*p].name.as_str())
@@ -171,6 +174,7 @@ fn dependencies(
                 ),
             ));
         }
+        place[back] = path.len();
         path.push(back);
         at = back;
     }

@@ -126,9 +126,10 @@ fn total(b: &v1::Batch) -> u32 {
 }
 
 fn ended(b: &v1::Batch) -> u32 {
-    count(b, "succeeded")
-        .saturating_add(count(b, "failed"))
-        .saturating_add(count(b, "cancelled"))
+    JobState::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .fold(0, |n, s| n.saturating_add(count(b, s.as_str())))
 }
 
 /// A duration in words a wrangler reads at a glance: `45 s`, `12 min`, `3 h 5 min`.
@@ -144,7 +145,7 @@ pub fn span(ms: i64) -> String {
 /// How long a job's latest attempt has run (`running`: it still does, so the page counts
 /// on), or ran; `None` for a job waiting in the queue or never started.
 pub fn elapsed(j: &v1::JobStatus, now_ms: i64) -> Option<(i64, bool)> {
-    if j.started_ms <= 0 || job_state(j.state) == "queued" {
+    if j.started_ms <= 0 || matches!(job_state(j.state), "queued" | "waiting" | "blocked") {
         return None;
     }
     let running = j.ended_ms <= 0;

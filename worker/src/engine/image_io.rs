@@ -185,6 +185,26 @@ fn alpha_of(img: &DynamicImage) -> Alpha {
     out
 }
 
+/// The straight (unassociated) sRGB colour of a render of a content that was flattened
+/// over white for the network: where the content was partly clear, the white it was
+/// composited over is taken back out, in the light it was composited in (linear for a
+/// linear-light content, [`decode_full`]), so soft edges carry no white fringe. Clear
+/// pixels get black (their colour is never seen).
+pub fn unflatten(img: &Rgb32FImage, alpha: &Alpha, transfer: Transfer) -> Rgb32FImage {
+    const CLEAR: f32 = 1.0 / 1024.0;
+    Rgb32FImage::from_fn(img.width(), img.height(), |x, y| {
+        let a = alpha.get_pixel(x, y).0[0];
+        let p = img.get_pixel(x, y).0;
+        if a <= CLEAR {
+            return image::Rgb([0.0; 3]);
+        }
+        image::Rgb(p.map(|v| match transfer {
+            Transfer::Linear => srgb_encode(((srgb_decode(v) - (1.0 - a)) / a).clamp(0.0, 1.0)),
+            _ => ((v - (1.0 - a)) / a).clamp(0.0, 1.0),
+        }))
+    })
+}
+
 /// Resizes an alpha channel to `width` x `height` (Lanczos3), clamped to [0, 1].
 pub fn resize_alpha(alpha: &Alpha, width: u32, height: u32) -> Alpha {
     if alpha.dimensions() == (width, height) {
