@@ -643,26 +643,8 @@ async fn status_watch_and_fetch_page_through_a_100000_job_batch() {
 #[test]
 fn a_chained_sequence_renders_frame_after_frame_on_two_workers_and_resumes_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Three frames of a pan across the fixture photo.
-    let photo = image::open(shared().join("fixtures/content/chelsea.png")).expect("fixture");
-    std::fs::create_dir(dir.path().join("plates")).expect("folder");
-    for f in 1..=3u32 {
-        photo
-            .crop_imm(f * 12, 0, 200, 150)
-            .save(dir.path().join(format!("plates/pan.{f:02}.png")))
-            .expect("frame");
-    }
-    let m = manifest(
-        dir.path(),
-        "shot.yaml",
-        "batch: shot\ndefaults:\n  size: 64\n  iterations: 150\njobs:
-  - name: pan
-    content: plates/pan.##.png
-    frames: 1-3
-    chain: true
-    style: ${STYLEFARM_SHARED}/fixtures/styles/starry_night.jpg
-",
-    );
+    pan_plates(dir.path(), 2);
+    let m = chained_shot(dir.path(), "##");
     let out = dir.path().join("out");
     let mut first = Proc::spawn(
         stylefarm(&["run", "--quiet", "--workers", "2"])
@@ -693,37 +675,7 @@ fn a_chained_sequence_renders_frame_after_frame_on_two_workers_and_resumes_in_or
         .arg("--out")
         .arg(&out));
     expect(&o, 0);
-    let sidecar = |f: u32| -> serde_json::Value {
-        serde_json::from_slice(
-            &std::fs::read(out.join(format!("pan.{f:02}.json")))
-                .unwrap_or_else(|e| panic!("pan.{f:02}.json: {e}")),
-        )
-        .expect("JSON")
-    };
-    let frames: Vec<serde_json::Value> = (1..=3).map(sidecar).collect();
-    for (f, s) in frames.iter().enumerate() {
-        assert_eq!(s["iterations_done"], 150, "frame {}", f + 1);
-        let img = image::open(out.join(format!("pan.{:02}.png", f + 1))).expect("output");
-        assert_eq!(img.width().max(img.height()), 64);
-    }
-    assert!(
-        frames[1]["resumed_from"].as_u64().is_some_and(|i| i >= 50),
-        "the second frame resumed: {}",
-        frames[1]["resumed_from"]
-    );
-    for f in 1..3 {
-        let finished = frames[f - 1]["timings"]["finished_unix_s"]
-            .as_f64()
-            .expect("finished");
-        let started = frames[f]["timings"]["started_unix_s"]
-            .as_f64()
-            .expect("started");
-        assert!(
-            started >= finished,
-            "frame {} started at {started}, before frame {f} finished at {finished}",
-            f + 1
-        );
-    }
+    frames_in_order(&out, 2);
 }
 
 /// A chained sequence on a cluster of two worker processes: the worker rendering the
@@ -739,29 +691,12 @@ async fn a_chained_sequence_on_two_workers_survives_a_killed_worker_and_keeps_it
         &["--lease-ms", "3000"],
     );
     let storage = garage.storage_flags("farm");
-    let mut workers = vec![
+    let mut workers = [
         coordinator.worker("a", &weights(), &storage),
         coordinator.worker("b", &weights(), &storage),
     ];
-    let photo = image::open(shared().join("fixtures/content/chelsea.png")).expect("fixture");
-    std::fs::create_dir(dir.path().join("plates")).expect("folder");
-    for f in 1..=3u32 {
-        photo
-            .crop_imm(f * 12, 0, 200, 150)
-            .save(dir.path().join(format!("plates/pan.{f}.png")))
-            .expect("frame");
-    }
-    let m = manifest(
-        dir.path(),
-        "shot.yaml",
-        "batch: shot\ndefaults:\n  size: 64\n  iterations: 150\njobs:
-  - name: pan
-    content: plates/pan.#.png
-    frames: 1-3
-    chain: true
-    style: ${STYLEFARM_SHARED}/fixtures/styles/starry_night.jpg
-",
-    );
+    pan_plates(dir.path(), 1);
+    let m = chained_shot(dir.path(), "#");
     let cluster = |cmd: &str| {
         let mut c = stylefarm(&[cmd]);
         c.args(coordinator.client_flags("alice"));
@@ -802,17 +737,61 @@ async fn a_chained_sequence_on_two_workers_survives_a_killed_worker_and_keeps_it
             .args(&storage)),
         0,
     );
-    let sidecar = |f: u32| -> serde_json::Value {
-        serde_json::from_slice(
-            &std::fs::read(out.join(format!("pan.{f}.json")))
-                .unwrap_or_else(|e| panic!("pan.{f}.json: {e}")),
-        )
-        .expect("JSON")
-    };
-    let frames: Vec<serde_json::Value> = (1..=3).map(sidecar).collect();
+    frames_in_order(&out, 1);
+}
+
+/// Three frames of a pan across the fixture photo in `dir/plates`, numbered with
+/// `digits` digits: `pan.1.png` or `pan.01.png`, ...
+fn pan_plates(dir: &Path, digits: usize) {
+    let photo = image::open(shared().join("fixtures/content/chelsea.png")).expect("fixture");
+    std::fs::create_dir(dir.join("plates")).expect("folder");
+    for f in 1..=3u32 {
+        photo
+            .crop_imm(f * 12, 0, 200, 150)
+            .save(dir.join(format!("plates/pan.{f:0digits$}.png")))
+            .expect("frame");
+    }
+}
+
+/// The manifest of a chained 3-frame sequence of those plates (`pattern`: `#` or `##`).
+fn chained_shot(dir: &Path, pattern: &str) -> PathBuf {
+    manifest(
+        dir,
+        "shot.yaml",
+        &format!(
+            "batch: shot\ndefaults:\n  size: 64\n  iterations: 150\njobs:
+  - name: pan
+    content: plates/pan.{pattern}.png
+    frames: 1-3
+    chain: true
+    style: ${{STYLEFARM_SHARED}}/fixtures/styles/starry_night.jpg
+"
+        ),
+    )
+}
+
+/// The three frames' outputs in `out` (named `pan.N.png`, `digits` digits): each ran
+/// every iteration, the second resumed from a checkpoint, and each began only once the
+/// one before it had ended.
+fn frames_in_order(out: &Path, digits: usize) {
+    let frames: Vec<serde_json::Value> = (1..=3u32)
+        .map(|f| {
+            let name = format!("pan.{f:0digits$}");
+            let img = image::open(out.join(format!("{name}.png"))).expect("output");
+            assert_eq!(img.width().max(img.height()), 64);
+            serde_json::from_slice(
+                &std::fs::read(out.join(format!("{name}.json")))
+                    .unwrap_or_else(|e| panic!("{name}.json: {e}")),
+            )
+            .expect("JSON")
+        })
+        .collect();
+    for (f, s) in frames.iter().enumerate() {
+        assert_eq!(s["iterations_done"], 150, "frame {}", f + 1);
+    }
     assert!(
         frames[1]["resumed_from"].as_u64().is_some_and(|i| i >= 50),
-        "the other worker resumed frame 2 from its checkpoint: {}",
+        "the second frame resumed from its checkpoint: {}",
         frames[1]["resumed_from"]
     );
     for f in 1..3 {
@@ -824,13 +803,8 @@ async fn a_chained_sequence_on_two_workers_survives_a_killed_worker_and_keeps_it
             .expect("started");
         assert!(
             started >= finished,
-            "frame {} began before frame {f} ended",
+            "frame {} started at {started}, before frame {f} finished at {finished}",
             f + 1
         );
-    }
-    for (f, s) in frames.iter().enumerate() {
-        assert_eq!(s["iterations_done"], 150, "frame {}", f + 1);
-        let img = image::open(out.join(format!("pan.{}.png", f + 1))).expect("output");
-        assert_eq!(img.width().max(img.height()), 64);
     }
 }

@@ -181,8 +181,7 @@ async fn expiry_requeues_with_checkpoint_and_fences_the_old_token() {
         LATER,
     )
     .await
-    .expect("complete")
-    .changed;
+    .expect("complete");
     let job = &s.jobs(&id).await.expect("jobs")[0];
     assert_eq!(job.state, JobState::Succeeded);
     assert_eq!(job.result_key.as_deref(), Some("attempt2/output.png"));
@@ -201,8 +200,7 @@ async fn failures_retry_then_fail_bad_workers_are_kept_off_and_retry_requeues() 
         let l = lease(&s, "bad", 0, 100).await.expect("job");
         s.fail(&l.job_id, l.token, "CUDA error", true, LATER)
             .await
-            .expect("fail")
-            .changed;
+            .expect("fail");
     }
     assert!(
         lease(&s, "bad", 0, 100).await.is_none(),
@@ -211,8 +209,7 @@ async fn failures_retry_then_fail_bad_workers_are_kept_off_and_retry_requeues() 
     let l = lease(&s, "good", 0, 100).await.expect("job");
     s.fail(&l.job_id, l.token, "corrupt input", false, LATER)
         .await
-        .expect("fail")
-        .changed;
+        .expect("fail");
     let jobs = s.jobs(&id).await.expect("jobs");
     let failed: Vec<_> = jobs
         .iter()
@@ -265,8 +262,7 @@ async fn cancel_reaches_the_heartbeat_and_state_survives_reopening() {
     // The holder's last word releases the lease; the token is then stale.
     s.fail(&lease_.job_id, lease_.token, "cancelled", false, LATER)
         .await
-        .expect("release")
-        .changed;
+        .expect("release");
     let again = s
         .complete(&lease_.job_id, lease_.token, done("x"), LATER)
         .await;
@@ -481,8 +477,7 @@ async fn concurrent_writers_share_group_commits_and_lose_nothing() {
             while let Some(l) = lease(&s, &format!("w{w}"), 0, 10_000).await {
                 s.complete(&l.job_id, l.token, done("out"), LATER)
                     .await
-                    .expect("complete")
-                    .changed;
+                    .expect("complete");
                 finished += 1;
             }
             finished
@@ -833,10 +828,7 @@ async fn a_version_3_database_gains_batch_counts_filled_from_its_jobs() {
         .await
         .expect("register");
     let held = lease(&s, &w, 0, 100).await.expect("job");
-    s.cancel_job(&held.job_id, LATER)
-        .await
-        .expect("cancel")
-        .changed;
+    s.cancel_job(&held.job_id, LATER).await.expect("cancel");
     lease(&s, &w, 1, 100).await.expect("job");
     let before = s.batch(&id).await.expect("batch").counts;
     assert_eq!(
@@ -973,8 +965,7 @@ async fn every_expired_lease_spends_an_attempt_and_the_last_one_fails_the_job_sa
     assert_eq!(next.name, "out1");
     s.complete(&next.job_id, next.token, done("out1.png"), LATER)
         .await
-        .expect("complete")
-        .changed;
+        .expect("complete");
     assert!(
         lease(&s, "e", now, 100).await.is_none(),
         "a failed job was leased again"
@@ -1036,8 +1027,7 @@ async fn jobs_wait_for_what_they_run_after_failures_block_their_dependants_and_r
     assert_eq!(second.name, "out1");
     s.fail(&second.job_id, second.token, "corrupt input", false, 4)
         .await
-        .expect("fail")
-        .changed;
+        .expect("fail");
     let blocked = state(&s, &id, 2).await;
     assert_eq!(blocked.state, JobState::Blocked);
     assert_eq!(
@@ -1048,8 +1038,7 @@ async fn jobs_wait_for_what_they_run_after_failures_block_their_dependants_and_r
     assert_eq!(fourth.name, "out3");
     s.complete(&fourth.job_id, fourth.token, done("o3.png"), 6)
         .await
-        .expect("complete")
-        .changed;
+        .expect("complete");
     assert!(
         lease(&s, &w, 7, 1_000).await.is_none(),
         "a blocked job is not leased"
@@ -1077,8 +1066,7 @@ async fn jobs_wait_for_what_they_run_after_failures_block_their_dependants_and_r
     assert!(lease(&s, &w, 9, 1_000).await.is_none(), "out2 still waits");
     s.complete(&again.job_id, again.token, done("o1.png"), 10)
         .await
-        .expect("complete")
-        .changed;
+        .expect("complete");
     let last = lease(&s, &w, 11, 1_000).await.expect("out2 runs at last");
     assert_eq!(last.name, "out2");
 }
@@ -1089,10 +1077,7 @@ async fn cancelling_a_job_blocks_what_runs_after_it_at_any_depth_and_a_cancelled
     let (_d, s) = store();
     let id = s.submit(chained("t"), 0).await.expect("submit").batch_id;
     let job = |n: usize| format!("{id}-j{n:06}");
-    s.cancel_job(&job(0), 1)
-        .await
-        .expect("cancel the first")
-        .changed;
+    s.cancel_job(&job(0), 1).await.expect("cancel the first");
     for n in 1..4 {
         let j = s.job(&job(n)).await.expect("job");
         assert_eq!(j.state, JobState::Blocked, "{j:?}");
