@@ -26,7 +26,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export STYLEFARM_SHARED := $(SHARED)
 export STYLEFARM_GARAGE := $(GARAGE)
 
-.PHONY: all venv garage build test deploy-check browser demo demo-run bench-engine bench-quality bench-worker bench-coordinator bench-web fmt lint clean
+.PHONY: all venv garage build test deploy-check browser demo demo-run bench-engine bench-quality bench-temporal bench-worker bench-coordinator bench-web fmt lint clean
 
 all: build
 
@@ -114,6 +114,13 @@ bench-engine: venv
 # on a GPU. See worker/benches/quality.rs for the knobs.
 bench-quality: venv
 	cargo bench --workspace --bench quality
+
+# Temporal coherence on a synthetic 24-frame pan and zoom over a fixture photo (true flow
+# known): the flow's end-point error, and the warp error and style loss of the shot
+# styled frame by frame vs with the temporal term; an animated GIF of both in
+# target/bench-temporal/. See worker/benches/temporal.rs for the knobs.
+bench-temporal: venv
+	cargo bench --workspace --bench temporal
 
 # Worker idle time between jobs, prefetch off vs on (real coordinator, Garage, worker).
 bench-worker: venv garage

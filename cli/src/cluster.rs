@@ -9,7 +9,9 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use stylefarm_core::limits;
-use stylefarm_core::{BatchState, JobSpec, JobState, ObjectRef, OutputFormat, StyleRef};
+use stylefarm_core::{
+    BatchState, JobSpec, JobState, ObjectRef, OutputFormat, PreviousFrame, StyleRef,
+};
 use stylefarm_net::client::Channel;
 use stylefarm_net::{ClientAuth, NetError};
 use stylefarm_proto::v1::style_farm_client::StyleFarmClient;
@@ -213,6 +215,10 @@ impl Coordinator {
                     weights_sha256: weights_sha256.to_owned(),
                     output_key: String::new(),
                     after: j.after.clone(),
+                    previous: j.previous.as_ref().map(|(name, content)| PreviousFrame {
+                        name: name.clone(),
+                        content: inputs[content].clone(),
+                    }),
                 };
                 v1::JobSpec::from(&spec)
             })

@@ -295,6 +295,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
 
     let equal = 1.0 / args.styles.len() as f64;
     let inputs = JobInputs {
+        previous: None,
         content: NamedBytes::read(&args.content)?,
         styles: args
             .styles

@@ -37,5 +37,5 @@ pub use params::{
     WeightedLayer,
 };
 pub use progress::{Losses, Progress, ScaleRun};
-pub use spec::{JobSpec, ObjectRef, StyleRef};
+pub use spec::{JobSpec, ObjectRef, PreviousFrame, StyleRef};
 pub use state::{BatchState, JobState};

@@ -208,6 +208,11 @@ pub struct RenderParams {
     pub output_format: OutputFormat,
     /// What the input images' values are (auto: linear for OpenEXR, else sRGB).
     pub input_transfer: Transfer,
+    /// Weight of the temporal term for a frame of a sequence: how closely it keeps to
+    /// the previous frame's result warped along the optical flow, outside occlusions
+    /// (Ruder et al. 2016). 0 (the default): each frame on its own.
+    #[serde(default)]
+    pub temporal_weight: f64,
 }
 
 impl Default for RenderParams {
@@ -234,6 +239,7 @@ impl Default for RenderParams {
             output_bit_depth: 8,
             output_format: OutputFormat::Png,
             input_transfer: Transfer::Auto,
+            temporal_weight: 0.0,
         }
     }
 }
@@ -279,6 +285,16 @@ impl RenderParams {
         non_negative("content_weight", self.content_weight)?;
         non_negative("style_weight", self.style_weight)?;
         non_negative("tv_weight", self.tv_weight)?;
+        non_negative("temporal_weight", self.temporal_weight)?;
+        if self.temporal_weight > MAX_TEMPORAL_WEIGHT {
+            return Err(InvalidField::new(
+                "temporal_weight",
+                format!(
+                    "{} is above {MAX_TEMPORAL_WEIGHT}: the frame would only copy the one before",
+                    self.temporal_weight
+                ),
+            ));
+        }
         positive("style_scale", self.style_scale)?;
         if self.style_scale > 8.0 {
             return Err(InvalidField::new(
@@ -321,6 +337,13 @@ pub struct Scale {
     /// Iterations at this side.
     pub iterations: u32,
 }
+
+/// The temporal weight a sequence's `temporal:` gets when it names none: frames keep to
+/// their warped predecessor closely enough not to flicker, and still take the style
+/// where the camera reveals something new (`make bench-temporal` measures both).
+pub const DEFAULT_TEMPORAL_WEIGHT: f64 = 200.0;
+/// The largest temporal weight (far past where a frame only copies its predecessor).
+pub const MAX_TEMPORAL_WEIGHT: f64 = 1e6;
 
 /// Sizes up to this render at one scale when `scales` is `auto`.
 pub const AUTO_SINGLE_SCALE_MAX: u32 = 512;

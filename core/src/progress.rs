@@ -12,6 +12,9 @@ pub struct Losses {
     pub style: f64,
     /// Weighted total-variation term.
     pub tv: f64,
+    /// Weighted temporal term (0 for a frame rendered on its own).
+    #[serde(default)]
+    pub temporal: f64,
     /// Their sum.
     pub total: f64,
 }

@@ -63,6 +63,20 @@ pub struct JobSpec {
     pub output_key: String,
     /// Names of jobs of the same batch that must succeed before this one may run.
     pub after: Vec<String>,
+    /// The frame before this one, for temporal coherence (`params.temporal_weight`):
+    /// its job (one of `after`, so its result exists when this one runs) and its content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousFrame>,
+}
+
+/// The previous frame of a sequence: the job that rendered it, in the same batch, and
+/// its content, between which and this frame's content the optical flow is measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousFrame {
+    /// The job's name; its result is that job's output.
+    pub name: String,
+    /// The previous frame's content.
+    pub content: ObjectRef,
 }
 
 impl JobSpec {
@@ -133,6 +147,25 @@ impl JobSpec {
             (_, None) => {}
         }
         self.params.validate().map_err(|e| e.within("params"))?;
+        if let Some(p) = &self.previous {
+            check_name(&p.name).map_err(|e| InvalidField::new("previous.name", e.reason))?;
+            if !self.after.contains(&p.name) {
+                return Err(InvalidField::new(
+                    "previous.name",
+                    format!(
+                        "{} is not one of `after`: its result would not be there yet",
+                        p.name
+                    ),
+                ));
+            }
+            p.content.validate("previous.content")?;
+            if self.params.temporal_weight <= 0.0 {
+                return Err(InvalidField::new(
+                    "previous",
+                    "given, but params.temporal_weight is 0",
+                ));
+            }
+        }
         check_sha256("weights_sha256", &self.weights_sha256)
     }
 }
@@ -230,6 +263,7 @@ mod tests {
             weights_sha256: "c".repeat(64),
             output_key: String::new(),
             after: Vec::new(),
+            previous: None,
         }
     }
 
@@ -262,6 +296,44 @@ mod tests {
                 "params.style_weight",
             ),
             (Box::new(|s| s.weights_sha256.clear()), "weights_sha256"),
+            (
+                Box::new(|s| s.params.temporal_weight = -1.0),
+                "params.temporal_weight",
+            ),
+            (
+                Box::new(|s| {
+                    s.params.temporal_weight = 100.0;
+                    s.previous = Some(PreviousFrame {
+                        name: "frame.1001".into(),
+                        content: obj('e'),
+                    });
+                }),
+                "previous.name",
+            ),
+            (
+                Box::new(|s| {
+                    s.after = vec!["frame.1001".into()];
+                    s.previous = Some(PreviousFrame {
+                        name: "frame.1001".into(),
+                        content: obj('e'),
+                    });
+                }),
+                "previous",
+            ),
+            (
+                Box::new(|s| {
+                    s.params.temporal_weight = 100.0;
+                    s.after = vec!["frame.1001".into()];
+                    s.previous = Some(PreviousFrame {
+                        name: "frame.1001".into(),
+                        content: ObjectRef {
+                            uri: String::new(),
+                            ..obj('e')
+                        },
+                    });
+                }),
+                "previous.content.uri",
+            ),
         ];
         for (edit, field) in cases {
             let mut s = spec();

@@ -8,7 +8,7 @@
 use stylefarm_core::params::{RenderParams, DEFAULT_ADAM_LR};
 use stylefarm_core::{
     BatchState, InitKind, InvalidField, JobSpec, JobState, LineSearch, Losses, ObjectRef,
-    OptimizerKind, OutputFormat, Pooling, StyleRef, Transfer, WeightedLayer,
+    OptimizerKind, OutputFormat, Pooling, PreviousFrame, StyleRef, Transfer, WeightedLayer,
 };
 
 use crate::v1;
@@ -83,6 +83,7 @@ impl TryFrom<v1::RenderParams> for RenderParams {
             output_bit_depth,
             output_format,
             input_transfer,
+            temporal_weight: p.temporal_weight.unwrap_or(d.temporal_weight),
         };
         params.validate()?;
         Ok(params)
@@ -134,6 +135,7 @@ impl From<&RenderParams> for v1::RenderParams {
             } as i32,
             scales: p.scales.clone(),
             scale_iterations: Some(p.scale_iterations),
+            temporal_weight: Some(p.temporal_weight),
         }
     }
 }
@@ -174,6 +176,16 @@ impl TryFrom<v1::JobSpec> for JobSpec {
             weights_sha256: s.weights_sha256,
             output_key: s.output_key,
             after: s.after,
+            previous: match s.previous {
+                Some(p) => Some(PreviousFrame {
+                    name: p.name,
+                    content: p
+                        .content
+                        .map(ObjectRef::from)
+                        .ok_or_else(|| missing("previous.content"))?,
+                }),
+                None => None,
+            },
         };
         spec.validate()?;
         Ok(spec)
@@ -198,6 +210,10 @@ impl From<&JobSpec> for v1::JobSpec {
             weights_sha256: s.weights_sha256.clone(),
             output_key: s.output_key.clone(),
             after: s.after.clone(),
+            previous: s.previous.as_ref().map(|p| v1::PreviousFrame {
+                name: p.name.clone(),
+                content: Some(v1::ObjectRef::from(&p.content)),
+            }),
         }
     }
 }
@@ -301,6 +317,7 @@ impl From<&Losses> for v1::Losses {
             style: l.style,
             tv: l.tv,
             total: l.total,
+            temporal: l.temporal,
         }
     }
 }
@@ -312,6 +329,7 @@ impl From<v1::Losses> for Losses {
             style: l.style,
             tv: l.tv,
             total: l.total,
+            temporal: l.temporal,
         }
     }
 }
@@ -397,7 +415,7 @@ mod tests {
             optimizer in -1i32..4,
             learning_rate in proptest::option::of(float()),
             lbfgs_history in proptest::option::of(0u32..2000),
-            weights in (proptest::option::of(float()), proptest::option::of(float()), proptest::option::of(float())),
+            weights in (proptest::option::of(float()), proptest::option::of(float()), proptest::option::of(float()), proptest::option::of(float())),
             content_layers in layers(),
             style_layers in layers(),
             style_scale in proptest::option::of(float()),
@@ -420,6 +438,7 @@ mod tests {
                 content_layers, style_layers, style_scale, seed, init, preserve_colors,
                 pooling, output_bit_depth, scales: schedule.0, scale_iterations: schedule.1,
                 line_search: schedule.2, input_transfer: schedule.3, output_format: schedule.4,
+                temporal_weight: weights.3,
             }
         }
     }
@@ -435,8 +454,11 @@ mod tests {
             init_image in proptest::option::weighted(0.2, object().prop_filter_map("some", |o| o)),
             params in proptest::option::weighted(0.9, params()),
             weights_sha256 in hex64(),
+            previous in proptest::option::weighted(0.3, ("[a-z0-9.]{1,12}", object(), any::<bool>())),
         ) -> v1::JobSpec {
-            v1::JobSpec { name, content, styles, init_image, params, weights_sha256, output_key: String::new(), after: Vec::new() }
+            let after = previous.iter().filter(|p| p.2).map(|p| p.0.clone()).collect();
+            let previous = previous.map(|(name, content, _)| v1::PreviousFrame { name, content });
+            v1::JobSpec { name, content, styles, init_image, params, weights_sha256, output_key: String::new(), after, previous }
         }
     }
 

@@ -42,6 +42,7 @@ pub fn wire_spec(
         weights_sha256: weights_sha256.into(),
         output_key: String::new(),
         after: Vec::new(),
+        previous: None,
     }
 }
 

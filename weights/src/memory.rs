@@ -80,6 +80,8 @@ pub struct JobImages {
     pub styles: Vec<Dims>,
     /// The start image, when `init` is `image`.
     pub init: Option<Dims>,
+    /// The previous frame's content and result, when the temporal term is on.
+    pub previous: Option<(Dims, Dims)>,
 }
 
 /// Where the tensors live.
@@ -205,7 +207,8 @@ pub fn estimate(
     // Decoded inputs stay for the whole job; one decoder buffer (up to RGBA16) at a time.
     let originals = std::iter::once(images.content)
         .chain(images.styles.iter().copied())
-        .chain(images.init);
+        .chain(images.init)
+        .chain(images.previous.iter().flat_map(|&(c, r)| [c, r]));
     let (mut inputs, mut decoder) = (0, 0);
     for d in originals {
         inputs += image(d);
@@ -218,8 +221,12 @@ pub fn estimate(
     }
     // The engine's resized images (content twice: it and the target or start) and their
     // tensors; the variable, its gradient and the content target as tensors.
-    let resized_host = 2 * image(out) + styles.iter().map(|&d| image(d)).sum::<u64>();
-    let tensors = 4 * image(out) + styles.iter().map(|&d| image(d)).sum::<u64>();
+    // A frame with a temporal term also holds its predecessor's content and result
+    // resized, and as tensors the warped result, its mask and the term's difference.
+    let temporal = u64::from(images.previous.is_some());
+    let resized_host =
+        (2 + 2 * temporal) * image(out) + styles.iter().map(|&d| image(d)).sum::<u64>();
+    let tensors = (4 + 3 * temporal) * image(out) + styles.iter().map(|&d| image(d)).sum::<u64>();
 
     let convs: u64 = ops
         .iter()
@@ -398,6 +405,7 @@ mod tests {
             content: Dims::new(1024, 768),
             styles: vec![Dims::new(1024, 640)],
             init: None,
+            previous: None,
         }
     }
 
@@ -431,6 +439,7 @@ mod tests {
                 content: Dims::square(8192),
                 styles: vec![Dims::new(4000, 3000)],
                 init: None,
+                previous: None,
             },
             Backend::Cpu,
         )
@@ -445,6 +454,7 @@ mod tests {
                 content: Dims::new(1024, 768),
                 styles: vec![Dims::square(10_000); 16],
                 init: None,
+                previous: None,
             },
             Backend::Cpu,
         )

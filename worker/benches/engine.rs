@@ -49,6 +49,7 @@ fn main() {
             styles: vec![common::image("styles/starry_night.jpg", w, h)],
             style_weights: vec![],
             init_image: None,
+            previous: None,
         };
         let params = RenderParams {
             size,

@@ -18,6 +18,7 @@
 //! and `STYLEFARM_BENCH_STYLES` (name prefixes, comma-separated).
 
 use stylefarm_worker_testkit as common;
+use stylefarm_worker_testkit::sheet::{env_or, side_by_side};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,13 +30,6 @@ use stylefarm_core::RenderParams;
 use stylefarm_weights::WeightsInfo;
 use stylefarm_worker::engine::{image_io, metrics, Render, RenderInputs};
 use tch::Device;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn out_dir() -> PathBuf {
     let d = common::root().join("target").join("bench-quality");
@@ -53,36 +47,8 @@ fn inputs(content: &str, style: &str) -> RenderInputs {
         styles: vec![load(style)],
         style_weights: vec![],
         init_image: None,
+        previous: None,
     }
-}
-
-fn to_rgb8(img: &Rgb32FImage) -> RgbImage {
-    image::DynamicImage::ImageRgb32F(img.clone()).into_rgb8()
-}
-
-/// Images side by side on a white ground, each scaled to `height`.
-fn side_by_side(images: &[&Rgb32FImage], height: u32) -> RgbImage {
-    let scaled: Vec<RgbImage> = images
-        .iter()
-        .map(|i| {
-            let w = (u64::from(i.width()) * u64::from(height) / u64::from(i.height())) as u32;
-            imageops::resize(
-                &to_rgb8(i),
-                w.max(1),
-                height,
-                imageops::FilterType::Lanczos3,
-            )
-        })
-        .collect();
-    let gap = 8;
-    let width = scaled.iter().map(|i| i.width() + gap).sum::<u32>() + gap;
-    let mut out = RgbImage::from_pixel(width, height + 2 * gap, Rgb([255, 255, 255]));
-    let mut x = gap;
-    for i in &scaled {
-        imageops::replace(&mut out, i, i64::from(x), i64::from(gap));
-        x += i.width() + gap;
-    }
-    out
 }
 
 fn save(img: &RgbImage, name: &str) -> PathBuf {

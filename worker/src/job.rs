@@ -10,8 +10,8 @@ use stylefarm_weights::{memory, WeightsInfo};
 use tch::Device;
 
 use crate::device::MemoryBudget;
-use crate::engine::{image_io, EngineError, Render, RenderInputs};
-use crate::report::{InputRecord, Sidecar, Timings, WeightsRecord};
+use crate::engine::{image_io, EngineError, PreviousImages, Render, RenderInputs};
+use crate::report::{InputRecord, PreviousRecord, Sidecar, Timings, WeightsRecord};
 
 /// An input's bytes and where they came from.
 pub struct NamedBytes {
@@ -57,6 +57,16 @@ pub struct JobInputs {
     pub styles: Vec<(NamedBytes, f64)>,
     /// Start image for `init: image`.
     pub init_image: Option<NamedBytes>,
+    /// The previous frame's content and result, for the temporal term.
+    pub previous: Option<PreviousInputs>,
+}
+
+/// The previous frame of a sequence as bytes.
+pub struct PreviousInputs {
+    /// Its content photo.
+    pub content: NamedBytes,
+    /// Its result, as its job wrote it.
+    pub result: NamedBytes,
 }
 
 /// A job ready to run: decoded inputs and the records for its sidecar.
@@ -68,6 +78,7 @@ pub struct PreparedJob {
     alpha: Option<(image_io::Alpha, Transfer)>,
     content: InputRecord,
     styles: Vec<InputRecord>,
+    previous: Option<PreviousRecord>,
 }
 
 fn record(
@@ -123,7 +134,26 @@ impl PreparedJob {
             (InitKind::Image, Some(n)) => Some(decode(n)?.0),
             _ => None,
         };
+        let mut previous = None;
+        let mut previous_record = None;
+        if let Some(p) = job
+            .previous
+            .as_ref()
+            .filter(|_| params.temporal_weight > 0.0)
+        {
+            let (content, content_transfer) = decode(&p.content)?;
+            // The result is in the job's own output format: linear light in OpenEXR,
+            // sRGB in PNG and JPEG, as the decoder assumes for each.
+            let (styled, result_transfer) =
+                image_io::decode_as(&p.result.bytes, p.result.name(), max_pixels, Transfer::Auto)?;
+            previous_record = Some(PreviousRecord {
+                content: record(&p.content, &content, None, content_transfer),
+                result: record(&p.result, &styled, None, result_transfer),
+            });
+            previous = Some(PreviousImages { content, styled });
+        }
         Ok(Self {
+            previous: previous_record,
             alpha: alpha.map(|a| (a, content_transfer)),
             content: record(&job.content, &content, None, content_transfer),
             inputs: RenderInputs {
@@ -131,6 +161,7 @@ impl PreparedJob {
                 styles,
                 style_weights: job.styles.iter().map(|(_, w)| *w).collect(),
                 init_image,
+                previous,
             },
             styles: records,
         })
@@ -167,6 +198,13 @@ fn check_memory(
         (InitKind::Image, Some(n)) => dims(n).filter(|d| !over(d)),
         _ => None,
     };
+    let previous = match &job.previous {
+        Some(p) if params.temporal_weight > 0.0 => match (dims(&p.content), dims(&p.result)) {
+            (Some(c), Some(r)) if !over(&c) && !over(&r) => Some((c, r)),
+            _ => return Ok(()),
+        },
+        _ => None,
+    };
     let params = &weights.resolve_layers(params);
     let file_bytes = std::fs::metadata(&weights.path).map_or(0, |m| m.len());
     let estimate = memory::estimate(
@@ -177,6 +215,7 @@ fn check_memory(
             content,
             styles,
             init,
+            previous,
         },
         budget.backend,
     )
@@ -243,6 +282,7 @@ pub fn finish(
         params: render.params().clone(),
         content: job.content.clone(),
         styles: job.styles.clone(),
+        previous: job.previous.clone(),
         weights: WeightsRecord {
             path: weights.path.display().to_string(),
             sha256: weights.sha256.clone(),

@@ -65,6 +65,15 @@ pub struct Timings {
     pub finished_unix_s: f64,
 }
 
+/// The previous frame of a sequence a frame was rendered against.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviousRecord {
+    /// Its content photo.
+    pub content: InputRecord,
+    /// Its result.
+    pub result: InputRecord,
+}
+
 /// The sidecar.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sidecar {
@@ -86,6 +95,9 @@ pub struct Sidecar {
     pub content: InputRecord,
     /// The style images.
     pub styles: Vec<InputRecord>,
+    /// The previous frame it kept close to, when the temporal term was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousRecord>,
     /// The weights.
     pub weights: WeightsRecord,
     /// cpu / cuda:N and the thread count.

@@ -4,6 +4,7 @@
 use marked_yaml::types::MarkedScalarNode;
 use marked_yaml::{Node, Span};
 use serde_json::Value;
+use stylefarm_core::params::{DEFAULT_TEMPORAL_WEIGHT, MAX_TEMPORAL_WEIGHT};
 use stylefarm_core::spec::check_name;
 
 use super::params::{param_value, Params};
@@ -34,6 +35,7 @@ impl Reader<'_> {
                 "params",
                 "after",
                 "chain",
+                "temporal",
             ],
         )?;
         let frames = match m.get_node("frames") {
@@ -58,16 +60,7 @@ impl Reader<'_> {
             }
             Some(n) => vec![self.string(n, &format!("{field}.after"))?],
         };
-        let chain = match m.get_node("chain") {
-            None => false,
-            Some(n) => {
-                let f = format!("{field}.chain");
-                match self.scalar(n, &f)?.as_bool() {
-                    Some(b) => b,
-                    None => return Err(self.at(n.span(), &f, "expected true or false")),
-                }
-            }
-        };
+        let chain = self.chain(m.get_node("chain"), field)?;
         let content_node = m
             .get_node("content")
             .ok_or_else(|| self.at(node.span(), field, "needs `content`: the photo to restyle"))?;
@@ -79,6 +72,7 @@ impl Reader<'_> {
                 "given, but `content` is one image: only a sequence's frames chain",
             ));
         }
+        let temporal = self.temporal(m.get_node("temporal"), field, &content)?;
         if let (Content::Still(_), Some(f)) = (&content, m.get_node("frames")) {
             return Err(self.at(
                 f.span(),
@@ -118,6 +112,7 @@ impl Reader<'_> {
         if let Some(p) = m.get_node("params") {
             params.apply(self, p, &format!("{field}.params"))?;
         }
+        let chain = chain || temporal.is_some();
         let name = match m.get_node("name") {
             Some(n) => Some(self.string(n, &format!("{field}.name"))?),
             None => None,
@@ -140,7 +135,7 @@ impl Reader<'_> {
                     .unwrap_or_else(|| default_name(&sequence_stem(pattern), &styles, &[])),
             ),
         };
-        let mut previous: Option<String> = None;
+        let first = jobs.len();
         for (name, content, frame) in outputs(&content, name.as_deref(), &styles, &[]) {
             let mut job = self.finish(
                 node,
@@ -153,14 +148,60 @@ impl Reader<'_> {
             )?;
             job.frame = frame;
             job.after.clone_from(&after);
-            if chain {
-                // Each frame after the one before it: frames in order, one at a time.
-                job.after.extend(previous.replace(job.name.clone()));
-            }
             job.sequence.clone_from(&sequence);
             jobs.push(job);
         }
+        if chain {
+            link(&mut jobs[first..], temporal);
+        }
         Ok(())
+    }
+
+    /// `chain: true|false` (absent: false).
+    fn chain(&self, node: Option<&Node>, field: &str) -> Result<bool, ManifestError> {
+        let Some(n) = node else {
+            return Ok(false);
+        };
+        let f = format!("{field}.chain");
+        self.scalar(n, &f)?
+            .as_bool()
+            .ok_or_else(|| self.at(n.span(), &f, "expected true or false"))
+    }
+
+    /// A job's `temporal: {weight: W}`, for sequences only; `weight` defaults to
+    /// [`DEFAULT_TEMPORAL_WEIGHT`].
+    fn temporal(
+        &self,
+        node: Option<&Node>,
+        field: &str,
+        content: &Content,
+    ) -> Result<Option<f64>, ManifestError> {
+        let Some(node) = node else {
+            return Ok(None);
+        };
+        let field = format!("{field}.temporal");
+        if let Content::Still(_) = content {
+            return Err(self.at(
+                node.span(),
+                &field,
+                "given, but `content` is one image: temporal coherence is for a sequence's frames",
+            ));
+        }
+        let m = self.mapping(node, &field)?;
+        self.known_keys(m, &field, &["weight"])?;
+        let Some(w) = m.get_node("weight") else {
+            return Ok(Some(DEFAULT_TEMPORAL_WEIGHT));
+        };
+        let f = format!("{field}.weight");
+        let weight = self.float(w, &f)?;
+        if !(weight.is_finite() && weight > 0.0 && weight <= MAX_TEMPORAL_WEIGHT) {
+            return Err(self.at(
+                w.span(),
+                &f,
+                &format!("{weight} is not a number above 0 and at most {MAX_TEMPORAL_WEIGHT} (leave `temporal` out for frames on their own)"),
+            ));
+        }
+        Ok(Some(weight))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -203,6 +244,7 @@ impl Reader<'_> {
             frame: None,
             after: Vec::new(),
             sequence: None,
+            previous: None,
         })
     }
 
@@ -225,6 +267,8 @@ impl Reader<'_> {
                 "init_image",
                 "params",
                 "sweep",
+                "chain",
+                "temporal",
             ],
         )?;
         let frames = match m.get_node("frames") {
@@ -254,6 +298,20 @@ impl Reader<'_> {
             .enumerate()
             .map(|(i, n)| self.content(n, &format!("{field}.contents[{i}]"), frames.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
+        let chain = self.chain(m.get_node("chain"), field)?;
+        let sequence = contents
+            .iter()
+            .find(|c| matches!(c, Content::Sequence { .. }))
+            .unwrap_or(&contents[0]);
+        if let (Content::Still(_), Some(c)) = (sequence, m.get_node("chain").filter(|_| chain)) {
+            return Err(self.at(
+                c.span(),
+                &format!("{field}.chain"),
+                "given, but no content numbers its frames: only a sequence's frames chain",
+            ));
+        }
+        let temporal = self.temporal(m.get_node("temporal"), field, sequence)?;
+        let chain = chain || temporal.is_some();
         if let Some(f) = m.get_node("frames") {
             if contents.iter().all(|c| matches!(c, Content::Still(_))) {
                 return Err(self.at(
@@ -340,6 +398,7 @@ impl Reader<'_> {
                         params.insert(name, v.value.clone(), &v.span, &v.field);
                         tags.push(v.tag.clone());
                     }
+                    let first = jobs.len();
                     for (name, image, frame) in outputs(content, None, look, &tags) {
                         let name = match &prefix {
                             Some(p) => format!("{p}-{name}"),
@@ -357,6 +416,9 @@ impl Reader<'_> {
                         job.frame = frame;
                         jobs.push(job);
                     }
+                    if chain {
+                        link(&mut jobs[first..], temporal);
+                    }
                     if !advance(&mut pick, &sweep) {
                         break;
                     }
@@ -364,6 +426,26 @@ impl Reader<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Chains one sequence's frames: each runs after the one before it, so frames come out
+/// in order, one at a time; with a temporal weight each also starts from and keeps close
+/// to the one before it. A still (one job) is left as it is.
+fn link(frames: &mut [PlannedJob], temporal: Option<f64>) {
+    for i in 0..frames.len() {
+        if let Some(w) = temporal {
+            frames[i].params.temporal_weight = w;
+        }
+        if i == 0 || frames[i].frame.is_none() {
+            continue;
+        }
+        let (before, rest) = frames.split_at_mut(i);
+        let (prev, job) = (&before[i - 1], &mut rest[0]);
+        job.after.push(prev.name.clone());
+        if temporal.is_some() {
+            job.previous = Some((prev.name.clone(), prev.content.clone()));
+        }
     }
 }
 

@@ -120,6 +120,9 @@ pub struct PlannedJob {
     pub after: Vec<String>,
     /// The name of the manifest entry it came from, when that named a sequence.
     pub sequence: Option<String>,
+    /// The frame before it (its job's name and content), when the sequence is rendered
+    /// with temporal coherence.
+    pub previous: Option<(String, ImageRef)>,
 }
 
 /// Replaces each job's `after` names with output names: a sequence's name stands for

@@ -205,6 +205,11 @@ fn runs_somewhere(spec: &JobSpec, largest: Largest) -> Result<(), InvalidField> 
             .map(|s| dims(&s.image, style_side))
             .collect(),
         init: spec.init_image.as_ref().map(|r| dims(r, p.size)),
+        // The previous result is at most `size` on its long side.
+        previous: spec
+            .previous
+            .as_ref()
+            .map(|f| (dims(&f.content, p.size), Dims::square(p.size))),
     };
     // The smaller network wherever it has the layers: refuse only what cannot fit.
     let estimate = |backend| {
@@ -305,16 +310,9 @@ fn label(field: &str, value: &str, may_be_empty: bool) -> Result<(), InvalidFiel
 
 /// Progress from a heartbeat.
 pub fn progress(req: &v1::HeartbeatRequest) -> crate::model::Progress {
-    let l = req.losses.unwrap_or_default();
-    let losses = crate::model::Losses {
-        content: l.content,
-        style: l.style,
-        tv: l.tv,
-        total: l.total,
-    };
     crate::model::Progress {
         iteration: req.iteration,
-        losses,
+        losses: req.losses.unwrap_or_default().into(),
         checkpoint_key: (!req.checkpoint_key.is_empty()).then(|| req.checkpoint_key.clone()),
     }
 }
@@ -348,12 +346,7 @@ pub fn job_status(j: &JobRecord) -> v1::JobStatus {
         attempt: j.attempt,
         iteration: j.iteration,
         iterations: j.iterations,
-        losses: Some(v1::Losses {
-            content: j.losses.content,
-            style: j.losses.style,
-            tv: j.losses.tv,
-            total: j.losses.total,
-        }),
+        losses: Some(v1::Losses::from(&j.losses)),
         worker: j.worker.clone().unwrap_or_default(),
         error: j.error.clone().unwrap_or_default(),
         result_key: j.result_key.clone().unwrap_or_default(),

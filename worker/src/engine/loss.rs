@@ -6,6 +6,9 @@
 //!   styles' Grams
 //! - tv: `tv_weight * tv(x) / tv(content)` with `tv(x) = mean(dx^2) + mean(dy^2)` on the
 //!   [0, 1] pixels (the photo's own at least [`TV_FLOOR`])
+//! - temporal (a frame of a sequence): `temporal_weight * mean(c * (x - w)^2)` with `w`
+//!   the previous frame's result warped along the optical flow and `c` 1 where the flow
+//!   can be trusted, 0 at occlusions (Ruder et al. 2016), on the [0, 1] pixels
 //!
 //! Each term is relative to its target's own size: a dark, sparse photo has small
 //! features and a busy painting large Grams, and without the division the same weights
@@ -64,6 +67,18 @@ pub struct Objective {
     tv_weight: f64,
     /// `tv(content)`, at least [`TV_FLOOR`].
     tv_size: Tensor,
+    temporal: Option<Temporal>,
+}
+
+/// The temporal term's target: the previous frame's result warped to this one, where
+/// it can be trusted, and the term's weight.
+pub struct Temporal {
+    /// `[1, 3, H, W]` pixels in [0, 1].
+    pub warped: Tensor,
+    /// `[1, 1, H, W]`: 1 where the flow holds, 0 at occlusions.
+    pub mask: Tensor,
+    /// `temporal_weight`.
+    pub weight: f64,
 }
 
 /// A layer's index in `features` and its weight.
@@ -124,7 +139,19 @@ impl Objective {
             style_weight,
             tv_weight,
             tv_size,
+            temporal: None,
         }
+    }
+
+    /// Adds the temporal term.
+    pub fn with_temporal(mut self, temporal: Temporal) -> Self {
+        self.temporal = Some(temporal);
+        self
+    }
+
+    /// The temporal term's target, when there is one.
+    pub fn temporal(&self) -> Option<&Temporal> {
+        self.temporal.as_ref()
     }
 
     /// The total loss as a graph (for backward) and the values of each term.
@@ -149,11 +176,18 @@ impl Objective {
         let content = content * self.content_weight;
         let style = style * self.style_weight;
         let tv = total_variation(x) / &self.tv_size * self.tv_weight;
-        let total = &content + &style + &tv;
+        let mut total = &content + &style + &tv;
+        let mut temporal = 0.0;
+        if let Some(t) = &self.temporal {
+            let term = ((x - &t.warped).square() * &t.mask).mean(Kind::Float) * t.weight;
+            temporal = term.double_value(&[]);
+            total = total + term;
+        }
         let losses = Losses {
             content: content.double_value(&[]),
             style: style.double_value(&[]),
             tv: tv.double_value(&[]),
+            temporal,
             total: total.double_value(&[]),
         };
         (total, losses)

@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod color;
 pub mod error;
+pub mod flow;
 pub mod image_io;
 pub mod loss;
 pub mod metrics;
@@ -46,6 +47,17 @@ pub struct RenderInputs {
     pub style_weights: Vec<f64>,
     /// The start image when `init` is `image`.
     pub init_image: Option<Rgb32FImage>,
+    /// The previous frame of a sequence, for temporal coherence (`temporal_weight`).
+    pub previous: Option<PreviousImages>,
+}
+
+/// The frame before this one: its content and its styled result.
+#[derive(Clone)]
+pub struct PreviousImages {
+    /// The previous frame's content photo.
+    pub content: Rgb32FImage,
+    /// The previous frame's result (what it was styled into).
+    pub styled: Rgb32FImage,
 }
 
 /// Reported after every iteration.
@@ -123,6 +135,9 @@ struct StageImages {
     content_target: Rgb32FImage,
     /// The styles at `side * style_scale` (luminance-matched when colours are preserved).
     styles: Vec<Rgb32FImage>,
+    /// The previous frame's content and result at this scale (its luminance when
+    /// colours are preserved, as the optimized image is), when the temporal term is on.
+    previous: Option<(Rgb32FImage, Rgb32FImage)>,
 }
 
 /// The deepest `features` index and the poolings before it.
@@ -257,7 +272,13 @@ impl Render {
             let net = Rc::new(vgg::Vgg::load(weights, deepest, params.pooling, device)?);
             let taps = (content_taps, style_taps);
             let objective = build_objective(&net, &taps, &stage, &blend, &params, device);
-            let x = (image_io::to_tensor(&start, device) * PIXEL_SCALE).set_requires_grad(true);
+            // A frame of a sequence starts from its predecessor's result carried along
+            // the flow (Ruder et al.): most of it is already styled the way it should stay.
+            let start = match objective.temporal() {
+                Some(t) => t.warped.shallow_clone(),
+                None => image_io::to_tensor(&start, device),
+            };
+            let x = (start * PIXEL_SCALE).set_requires_grad(true);
             Ok(Self {
                 optimizer: new_optimizer(&params),
                 objective,
@@ -650,6 +671,21 @@ fn stage_images(
         check_size(&format!("style image {}", i + 1), &resized, *pools, deepest)?;
         styles.push(resized);
     }
+    let previous = inputs
+        .previous
+        .as_ref()
+        .filter(|_| params.temporal_weight > 0.0)
+        .map(|p| {
+            let styled = image_io::resize(&p.styled, w, h);
+            (
+                image_io::resize(&p.content, w, h),
+                if params.preserve_colors {
+                    color::luminance(&styled)
+                } else {
+                    styled
+                },
+            )
+        });
     // Colour preservation optimizes luminance only.
     Ok(if params.preserve_colors {
         StageImages {
@@ -659,14 +695,39 @@ fn stage_images(
                 .map(|s| color::matched_luminance(s, &content))
                 .collect(),
             content,
+            previous,
         }
     } else {
         StageImages {
             content_target: content.clone(),
             styles,
             content,
+            previous,
         }
     })
+}
+
+/// The temporal term of one scale: the previous result warped along the flow from the
+/// previous content to this one, trusted where the flows both ways agree.
+fn temporal_term(
+    stage: &StageImages,
+    (previous_content, previous_styled): &(Rgb32FImage, Rgb32FImage),
+    weight: f64,
+    device: Device,
+) -> loss::Temporal {
+    let current = image_io::to_tensor(&stage.content, device);
+    let previous = image_io::to_tensor(previous_content, device);
+    let backward = flow::estimate(&current, &previous);
+    let forward = flow::estimate(&previous, &current);
+    let mask = flow::consistent(&backward, &forward);
+    let warped = tch::no_grad(|| {
+        flow::warp(&image_io::to_tensor(previous_styled, device), &backward).clamp(0.0, 1.0)
+    });
+    loss::Temporal {
+        warped,
+        mask,
+        weight,
+    }
 }
 
 /// The objective of one scale: targets from its images, the shared network.
@@ -685,7 +746,7 @@ fn build_objective(
         .zip(blend)
         .map(|(s, &b)| (image_io::to_tensor(s, device), b))
         .collect();
-    Objective::new(
+    let objective = Objective::new(
         Rc::clone(net),
         content_taps,
         style_taps,
@@ -694,7 +755,16 @@ fn build_objective(
         params.content_weight,
         params.style_weight,
         params.tv_weight,
-    )
+    );
+    match &stage.previous {
+        Some(previous) => objective.with_temporal(temporal_term(
+            stage,
+            previous,
+            params.temporal_weight,
+            device,
+        )),
+        None => objective,
+    }
 }
 
 fn new_optimizer(params: &RenderParams) -> Optimizer {
@@ -736,6 +806,13 @@ fn fingerprint(
                 .init_image
                 .as_ref()
                 .filter(|_| params.init == InitKind::Image),
+        )
+        .chain(
+            inputs
+                .previous
+                .iter()
+                .filter(|_| params.temporal_weight > 0.0)
+                .flat_map(|p| [&p.content, &p.styled]),
         );
     for img in images {
         h.update(img.width().to_le_bytes());

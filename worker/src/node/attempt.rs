@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use stylefarm_core::{layout, JobSpec, ObjectRef, Progress, RenderParams};
+use stylefarm_core::limits::MAX_INPUT_BYTES;
+use stylefarm_core::{layout, JobSpec, ObjectRef, PreviousFrame, Progress, RenderParams};
 use stylefarm_proto::v1;
 use stylefarm_storage::{Limit, ObjectUrl, StorageError};
 use tokio::sync::mpsc;
@@ -18,7 +19,7 @@ use super::Node;
 use crate::device::MemoryBudget;
 use crate::engine::EngineError;
 use crate::engine::Progress as EngineProgress;
-use crate::job::{JobInputs, NamedBytes};
+use crate::job::{JobInputs, NamedBytes, PreviousInputs};
 
 /// Why an attempt failed, and whether another attempt could succeed.
 struct Failure {
@@ -205,7 +206,8 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
     }
     let refs = std::iter::once(&spec.content)
         .chain(spec.styles.iter().map(|s| &s.image))
-        .chain(spec.init_image.as_ref());
+        .chain(spec.init_image.as_ref())
+        .chain(spec.previous.as_ref().map(|p| &p.content));
     for r in refs {
         allowed_input(node, &r.uri)?;
     }
@@ -224,6 +226,16 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
     }
     let init_image = match &spec.init_image {
         Some(r) => Some(fetch(r.clone()).await?),
+        None => None,
+    };
+    let previous = match spec
+        .previous
+        .as_ref()
+        .filter(|_| spec.params.temporal_weight > 0.0)
+    {
+        Some(p) => {
+            Some(previous_frame(node, lease, &spec, p, fetch(p.content.clone()).await?).await?)
+        }
         None => None,
     };
     let checkpoint = if lease.checkpoint_key.is_empty() {
@@ -245,6 +257,7 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
             content,
             styles,
             init_image,
+            previous,
         },
         checkpoint,
         weights: Arc::clone(&node.weights),
@@ -253,6 +266,35 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
         max_input_pixels: node.config.max_input_pixels,
         memory: node.memory.clone(),
         worker: node.worker_id.clone(),
+    })
+}
+
+/// The previous frame's content (fetched) and result: the output its job of the same
+/// batch published, which succeeded before this job could be leased.
+async fn previous_frame(
+    node: &Node,
+    lease: &v1::Lease,
+    spec: &JobSpec,
+    previous: &PreviousFrame,
+    content: NamedBytes,
+) -> Result<PreviousInputs, Failure> {
+    let key = layout::output_key(&lease.batch_id, &previous.name, spec.params.output_format);
+    let url = node.root.join(&key)?;
+    let limit = Limit::new("the previous frame's result", MAX_INPUT_BYTES);
+    let bytes = node.storage.get(&url, &limit).await.map_err(|e| Failure {
+        message: format!(
+            "cannot read the previous frame's result ({} at {url}): {e}",
+            previous.name
+        ),
+        retryable: false,
+    })?;
+    Ok(PreviousInputs {
+        content,
+        result: NamedBytes {
+            source: url.to_string(),
+            label: previous.name.clone(),
+            bytes,
+        },
     })
 }
 

@@ -2,7 +2,9 @@
 //! seeded synthetic weights, small fixture images and parameters, the virtualenv's
 //! Python and the PyTorch reference ([`reference`]).
 
+pub mod camera;
 pub mod reference;
+pub mod sheet;
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +55,7 @@ pub fn small_inputs() -> RenderInputs {
         styles: vec![image("styles/starry_night.jpg", 64, 48)],
         style_weights: vec![],
         init_image: None,
+        previous: None,
     }
 }
 

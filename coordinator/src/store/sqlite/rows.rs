@@ -34,6 +34,9 @@ pub(super) fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
             style: r.get(9)?,
             tv: r.get(10)?,
             total: r.get(11)?,
+            // The store keeps the terms the dashboard shows; the temporal term is in
+            // the total and in the job's sidecar.
+            temporal: 0.0,
         },
         checkpoint_key: r.get(12)?,
         result_key: r.get(13)?,
