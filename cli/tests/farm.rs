@@ -644,7 +644,7 @@ async fn status_watch_and_fetch_page_through_a_100000_job_batch() {
 fn a_chained_sequence_renders_frame_after_frame_on_two_workers_and_resumes_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     pan_plates(dir.path(), 2);
-    let m = chained_shot(dir.path(), "##");
+    let m = chained_shot(dir.path(), "##", false);
     let out = dir.path().join("out");
     let mut first = Proc::spawn(
         stylefarm(&["run", "--quiet", "--workers", "2"])
@@ -675,7 +675,7 @@ fn a_chained_sequence_renders_frame_after_frame_on_two_workers_and_resumes_in_or
         .arg("--out")
         .arg(&out));
     expect(&o, 0);
-    frames_in_order(&out, 2);
+    frames_in_order(&out, 2, false);
 }
 
 /// A chained sequence on a cluster of two worker processes: the worker rendering the
@@ -696,7 +696,7 @@ async fn a_chained_sequence_on_two_workers_survives_a_killed_worker_and_keeps_it
         coordinator.worker("b", &weights(), &storage),
     ];
     pan_plates(dir.path(), 1);
-    let m = chained_shot(dir.path(), "#");
+    let m = chained_shot(dir.path(), "#", true);
     let cluster = |cmd: &str| {
         let mut c = stylefarm(&[cmd]);
         c.args(coordinator.client_flags("alice"));
@@ -717,7 +717,11 @@ async fn a_chained_sequence_on_two_workers_survives_a_killed_worker_and_keeps_it
         assert_eq!(
             b.jobs[2].state,
             stylefarm_proto::v1::JobState::Waiting as i32,
-            "the third frame waits while the second runs"
+            "the third frame waits while the second runs: {:?}",
+            b.jobs
+                .iter()
+                .map(|j| (&j.name, j.state, &j.error))
+                .collect::<Vec<_>>()
         );
         if !second.checkpoint_key.is_empty() {
             break second.worker.clone();
@@ -737,7 +741,7 @@ async fn a_chained_sequence_on_two_workers_survives_a_killed_worker_and_keeps_it
             .args(&storage)),
         0,
     );
-    frames_in_order(&out, 1);
+    frames_in_order(&out, 1, true);
 }
 
 /// Three frames of a pan across the fixture photo in `dir/plates`, numbered with
@@ -753,8 +757,14 @@ fn pan_plates(dir: &Path, digits: usize) {
     }
 }
 
-/// The manifest of a chained 3-frame sequence of those plates (`pattern`: `#` or `##`).
-fn chained_shot(dir: &Path, pattern: &str) -> PathBuf {
+/// The manifest of a chained 3-frame sequence of those plates (`pattern`: `#` or `##`),
+/// each frame kept to the one before it when `temporal`.
+fn chained_shot(dir: &Path, pattern: &str, temporal: bool) -> PathBuf {
+    let chain = if temporal {
+        "temporal: {weight: 100}"
+    } else {
+        "chain: true"
+    };
     manifest(
         dir,
         "shot.yaml",
@@ -763,7 +773,7 @@ fn chained_shot(dir: &Path, pattern: &str) -> PathBuf {
   - name: pan
     content: plates/pan.{pattern}.png
     frames: 1-3
-    chain: true
+    {chain}
     style: ${{STYLEFARM_SHARED}}/fixtures/styles/starry_night.jpg
 "
         ),
@@ -772,8 +782,9 @@ fn chained_shot(dir: &Path, pattern: &str) -> PathBuf {
 
 /// The three frames' outputs in `out` (named `pan.N.png`, `digits` digits): each ran
 /// every iteration, the second resumed from a checkpoint, and each began only once the
-/// one before it had ended.
-fn frames_in_order(out: &Path, digits: usize) {
+/// one before it had ended; when `temporal`, each after the first was rendered against
+/// the one before it (its published result, read back from storage).
+fn frames_in_order(out: &Path, digits: usize, temporal: bool) {
     let frames: Vec<serde_json::Value> = (1..=3u32)
         .map(|f| {
             let name = format!("pan.{f:0digits$}");
@@ -788,6 +799,20 @@ fn frames_in_order(out: &Path, digits: usize) {
         .collect();
     for (f, s) in frames.iter().enumerate() {
         assert_eq!(s["iterations_done"], 150, "frame {}", f + 1);
+        let previous = &s["previous"]["result"]["label"];
+        let temporal_loss = s["final_losses"]["temporal"].as_f64().unwrap_or(0.0);
+        if temporal && f > 0 {
+            assert_eq!(previous, &format!("pan.{f:0digits$}"), "frame {}", f + 1);
+            assert!(
+                temporal_loss > 0.0,
+                "frame {}: {}",
+                f + 1,
+                s["final_losses"]
+            );
+        } else {
+            assert!(previous.is_null(), "frame {}: {previous}", f + 1);
+            assert_eq!(temporal_loss, 0.0, "frame {}", f + 1);
+        }
     }
     assert!(
         frames[1]["resumed_from"].as_u64().is_some_and(|i| i >= 50),

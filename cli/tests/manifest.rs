@@ -459,3 +459,101 @@ jobs:
     );
     assert!(e.contains("only a sequence's frames chain"), "{e}");
 }
+
+#[test]
+fn a_temporal_sequence_chains_its_frames_and_names_each_frame_s_predecessor() {
+    let d = Dir::new();
+    std::fs::create_dir(d.path("plates")).expect("folder");
+    for f in 1..=3 {
+        std::fs::copy(d.path("a.png"), d.path(&format!("plates/bg.{f}.png"))).expect("frame");
+    }
+    let m = d.ok("batch: shot
+jobs:
+  - name: bg
+    content: plates/bg.#.png
+    frames: 1-3
+    style: b.png
+    temporal: {weight: 150}
+  - name: plain
+    content: plates/bg.#.png
+    frames: 1-2
+    style: c.png
+    temporal: {}
+wedges:
+  - name: w
+    contents: [plates/bg.#.png, a.png]
+    frames: 2-3
+    styles: [b.png, c.png]
+    temporal: {weight: 50}
+");
+    let summary: Vec<(&str, Vec<&str>, Option<&str>, f64)> = m
+        .jobs
+        .iter()
+        .map(|j| {
+            (
+                j.name.as_str(),
+                j.after.iter().map(String::as_str).collect(),
+                j.previous.as_ref().map(|(n, _)| n.as_str()),
+                j.params.temporal_weight,
+            )
+        })
+        .collect();
+    let default = stylefarm_core::params::DEFAULT_TEMPORAL_WEIGHT;
+    assert_eq!(
+        summary[..5],
+        [
+            ("bg.1", vec![], None, 150.0),
+            ("bg.2", vec!["bg.1"], Some("bg.1"), 150.0),
+            ("bg.3", vec!["bg.2"], Some("bg.2"), 150.0),
+            ("plain.1", vec![], None, default),
+            ("plain.2", vec!["plain.1"], Some("plain.1"), default),
+        ]
+    );
+    // Each frame's predecessor content is the frame before it.
+    let bg3 = &m.jobs[2];
+    let (_, content) = bg3.previous.as_ref().expect("previous");
+    assert_eq!(content, &m.jobs[1].content);
+    // A wedge: one chained sequence per look; the still is left alone.
+    let wedge: Vec<(&str, Vec<&str>, Option<&str>)> = m.jobs[5..]
+        .iter()
+        .map(|j| {
+            (
+                j.name.as_str(),
+                j.after.iter().map(String::as_str).collect(),
+                j.previous.as_ref().map(|(n, _)| n.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(wedge.len(), 6, "{wedge:?}");
+    for pair in wedge.chunks(2).take(2) {
+        assert_eq!(pair[0].1, Vec::<&str>::new(), "{wedge:?}");
+        assert_eq!(pair[1].1, vec![pair[0].0], "{wedge:?}");
+        assert_eq!(pair[1].2, Some(pair[0].0), "{wedge:?}");
+    }
+    for still in &wedge[4..] {
+        assert!(still.1.is_empty() && still.2.is_none(), "{wedge:?}");
+    }
+
+    let job = "jobs:\n  - content: a.png\n    style: b.png\n";
+    let e = d.err(
+        &format!("batch: b\n{job}    temporal: {{weight: 10}}\n"),
+        5,
+        "jobs[0].temporal",
+    );
+    assert!(e.contains("temporal coherence is for a sequence"), "{e}");
+    let seq = "jobs:\n  - content: plates/bg.#.png\n    frames: 1-2\n    style: b.png\n";
+    for bad in ["0", "-3", "1e9", "lots"] {
+        let e = d.err(
+            &format!("batch: b\n{seq}    temporal: {{weight: {bad}}}\n"),
+            6,
+            "jobs[0].temporal.weight",
+        );
+        assert!(!e.is_empty());
+    }
+    let e = d.err(
+        &format!("batch: b\n{seq}    temporal: {{wieght: 3}}\n"),
+        6,
+        "jobs[0].temporal.wieght",
+    );
+    assert!(e.contains("allowed here: weight"), "{e}");
+}

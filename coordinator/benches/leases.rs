@@ -109,6 +109,7 @@ async fn worker(ch: Channel, id: String, seed: u64, job: Duration) -> Vec<Durati
                 style: 1.0,
                 tv: 1.0,
                 total: 3.0,
+                temporal: 0.0,
             }),
             checkpoint_key: format!("{}/ck-10", l.attempt_prefix),
         };

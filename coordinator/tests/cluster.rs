@@ -51,6 +51,7 @@ fn heartbeat_req(worker: &str, l: &v1::Lease, iteration: u32, ck: &str) -> v1::H
             style: 2.0,
             tv: 0.5,
             total: 3.5,
+            temporal: 0.0,
         }),
         checkpoint_key: if ck.is_empty() {
             String::new()

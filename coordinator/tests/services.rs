@@ -831,6 +831,34 @@ async fn dependencies_are_checked_at_submit_unknown_names_and_cycles_refused_by_
         .expect_err("a cycle"),
         &["cycle", "out00000", "out00001", "out00002", "out00003"],
     );
+    // A frame kept to a previous frame must wait on it, with a temporal weight.
+    let with_previous = |after: &[&str], weight: f64| {
+        let mut req = with_after(&[(1, after)]);
+        let job = &mut req.jobs[1];
+        job.previous = Some(v1::PreviousFrame {
+            name: "out00000".into(),
+            content: job.content.clone(),
+        });
+        if let Some(p) = job.params.as_mut() {
+            p.temporal_weight = Some(weight);
+        }
+        req
+    };
+    invalid(
+        h.submit(with_previous(&[], 100.0))
+            .await
+            .expect_err("previous not waited on"),
+        &["jobs[1]", "previous.name", "not one of `after`"],
+    );
+    invalid(
+        h.submit(with_previous(&["out00000"], 0.0))
+            .await
+            .expect_err("no weight"),
+        &["jobs[1]", "previous", "temporal_weight is 0"],
+    );
+    let mut fine = with_previous(&["out00000"], 100.0);
+    fine.client_token = "frames".into();
+    h.submit(fine).await.expect("a frame after its predecessor");
     // A chain is fine, and what waits shows as waiting.
     let ok = h
         .submit(with_after(&[

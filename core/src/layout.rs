@@ -280,6 +280,7 @@ mod tests {
                     style: 1e4 / (1.0 + f),
                     tv: 0.5,
                     total: 1.5 + 1e4 / (1.0 + f),
+                    temporal: 0.0,
                 }
             })
             .collect();

@@ -434,10 +434,13 @@ impl Reader<'_> {
 /// to the one before it. A still (one job) is left as it is.
 fn link(frames: &mut [PlannedJob], temporal: Option<f64>) {
     for i in 0..frames.len() {
+        if frames[i].frame.is_none() {
+            continue;
+        }
         if let Some(w) = temporal {
             frames[i].params.temporal_weight = w;
         }
-        if i == 0 || frames[i].frame.is_none() {
+        if i == 0 {
             continue;
         }
         let (before, rest) = frames.split_at_mut(i);

@@ -99,12 +99,23 @@ impl<S: Store> WorkerApi<S> {
         Ok(self.leased(leased, started))
     }
 
-    fn lease_answer(&self, lease: Lease) -> Result<v1::Lease, ApiError> {
+    async fn lease_answer(&self, lease: Lease) -> Result<v1::Lease, ApiError> {
         let mut spec =
             v1::JobSpec::decode(lease.spec.as_slice()).map_err(|e| ApiError::CorruptSpec {
                 job_id: lease.job_id.clone(),
                 reason: e.to_string(),
             })?;
+        // A frame kept to its predecessor reads that job's result: the attempt that
+        // succeeded wrote it, under a prefix only the coordinator knows.
+        let previous_result_key = match &spec.previous {
+            Some(p) => self
+                .state
+                .store
+                .result_of(&lease.batch_id, &p.name)
+                .await?
+                .unwrap_or_default(),
+            None => String::new(),
+        };
         spec.output_key = stylefarm_core::layout::output_key(
             &lease.batch_id,
             &lease.name,
@@ -123,6 +134,7 @@ impl<S: Store> WorkerApi<S> {
             fencing_token: lease.token,
             deadline_unix_ms: lease.deadline_ms,
             checkpoint_key: lease.checkpoint_key.unwrap_or_default(),
+            previous_result_key,
         })
     }
 }
@@ -186,7 +198,7 @@ impl<S: Store> WorkerService for WorkerApi<S> {
             notified.as_mut().enable();
             if let Some(lease) = self.try_lease(worker).await? {
                 tracing::debug!(job = %lease.job_id, attempt = lease.attempt, "job leased");
-                let lease = self.lease_answer(lease)?;
+                let lease = self.lease_answer(lease).await?;
                 return Ok(Response::new(v1::LeaseJobResponse { lease: Some(lease) }));
             }
             tokio::select! {

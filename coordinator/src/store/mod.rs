@@ -238,6 +238,14 @@ pub trait Store: Send + Sync + 'static {
     /// One job.
     fn job(&self, job_id: &str) -> impl Future<Output = Result<JobRecord, StoreError>> + Send;
 
+    /// Where the job named `name` of a batch published its result, once it succeeded
+    /// (a frame's predecessor, for the temporal term); `None` before that.
+    fn result_of(
+        &self,
+        batch_id: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
     /// One job and its encoded spec, read together.
     fn job_with_spec(
         &self,

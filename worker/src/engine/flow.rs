@@ -164,7 +164,7 @@ pub fn estimate(target: &Tensor, source: &Tensor) -> Tensor {
                 confidence = &half - ((&half * &half) - &det).clamp_min(0.0).sqrt();
                 let du = ((&a22 * &b1 - &a12 * &b2) / &det).clamp(-MAX_STEP, MAX_STEP);
                 let dv = ((&a11 * &b2 - &a12 * &b1) / &det).clamp(-MAX_STEP, MAX_STEP);
-                flow = flow + Tensor::cat(&[du, dv], 1);
+                flow += Tensor::cat(&[du, dv], 1);
             }
             // Flat regions (sky, walls) constrain nothing: there the flow is filled in
             // from where it is well defined (normalised convolution, weighted by

@@ -673,6 +673,7 @@ mod tests {
         let f = (centred.square().sum(Kind::Float) * 0.5 + 1e7).double_value(&[]);
         let losses = Losses {
             total: f64::from(f as f32),
+            temporal: 0.0,
             ..Losses::default()
         };
         Ok((losses, centred))
@@ -708,6 +709,7 @@ mod tests {
         }
         let losses = Losses {
             total: f,
+            temporal: 0.0,
             ..Losses::default()
         };
         Ok((losses, centred))
@@ -741,6 +743,7 @@ mod tests {
         let mut flat = |x: &Tensor| -> Result<Evaluation, EngineError> {
             let losses = Losses {
                 total: 1.0 + x.abs().sum(Kind::Double).double_value(&[]) * 1e-12 + 1e-9,
+                temporal: 0.0,
                 ..Losses::default()
             };
             Ok((losses, x.ones_like()))

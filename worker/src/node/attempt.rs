@@ -233,9 +233,7 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
         .as_ref()
         .filter(|_| spec.params.temporal_weight > 0.0)
     {
-        Some(p) => {
-            Some(previous_frame(node, lease, &spec, p, fetch(p.content.clone()).await?).await?)
-        }
+        Some(p) => Some(previous_frame(node, lease, p, fetch(p.content.clone()).await?).await?),
         None => None,
     };
     let checkpoint = if lease.checkpoint_key.is_empty() {
@@ -270,16 +268,24 @@ async fn prepare(node: &Node, lease: &v1::Lease) -> Result<EngineJob, Failure> {
 }
 
 /// The previous frame's content (fetched) and result: the output its job of the same
-/// batch published, which succeeded before this job could be leased.
+/// batch published (the coordinator names it in the lease), which succeeded before this
+/// job could be leased.
 async fn previous_frame(
     node: &Node,
     lease: &v1::Lease,
-    spec: &JobSpec,
     previous: &PreviousFrame,
     content: NamedBytes,
 ) -> Result<PreviousInputs, Failure> {
-    let key = layout::output_key(&lease.batch_id, &previous.name, spec.params.output_format);
-    let url = node.root.join(&key)?;
+    if lease.previous_result_key.is_empty() {
+        return Err(Failure {
+            message: format!(
+                "the coordinator gave no result for the previous frame ({}); it has not succeeded",
+                previous.name
+            ),
+            retryable: false,
+        });
+    }
+    let url = node.root.join(&lease.previous_result_key)?;
     let limit = Limit::new("the previous frame's result", MAX_INPUT_BYTES);
     let bytes = node.storage.get(&url, &limit).await.map_err(|e| Failure {
         message: format!(

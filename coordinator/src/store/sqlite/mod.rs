@@ -1055,6 +1055,21 @@ impl Store for SqliteStore {
         self.read(move |conn| job(conn, &job_id)).await
     }
 
+    async fn result_of(&self, batch_id: &str, name: &str) -> Result<Option<String>, StoreError> {
+        let (batch_id, name) = (batch_id.to_owned(), name.to_owned());
+        self.read(move |conn| {
+            let key: Option<Option<String>> = conn
+                .prepare_cached(
+                    "SELECT result_key FROM jobs
+                     WHERE batch_id = ?1 AND name = ?2 AND state = 'succeeded'",
+                )?
+                .query_row([&batch_id, &name], |r| r.get(0))
+                .optional()?;
+            Ok(key.flatten())
+        })
+        .await
+    }
+
     async fn job_with_spec(&self, job_id: &str) -> Result<(JobRecord, Vec<u8>), StoreError> {
         let job_id = job_id.to_owned();
         self.read(move |conn| {

@@ -290,6 +290,7 @@ async fn a_completed_job_shows_the_iterations_it_ran_not_its_last_heartbeat() {
         style: 2.0,
         tv: 0.5,
         total: 3.5,
+        temporal: 0.0,
     };
     let finished = Completion {
         progress: Some((100, losses)),
@@ -316,6 +317,7 @@ async fn a_completion_without_figures_keeps_the_last_heartbeats() {
         iteration: 92,
         losses: Losses {
             total: 7.0,
+            temporal: 0.0,
             ..Losses::default()
         },
         checkpoint_key: None,
@@ -1004,10 +1006,21 @@ async fn jobs_wait_for_what_they_run_after_failures_block_their_dependants_and_r
         .expect("the one that waits on nothing");
     assert_eq!(first.name, "out0");
     assert!(lease(&s, &w, 1, 1_000).await.is_none(), "the others wait");
+    assert_eq!(
+        s.result_of(&id, "out0").await.expect("result"),
+        None,
+        "no result while it runs"
+    );
     let settled = s
         .complete(&first.job_id, first.token, done("o0.png"), 2)
         .await
         .expect("complete");
+    assert_eq!(
+        s.result_of(&id, "out0").await.expect("result").as_deref(),
+        Some("o0.png"),
+        "a succeeded job's result, by name"
+    );
+    assert_eq!(s.result_of(&id, "nothing").await.expect("result"), None);
     assert_eq!(state(&s, &id, 1).await.state, JobState::Queued, "released");
     assert_eq!(state(&s, &id, 3).await.state, JobState::Queued, "released");
     assert_eq!(
