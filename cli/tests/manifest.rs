@@ -49,6 +49,15 @@ impl Dir {
         text
     }
 
+    /// `plates/bg.1.png` to `plates/bg.N.png`, copies of `a.png`.
+    fn plates(&self, n: u32) {
+        std::fs::create_dir(self.path("plates")).expect("folder");
+        for f in 1..=n {
+            std::fs::copy(self.path("a.png"), self.path(&format!("plates/bg.{f}.png")))
+                .expect("frame");
+        }
+    }
+
     fn path(&self, name: &str) -> std::path::PathBuf {
         self.0.path().join(name)
     }
@@ -405,10 +414,7 @@ jobs:
 #[test]
 fn jobs_run_after_others_by_name_and_a_chained_sequence_runs_frame_after_frame() {
     let d = Dir::new();
-    std::fs::create_dir(d.path("plates")).expect("folder");
-    for f in 1..=3 {
-        std::fs::copy(d.path("a.png"), d.path(&format!("plates/bg.{f}.png"))).expect("frame");
-    }
+    d.plates(3);
     let m = d.ok("batch: shot
 jobs:
   - name: bg
@@ -463,10 +469,7 @@ jobs:
 #[test]
 fn a_temporal_sequence_chains_its_frames_and_names_each_frame_s_predecessor() {
     let d = Dir::new();
-    std::fs::create_dir(d.path("plates")).expect("folder");
-    for f in 1..=3 {
-        std::fs::copy(d.path("a.png"), d.path(&format!("plates/bg.{f}.png"))).expect("frame");
-    }
+    d.plates(3);
     let m = d.ok("batch: shot
 jobs:
   - name: bg

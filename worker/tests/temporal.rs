@@ -44,6 +44,10 @@ fn render(params: &RenderParams, inputs: &RenderInputs, stop_at: u32) -> Render 
     r
 }
 
+fn same_bits(a: &Render, b: &Render) -> bool {
+    a.variable().eq_tensor(&b.variable()).all().int64_value(&[]) == 1
+}
+
 /// Mean absolute difference between `now` (frame 1) and `before` (frame 0) carried along
 /// the true flow, where both frames show the same ground.
 fn warp_error(m: &Move, now: &Rgb32FImage, before: &Rgb32FImage) -> f64 {
@@ -70,12 +74,8 @@ fn a_frame_kept_to_its_predecessor_flickers_far_less_than_one_styled_alone() {
     // A weight of 0 ignores the predecessor: the same render as alone.
     let ignored = render(&params(0.0), &with, 40);
     assert!(
-        ignored
-            .variable()
-            .eq_tensor(&alone.variable())
-            .all()
-            .int64_value(&[])
-            == 1
+        same_bits(&ignored, &alone),
+        "a weight of 0 changed the render"
     );
 
     let start = render(&params(200.0), &with, 0);
@@ -134,15 +134,7 @@ fn a_frame_resumes_bit_identical_and_refuses_a_checkpoint_against_another_predec
     resumed
         .run(&AtomicBool::new(false), &mut |_| {})
         .expect("run");
-    assert!(
-        straight
-            .variable()
-            .eq_tensor(&resumed.variable())
-            .all()
-            .int64_value(&[])
-            == 1,
-        "the resumed frame differs"
-    );
+    assert!(same_bits(&straight, &resumed), "the resumed frame differs");
     assert_eq!(straight.history(), resumed.history());
     // Against another predecessor the checkpoint is another job's.
     let other = Rgb32FImage::from_fn(first.width(), first.height(), |_, _| {
