@@ -66,6 +66,10 @@ pub struct RenderArgs {
     /// Learning rate (default: the optimizer's own, see below).
     #[arg(long, help = learning_rate_help())]
     pub learning_rate: Option<f64>,
+    /// L-BFGS: how many past steps shape the next (more: better steps, two image-sized
+    /// vectors of memory each).
+    #[arg(long, default_value_t = RenderParams::default().lbfgs_history, value_name = "N")]
+    pub lbfgs_history: u32,
     /// Seed for noise initialisation.
     #[arg(long, default_value_t = RenderParams::default().seed)]
     pub seed: u64,
@@ -145,6 +149,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("optimizer", "--optimizer"),
     ("line_search", "--line-search"),
     ("learning_rate", "--learning-rate"),
+    ("lbfgs_history", "--lbfgs-history"),
     ("content_weight", "--content-weight"),
     ("style_weight", "--style-weight"),
     ("tv_weight", "--tv-weight"),
@@ -210,6 +215,7 @@ impl RenderArgs {
                 .map_err(|e| anyhow::anyhow!("--scales: {e}"))?,
             scale_iterations: self.scale_iterations.unwrap_or(0),
             line_search: self.line_search,
+            lbfgs_history: self.lbfgs_history,
             optimizer,
             learning_rate: self.learning_rate.unwrap_or(match optimizer {
                 OptimizerKind::Lbfgs => defaults.learning_rate,

@@ -559,4 +559,11 @@ wedges:
         "jobs[0].temporal.wieght",
     );
     assert!(e.contains("allowed here: weight"), "{e}");
+    // The weight is the sequence's, not a parameter of its own (nor a swept one).
+    let e = d.err(
+        &format!("batch: b\n{seq}    params: {{temporal_weight: 3}}\n"),
+        6,
+        "jobs[0].params.temporal_weight",
+    );
+    assert!(e.contains("`temporal: {weight: W}`"), "{e}");
 }

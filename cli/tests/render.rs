@@ -352,6 +352,60 @@ fn a_render_over_its_memory_budget_stops_before_decoding_with_the_estimate() {
     assert!(out.exists());
 }
 
+/// The estimate a worker decides with, against what the render really held: the
+/// sidecar's estimate and the process's peak resident memory at three sizes (one
+/// `render` process each, so the peak is that render's), each at one scale (a schedule's
+/// peak is at its last) with an L-BFGS history that fills up.
+#[test]
+fn the_memory_estimate_is_within_a_quarter_of_the_measured_peak_at_three_sizes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut report = Vec::new();
+    for size in ["256", "512", "768"] {
+        let out = dir.path().join(format!("o{size}.png"));
+        let run = stylefarm()
+            .args(["render", "--quiet", "--threads", "2", "--size", size])
+            .args([
+                "--scales",
+                size,
+                "--iterations",
+                "6",
+                "--lbfgs-history",
+                "4",
+            ])
+            .arg("--weights")
+            .arg(weights())
+            .arg("--content")
+            .arg(shared().join("fixtures/content/tubingen.jpg"))
+            .arg("--style")
+            .arg(shared().join("fixtures/styles/starry_night.jpg"))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("runs");
+        assert!(
+            run.status.success(),
+            "{size}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let sidecar: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("o{size}.png.json"))).expect("sidecar"),
+        )
+        .expect("json");
+        let mib = |v: &serde_json::Value| v.as_f64().expect("bytes") / f64::from(1 << 20);
+        let estimate = mib(&sidecar["memory"]["estimate_bytes"]);
+        let peak = mib(&sidecar["memory"]["peak_rss_bytes"]);
+        let ratio = estimate / peak;
+        report.push(format!(
+            "{size} px: estimate {estimate:.0} MiB, peak {peak:.0} MiB, ratio {ratio:.2}"
+        ));
+        println!("{}", report[report.len() - 1]);
+        assert!(
+            (0.75..=1.25).contains(&ratio),
+            "the estimate is off by more than 25%: {report:?}"
+        );
+    }
+}
+
 #[test]
 fn an_openexr_plate_is_read_as_linear_light_and_the_sidecar_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -211,7 +211,10 @@ pub struct RenderParams {
     /// Weight of the temporal term for a frame of a sequence: how closely it keeps to
     /// the previous frame's result warped along the optical flow, outside occlusions
     /// (Ruder et al. 2016). 0 (the default): each frame on its own.
-    #[serde(default)]
+    /// Not written when 0, so a still's parameters (and the fingerprint its checkpoints
+    /// carry) read as they did before the term existed; set by a sequence's `temporal:`,
+    /// not as a parameter of its own.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub temporal_weight: f64,
 }
 
@@ -484,6 +487,10 @@ pub fn parse_scales(s: &str) -> Result<Vec<u32>, String> {
                 .map_err(|_| format!("scale {p:?} is not a whole number of pixels (or use `auto`)"))
         })
         .collect()
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn non_negative(field: &str, v: f64) -> Result<(), InvalidField> {

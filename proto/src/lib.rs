@@ -8,8 +8,10 @@
 //!   validating) and back.
 
 /// Version of the worker protocol; a worker with another version is refused at
-/// registration with FAILED_PRECONDITION.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// registration with FAILED_PRECONDITION. 2: job specs may name a previous frame and a
+/// temporal weight, and leases its result (a worker of version 1 would drop the term
+/// and render such a frame on its own).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The gRPC package served, as `GetServerInfo` reports it.
 pub const PROTOCOL: &str = "stylefarm.v1";

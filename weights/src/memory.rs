@@ -20,8 +20,9 @@
 //!
 //! On CPU everything is in one memory, with the process itself (libtorch mapped in) as a
 //! constant; with CUDA the tensors are on the device and the images on the host. The
-//! constants were measured on CPU with `stylefarm render` (peak RSS at several sizes,
-//! see `make bench-memory`); CUDA adds its context and cuDNN workspace as a constant.
+//! constants were measured on CPU with `stylefarm render` (peak RSS at several sizes;
+//! `cli/tests/render.rs` holds the estimate to within 25% of it at three sizes on every
+//! `make test`); CUDA adds its context and cuDNN workspace as a constant.
 
 use stylefarm_core::{LineSearch, OptimizerKind, Pooling, RenderParams};
 

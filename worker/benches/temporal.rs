@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use image::codecs::gif::{GifEncoder, Repeat};
-use image::{Delay, Frame, Rgb32FImage, RgbImage};
+use image::{Rgb32FImage, RgbImage};
 use stylefarm_core::params::DEFAULT_TEMPORAL_WEIGHT;
 use stylefarm_core::RenderParams;
 use stylefarm_weights::WeightsInfo;
@@ -127,18 +126,21 @@ fn warp_error(m: &Move, styled: &[Rgb32FImage]) -> f64 {
     sum / (styled.len() - 1) as f64
 }
 
+/// An animated GIF looping over `frames` (all one size) at 12 frames a second.
 fn gif(path: &Path, frames: &[RgbImage]) {
-    let mut enc = GifEncoder::new_with_speed(File::create(path).expect("gif file"), 10);
-    enc.set_repeat(Repeat::Infinite).expect("loop");
+    let (w, h) = frames[0].dimensions();
+    let (w, h) = (
+        u16::try_from(w).expect("GIF width"),
+        u16::try_from(h).expect("GIF height"),
+    );
+    let file = File::create(path).expect("gif file");
+    let mut enc = gif::Encoder::new(file, w, h, &[]).expect("gif header");
+    enc.set_repeat(gif::Repeat::Infinite).expect("loop");
     for f in frames {
-        let rgba = image::DynamicImage::ImageRgb8(f.clone()).into_rgba8();
-        enc.encode_frame(Frame::from_parts(
-            rgba,
-            0,
-            0,
-            Delay::from_numer_denom_ms(1000, 12),
-        ))
-        .expect("gif frame");
+        // Each frame quantised to its own palette (NeuQuant, speed 10 of 1..30).
+        let mut frame = gif::Frame::from_rgb_speed(w, h, f.as_raw(), 10);
+        frame.delay = 8; // hundredths of a second
+        enc.write_frame(&frame).expect("gif frame");
     }
 }
 

@@ -11,7 +11,7 @@ use tch::Device;
 
 use crate::device::MemoryBudget;
 use crate::engine::{image_io, EngineError, PreviousImages, Render, RenderInputs};
-use crate::report::{InputRecord, PreviousRecord, Sidecar, Timings, WeightsRecord};
+use crate::report::{InputRecord, MemoryRecord, PreviousRecord, Sidecar, Timings, WeightsRecord};
 
 /// An input's bytes and where they came from.
 pub struct NamedBytes {
@@ -79,6 +79,8 @@ pub struct PreparedJob {
     content: InputRecord,
     styles: Vec<InputRecord>,
     previous: Option<PreviousRecord>,
+    /// The memory estimate's peak, when the inputs' headers gave their sizes.
+    memory_estimate: Option<u64>,
 }
 
 fn record(
@@ -109,7 +111,7 @@ impl PreparedJob {
         weights: &WeightsInfo,
         budget: &MemoryBudget,
     ) -> Result<Self, EngineError> {
-        check_memory(job, params, weights, budget, max_pixels)?;
+        let memory_estimate = check_memory(job, params, weights, budget, max_pixels)?;
         let decode = |n: &NamedBytes| {
             image_io::decode_as(&n.bytes, n.name(), max_pixels, params.input_transfer)
         };
@@ -141,18 +143,40 @@ impl PreparedJob {
             .as_ref()
             .filter(|_| params.temporal_weight > 0.0)
         {
-            let (content, content_transfer) = decode(&p.content)?;
+            let (before, before_transfer) = decode(&p.content)?;
             // The result is in the job's own output format: linear light in OpenEXR,
-            // sRGB in PNG and JPEG, as the decoder assumes for each.
-            let (styled, result_transfer) =
-                image_io::decode_as(&p.result.bytes, p.result.name(), max_pixels, Transfer::Auto)?;
+            // sRGB in PNG and JPEG, as the decoder assumes for each. A matte's edges are
+            // put back over white in the light this frame's content was, as the network
+            // sees this frame.
+            let image_io::Decoded {
+                image: styled,
+                alpha: result_alpha,
+                transfer: result_transfer,
+            } = image_io::decode_full(
+                &p.result.bytes,
+                p.result.name(),
+                max_pixels,
+                Transfer::Auto,
+            )?;
+            let styled = match result_alpha {
+                Some(a) if result_transfer != content_transfer => image_io::flatten(
+                    &image_io::unflatten(&styled, &a, result_transfer),
+                    &a,
+                    content_transfer,
+                ),
+                _ => styled,
+            };
             previous_record = Some(PreviousRecord {
-                content: record(&p.content, &content, None, content_transfer),
+                content: record(&p.content, &before, None, before_transfer),
                 result: record(&p.result, &styled, None, result_transfer),
             });
-            previous = Some(PreviousImages { content, styled });
+            previous = Some(PreviousImages {
+                content: before,
+                styled,
+            });
         }
         Ok(Self {
+            memory_estimate,
             previous: previous_record,
             alpha: alpha.map(|a| (a, content_transfer)),
             content: record(&job.content, &content, None, content_transfer),
@@ -168,15 +192,16 @@ impl PreparedJob {
     }
 }
 
-/// Refuses a job whose estimated peak is over `budget`. Images whose header does not
-/// read are left to the decoder, which names what is wrong with them.
+/// Refuses a job whose estimated peak is over `budget`, else gives the estimate. Images
+/// whose header does not read are left to the decoder, which names what is wrong with
+/// them (and give no estimate).
 fn check_memory(
     job: &JobInputs,
     params: &RenderParams,
     weights: &WeightsInfo,
     budget: &MemoryBudget,
     max_pixels: u64,
-) -> Result<(), EngineError> {
+) -> Result<Option<u64>, EngineError> {
     let dims =
         |n: &NamedBytes| image_io::dimensions(&n.bytes).map(|(w, h)| memory::Dims::new(w, h));
     let (Some(content), Some(styles)) = (
@@ -186,13 +211,13 @@ fn check_memory(
             .map(|(n, _)| dims(n))
             .collect::<Option<Vec<_>>>(),
     ) else {
-        return Ok(());
+        return Ok(None);
     };
     // An image over the pixel budget is the decoder's to refuse, by name; its header's
     // sizes are not worth estimating with.
     let over = |d: &memory::Dims| u64::from(d.width) * u64::from(d.height) > max_pixels;
     if over(&content) || styles.iter().any(over) {
-        return Ok(());
+        return Ok(None);
     }
     let init = match (&params.init, &job.init_image) {
         (InitKind::Image, Some(n)) => dims(n).filter(|d| !over(d)),
@@ -201,7 +226,7 @@ fn check_memory(
     let previous = match &job.previous {
         Some(p) if params.temporal_weight > 0.0 => match (dims(&p.content), dims(&p.result)) {
             (Some(c), Some(r)) if !over(&c) && !over(&r) => Some((c, r)),
-            _ => return Ok(()),
+            _ => return Ok(None),
         },
         _ => None,
     };
@@ -228,7 +253,7 @@ fn check_memory(
             from: budget.from.clone(),
         });
     }
-    Ok(())
+    Ok(Some(estimate.peak()))
 }
 
 /// A finished render's files.
@@ -283,6 +308,10 @@ pub fn finish(
         content: job.content.clone(),
         styles: job.styles.clone(),
         previous: job.previous.clone(),
+        memory: MemoryRecord {
+            estimate_bytes: job.memory_estimate,
+            peak_rss_bytes: crate::device::peak_rss(),
+        },
         weights: WeightsRecord {
             path: weights.path.display().to_string(),
             sha256: weights.sha256.clone(),

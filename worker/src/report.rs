@@ -65,6 +65,18 @@ pub struct Timings {
     pub finished_unix_s: f64,
 }
 
+/// A render's memory: what the estimate said before it began and what the process held
+/// at its peak.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemoryRecord {
+    /// The estimate's peak (host memory on CPU; on a GPU, the device's is the one that
+    /// bounds the job), when the inputs' headers gave their sizes.
+    pub estimate_bytes: Option<u64>,
+    /// The process's peak resident memory when the output was written (Linux): for
+    /// `stylefarm render` this job's; a worker's covers every job it ran before.
+    pub peak_rss_bytes: Option<u64>,
+}
+
 /// The previous frame of a sequence a frame was rendered against.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PreviousRecord {
@@ -100,6 +112,9 @@ pub struct Sidecar {
     pub previous: Option<PreviousRecord>,
     /// The weights.
     pub weights: WeightsRecord,
+    /// Its estimated and measured memory.
+    #[serde(default)]
+    pub memory: MemoryRecord,
     /// cpu / cuda:N and the thread count.
     pub device: String,
     /// CPU threads libtorch used.

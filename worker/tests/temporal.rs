@@ -80,19 +80,27 @@ fn a_frame_kept_to_its_predecessor_flickers_far_less_than_one_styled_alone() {
 
     let start = render(&params(200.0), &with, 0);
     let coherent = render(&params(200.0), &with, 40);
-    let (at_start, alone_e, coherent_e) = (
+    // Started from the warped predecessor but with next to no term: what the start
+    // alone buys.
+    let started = render(&params(1e-9), &with, 40);
+    let (at_start, alone_e, started_e, coherent_e) = (
         warp_error(&m, &start.output(), &first),
         warp_error(&m, &alone.output(), &first),
+        warp_error(&m, &started.output(), &first),
         warp_error(&m, &coherent.output(), &first),
     );
     println!(
-        "warp error: start {at_start:.4}, alone {alone_e:.4}, with the temporal term {coherent_e:.4}"
+        "warp error: start {at_start:.4}, alone {alone_e:.4}, from the warped start without the term {started_e:.4}, with it {coherent_e:.4}"
     );
     assert!(
         at_start < 0.02,
         "the frame starts from its predecessor warped"
     );
     assert!(coherent_e < 0.5 * alone_e, "{coherent_e} vs {alone_e}");
+    assert!(
+        coherent_e < 0.8 * started_e,
+        "the term itself holds the frame: {coherent_e} vs {started_e}"
+    );
     let losses = coherent.history().last().copied().expect("losses");
     assert!(losses.temporal > 0.0, "{losses:?}");
     let sum = losses.content + losses.style + losses.tv + losses.temporal;

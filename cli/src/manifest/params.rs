@@ -89,6 +89,13 @@ pub(super) fn param_value(
     field: &str,
 ) -> Result<Value, ManifestError> {
     let defaults = serde_json::to_value(RenderParams::default()).unwrap_or(Value::Null);
+    if name == "temporal_weight" {
+        return Err(reader.at(
+            node.span(),
+            field,
+            "is set on a sequence with `temporal: {weight: W}`, which also chains its frames",
+        ));
+    }
     let Some(default) = defaults.get(name) else {
         let known: Vec<&str> = defaults
             .as_object()

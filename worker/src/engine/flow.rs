@@ -29,7 +29,7 @@ const TRUSTED: f64 = 2e-4;
 /// Lucas-Kanade steps at each pyramid level.
 const STEPS: usize = 5;
 /// Coarsest level's shorter side is at least this.
-const MIN_SIDE: i64 = 24;
+const MIN_SIDE: i64 = 12;
 /// Most pyramid levels.
 const MAX_LEVELS: usize = 7;
 /// Added to the structure tensor's diagonal: flat regions get little flow, not noise.
@@ -99,6 +99,20 @@ pub fn warp(source: &Tensor, flow: &Tensor) -> Tensor {
     source.to_kind(Kind::Float).grid_sampler(&grid, 0, 1, true)
 }
 
+/// 1 where `flow` (`[1, 2, H, W]`) leads to a point inside the frame, else 0
+/// (`[1, 1, H, W]`).
+fn inside(flow: &Tensor) -> Tensor {
+    let (h, w) = (flow.size()[2], flow.size()[3]);
+    let device = flow.device();
+    let xs = Tensor::arange(w, (Kind::Float, device)).view([1, 1, w]);
+    let ys = Tensor::arange(h, (Kind::Float, device)).view([1, h, 1]);
+    let x = flow.select(1, 0) + xs;
+    let y = flow.select(1, 1) + ys;
+    (x.ge(0.0) * x.le((w - 1) as f64) * y.ge(0.0) * y.le((h - 1) as f64))
+        .to_kind(Kind::Float)
+        .unsqueeze(1)
+}
+
 /// Flow field `[1, 2, H, W]` (x then y, in pixels) such that `source` warped by it
 /// ([`warp`]) looks like `target`: for each pixel of `target`, where it was in `source`.
 /// Both are `[1, 3, H, W]` RGB in [0, 1] of the same size, on the same device.
@@ -142,15 +156,18 @@ pub fn estimate(target: &Tensor, source: &Tensor) -> Tensor {
                 let scale = Tensor::from_slice(&[w as f32 / fw as f32, h as f32 / fh as f32])
                     .to_device(device)
                     .view([1, 2, 1, 1]);
-                flow = flow.upsample_bilinear2d([h, w], true, None, None) * scale;
+                flow = flow.upsample_bilinear2d([h, w], false, None, None) * scale;
             }
             let (tgx, tgy) = gradients(t);
             let mut confidence = Tensor::zeros([1, 1, h, w], (Kind::Float, device));
             for _ in 0..STEPS {
                 let moved = warp(s, &flow);
                 let (sgx, sgy) = gradients(&moved);
-                let gx = (&sgx + &tgx) * 0.5;
-                let gy = (&sgy + &tgy) * 0.5;
+                // What the source does not show (the flow leads out of it) says nothing
+                // about the flow: it is left out of every window's sums.
+                let valid = inside(&flow);
+                let gx = (&sgx + &tgx) * 0.5 * &valid;
+                let gy = (&sgy + &tgy) * 0.5 * &valid;
                 let r = &moved - t;
                 let a11 = smooth(&(&gx * &gx), &kernel) + DAMPING;
                 let a12 = smooth(&(&gx * &gy), &kernel);
@@ -161,7 +178,7 @@ pub fn estimate(target: &Tensor, source: &Tensor) -> Tensor {
                 // The structure tensor's smaller eigenvalue: how well both components of
                 // the flow are pinned down here.
                 let half = (&a11 + &a22) * 0.5;
-                confidence = &half - ((&half * &half) - &det).clamp_min(0.0).sqrt();
+                confidence = (&half - ((&half * &half) - &det).clamp_min(0.0).sqrt()) * &valid;
                 let du = ((&a22 * &b1 - &a12 * &b2) / &det).clamp(-MAX_STEP, MAX_STEP);
                 let dv = ((&a11 * &b2 - &a12 * &b1) / &det).clamp(-MAX_STEP, MAX_STEP);
                 flow += Tensor::cat(&[du, dv], 1);
@@ -179,11 +196,15 @@ pub fn estimate(target: &Tensor, source: &Tensor) -> Tensor {
 }
 
 /// Where the `backward` flow (target to source, [`estimate`]) can be trusted: 1 where
-/// following it to the source and the `forward` flow (source to target) back lands near
-/// the start, 0 where a pixel was hidden in one frame or the flows disagree (Sundaram et
+/// it stays inside the source and following it there and the `forward` flow (source to
+/// target) back lands near the start, 0 where a pixel was hidden in one frame, came into
+/// view at its edge or the flows disagree (Sundaram et
 /// al.'s test: `|b + f(x + b)|^2 <= 0.01 (|b|^2 + |f(x + b)|^2) + 0.5`). `[1, 1, H, W]`.
 pub fn consistent(backward: &Tensor, forward: &Tensor) -> Tensor {
     tch::no_grad(|| {
+        // A pixel whose flow leads out of the source frame was not in it (the camera
+        // revealed it): the border `warp` repeats would otherwise agree with it.
+        let inside = inside(backward);
         let f = warp(forward, backward);
         let sum = (backward + &f)
             .square()
@@ -193,7 +214,7 @@ pub fn consistent(backward: &Tensor, forward: &Tensor) -> Tensor {
             .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
             + f.square()
                 .sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
-        sum.le_tensor(&(size * 0.01 + 0.5)).to_kind(Kind::Float)
+        sum.le_tensor(&(size * 0.01 + 0.5)).to_kind(Kind::Float) * inside
     })
 }
 

@@ -205,6 +205,20 @@ pub fn unflatten(img: &Rgb32FImage, alpha: &Alpha, transfer: Transfer) -> Rgb32F
     })
 }
 
+/// Composites sRGB-encoded colours over white with `alpha`, in the light `transfer`
+/// names (linear light for OpenEXR, else the encoded values), as decoding does: the
+/// inverse of [`unflatten`].
+pub fn flatten(img: &Rgb32FImage, alpha: &Alpha, transfer: Transfer) -> Rgb32FImage {
+    Rgb32FImage::from_fn(img.width(), img.height(), |x, y| {
+        let a = alpha.get_pixel(x, y).0[0];
+        let p = img.get_pixel(x, y).0;
+        image::Rgb(p.map(|v| match transfer {
+            Transfer::Linear => srgb_encode(srgb_decode(v) * a + (1.0 - a)),
+            _ => v * a + (1.0 - a),
+        }))
+    })
+}
+
 /// Resizes an alpha channel to `width` x `height` (Lanczos3), clamped to [0, 1].
 pub fn resize_alpha(alpha: &Alpha, width: u32, height: u32) -> Alpha {
     if alpha.dimensions() == (width, height) {

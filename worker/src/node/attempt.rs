@@ -287,12 +287,15 @@ async fn previous_frame(
     }
     let url = node.root.join(&lease.previous_result_key)?;
     let limit = Limit::new("the previous frame's result", MAX_INPUT_BYTES);
-    let bytes = node.storage.get(&url, &limit).await.map_err(|e| Failure {
-        message: format!(
-            "cannot read the previous frame's result ({} at {url}): {e}",
-            previous.name
-        ),
-        retryable: false,
+    let bytes = node.storage.get(&url, &limit).await.map_err(|e| {
+        let f = Failure::from(e);
+        Failure {
+            message: format!(
+                "cannot read the previous frame's result ({}): {}",
+                previous.name, f.message
+            ),
+            ..f
+        }
     })?;
     Ok(PreviousInputs {
         content,
