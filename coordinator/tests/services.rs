@@ -859,6 +859,44 @@ async fn dependencies_are_checked_at_submit_unknown_names_and_cycles_refused_by_
     let mut fine = with_previous(&["out00000"], 100.0);
     fine.client_token = "frames".into();
     h.submit(fine).await.expect("a frame after its predecessor");
+    // Its lease names where the predecessor's succeeded attempt put its result.
+    let w = h.register("frames").await;
+    let mut leases = Vec::new();
+    while let Some(l) = h.lease(&w, 0).await {
+        leases.push(l);
+    }
+    let first = leases
+        .iter()
+        .find(|l| l.spec.as_ref().is_some_and(|s| s.name == "out00000"))
+        .expect("the first frame is leasable")
+        .clone();
+    assert!(
+        first.previous_result_key.is_empty(),
+        "it names no predecessor"
+    );
+    assert!(
+        leases
+            .iter()
+            .all(|l| l.spec.as_ref().is_some_and(|s| s.name != "out00001")),
+        "the second frame waits for the first"
+    );
+    let result = format!("{}/out00000.png", first.attempt_prefix);
+    h.complete(&w, &first, &result).await.expect("complete");
+    for other in leases.iter().filter(|l| l.job_id != first.job_id) {
+        h.complete(&w, other, &format!("{}/x.png", other.attempt_prefix))
+            .await
+            .expect("complete");
+    }
+    let second = loop {
+        let l = h.lease(&w, 0).await.expect("the second frame is released");
+        if l.spec.as_ref().is_some_and(|s| s.name == "out00001") {
+            break l;
+        }
+        h.complete(&w, &l, &format!("{}/x.png", l.attempt_prefix))
+            .await
+            .expect("complete");
+    };
+    assert_eq!(second.previous_result_key, result);
     // A chain is fine, and what waits shows as waiting.
     let ok = h
         .submit(with_after(&[

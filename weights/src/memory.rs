@@ -258,7 +258,10 @@ pub fn estimate(
         .unwrap_or(0)
         * F32
         + grams
-        + content_features;
+        + content_features
+        // The optical flow both ways, beside the targets: its pyramid and the maps of
+        // one Lucas-Kanade step, about 25 single-channel images of the output's size.
+        + temporal * 25 * out.pixels() * F32;
     let graph = graph_bytes(ops, out, max_pooling);
     let numel = out.pixels() * 3 * F32;
     let optimizer = match params.optimizer {
