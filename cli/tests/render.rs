@@ -14,6 +14,21 @@ fn stylefarm() -> Command {
     c
 }
 
+/// `stylefarm render` of tubingen as starry night to `out`, with the real weights.
+fn tubingen_starry(out: &std::path::Path) -> Command {
+    let mut c = stylefarm();
+    c.arg("render")
+        .arg("--weights")
+        .arg(weights())
+        .arg("--content")
+        .arg(shared().join("fixtures/content/tubingen.jpg"))
+        .arg("--style")
+        .arg(shared().join("fixtures/styles/starry_night.jpg"))
+        .arg("--out")
+        .arg(out);
+    c
+}
+
 #[test]
 fn renders_tubingen_as_starry_night_and_writes_a_sidecar() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -299,15 +314,8 @@ fn a_render_over_its_memory_budget_stops_before_decoding_with_the_estimate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("o.png");
     let run = |extra: &[&str]| {
-        let run = stylefarm()
-            .args(["render", "--quiet", "--iterations", "1", "--weights"])
-            .arg(weights())
-            .arg("--content")
-            .arg(shared().join("fixtures/content/tubingen.jpg"))
-            .arg("--style")
-            .arg(shared().join("fixtures/styles/starry_night.jpg"))
-            .arg("--out")
-            .arg(&out)
+        let run = tubingen_starry(&out)
+            .args(["--quiet", "--iterations", "1"])
             .args(extra)
             .output()
             .expect("runs");
@@ -362,8 +370,8 @@ fn the_memory_estimate_is_within_a_quarter_of_the_measured_peak_at_three_sizes()
     let mut report = Vec::new();
     for size in ["256", "512", "768"] {
         let out = dir.path().join(format!("o{size}.png"));
-        let run = stylefarm()
-            .args(["render", "--quiet", "--threads", "2", "--size", size])
+        let run = tubingen_starry(&out)
+            .args(["--quiet", "--threads", "2", "--size", size])
             .args([
                 "--scales",
                 size,
@@ -372,14 +380,6 @@ fn the_memory_estimate_is_within_a_quarter_of_the_measured_peak_at_three_sizes()
                 "--lbfgs-history",
                 "4",
             ])
-            .arg("--weights")
-            .arg(weights())
-            .arg("--content")
-            .arg(shared().join("fixtures/content/tubingen.jpg"))
-            .arg("--style")
-            .arg(shared().join("fixtures/styles/starry_night.jpg"))
-            .arg("--out")
-            .arg(&out)
             .output()
             .expect("runs");
         assert!(
