@@ -322,6 +322,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     };
     let budget = MemoryBudget::for_device(device, 1, args.max_job_memory);
     let prepared = PreparedJob::decode(&inputs, &params, args.max_input_pixels, &weights, &budget)?;
+    let params = prepared.params.clone();
     let mut render = Render::new(&weights, &params, &prepared.inputs, device)?;
     let setup_s = started.elapsed().as_secs_f64();
     let (w, h) = render.output_size();

@@ -267,6 +267,8 @@ mod tests {
             first_iteration: 0,
             first_loss,
             optimize_s: 0.0,
+            tile: 0,
+            tiles: 0,
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`layout`]: where a batch's objects live in storage (outputs, attempts, the
 //!   small view files the web interface shows).
 //! - [`plot`]: loss curves as SVG, for the CLI's files and the web's job page.
+//! - [`tiles`]: how a scale too large for memory is cut into overlapping tiles.
 //! - [`rng`]: a seeded generator that is the same on every platform.
 //! - [`error`]: [`InvalidField`], the validation error that names the field at fault.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and the SIGTERM/SIGINT future that
@@ -30,6 +31,7 @@ pub mod shutdown;
 pub mod spec;
 pub mod state;
 pub mod telemetry;
+pub mod tiles;
 
 pub use error::InvalidField;
 pub use params::{

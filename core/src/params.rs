@@ -216,6 +216,12 @@ pub struct RenderParams {
     /// not as a parameter of its own.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub temporal_weight: f64,
+    /// Long side of the tiles a scale larger than it is optimized in (see
+    /// [`crate::tiles`]); 0 (the default): whole, unless a worker's memory budget needs
+    /// tiles, when it picks the largest that fits. Not written when 0, so the
+    /// parameters of an untiled render read as they did before tiles existed.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub tile: u32,
 }
 
 impl Default for RenderParams {
@@ -243,6 +249,7 @@ impl Default for RenderParams {
             output_format: OutputFormat::Png,
             input_transfer: Transfer::Auto,
             temporal_weight: 0.0,
+            tile: 0,
         }
     }
 }
@@ -295,6 +302,16 @@ impl RenderParams {
                 format!(
                     "{} is above {MAX_TEMPORAL_WEIGHT}: the frame would only copy the one before",
                     self.temporal_weight
+                ),
+            ));
+        }
+        if self.tile != 0 && !(crate::tiles::MIN_TILE..=MAX_SIZE).contains(&self.tile) {
+            return Err(InvalidField::new(
+                "tile",
+                format!(
+                    "{} is outside {}..={MAX_SIZE} (0: whole images)",
+                    self.tile,
+                    crate::tiles::MIN_TILE
                 ),
             ));
         }
@@ -491,6 +508,10 @@ pub fn parse_scales(s: &str) -> Result<Vec<u32>, String> {
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 fn non_negative(field: &str, v: f64) -> Result<(), InvalidField> {

@@ -36,6 +36,18 @@ pub struct ScaleRun {
     pub first_loss: usize,
     /// Optimization seconds spent at it, its targets included.
     pub optimize_s: f64,
+    /// The long side of the tiles it was optimized in (0: whole).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tile: u32,
+    /// Tiles over all its passes (0: whole). Each gets `iterations / passes` of its own
+    /// iterations, so every pixel is optimized about as often as in a whole image; the
+    /// scale's iteration count advances in proportion.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tiles: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// Progress a worker reports for the job it holds.

@@ -84,6 +84,7 @@ impl TryFrom<v1::RenderParams> for RenderParams {
             output_format,
             input_transfer,
             temporal_weight: p.temporal_weight.unwrap_or(d.temporal_weight),
+            tile: p.tile.unwrap_or(d.tile),
         };
         params.validate()?;
         Ok(params)
@@ -136,6 +137,7 @@ impl From<&RenderParams> for v1::RenderParams {
             scales: p.scales.clone(),
             scale_iterations: Some(p.scale_iterations),
             temporal_weight: Some(p.temporal_weight),
+            tile: Some(p.tile),
         }
     }
 }
@@ -430,6 +432,7 @@ mod tests {
                 -1i32..4,
                 -1i32..5,
                 -1i32..5,
+                proptest::option::of(prop_oneof![Just(0u32), 0u32..4096, any::<u32>()]),
             ),
         ) -> v1::RenderParams {
             v1::RenderParams {
@@ -438,7 +441,7 @@ mod tests {
                 content_layers, style_layers, style_scale, seed, init, preserve_colors,
                 pooling, output_bit_depth, scales: schedule.0, scale_iterations: schedule.1,
                 line_search: schedule.2, input_transfer: schedule.3, output_format: schedule.4,
-                temporal_weight: weights.3,
+                temporal_weight: weights.3, tile: schedule.5,
             }
         }
     }

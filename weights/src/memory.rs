@@ -18,12 +18,18 @@
 //! - **optimizer**: L-BFGS's history (two vectors of the image's size per entry, all
 //!   `lbfgs_history` of them by the end) or Adam's two moments.
 //!
+//! A tiled scale ([`stylefarm_core::tiles`]) keeps the whole image and its content as
+//! images and tensors, but the graph, the optimizer and the content features are one
+//! tile's. [`fit`] picks the largest tile that keeps a job within a budget.
+//!
 //! On CPU everything is in one memory, with the process itself (libtorch mapped in) as a
 //! constant; with CUDA the tensors are on the device and the images on the host. The
 //! constants were measured on CPU with `stylefarm render` (peak RSS at several sizes;
 //! `cli/tests/render.rs` holds the estimate to within 25% of it at three sizes on every
 //! `make test`); CUDA adds its context and cuDNN workspace as a constant.
 
+use stylefarm_core::tiles;
+pub use stylefarm_core::tiles::MIN_TILE;
 use stylefarm_core::{LineSearch, OptimizerKind, Pooling, RenderParams};
 
 use crate::{Architecture, LayerKind};
@@ -204,6 +210,13 @@ pub fn estimate(
         .map(|d| d.fit_long_side(style_side))
         .collect();
     let image = |d: Dims| d.pixels() * 3 * F32;
+    // What one optimization step works on: the whole image, or one tile of it.
+    let tiled = tiles::is_tiled(out.width, out.height, params.tile);
+    let work = if tiled {
+        Dims::new(out.width.min(params.tile), out.height.min(params.tile))
+    } else {
+        out
+    };
 
     // Decoded inputs stay for the whole job; one decoder buffer (up to RGBA16) at a time.
     let originals = std::iter::once(images.content)
@@ -227,7 +240,10 @@ pub fn estimate(
     let temporal = u64::from(images.previous.is_some());
     let resized_host =
         (2 + 2 * temporal) * image(out) + styles.iter().map(|&d| image(d)).sum::<u64>();
-    let tensors = (4 + 3 * temporal) * image(out) + styles.iter().map(|&d| image(d)).sum::<u64>();
+    // A tiled scale adds the tile's variable, gradient, content and blend mask.
+    let tensors = (4 + 3 * temporal) * image(out)
+        + styles.iter().map(|&d| image(d)).sum::<u64>()
+        + u64::from(tiled) * 4 * image(work);
 
     let convs: u64 = ops
         .iter()
@@ -246,13 +262,13 @@ pub fn estimate(
         * 2;
     let content_features: u64 = content_taps
         .iter()
-        .map(|&i| activation(ops, i, out) * F32)
+        .map(|&i| activation(ops, i, work) * F32)
         .sum();
     // Without gradients, at most one layer's input and output at once (and the taps
     // reached so far, bounded by the same).
     let targets = styles
         .iter()
-        .chain(std::iter::once(&out))
+        .chain(std::iter::once(&work))
         .map(|&d| widest_pair(ops, d))
         .max()
         .unwrap_or(0)
@@ -262,8 +278,8 @@ pub fn estimate(
         // The optical flow both ways, beside the targets: its pyramid and the maps of
         // one Lucas-Kanade step, about 25 single-channel images of the output's size.
         + temporal * 25 * out.pixels() * F32;
-    let graph = graph_bytes(ops, out, max_pooling);
-    let numel = out.pixels() * 3 * F32;
+    let graph = graph_bytes(ops, work, max_pooling);
+    let numel = work.pixels() * 3 * F32;
     let optimizer = match params.optimizer {
         // s and y per entry, and the direction, the previous gradient and the step; the
         // line search adds the start point, a trial point and up to three gradients.
@@ -327,6 +343,51 @@ pub fn estimate(
             }
         }
     })
+}
+
+/// How a job fits a memory budget.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fit {
+    /// Whole images at every scale (or in the tiles the job itself asked for).
+    Whole(Estimate),
+    /// In tiles of this long side, the largest (in steps of [`MIN_TILE`]) that fit.
+    Tiled(u32, Estimate),
+    /// Not at all: the estimate in the smallest tiles.
+    Never(Estimate),
+}
+
+/// Whether `params` on `images` fits `budget` bytes, and when it does only in tiles
+/// (`params.tile` 0, the default), the largest tile that does.
+pub fn fit(
+    arch: Architecture,
+    weights_file_bytes: u64,
+    params: &RenderParams,
+    images: &JobImages,
+    backend: Backend,
+    budget: u64,
+) -> Result<Fit, UnknownLayer> {
+    let whole = estimate(arch, weights_file_bytes, params, images, backend)?;
+    if whole.peak() <= budget {
+        return Ok(Fit::Whole(whole));
+    }
+    if params.tile != 0 {
+        return Ok(Fit::Never(whole));
+    }
+    let mut smallest = whole;
+    let mut tile = (params.size - 1) / MIN_TILE * MIN_TILE;
+    while tile >= MIN_TILE {
+        let p = RenderParams {
+            tile,
+            ..params.clone()
+        };
+        let e = estimate(arch, weights_file_bytes, &p, images, backend)?;
+        if e.peak() <= budget {
+            return Ok(Fit::Tiled(tile, e));
+        }
+        smallest = e;
+        tile -= MIN_TILE;
+    }
+    Ok(Fit::Never(smallest))
 }
 
 /// Output channels at layer `i` (3 before the first convolution).
@@ -522,6 +583,59 @@ mod tests {
         let err =
             estimate(Architecture::Vgg16, 0, &p, &images(), Backend::Cpu).expect_err("unknown");
         assert_eq!(err.to_string(), "vgg16 has no layer relu9_9");
+    }
+
+    #[test]
+    fn tiles_bound_the_graph_and_the_optimizer_but_not_the_images() {
+        let whole = params(2048);
+        let tiled = RenderParams {
+            tile: 512,
+            ..params(2048)
+        };
+        let (w, t) = (peak(&whole, &images()), peak(&tiled, &images()));
+        assert!(t < w / 3, "{t} vs {w}");
+        // A tile as large as the image changes nothing.
+        let same = RenderParams {
+            tile: 2048,
+            ..params(2048)
+        };
+        assert_eq!(peak(&same, &images()), w);
+        // The images of the whole scale are still there: more than the 512 px job.
+        assert!(t > peak(&params(512), &images()));
+    }
+
+    #[test]
+    fn fit_picks_the_largest_tile_within_the_budget() {
+        let p = params(2048);
+        let fits =
+            |budget| fit(Architecture::Vgg19, 0, &p, &images(), Backend::Cpu, budget).expect("fit");
+        let whole = peak(&p, &images());
+        assert!(matches!(fits(whole), Fit::Whole(_)));
+        let Fit::Tiled(tile, e) = fits(whole / 2) else {
+            panic!("half the memory should fit in tiles")
+        };
+        assert!(e.peak() <= whole / 2 && tile % MIN_TILE == 0 && tile < 2048);
+        // The next larger tile would not have fitted.
+        let larger = RenderParams {
+            tile: tile + MIN_TILE,
+            ..p.clone()
+        };
+        assert!(peak(&larger, &images()) > whole / 2);
+        assert!(matches!(fits(CPU_PROCESS_BYTES), Fit::Never(_)));
+        // A tile the job names is kept: it fits or it does not.
+        let named = RenderParams { tile: 256, ..p };
+        assert!(matches!(
+            fit(
+                Architecture::Vgg19,
+                0,
+                &named,
+                &images(),
+                Backend::Cpu,
+                whole / 2
+            )
+            .expect("fit"),
+            Fit::Whole(_)
+        ));
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct PreparedJob {
     previous: Option<PreviousRecord>,
     /// The memory estimate's peak, when the inputs' headers gave their sizes.
     memory_estimate: Option<u64>,
+    /// The parameters to render with: the job's, with the tile size the memory budget
+    /// needs when the job left it to the worker.
+    pub params: RenderParams,
 }
 
 fn record(
@@ -111,7 +114,11 @@ impl PreparedJob {
         weights: &WeightsInfo,
         budget: &MemoryBudget,
     ) -> Result<Self, EngineError> {
-        let memory_estimate = check_memory(job, params, weights, budget, max_pixels)?;
+        let (memory_estimate, tile) = check_memory(job, params, weights, budget, max_pixels)?;
+        let params = &RenderParams {
+            tile,
+            ..params.clone()
+        };
         let decode = |n: &NamedBytes| {
             image_io::decode_as(&n.bytes, n.name(), max_pixels, params.input_transfer)
         };
@@ -176,6 +183,7 @@ impl PreparedJob {
             });
         }
         Ok(Self {
+            params: params.clone(),
             memory_estimate,
             previous: previous_record,
             alpha: alpha.map(|a| (a, content_transfer)),
@@ -192,16 +200,18 @@ impl PreparedJob {
     }
 }
 
-/// Refuses a job whose estimated peak is over `budget`, else gives the estimate. Images
-/// whose header does not read are left to the decoder, which names what is wrong with
-/// them (and give no estimate).
+/// Refuses a job whose estimated peak is over `budget` even in tiles, else gives the
+/// estimate and the tile size to render with (the job's own, or the largest that fits
+/// when the whole image does not). Images whose header does not read are left to the
+/// decoder, which names what is wrong with them (and give no estimate).
 fn check_memory(
     job: &JobInputs,
     params: &RenderParams,
     weights: &WeightsInfo,
     budget: &MemoryBudget,
     max_pixels: u64,
-) -> Result<Option<u64>, EngineError> {
+) -> Result<(Option<u64>, u32), EngineError> {
+    let unknown = Ok((None, params.tile));
     let dims =
         |n: &NamedBytes| image_io::dimensions(&n.bytes).map(|(w, h)| memory::Dims::new(w, h));
     let (Some(content), Some(styles)) = (
@@ -211,13 +221,13 @@ fn check_memory(
             .map(|(n, _)| dims(n))
             .collect::<Option<Vec<_>>>(),
     ) else {
-        return Ok(None);
+        return unknown;
     };
     // An image over the pixel budget is the decoder's to refuse, by name; its header's
     // sizes are not worth estimating with.
     let over = |d: &memory::Dims| u64::from(d.width) * u64::from(d.height) > max_pixels;
     if over(&content) || styles.iter().any(over) {
-        return Ok(None);
+        return unknown;
     }
     let init = match (&params.init, &job.init_image) {
         (InitKind::Image, Some(n)) => dims(n).filter(|d| !over(d)),
@@ -226,13 +236,13 @@ fn check_memory(
     let previous = match &job.previous {
         Some(p) if params.temporal_weight > 0.0 => match (dims(&p.content), dims(&p.result)) {
             (Some(c), Some(r)) if !over(&c) && !over(&r) => Some((c, r)),
-            _ => return Ok(None),
+            _ => return unknown,
         },
         _ => None,
     };
     let params = &weights.resolve_layers(params);
     let file_bytes = std::fs::metadata(&weights.path).map_or(0, |m| m.len());
-    let estimate = memory::estimate(
+    let fit = memory::fit(
         weights.architecture,
         file_bytes,
         params,
@@ -243,17 +253,27 @@ fn check_memory(
             previous,
         },
         budget.backend,
+        budget.bytes,
     )
     .map_err(|e| EngineError::Param(stylefarm_core::InvalidField::new("params", e.to_string())))?;
-    tracing::info!(estimate = %estimate.describe(), bytes = estimate.peak(), budget = budget.bytes, "memory estimate");
-    if estimate.peak() > budget.bytes {
-        return Err(EngineError::Memory {
-            needs: estimate.describe(),
-            budget: memory::gib(budget.bytes),
-            from: budget.from.clone(),
-        });
-    }
-    Ok(Some(estimate.peak()))
+    let (estimate, tile) = match fit {
+        memory::Fit::Whole(e) => (e, params.tile),
+        memory::Fit::Tiled(tile, e) => (e, tile),
+        memory::Fit::Never(e) => {
+            let tiles = if params.tile == 0 {
+                format!(" even in {} px tiles", memory::MIN_TILE)
+            } else {
+                format!(" in {} px tiles", params.tile)
+            };
+            return Err(EngineError::Memory {
+                needs: format!("{}{tiles}", e.describe()),
+                budget: memory::gib(budget.bytes),
+                from: budget.from.clone(),
+            });
+        }
+    };
+    tracing::info!(estimate = %estimate.describe(), bytes = estimate.peak(), budget = budget.bytes, tile, "memory estimate");
+    Ok((Some(estimate.peak()), tile))
 }
 
 /// A finished render's files.

@@ -15,7 +15,7 @@ use crate::model::{
     BatchRecord, Capacity, JobRecord, JobState, KnownWorker, NewBatch, NewJob, NewWorker,
 };
 use crate::state::Largest;
-use stylefarm_weights::memory::{self, Backend, Dims, JobImages};
+use stylefarm_weights::memory::{self, Backend, Dims, Fit, JobImages};
 use stylefarm_weights::Architecture;
 
 /// Longest batch name or client token.
@@ -211,10 +211,11 @@ fn runs_somewhere(spec: &JobSpec, largest: Largest) -> Result<(), InvalidField> 
             .as_ref()
             .map(|f| (dims(&f.content, p.size), Dims::square(p.size))),
     };
-    // The smaller network wherever it has the layers: refuse only what cannot fit.
-    let estimate = |backend| {
-        memory::estimate(Architecture::Vgg16, 0, p, &images, backend)
-            .or_else(|_| memory::estimate(Architecture::Vgg19, 0, p, &images, backend))
+    // The smaller network wherever it has the layers, in tiles where the job allows
+    // them: refuse only what cannot fit.
+    let fit = |backend, budget| {
+        memory::fit(Architecture::Vgg16, 0, p, &images, backend, budget)
+            .or_else(|_| memory::fit(Architecture::Vgg19, 0, p, &images, backend, budget))
             .map_err(|e| InvalidField::new("params", e.to_string()))
     };
     let mut needs = Vec::new();
@@ -223,12 +224,17 @@ fn runs_somewhere(spec: &JobSpec, largest: Largest) -> Result<(), InvalidField> 
         (largest.cuda, Backend::Cuda, "CUDA"),
     ] {
         let Some(budget) = budget else { continue };
-        let e = estimate(backend)?;
-        if e.peak() <= budget {
-            return Ok(());
-        }
+        let e = match fit(backend, budget)? {
+            Fit::Whole(_) | Fit::Tiled(..) => return Ok(()),
+            Fit::Never(e) => e,
+        };
+        let tiles = if p.tile == 0 {
+            format!(" even in {} px tiles", memory::MIN_TILE)
+        } else {
+            String::new()
+        };
         needs.push(format!(
-            "about {} on a {kind} worker, where the largest takes {} per job",
+            "about {}{tiles} on a {kind} worker, where the largest takes {} per job",
             e.describe(),
             memory::gib(budget)
         ));

@@ -1,5 +1,7 @@
 //! Checkpoints as safetensors bytes: the image and optimizer tensors bit for bit, and the
-//! scalars (iteration, step sizes, loss curve, fingerprint) as JSON metadata.
+//! scalars (iteration, step sizes, loss curve, fingerprint) as JSON metadata. At a tiled
+//! scale the image and the optimizer are the current tile's, and the whole image is
+//! stored beside them as `canvas`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,6 +17,7 @@ use super::optim::SavedState;
 pub const FORMAT: u32 = 1;
 const META_KEY: &str = "stylefarm.checkpoint";
 const IMAGE: &str = "image";
+const CANVAS: &str = "canvas";
 
 /// The scalars of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +43,9 @@ pub struct Meta {
     pub elapsed_s: f64,
     /// True when the optimizer had converged.
     pub converged: bool,
+    /// At a tiled scale: the tile iterations done at it (which tile, and how far in).
+    #[serde(default)]
+    pub tile_iterations: u32,
 }
 
 fn checkpoint_err(reason: impl Into<String>) -> EngineError {
@@ -62,8 +68,14 @@ fn to_bytes(t: &Tensor) -> (Vec<usize>, Vec<u8>) {
     (shape, bytes)
 }
 
-/// Serializes the image, optimizer state and scalars.
-pub fn encode(image: &Tensor, state: SavedState, mut meta: Meta) -> Result<Vec<u8>, EngineError> {
+/// Serializes the image (and the whole image of a tiled scale), optimizer state and
+/// scalars.
+pub fn encode(
+    image: &Tensor,
+    canvas: Option<&Tensor>,
+    state: SavedState,
+    mut meta: Meta,
+) -> Result<Vec<u8>, EngineError> {
     meta.optimizer_state = state.scalars;
     let mut raw: BTreeMap<String, (Vec<usize>, Vec<u8>)> = state
         .tensors
@@ -71,6 +83,9 @@ pub fn encode(image: &Tensor, state: SavedState, mut meta: Meta) -> Result<Vec<u
         .map(|(k, t)| (k.clone(), to_bytes(t)))
         .collect();
     raw.insert(IMAGE.to_owned(), to_bytes(image));
+    if let Some(c) = canvas {
+        raw.insert(CANVAS.to_owned(), to_bytes(c));
+    }
     let views = raw
         .iter()
         .map(|(k, (shape, bytes))| {
@@ -84,8 +99,12 @@ pub fn encode(image: &Tensor, state: SavedState, mut meta: Meta) -> Result<Vec<u
     safetensors::serialize(views, &Some(info)).map_err(|e| checkpoint_err(e.to_string()))
 }
 
+/// What a checkpoint holds: the image, the whole image of a tiled scale, the
+/// optimizer's state and the scalars.
+pub type Decoded = (Tensor, Option<Tensor>, SavedState, Meta);
+
 /// Reads a checkpoint back onto `device`.
-pub fn decode(bytes: &[u8], device: Device) -> Result<(Tensor, SavedState, Meta), EngineError> {
+pub fn decode(bytes: &[u8], device: Device) -> Result<Decoded, EngineError> {
     let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| checkpoint_err(format!("not a checkpoint: {e}")))?;
     let json = header
@@ -123,9 +142,10 @@ pub fn decode(bytes: &[u8], device: Device) -> Result<(Tensor, SavedState, Meta)
     let image = tensors
         .remove(IMAGE)
         .ok_or_else(|| checkpoint_err("no image tensor"))?;
+    let canvas = tensors.remove(CANVAS);
     let state = SavedState {
         tensors,
         scalars: meta.optimizer_state.clone(),
     };
-    Ok((image, state, meta))
+    Ok((image, canvas, state, meta))
 }

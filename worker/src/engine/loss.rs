@@ -35,12 +35,24 @@ pub fn gram(f: &Tensor) -> Tensor {
 pub const TV_FLOOR: f64 = 1e-4;
 
 /// A tapped layer and its target.
+#[derive(Debug)]
 struct Term {
     slot: usize,
     weight: f64,
     target: Tensor,
     /// `mean(target^2)`, the term's unit.
     size: Tensor,
+}
+
+impl Clone for Term {
+    fn clone(&self) -> Self {
+        Self {
+            slot: self.slot,
+            weight: self.weight,
+            target: self.target.shallow_clone(),
+            size: self.size.shallow_clone(),
+        }
+    }
 }
 
 impl Term {
@@ -84,18 +96,42 @@ pub struct Temporal {
 /// A layer's index in `features` and its weight.
 pub type Tap = (usize, f64);
 
-impl Objective {
-    /// Builds the objective; `styles` are `(pixels, blend weight)` with weights summing to 1.
-    #[allow(clippy::too_many_arguments)]
+/// The weights of the content, style and TV terms.
+#[derive(Debug, Clone, Copy)]
+pub struct Weights {
+    /// `content_weight`.
+    pub content: f64,
+    /// `style_weight`.
+    pub style: f64,
+    /// `tv_weight`.
+    pub tv: f64,
+}
+
+/// The units of the content and TV terms (see [`Objective::norms`]).
+pub struct Norms {
+    /// `mean(P_l^2)` per content layer.
+    pub content: Vec<Tensor>,
+    /// `tv(content)`, at least [`TV_FLOOR`].
+    pub tv: Tensor,
+}
+
+/// The style term's targets: the blend of the styles' Gram matrices at each style
+/// layer. Computed once per scale from the whole style images; every tile of a tiled
+/// scale shares them (a normalised Gram is a per-pixel statistic, the same for a tile as
+/// for the whole image).
+#[derive(Debug, Clone)]
+pub struct StyleTargets {
+    taps: Vec<usize>,
+    terms: Vec<Term>,
+}
+
+impl StyleTargets {
+    /// The targets of `styles`, `(pixels, blend weight)` with weights summing to 1.
     pub fn new(
-        net: Rc<Vgg>,
+        net: &Vgg,
         content_layers: &[Tap],
         style_layers: &[Tap],
-        content: &Tensor,
         styles: &[(Tensor, f64)],
-        content_weight: f64,
-        style_weight: f64,
-        tv_weight: f64,
     ) -> Self {
         let mut taps: Vec<usize> = content_layers
             .iter()
@@ -105,12 +141,7 @@ impl Objective {
         taps.sort_unstable();
         taps.dedup();
         let slot = |i: usize| taps.iter().position(|&t| t == i).unwrap_or(0);
-        let (content_terms, style_terms) = tch::no_grad(|| {
-            let feats = net.forward(content, &taps);
-            let content_terms = content_layers
-                .iter()
-                .map(|&(i, weight)| Term::new(slot(i), weight, feats[slot(i)].shallow_clone()))
-                .collect::<Vec<_>>();
+        let terms = tch::no_grad(|| {
             let mut grams: Vec<Option<Tensor>> = style_layers.iter().map(|_| None).collect();
             for (pixels, blend) in styles {
                 let feats = net.forward(pixels, &taps);
@@ -122,25 +153,129 @@ impl Objective {
                     });
                 }
             }
-            let style_terms = style_layers
+            style_layers
                 .iter()
                 .zip(grams)
                 .filter_map(|(&(i, weight), g)| g.map(|target| Term::new(slot(i), weight, target)))
-                .collect::<Vec<_>>();
-            (content_terms, style_terms)
+                .collect::<Vec<_>>()
+        });
+        Self { taps, terms }
+    }
+
+    /// The Gram matrices of `x` (`[1, 3, H, W]` in [0, 1]) at the style layers,
+    /// without gradients.
+    pub fn grams_of(&self, net: &Vgg, x: &Tensor) -> Vec<Tensor> {
+        tch::no_grad(|| {
+            let feats = net.forward(x, &self.taps);
+            self.terms.iter().map(|t| gram(&feats[t.slot])).collect()
+        })
+    }
+
+    /// Each layer's target.
+    pub fn targets(&self) -> Vec<Tensor> {
+        self.terms
+            .iter()
+            .map(|t| t.target.shallow_clone())
+            .collect()
+    }
+
+    /// The same layers with other targets, measured in the same units (the style's).
+    pub fn retargeted(&self, targets: Vec<Tensor>) -> Self {
+        Self {
+            taps: self.taps.clone(),
+            terms: self
+                .terms
+                .iter()
+                .zip(targets)
+                .map(|(t, target)| Term {
+                    target: target.detach(),
+                    ..t.clone()
+                })
+                .collect(),
+        }
+    }
+
+    /// The style term, before `style_weight`, of an image whose Gram matrices are
+    /// `grams`.
+    pub fn loss(&self, grams: &[Tensor]) -> f64 {
+        self.terms
+            .iter()
+            .zip(grams)
+            .map(|(t, g)| {
+                ((g - &t.target).square().mean(Kind::Float) / &t.size).double_value(&[]) * t.weight
+            })
+            .sum()
+    }
+}
+
+impl Objective {
+    /// Builds the objective; `styles` are `(pixels, blend weight)` with weights summing to 1.
+    pub fn new(
+        net: Rc<Vgg>,
+        content_layers: &[Tap],
+        style_layers: &[Tap],
+        content: &Tensor,
+        styles: &[(Tensor, f64)],
+        weights: Weights,
+    ) -> Self {
+        let style = StyleTargets::new(&net, content_layers, style_layers, styles);
+        Self::with_style(net, content_layers, &style, content, weights)
+    }
+
+    /// Builds the objective of `content` (a whole image, or one tile of it) against
+    /// style targets computed before.
+    pub fn with_style(
+        net: Rc<Vgg>,
+        content_layers: &[Tap],
+        style: &StyleTargets,
+        content: &Tensor,
+        weights: Weights,
+    ) -> Self {
+        let taps = style.taps.clone();
+        let slot = |i: usize| taps.iter().position(|&t| t == i).unwrap_or(0);
+        let content_terms = tch::no_grad(|| {
+            let feats = net.forward(content, &taps);
+            content_layers
+                .iter()
+                .map(|&(i, weight)| Term::new(slot(i), weight, feats[slot(i)].shallow_clone()))
+                .collect::<Vec<_>>()
         });
         let tv_size = tch::no_grad(|| total_variation(content).clamp_min(TV_FLOOR));
         Self {
             net,
             taps,
             content: content_terms,
-            style: style_terms,
-            content_weight,
-            style_weight,
-            tv_weight,
+            style: style.terms.clone(),
+            content_weight: weights.content,
+            style_weight: weights.style,
+            tv_weight: weights.tv,
             tv_size,
             temporal: None,
         }
+    }
+
+    /// What the content and TV terms are divided by: each content layer's
+    /// `mean(P_l^2)` and `tv(content)`.
+    pub fn norms(&self) -> Norms {
+        Norms {
+            content: self
+                .content
+                .iter()
+                .map(|t| t.size.shallow_clone())
+                .collect(),
+            tv: self.tv_size.shallow_clone(),
+        }
+    }
+
+    /// Divides the content and TV terms by `norms` instead of this content's own: a
+    /// tile of sky has almost no variation or deep features of its own, and divided by
+    /// them its content and smoothness would outweigh the style many times over.
+    pub fn normalised_by(mut self, norms: &Norms) -> Self {
+        for (t, n) in self.content.iter_mut().zip(&norms.content) {
+            t.size = n.shallow_clone();
+        }
+        self.tv_size = norms.tv.shallow_clone();
+        self
     }
 
     /// Adds the temporal term.

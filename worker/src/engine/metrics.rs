@@ -67,6 +67,32 @@ pub fn ssim(a: &[f64], b: &[f64], w: usize, h: usize) -> f64 {
     total / count as f64
 }
 
+/// How much a tile grid shows in an image: the mean gradient magnitude of its luminance
+/// on the boundaries of the tiles of `tile` ([`stylefarm_core::tiles::boundaries`])
+/// divided by that elsewhere. A seam raises it; an image without tiles has its own
+/// value for the same grid, which a tiled render's is compared with.
+pub fn boundary_gradient_ratio(img: &Rgb32FImage, tile: u32) -> f64 {
+    let (w, h) = img.dimensions();
+    let on = stylefarm_core::tiles::boundaries(w, h, tile);
+    let lum: Vec<f64> = color::luminance(img)
+        .pixels()
+        .map(|p| f64::from(p[0]))
+        .collect();
+    let (w, h) = (w as usize, h as usize);
+    let (mut sums, mut counts) = ([0.0f64; 2], [0usize; 2]);
+    for y in 0..h.saturating_sub(1) {
+        for x in 0..w.saturating_sub(1) {
+            let i = y * w + x;
+            let (gx, gy) = (lum[i + 1] - lum[i], lum[i + w] - lum[i]);
+            let k = usize::from(on[i]);
+            sums[k] += (gx * gx + gy * gy).sqrt();
+            counts[k] += 1;
+        }
+    }
+    let mean = |k: usize| sums[k] / counts[k].max(1) as f64;
+    mean(1) / mean(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub mod image_io;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+mod tiled;
 pub mod vgg;
 
 use std::panic::AssertUnwindSafe;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use image::Rgb32FImage;
 use sha2::{Digest, Sha256};
 use stylefarm_core::rng::SplitMix64;
+use stylefarm_core::tiles;
 use stylefarm_core::{InitKind, OptimizerKind, RenderParams, Scale, WeightedLayer};
 use stylefarm_weights::{LayerKind, WeightsInfo};
 use tch::{Device, Tensor};
@@ -33,8 +35,9 @@ pub use error::{EngineError, ImageError};
 pub use loss::Losses;
 pub use stylefarm_core::progress::ScaleRun;
 
-use loss::{Objective, Tap};
+use loss::{Objective, StyleTargets, Tap, Weights};
 use optim::{Adam, Lbfgs, Optimizer, Step};
+use tiled::Tiling;
 
 /// The decoded images of one job.
 #[derive(Clone)]
@@ -125,6 +128,16 @@ pub struct Render {
     originals: Option<RenderInputs>,
     output_size: (u32, u32),
     device: Device,
+    /// The current scale's tiles, when it is optimized in tiles; `x` and `objective`
+    /// are then the current tile's.
+    tiling: Option<Tiling>,
+}
+
+/// One scale's objective and starting pixels, and its tiles when it is tiled.
+struct ScaleState {
+    objective: Objective,
+    x: Tensor,
+    tiling: Option<Tiling>,
 }
 
 /// The images one scale optimizes against.
@@ -271,18 +284,21 @@ impl Render {
         guarded(|| {
             let net = Rc::new(vgg::Vgg::load(weights, deepest, params.pooling, device)?);
             let taps = (content_taps, style_taps);
-            let objective = build_objective(&net, &taps, &stage, &blend, &params, device);
-            // A frame of a sequence starts from its predecessor's result carried along
-            // the flow (Ruder et al.): most of it is already styled the way it should stay.
-            let start = match objective.temporal() {
-                Some(t) => t.warped.shallow_clone(),
-                None => image_io::to_tensor(&start, device),
-            };
-            let x = (start * PIXEL_SCALE).set_requires_grad(true);
+            let start = image_io::to_tensor(&start, device) * PIXEL_SCALE;
+            let state = scale_state(
+                &net,
+                &taps,
+                &stage,
+                &blend,
+                &params,
+                device,
+                (start, first.iterations),
+                true,
+            );
             Ok(Self {
                 optimizer: new_optimizer(&params),
-                objective,
-                x,
+                objective: state.objective,
+                x: state.x.set_requires_grad(true),
                 iteration: 0,
                 history: Vec::new(),
                 elapsed: Duration::ZERO,
@@ -292,15 +308,7 @@ impl Render {
                 content: stage.content,
                 pending: None,
                 evaluations: 0,
-                runs: vec![ScaleRun {
-                    side: first.side,
-                    width: w,
-                    height: h,
-                    iterations: first.iterations,
-                    first_iteration: 0,
-                    first_loss: 0,
-                    optimize_s: 0.0,
-                }],
+                runs: vec![scale_run(first, (w, h), &state.tiling, 0, 0)],
                 net,
                 taps,
                 blend,
@@ -310,6 +318,7 @@ impl Render {
                 device,
                 schedule,
                 params,
+                tiling: state.tiling,
             })
         })
     }
@@ -325,7 +334,7 @@ impl Render {
     ) -> Result<Self, EngineError> {
         let mut render = Self::new(weights, params, inputs, device)?;
         guarded(|| {
-            let (image, state, meta) = checkpoint::decode(checkpoint_bytes, device)?;
+            let (image, canvas, state, meta) = checkpoint::decode(checkpoint_bytes, device)?;
             let bad = |reason: String| EngineError::Checkpoint { reason };
             if meta.fingerprint != render.fingerprint {
                 return Err(bad(
@@ -356,15 +365,48 @@ impl Render {
                     scale + 1
                 )));
             }
+            if !meta.runs.is_empty() {
+                let run = &meta.runs[scale];
+                let want = [1, 3, i64::from(run.height), i64::from(run.width)];
+                if canvas.as_ref().is_some_and(|c| c.size() != want) {
+                    return Err(bad(format!("its image is not {want:?}")));
+                }
+            }
+            let whole = canvas.unwrap_or_else(|| image.shallow_clone());
             if scale > 0 {
-                let stage = render.enter_scale(scale)?;
-                render.content = stage.content;
+                render.enter_scale(scale, whole)?;
+            } else if let Some(t) = render.tiling.as_mut() {
+                t.canvas = whole;
             }
             if !meta.runs.is_empty() {
                 render.runs = meta.runs;
             }
-            let run = &render.runs[scale];
-            let want = [1, 3, i64::from(run.height), i64::from(run.width)];
+            if render.runs[scale].tile != render.tiling.as_ref().map_or(0, |t| t.tile) {
+                return Err(bad("it was made with other tiles at this scale".into()));
+            }
+            let weights = render.weights();
+            let want = match render.tiling.as_mut() {
+                Some(t) => {
+                    if meta.tile_iterations > t.total() {
+                        return Err(bad(format!(
+                            "it claims {} tile iterations of {}",
+                            meta.tile_iterations,
+                            t.total()
+                        )));
+                    }
+                    t.done = meta.tile_iterations;
+                    let i = t.current();
+                    if i < t.regions.len() {
+                        render.objective = t.begin(i, &render.net, &render.taps.0, weights).0;
+                    }
+                    let r = t.regions[i.min(t.regions.len() - 1)];
+                    [1, 3, i64::from(r.height), i64::from(r.width)]
+                }
+                None => {
+                    let run = &render.runs[scale];
+                    [1, 3, i64::from(run.height), i64::from(run.width)]
+                }
+            };
             if image.size() != want {
                 return Err(bad(format!(
                     "image shape {:?} is not {want:?}",
@@ -385,51 +427,81 @@ impl Render {
         })
     }
 
-    /// Builds scale `k`'s targets in place of the current ones.
-    fn enter_scale(&mut self, k: usize) -> Result<StageImages, EngineError> {
+    /// Builds scale `k`'s targets in place of the current ones, starting from `start`
+    /// (the whole image at that scale, 0-255).
+    fn enter_scale(&mut self, k: usize, start: Tensor) -> Result<(), EngineError> {
         let inputs = self.originals.as_ref().ok_or_else(|| EngineError::Torch {
             reason: "a later scale without the inputs to build it".into(),
         })?;
         let stage = stage_images(inputs, &self.params, self.schedule[k].side, &self.depth)?;
-        self.objective = build_objective(
+        let state = scale_state(
             &self.net,
             &self.taps,
             &stage,
             &self.blend,
             &self.params,
             self.device,
+            (start, self.schedule[k].iterations),
+            false,
         );
-        Ok(stage)
+        self.objective = state.objective;
+        self.x = state.x.set_requires_grad(true);
+        self.tiling = state.tiling;
+        self.content = stage.content;
+        self.pending = None;
+        Ok(())
     }
 
     /// Moves to the next scale: its targets, the image upsampled (bicubic) and the
-    /// optimizer's state carried over.
+    /// optimizer's state carried over (a fresh one for each tile of a tiled scale).
     fn advance(&mut self) -> Result<(), EngineError> {
         let k = self.runs.len();
-        let stage = self.enter_scale(k)?;
-        let (w, h) = stage.content.dimensions();
-        let from = self.x.size();
-        let to = [1, 3, i64::from(h), i64::from(w)];
-        let x = tch::no_grad(|| {
-            self.x
-                .detach()
+        let (cw, ch) = self.output_size_at(k);
+        let whole = self.whole();
+        let from = whole.size();
+        let to = [1, 3, i64::from(ch), i64::from(cw)];
+        let start = tch::no_grad(|| {
+            whole
                 .upsample_bicubic2d([to[2], to[3]], false, None, None)
                 .clamp(0.0, PIXEL_SCALE)
         });
-        self.optimizer.rescale(&from, &to);
-        self.x = x.set_requires_grad(true);
-        self.pending = None;
-        self.content = stage.content;
-        self.runs.push(ScaleRun {
-            side: self.schedule[k].side,
-            width: w,
-            height: h,
-            iterations: self.schedule[k].iterations,
-            first_iteration: self.iteration,
-            first_loss: self.history.len(),
-            optimize_s: 0.0,
-        });
+        let was_tiled = self.tiling.is_some();
+        self.enter_scale(k, start)?;
+        if was_tiled || self.tiling.is_some() {
+            self.optimizer = new_optimizer(&self.params);
+        } else {
+            self.optimizer.rescale(&from, &to);
+        }
+        self.runs.push(scale_run(
+            self.schedule[k],
+            (cw, ch),
+            &self.tiling,
+            self.iteration,
+            self.history.len(),
+        ));
         Ok(())
+    }
+
+    /// The image's size at scale `k`.
+    fn output_size_at(&self, k: usize) -> (u32, u32) {
+        let (w, h) = self
+            .originals
+            .as_ref()
+            .map_or(self.output_size, |i| i.content.dimensions());
+        image_io::fit_long_side(w, h, self.schedule[k].side)
+    }
+
+    /// The whole image at the current scale (0-255, detached): at a tiled scale, with
+    /// the current tile blended in as far as it got.
+    fn whole(&self) -> Tensor {
+        match &self.tiling {
+            Some(t) => t.preview(&self.x.detach()),
+            None => self.x.detach(),
+        }
+    }
+
+    fn weights(&self) -> Weights {
+        weights_of(&self.params)
     }
 
     /// The iteration the current scale ends at.
@@ -486,9 +558,10 @@ impl Render {
         self.converged
     }
 
-    /// A copy of the optimized variable: `[1, 3, H, W]` pixels on a 0-255 scale.
+    /// A copy of the optimized image: `[1, 3, H, W]` pixels on a 0-255 scale (at a
+    /// tiled scale, the whole image with the current tile blended in).
     pub fn variable(&self) -> Tensor {
-        self.x.detach().copy()
+        self.whole().copy()
     }
 
     /// Output size (width, height) at the last scale.
@@ -549,6 +622,20 @@ impl Render {
                     },
                 )?;
                 self.pending = reached;
+                if self.tiling.is_some() {
+                    let before = self.iteration;
+                    self.tile_step(step == Step::Converged);
+                    let spent = started.elapsed();
+                    self.elapsed += spent;
+                    if let Some(run) = self.runs.last_mut() {
+                        run.optimize_s += spent.as_secs_f64();
+                    }
+                    if self.iteration > before {
+                        self.history.push(losses);
+                        on_progress(&self.progress(total, losses));
+                    }
+                    continue;
+                }
                 self.history.push(losses);
                 let spent = started.elapsed();
                 self.elapsed += spent;
@@ -565,15 +652,7 @@ impl Render {
                 } else {
                     self.iteration += 1;
                 }
-                on_progress(&Progress {
-                    iteration: self.iteration,
-                    iterations: total,
-                    losses,
-                    elapsed: self.elapsed,
-                    scale: self.runs.len() - 1,
-                    scales: self.schedule.len(),
-                    side: self.runs.last().map_or(0, |r| r.side),
-                });
+                on_progress(&self.progress(total, losses));
             }
             Ok(if self.converged {
                 Outcome::Converged
@@ -585,19 +664,65 @@ impl Render {
         })
     }
 
-    /// The losses and their gradient with respect to the pixels, at the current image.
+    fn progress(&self, total: u32, losses: Losses) -> Progress {
+        Progress {
+            iteration: self.iteration,
+            iterations: total,
+            losses,
+            elapsed: self.elapsed,
+            scale: self.runs.len() - 1,
+            scales: self.schedule.len(),
+            side: self.runs.last().map_or(0, |r| r.side),
+        }
+    }
+
+    /// Counts one iteration of the current tile (all of its remaining ones when its
+    /// optimizer converged); a finished tile is blended in and the next one begun.
+    fn tile_step(&mut self, converged: bool) {
+        let weights = self.weights();
+        let Some(t) = self.tiling.as_mut() else {
+            return;
+        };
+        let i = t.current();
+        t.done = if converged {
+            (i as u32 + 1) * t.per_tile
+        } else {
+            t.done + 1
+        };
+        if t.current() > i {
+            t.finish(i, &self.x);
+            if t.current() < t.regions.len() {
+                let (objective, x) = t.begin(t.current(), &self.net, &self.taps.0, weights);
+                self.objective = objective;
+                self.x = x.set_requires_grad(true);
+                self.optimizer = new_optimizer(&self.params);
+                self.pending = None;
+            }
+        }
+        let run = &self.runs[self.runs.len() - 1];
+        self.iteration = run.first_iteration + t.progress(run.iterations);
+    }
+
+    /// The losses and their gradient with respect to the pixels, at the current image
+    /// (at a tiled scale, the current tile's).
     pub fn evaluate_with_grad(&self) -> Result<(Losses, Tensor), EngineError> {
         evaluate(&self.objective, &self.x, self.iteration)
     }
 
-    /// The losses at the current image.
+    /// The losses at the current image (at a tiled scale, averaged over the first
+    /// pass's tiles by area).
     pub fn losses(&self) -> Result<Losses, EngineError> {
-        guarded(|| Ok(tch::no_grad(|| self.objective.evaluate(&(&self.x / PIXEL_SCALE))).1))
+        guarded(|| {
+            Ok(match &self.tiling {
+                Some(t) => t.losses(&self.whole(), &self.net, &self.taps.0, self.weights()),
+                None => tch::no_grad(|| self.objective.evaluate(&(&self.x / PIXEL_SCALE))).1,
+            })
+        })
     }
 
     /// The current image (with the content's colours when colour preservation is on).
     pub fn output(&self) -> Rgb32FImage {
-        let img = image_io::from_tensor(&(&self.x / PIXEL_SCALE));
+        let img = image_io::from_tensor(&(self.whole() / PIXEL_SCALE));
         if self.params.preserve_colors {
             color::recolor(&img, &self.content)
         } else {
@@ -618,8 +743,14 @@ impl Render {
                 history: self.history.clone(),
                 elapsed_s: self.elapsed.as_secs_f64(),
                 converged: self.converged,
+                tile_iterations: self.tiling.as_ref().map_or(0, |t| t.done),
             };
-            checkpoint::encode(&self.x, self.optimizer.save(), meta)
+            checkpoint::encode(
+                &self.x,
+                self.tiling.as_ref().map(|t| &t.canvas),
+                self.optimizer.save(),
+                meta,
+            )
         })
     }
 }
@@ -730,40 +861,99 @@ fn temporal_term(
     }
 }
 
-/// The objective of one scale: targets from its images, the shared network.
-fn build_objective(
+fn weights_of(params: &RenderParams) -> Weights {
+    Weights {
+        content: params.content_weight,
+        style: params.style_weight,
+        tv: params.tv_weight,
+    }
+}
+
+/// One scale's objective (targets from its images, the shared network) and where it
+/// starts: `start` (the whole image at this scale, 0-255) for a scale with
+/// `iterations`, or the warped previous frame on a sequence frame's `first` scale. A
+/// scale larger than `params.tile` starts at its first tile.
+#[allow(clippy::too_many_arguments)]
+fn scale_state(
     net: &Rc<vgg::Vgg>,
     (content_taps, style_taps): &(Vec<Tap>, Vec<Tap>),
     stage: &StageImages,
     blend: &[f64],
     params: &RenderParams,
     device: Device,
-) -> Objective {
-    let content_t = image_io::to_tensor(&stage.content_target, device);
-    let style_t: Vec<(Tensor, f64)> = stage
+    (start, iterations): (Tensor, u32),
+    first: bool,
+) -> ScaleState {
+    let styles: Vec<(Tensor, f64)> = stage
         .styles
         .iter()
         .zip(blend)
         .map(|(s, &b)| (image_io::to_tensor(s, device), b))
         .collect();
-    let objective = Objective::new(
-        Rc::clone(net),
+    let style = StyleTargets::new(net, content_taps, style_taps, &styles);
+    drop(styles);
+    let temporal = stage
+        .previous
+        .as_ref()
+        .map(|p| temporal_term(stage, p, params.temporal_weight, device));
+    // A frame of a sequence starts from its predecessor's result carried along the flow
+    // (Ruder et al.): most of it is already styled the way it should stay.
+    let start = match (&temporal, first) {
+        (Some(t), true) => &t.warped * PIXEL_SCALE,
+        _ => start,
+    };
+    let content = image_io::to_tensor(&stage.content_target, device);
+    let (w, h) = stage.content.dimensions();
+    let weights = weights_of(params);
+    if !tiles::is_tiled(w, h, params.tile) {
+        let objective =
+            Objective::with_style(Rc::clone(net), content_taps, &style, &content, weights);
+        return ScaleState {
+            objective: match temporal {
+                Some(t) => objective.with_temporal(t),
+                None => objective,
+            },
+            x: start,
+            tiling: None,
+        };
+    }
+    let tiling = Tiling::new(
+        start,
+        content,
+        style,
+        temporal,
+        params.tile,
+        iterations,
+        net,
         content_taps,
-        style_taps,
-        &content_t,
-        &style_t,
-        params.content_weight,
-        params.style_weight,
-        params.tv_weight,
+        weights,
     );
-    match &stage.previous {
-        Some(previous) => objective.with_temporal(temporal_term(
-            stage,
-            previous,
-            params.temporal_weight,
-            device,
-        )),
-        None => objective,
+    let (objective, x) = tiling.begin(0, net, content_taps, weights);
+    ScaleState {
+        objective,
+        x,
+        tiling: Some(tiling),
+    }
+}
+
+/// The record of a scale begun at `first_iteration`.
+fn scale_run(
+    scale: Scale,
+    (width, height): (u32, u32),
+    tiling: &Option<Tiling>,
+    first_iteration: u32,
+    first_loss: usize,
+) -> ScaleRun {
+    ScaleRun {
+        side: scale.side,
+        width,
+        height,
+        iterations: scale.iterations,
+        first_iteration,
+        first_loss,
+        optimize_s: 0.0,
+        tile: tiling.as_ref().map_or(0, |t| t.tile),
+        tiles: tiling.as_ref().map_or(0, |t| t.regions.len() as u32),
     }
 }
 

@@ -112,6 +112,7 @@ fn run(
         &job.weights,
         &job.memory,
     )?;
+    let params = &prepared.params;
     let started_unix_s = job::unix_s(SystemTime::now());
     let inputs = std::iter::once((View::Content, &prepared.inputs.content)).chain(
         prepared
