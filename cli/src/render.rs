@@ -57,6 +57,10 @@ pub struct RenderArgs {
     /// Iterations at each scale after the first [default: half of --iterations].
     #[arg(long, value_name = "N")]
     pub scale_iterations: Option<u32>,
+    /// Optimize scales larger than PX in overlapping PX x PX tiles [default: whole,
+    /// unless --max-job-memory needs tiles; then the largest that fit].
+    #[arg(long, value_name = "PX")]
+    pub tile: Option<u32>,
     /// Optimizer.
     #[arg(long, value_enum, default_value_t = RenderParams::default().optimizer)]
     pub optimizer: OptimizerKind,
@@ -146,6 +150,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("iterations", "--iterations"),
     ("scales", "--scales"),
     ("scale_iterations", "--scale-iterations"),
+    ("tile", "--tile"),
     ("optimizer", "--optimizer"),
     ("line_search", "--line-search"),
     ("learning_rate", "--learning-rate"),
@@ -242,6 +247,7 @@ impl RenderArgs {
             output_bit_depth: self.bit_depth,
             output_format: self.output_format()?,
             input_transfer: self.input_transfer,
+            tile: self.tile.unwrap_or(0),
             ..defaults
         };
         params
@@ -332,6 +338,17 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         eprintln!(
             "scales: {}",
             stylefarm_core::params::describe_schedule(&schedule)
+        );
+    }
+    if params.tile > 0 && params.size > params.tile && !args.quiet {
+        let why = if args.tile.is_some() {
+            "--tile"
+        } else {
+            "the whole image is over --max-job-memory"
+        };
+        eprintln!(
+            "tiles: scales above {} px in {0} x {0} px tiles ({why})",
+            params.tile
         );
     }
 

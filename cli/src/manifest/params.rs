@@ -88,7 +88,11 @@ pub(super) fn param_value(
     node: &Node,
     field: &str,
 ) -> Result<Value, ManifestError> {
-    let defaults = serde_json::to_value(RenderParams::default()).unwrap_or(Value::Null);
+    let mut defaults = serde_json::to_value(RenderParams::default()).unwrap_or(Value::Null);
+    // `tile` is not written at its default (0, whole images) but is a parameter too.
+    if let Some(m) = defaults.as_object_mut() {
+        m.insert("tile".into(), Value::from(0u32));
+    }
     if name == "temporal_weight" {
         return Err(reader.at(
             node.span(),

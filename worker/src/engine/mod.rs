@@ -376,7 +376,7 @@ impl Render {
             if scale > 0 {
                 render.enter_scale(scale, whole)?;
             } else if let Some(t) = render.tiling.as_mut() {
-                t.canvas = whole;
+                t.set_canvas(whole);
             }
             if !meta.runs.is_empty() {
                 render.runs = meta.runs;
@@ -747,7 +747,7 @@ impl Render {
             };
             checkpoint::encode(
                 &self.x,
-                self.tiling.as_ref().map(|t| &t.canvas),
+                self.tiling.as_ref().map(Tiling::canvas),
                 self.optimizer.save(),
                 meta,
             )

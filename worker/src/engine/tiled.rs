@@ -19,6 +19,7 @@
 //! deficit, the whole image has closed it. The content and TV terms are divided by the
 //! whole scale's units, so the three terms weigh in each tile as in the whole image.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use stylefarm_core::tiles::{self, Region, PASSES};
@@ -32,7 +33,7 @@ use super::vgg::Vgg;
 /// The state of one tiled scale.
 pub(super) struct Tiling {
     /// The whole image, `[1, 3, H, W]` pixels on a 0-255 scale, finished tiles blended in.
-    pub canvas: Tensor,
+    canvas: Tensor,
     /// The content target at this scale, `[1, 3, H, W]` in [0, 1].
     content: Tensor,
     style: StyleTargets,
@@ -50,6 +51,8 @@ pub(super) struct Tiling {
     pub per_tile: u32,
     /// Tile iterations done at this scale.
     pub done: u32,
+    /// The Gram matrices of the canvas under each first-pass tile, while they hold.
+    grams: RefCell<Vec<Option<Vec<Tensor>>>>,
     /// What the canvas's pixels are divided by for the network (0-255 to [0, 1]).
     scale: f64,
 }
@@ -117,6 +120,7 @@ impl Tiling {
             tile,
             per_tile: iterations.div_ceil(PASSES as u32).max(1),
             done: 0,
+            grams: RefCell::new(Vec::new()),
             scale: super::PIXEL_SCALE,
         }
     }
@@ -151,7 +155,7 @@ impl Tiling {
         let targets = own
             .iter()
             .zip(self.style.targets())
-            .zip(self.whole_grams(&self.canvas, net))
+            .zip(self.whole_grams(&self.canvas, net, true))
             .map(|((g, a), whole)| g + a - whole)
             .collect();
         let style = self.style.retargeted(targets);
@@ -159,13 +163,25 @@ impl Tiling {
     }
 
     /// The Gram matrices of `image` (a whole image, 0-255): its first-pass tiles',
-    /// averaged by area.
-    fn whole_grams(&self, image: &Tensor, net: &Rc<Vgg>) -> Vec<Tensor> {
+    /// averaged by area. For the canvas (`cached`), each tile's are kept until a
+    /// finished tile changes its pixels.
+    fn whole_grams(&self, image: &Tensor, net: &Rc<Vgg>, cached: bool) -> Vec<Tensor> {
         let mut sums: Vec<Tensor> = Vec::new();
         let mut area = 0.0;
-        for r in &self.regions[..self.first_pass] {
+        let mut cache = self.grams.borrow_mut();
+        cache.resize_with(self.first_pass, || None);
+        for (r, kept) in self.regions[..self.first_pass].iter().zip(cache.iter_mut()) {
             let a = f64::from(r.width) * f64::from(r.height);
-            let grams = self.style.grams_of(net, &(crop(image, r) / self.scale));
+            let measure = || self.style.grams_of(net, &(crop(image, r) / self.scale));
+            let grams = match (cached, kept.as_ref()) {
+                (true, Some(g)) => g.iter().map(Tensor::shallow_clone).collect(),
+                (true, None) => {
+                    let g = measure();
+                    *kept = Some(g.iter().map(Tensor::shallow_clone).collect());
+                    g
+                }
+                (false, _) => measure(),
+            };
             if sums.is_empty() {
                 sums = grams.iter().map(|g| g * a).collect();
             } else {
@@ -225,6 +241,29 @@ impl Tiling {
     pub fn finish(&mut self, i: usize, x: &Tensor) {
         let mixed = self.blended(&self.canvas, i, x);
         tch::no_grad(|| crop(&self.canvas, &self.regions[i]).copy_(&mixed));
+        let done = self.regions[i];
+        let meets = |r: &Region| {
+            r.x < done.x + done.width
+                && done.x < r.x + r.width
+                && r.y < done.y + done.height
+                && done.y < r.y + r.height
+        };
+        for (r, kept) in self.regions.iter().zip(self.grams.borrow_mut().iter_mut()) {
+            if meets(r) {
+                *kept = None;
+            }
+        }
+    }
+
+    /// The whole image, finished tiles blended in.
+    pub fn canvas(&self) -> &Tensor {
+        &self.canvas
+    }
+
+    /// Replaces the whole image (a checkpoint's).
+    pub fn set_canvas(&mut self, canvas: Tensor) {
+        self.canvas = canvas;
+        self.grams.borrow_mut().clear();
     }
 
     /// The whole image as it would be if the current tile, at `x`, were finished now.
@@ -259,7 +298,7 @@ impl Tiling {
             sum.temporal += l.temporal * a;
             area += a;
         }
-        let style = weights.style * self.style.loss(&self.whole_grams(image, net));
+        let style = weights.style * self.style.loss(&self.whole_grams(image, net, false));
         let (content, tv, temporal) = (sum.content / area, sum.tv / area, sum.temporal / area);
         super::Losses {
             content,
