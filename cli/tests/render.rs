@@ -570,3 +570,49 @@ fn a_plate_with_alpha_renders_to_a_half_float_exr_with_that_alpha_or_to_a_jpeg()
     let err = String::from_utf8_lossy(&deep_jpeg.stderr);
     assert!(err.contains("--bit-depth") && err.contains("png"), "{err}");
 }
+
+#[test]
+fn a_render_over_its_memory_budget_runs_in_the_largest_tiles_that_fit_and_within_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("tiled.png");
+    let budget = 1200u64 << 20;
+    let run = tubingen_starry(&out)
+        .args(["--threads", "2", "--size", "1024", "--scales", "1024"])
+        .args(["--iterations", "6", "--lbfgs-history", "4"])
+        .arg("--max-job-memory")
+        .arg(budget.to_string())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("tiled.png.json")).expect("sidecar"))
+            .expect("json");
+    let tile = sidecar["params"]["tile"].as_u64().expect("params.tile");
+    assert!(tile >= 64 && tile < 1024 && tile % 64 == 0, "{tile}");
+    assert!(
+        stderr.contains(&format!("tiles: scales above {tile} px")),
+        "{stderr}"
+    );
+    assert!(sidecar["schedule"][0]["tiles"].as_u64().expect("tiles") >= 4);
+    let bytes = |v: &serde_json::Value| v.as_u64().expect("bytes");
+    let (estimate, peak) = (
+        bytes(&sidecar["memory"]["estimate_bytes"]),
+        bytes(&sidecar["memory"]["peak_rss_bytes"]),
+    );
+    let ratio = estimate as f64 / peak as f64;
+    println!("{tile} px tiles: estimate {estimate}, peak {peak}, ratio {ratio:.2}");
+    assert!(estimate <= budget, "{estimate} over {budget}");
+    assert!((0.75..=1.25).contains(&ratio), "{estimate} vs {peak}");
+    let image = image::open(&out).expect("output");
+    assert_eq!((image.width(), image.height()), (1024, 768));
+
+    // What cannot fit even in the smallest tiles is refused before anything is decoded.
+    let run = tubingen_starry(&dir.path().join("never.png"))
+        .args(["--quiet", "--size", "1024", "--max-job-memory", "600MiB"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("even in 64 px tiles"), "{stderr}");
+}

@@ -305,13 +305,15 @@ impl RenderParams {
                 ),
             ));
         }
-        if self.tile != 0 && !(crate::tiles::MIN_TILE..=MAX_SIZE).contains(&self.tile) {
+        let smallest = crate::tiles::smallest_tile(self.size);
+        if self.tile != 0 && !(smallest..=MAX_SIZE).contains(&self.tile) {
             return Err(InvalidField::new(
                 "tile",
                 format!(
-                    "{} is outside {}..={MAX_SIZE} (0: whole images)",
+                    "{} is outside {smallest}..={MAX_SIZE} at size {} (at most {} tiles across; 0: whole images)",
                     self.tile,
-                    crate::tiles::MIN_TILE
+                    self.size,
+                    crate::tiles::MAX_ACROSS
                 ),
             ));
         }

@@ -2,13 +2,17 @@
 //! each is blended back.
 //!
 //! A scale whose long side is above `tile` is cut into `tile` x `tile` squares (clipped
-//! to the image) overlapping by a quarter of a tile, and visited in [`PASSES`] passes:
-//! the first on a grid from the image's corner, the second on a grid whose tiles are
-//! centred on the first one's seams, so that every seam of the first pass is optimized
-//! again from inside a tile. A finished tile is blended into the image through a
-//! feathered mask (a linear ramp across the overlap on each side that has a neighbour),
-//! so a tile's edges, where the network sees zero padding, carry almost none of it.
-//! Everything here is geometry: the engine, the memory estimate and the seam
+//! to the image) overlapping by at least a quarter of a tile, and visited in [`PASSES`]
+//! passes: the first on a grid from the image's corner, row by row, the second on a grid
+//! whose tiles are centred where four tiles of the first meet, so that the first pass's
+//! seams away from the image's border are optimized again from inside a tile. A
+//! finished tile is blended into the image through a feathered mask: a linear ramp
+//! across a quarter tile on each side where it is drawn over pixels already optimized
+//! at this scale (in the first pass its left and top, in the second every side inside
+//! the image), full weight elsewhere. Each tile starts from the image as the tiles
+//! before it left it, so a ramp blends a tile with the neighbour it continued from, and
+//! a tile's far edges, where the network sees zero padding, are drawn over whole by the
+//! next tile. Everything here is geometry: the engine, the memory estimate and the seam
 //! measurement share it.
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +21,14 @@ use serde::{Deserialize, Serialize};
 pub const MIN_TILE: u32 = 64;
 /// Passes over a tiled scale: the corner-anchored grid, then the grid on its seams.
 pub const PASSES: usize = 2;
+/// Most tiles across a scale's long side (about: neighbours overlap): a bound on the
+/// work and on the Gram matrices kept per tile.
+pub const MAX_ACROSS: u32 = 8;
+
+/// The smallest tile a render of `size` may use: [`MIN_TILE`], or `size / MAX_ACROSS`.
+pub fn smallest_tile(size: u32) -> u32 {
+    MIN_TILE.max(size.div_ceil(MAX_ACROSS))
+}
 
 /// A rectangle of an image, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,16 +101,17 @@ pub fn grid(width: u32, height: u32, tile: u32) -> Vec<Vec<Region>> {
         .collect()
 }
 
-/// One axis of a tile's blend weight: ramps from near 0 to 1 across the overlap on each
-/// side that has a neighbour (is inside the image), 1 elsewhere.
-fn ramp(start: u32, size: u32, len: u32, o: u32) -> Vec<f32> {
+/// One axis of a tile's blend weight: ramps from near 0 to 1 across `o` pixels on its
+/// near side when that is inside the image, and on its far side too when `both`; 1
+/// elsewhere.
+fn ramp(start: u32, size: u32, len: u32, o: u32, both: bool) -> Vec<f32> {
     (0..size)
         .map(|i| {
             let mut w = 1.0f32;
             if o > 0 && start > 0 {
                 w = w.min((i as f32 + 0.5) / o as f32);
             }
-            if o > 0 && start + size < len {
+            if o > 0 && both && start + size < len {
                 w = w.min(((size - i) as f32 - 0.5) / o as f32);
             }
             w.min(1.0)
@@ -107,11 +120,13 @@ fn ramp(start: u32, size: u32, len: u32, o: u32) -> Vec<f32> {
 }
 
 /// A tile's blend weight in `[0, 1]`, row-major over the region: the image becomes
-/// `image * (1 - m) + tile * m` there.
-pub fn feather(r: &Region, width: u32, height: u32, tile: u32) -> Vec<f32> {
+/// `image * (1 - m) + tile * m` there. `revisit`: the tile is drawn over optimized
+/// pixels on every side (the second pass), not only on its left and top (the first,
+/// row by row).
+pub fn feather(r: &Region, width: u32, height: u32, tile: u32, revisit: bool) -> Vec<f32> {
     let o = overlap(tile);
-    let wx = ramp(r.x, r.width, width, o);
-    let wy = ramp(r.y, r.height, height, o);
+    let wx = ramp(r.x, r.width, width, o, revisit);
+    let wy = ramp(r.y, r.height, height, o, revisit);
     wy.iter()
         .flat_map(|a| wx.iter().map(move |b| a * b))
         .collect()
@@ -170,6 +185,8 @@ mod tests {
 
     #[test]
     fn the_first_pass_covers_the_image_with_a_quarter_tile_of_overlap() {
+        assert_eq!(smallest_tile(8192), 1024);
+        assert_eq!(smallest_tile(300), MIN_TILE);
         for (w, h, t) in [
             (2048, 1536, 512),
             (300, 200, 128),
@@ -216,36 +233,54 @@ mod tests {
         assert!(boundaries(512, 300, 0).iter().all(|b| !b));
     }
 
-    #[test]
-    fn feathering_ramps_across_the_overlap_only_where_there_is_a_neighbour() {
-        let (w, h, t) = (300, 100, 128);
-        let passes = grid(w, h, t);
-        let left = passes[0][0];
-        let m = feather(&left, w, h, t);
-        let at = |x: u32, y: u32| m[(y * left.width + x) as usize];
-        // The image's own edges are kept whole; the inner edge fades to near 0.
-        assert_eq!(at(0, 0), 1.0);
-        assert_eq!(at(0, 99), 1.0);
-        assert!(at(left.width - 1, 50) < 0.05);
-        assert_eq!(at(left.width - overlap(t) - 1, 50), 1.0);
-        // Weights grow monotonically across the ramp.
-        let row: Vec<f32> = (0..left.width).map(|x| at(x, 50)).collect();
-        assert!(row.windows(2).all(|p| p[1] <= p[0]));
-        // Every pixel of the first pass is covered with some weight.
-        let mut total = vec![0f32; (w * h) as usize];
-        for r in &passes[0] {
-            let m = feather(r, w, h, t);
+    /// What is left of the image under `pass` after blending its tiles in order, as
+    /// the engine does: 1 where a pixel is untouched.
+    fn leftover(w: u32, h: u32, t: u32, pass: &[Region], revisit: bool) -> Vec<f32> {
+        let mut left = vec![1f32; (w * h) as usize];
+        for r in pass {
+            let m = feather(r, w, h, t, revisit);
             for y in 0..r.height {
                 for x in 0..r.width {
-                    total[((r.y + y) * w + r.x + x) as usize] += m[(y * r.width + x) as usize];
+                    left[((r.y + y) * w + r.x + x) as usize] *= 1.0 - m[(y * r.width + x) as usize];
                 }
             }
         }
-        assert!(
-            total.iter().all(|&s| s > 0.5),
-            "{:?}",
-            total.iter().cloned().fold(9f32, f32::min)
-        );
+        left
+    }
+
+    #[test]
+    fn the_first_pass_ramps_over_its_finished_neighbours_and_leaves_nothing_of_the_start() {
+        let (w, h, t) = (300, 200, 128);
+        let passes = grid(w, h, t);
+        // The first tile has no finished neighbour: whole weight, its far edges too.
+        let first = feather(&passes[0][0], w, h, t, false);
+        assert!(first.iter().all(|&m| m == 1.0));
+        // The second ramps up from its left edge across a quarter tile, then is whole.
+        let r = passes[0][1];
+        let m = feather(&r, w, h, t, false);
+        let row: Vec<f32> = (0..r.width)
+            .map(|x| m[(10 * r.width + x) as usize])
+            .collect();
+        assert!(row[0] < 0.05 && row[overlap(t) as usize] == 1.0, "{row:?}");
+        assert!(row.windows(2).all(|p| p[1] >= p[0]));
+        assert_eq!(row[r.width as usize - 1], 1.0);
+        // Every pixel ends as some tile's work.
+        assert!(leftover(w, h, t, &passes[0], false)
+            .iter()
+            .all(|&l| l == 0.0));
+    }
+
+    #[test]
+    fn the_second_pass_ramps_on_every_side_inside_the_image() {
+        let (w, h, t) = (300, 200, 128);
+        let r = grid(w, h, t)[1][0];
+        let m = feather(&r, w, h, t, true);
+        let at = |x: u32, y: u32| m[(y * r.width + x) as usize];
+        let (cx, cy) = (r.width / 2, r.height / 2);
+        assert_eq!(at(cx, cy), 1.0);
+        for (x, y) in [(0, cy), (r.width - 1, cy), (cx, 0), (cx, r.height - 1)] {
+            assert!(at(x, y) < 0.05, "({x}, {y}): {}", at(x, y));
+        }
     }
 
     #[test]

@@ -255,11 +255,18 @@ pub fn estimate(
             _ => 0,
         })
         .sum();
-    let grams: u64 = style_taps
+    // The targets and the image's own; a tiled scale keeps each first-pass tile's too,
+    // and a tile's target moved by the image's deficit.
+    let gram_set: u64 = style_taps
         .iter()
         .map(|&i| channels(ops, i).pow(2) * F32)
-        .sum::<u64>()
-        * 2;
+        .sum();
+    let kept = if tiled {
+        tiles::grid(out.width, out.height, params.tile)[0].len() as u64 + 2
+    } else {
+        0
+    };
+    let grams = gram_set * (2 + kept);
     let content_features: u64 = content_taps
         .iter()
         .map(|&i| activation(ops, i, work) * F32)
@@ -350,9 +357,11 @@ pub fn estimate(
 pub enum Fit {
     /// Whole images at every scale (or in the tiles the job itself asked for).
     Whole(Estimate),
-    /// In tiles of this long side, the largest (in steps of [`MIN_TILE`]) that fit.
+    /// In tiles of this long side, the largest (in steps of [`MIN_TILE`], down to
+    /// [`tiles::smallest_tile`]) that fit.
     Tiled(u32, Estimate),
-    /// Not at all: the estimate in the smallest tiles.
+    /// Not at all: the estimate in the smallest tiles (or whole, for a size too small
+    /// for tiles).
     Never(Estimate),
 }
 
@@ -375,7 +384,8 @@ pub fn fit(
     }
     let mut smallest = whole;
     let mut tile = (params.size - 1) / MIN_TILE * MIN_TILE;
-    while tile >= MIN_TILE {
+    let floor = tiles::smallest_tile(params.size).next_multiple_of(MIN_TILE);
+    while tile >= floor {
         let p = RenderParams {
             tile,
             ..params.clone()

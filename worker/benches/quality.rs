@@ -8,9 +8,19 @@
 //! 2. Calibration: every fixture content x every fixture style at the default
 //!    parameters: how far the style loss fell, and how much of the photo's structure
 //!    survived (SSIM of the luminance at a quarter of the size, against the photo).
+//! 3. Tiles: tubingen x starry night at 2048 px rendered whole and with tiles forced to
+//!    512 px, each in its own process (this bench re-run with `STYLEFARM_BENCH_CHILD`)
+//!    so that its peak resident memory is its own: time, peak RSS, the memory
+//!    estimates, and the seam ratio (the mean gradient on the tile boundaries against
+//!    elsewhere, the tiled render's over the whole one's; goal at most 1.10).
+//!
+//! It ends with `time-to-quality ratio: 0.NN` and `seam ratio: N.NN`.
 //!
 //! Images go to `target/bench-quality/`. Environment: `STYLEFARM_BENCH_PARTS`
-//! (`speed,calibration`), `STYLEFARM_BENCH_DEVICE` (`cpu`, `cuda`), `STYLEFARM_BENCH_SIZE`
+//! (`speed,calibration,tiles`), `STYLEFARM_BENCH_TILED_SIZE` (2048), `STYLEFARM_BENCH_TILE`
+//! (512), `STYLEFARM_BENCH_TILED_SCALES` (`512,1024,2048`),
+//! `STYLEFARM_BENCH_TILED_FIRST_ITERATIONS` (100), `STYLEFARM_BENCH_TILED_SCALE_ITERATIONS`
+//! (40), `STYLEFARM_BENCH_DEVICE` (`cpu`, `cuda`), `STYLEFARM_BENCH_SIZE`
 //! (512), `STYLEFARM_BENCH_REFERENCE_ITERATIONS` (500), `STYLEFARM_BENCH_SCALES`
 //! (`256,362,512`), `STYLEFARM_BENCH_CALIBRATION_SIZE` (256) and
 //! `STYLEFARM_BENCH_CALIBRATION_ITERATIONS` (the default iterations), and for sweeps
@@ -18,7 +28,7 @@
 //! and `STYLEFARM_BENCH_STYLES` (name prefixes, comma-separated).
 
 use stylefarm_worker_testkit as common;
-use stylefarm_worker_testkit::sheet::{env_or, side_by_side};
+use stylefarm_worker_testkit::sheet::{env_or, side_by_side, to_rgb8};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +37,7 @@ use std::time::Instant;
 use image::{imageops, Rgb, Rgb32FImage, RgbImage};
 use stylefarm_core::params::{describe_schedule, parse_scales};
 use stylefarm_core::RenderParams;
-use stylefarm_weights::WeightsInfo;
+use stylefarm_weights::{memory, WeightsInfo};
 use stylefarm_worker::engine::{image_io, metrics, Render, RenderInputs};
 use tch::Device;
 
@@ -57,7 +67,7 @@ fn save(img: &RgbImage, name: &str) -> PathBuf {
     p
 }
 
-fn speed(weights: &WeightsInfo, device: Device) {
+fn speed(weights: &WeightsInfo, device: Device) -> String {
     let size: u32 = env_or("STYLEFARM_BENCH_SIZE", 512);
     let iterations: u32 = env_or("STYLEFARM_BENCH_REFERENCE_ITERATIONS", 500);
     let scales = std::env::var("STYLEFARM_BENCH_SCALES").unwrap_or_else(|_| {
@@ -134,7 +144,7 @@ fn speed(weights: &WeightsInfo, device: Device) {
                 times.join(", ")
             );
             println!("  reference | multi-scale: {}", pair.display());
-            println!("time-to-quality ratio: {:.2}", s / reference_s);
+            format!("time-to-quality ratio: {:.2}", s / reference_s)
         }
         None => {
             println!(
@@ -143,7 +153,7 @@ fn speed(weights: &WeightsInfo, device: Device) {
                 times.join(", ")
             );
             println!("  reference | multi-scale: {}", pair.display());
-            println!("time-to-quality ratio: not reached");
+            "time-to-quality ratio: not reached".to_owned()
         }
     }
 }
@@ -255,19 +265,174 @@ fn main() {
     };
     let weights = WeightsInfo::inspect(Path::new(&stylefarm_testkit::fixtures::real_weights()))
         .expect("the partial VGG19 in ../shared/weights");
-    let parts =
-        std::env::var("STYLEFARM_BENCH_PARTS").unwrap_or_else(|_| "speed,calibration".into());
     println!(
         "weights {} ({} threads)",
         weights.path.display(),
         tch::get_num_threads()
     );
+    if let Ok(which) = std::env::var("STYLEFARM_BENCH_CHILD") {
+        tiles_child(&weights, device, &which);
+        return;
+    }
+    let parts =
+        std::env::var("STYLEFARM_BENCH_PARTS").unwrap_or_else(|_| "speed,calibration,tiles".into());
     if parts.contains("calibration") {
         calibration(&weights, device);
     }
-    if parts.contains("speed") {
-        speed(&weights, device);
-        // Tiled scales are not built yet: no seam to measure (issue 13 stays open).
-        println!("seam ratio: not measured (tiled scales are not built yet)");
+    let ratio = parts.contains("speed").then(|| speed(&weights, device));
+    let seam = parts.contains("tiles").then(|| tiles(&weights, device));
+    println!(
+        "{}",
+        ratio.unwrap_or_else(|| {
+            "time-to-quality ratio: not measured (speed not in STYLEFARM_BENCH_PARTS)".into()
+        })
+    );
+    println!(
+        "{}",
+        seam.unwrap_or_else(
+            || "seam ratio: not measured (tiles not in STYLEFARM_BENCH_PARTS)".into()
+        )
+    );
+}
+
+/// The tiles part's render, whole or in tiles.
+fn tiled_params(tiled: bool) -> RenderParams {
+    let size: u32 = env_or("STYLEFARM_BENCH_TILED_SIZE", 2048);
+    let scales = std::env::var("STYLEFARM_BENCH_TILED_SCALES")
+        .unwrap_or_else(|_| format!("{},{},{size}", size / 4, size / 2));
+    RenderParams {
+        size,
+        scales: parse_scales(&scales).expect("STYLEFARM_BENCH_TILED_SCALES"),
+        iterations: env_or("STYLEFARM_BENCH_TILED_FIRST_ITERATIONS", 100),
+        scale_iterations: env_or("STYLEFARM_BENCH_TILED_SCALE_ITERATIONS", 40),
+        tile: if tiled {
+            env_or("STYLEFARM_BENCH_TILE", 512)
+        } else {
+            0
+        },
+        ..RenderParams::default()
     }
+}
+
+/// One render of the tiles part, in a process of its own: writes its output and prints
+/// `child: SECONDS PEAK_RSS_BYTES` for the parent.
+fn tiles_child(weights: &WeightsInfo, device: Device, which: &str) {
+    let params = tiled_params(which == "tiled");
+    let inputs = inputs("content/tubingen.jpg", "styles/starry_night.jpg");
+    let t0 = Instant::now();
+    let mut r = Render::new(weights, &params, &inputs, device).expect("render");
+    r.run(&AtomicBool::new(false), &mut |_| {}).expect("run");
+    let seconds = t0.elapsed().as_secs_f64();
+    let losses = r.losses().expect("losses");
+    to_rgb8(&r.output())
+        .save(out_dir().join(format!("tiles-{}-{which}.png", params.size)))
+        .expect("write output");
+    let per_scale: Vec<String> = r
+        .runs()
+        .iter()
+        .map(|s| match s.tiles {
+            0 => format!("{} px {:.0} s", s.side, s.optimize_s),
+            n => format!("{} px in {n} tiles {:.0} s", s.side, s.optimize_s),
+        })
+        .collect();
+    println!(
+        "child: {seconds} {} {} {} ({})",
+        stylefarm_worker::device::peak_rss().unwrap_or(0),
+        losses.style,
+        losses.content,
+        per_scale.join(", ")
+    );
+}
+
+/// Renders whole and tiled in child processes and compares them; gives the
+/// `seam ratio:` line.
+fn tiles(weights: &WeightsInfo, device: Device) -> String {
+    let (whole_p, tiled_p) = (tiled_params(false), tiled_params(true));
+    let size = whole_p.size;
+    let tile = tiled_p.tile;
+    println!(
+        "tiles: tubingen x starry night at {size} px ({}), whole against {tile} px tiles, {device:?}",
+        describe_schedule(&whole_p.schedule())
+    );
+    let file_bytes = std::fs::metadata(&weights.path).map_or(0, |m| m.len());
+    let images = memory::JobImages {
+        content: memory::Dims::new(1024, 768),
+        styles: vec![memory::Dims::new(1024, 640)],
+        init: None,
+        previous: None,
+    };
+    let backend = match device {
+        Device::Cpu => memory::Backend::Cpu,
+        _ => memory::Backend::Cuda,
+    };
+    let params = |p: &RenderParams| weights.resolve_layers(p);
+    let mut outputs = Vec::new();
+    for (which, p) in [("whole", &whole_p), ("tiled", &tiled_p)] {
+        let estimate = memory::estimate(
+            weights.architecture,
+            file_bytes,
+            &params(p),
+            &images,
+            backend,
+        )
+        .expect("estimate");
+        let out = std::process::Command::new(std::env::current_exe().expect("this bench"))
+            .env("STYLEFARM_BENCH_CHILD", which)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run the child");
+        assert!(out.status.success(), "the {which} render failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("child: "))
+            .expect("the child's line");
+        let mut f = line.splitn(5, ' ');
+        let mut next = || f.next().unwrap_or_default().to_owned();
+        let (seconds, rss, style, content, scales) = (next(), next(), next(), next(), next());
+        let rss: u64 = rss.parse().unwrap_or(0);
+        println!(
+            "  {which}: {:.0} s, peak RSS {} (estimate {}), style {:.4}, content {:.4} {scales}",
+            seconds.parse::<f64>().unwrap_or(f64::NAN),
+            memory::gib(rss),
+            memory::gib(estimate.peak()),
+            style.parse::<f64>().unwrap_or(f64::NAN),
+            content.parse::<f64>().unwrap_or(f64::NAN),
+        );
+        let img = image_io::load(
+            &out_dir().join(format!("tiles-{size}-{which}.png")),
+            image_io::DEFAULT_MAX_PIXELS,
+        )
+        .expect("the child's output");
+        outputs.push(img);
+    }
+    let (whole, tiled) = (&outputs[0], &outputs[1]);
+    let seam = metrics::boundary_gradient_ratio(tiled, tile)
+        / metrics::boundary_gradient_ratio(whole, tile);
+    let pair = save(
+        &side_by_side(&[whole, tiled], 768),
+        &format!("tiles-{size}.png"),
+    );
+    // 1:1 around the corner where the first pass's first four tiles meet.
+    let grid = stylefarm_core::tiles::grid(whole.width(), whole.height(), tile);
+    let corner = grid[0]
+        .iter()
+        .find(|r| r.x > 0 && r.y > 0)
+        .map_or((0, 0), |r| (r.x, r.y));
+    let crop = |img: &Rgb32FImage| {
+        let (w, h) = (tile.min(img.width()), (tile * 3 / 4).min(img.height()));
+        let x = corner.0.saturating_sub(w / 2).min(img.width() - w);
+        let y = corner.1.saturating_sub(h / 2).min(img.height() - h);
+        imageops::crop_imm(img, x, y, w, h).to_image()
+    };
+    let detail = save(
+        &side_by_side(&[&crop(whole), &crop(tiled)], tile * 3 / 4),
+        &format!("tiles-{size}-detail.png"),
+    );
+    println!(
+        "  whole | tiled: {} (1:1 at a tile corner: {})",
+        pair.display(),
+        detail.display()
+    );
+    format!("seam ratio: {seam:.2}")
 }

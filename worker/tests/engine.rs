@@ -284,45 +284,6 @@ fn resume_with_a_short_lbfgs_history_evicts_like_an_uninterrupted_run() {
     }
 }
 
-/// A checkpoint's tensors and metadata, rebuilt after `edit` (a checkpoint is data a
-/// worker reads back from storage: it may have been written by anyone holding the lease).
-fn tampered(
-    bytes: &[u8],
-    edit: impl FnOnce(
-        &mut std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)>,
-        &mut serde_json::Value,
-    ),
-) -> Vec<u8> {
-    use safetensors::{tensor::TensorView, Dtype, SafeTensors};
-    const KEY: &str = "stylefarm.checkpoint";
-    let (_, header) = SafeTensors::read_metadata(bytes).expect("header");
-    let json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(KEY))
-        .expect("meta")
-        .clone();
-    let mut meta: serde_json::Value = serde_json::from_str(&json).expect("json");
-    let st = SafeTensors::deserialize(bytes).expect("tensors");
-    let mut raw: std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, (v.shape().to_vec(), v.data().to_vec())))
-        .collect();
-    edit(&mut raw, &mut meta);
-    let views: Vec<(String, TensorView<'_>)> = raw
-        .iter()
-        .map(|(k, (shape, data))| {
-            (
-                k.clone(),
-                TensorView::new(Dtype::F32, shape.clone(), data).expect("view"),
-            )
-        })
-        .collect();
-    let info = std::collections::HashMap::from([(KEY.to_owned(), meta.to_string())]);
-    safetensors::serialize(views, &Some(info)).expect("serialize")
-}
-
 #[test]
 fn a_checkpoint_that_does_not_fit_its_job_is_refused_before_it_runs() {
     let params = common::small_params(4);
@@ -337,7 +298,7 @@ fn a_checkpoint_that_does_not_fit_its_job_is_refused_before_it_runs() {
         )
     };
     assert!(resume(&bytes).is_ok(), "the checkpoint as written resumes");
-    let far = tampered(&bytes, |_, meta| {
+    let far = common::tampered(&bytes, |_, meta| {
         meta["iteration"] = serde_json::json!(1_000_000)
     });
     let err = resume(&far).err().expect("iteration past the job's end");
@@ -346,7 +307,7 @@ fn a_checkpoint_that_does_not_fit_its_job_is_refused_before_it_runs() {
         err.to_string().contains("claims iteration 1000000"),
         "{err}"
     );
-    let short = tampered(&bytes, |raw, _| {
+    let short = common::tampered(&bytes, |raw, _| {
         let name = raw
             .keys()
             .find(|k| *k != "image")

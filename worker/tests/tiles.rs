@@ -9,9 +9,9 @@ use std::sync::atomic::AtomicBool;
 
 use image::Rgb32FImage;
 use stylefarm_core::{InitKind, Losses, RenderParams};
-use stylefarm_worker::engine::{metrics, Render, RenderInputs};
+use stylefarm_worker::engine::{metrics, EngineError, Render, RenderInputs};
 use stylefarm_worker_testkit::sheet::{side_by_side, to_rgb8};
-use stylefarm_worker_testkit::{image, real_weights, root, small_params};
+use stylefarm_worker_testkit::{image, real_weights, root, small_params, tampered};
 use tch::Device;
 
 fn inputs(w: u32, h: u32) -> RenderInputs {
@@ -31,11 +31,13 @@ fn render(params: &RenderParams, inputs: &RenderInputs, stop_at: u32) -> Render 
     r
 }
 
-/// The losses of `img` under the whole image's objective (a render starting from it).
+/// The losses of `img` under the whole image's objective at its last scale (a
+/// single-scale render starting from it).
 fn whole_losses(params: &RenderParams, inputs: &RenderInputs, img: &Rgb32FImage) -> Losses {
     let p = RenderParams {
         init: InitKind::Image,
         tile: 0,
+        scales: vec![params.size],
         ..params.clone()
     };
     let with = RenderInputs {
@@ -115,7 +117,7 @@ fn a_tiled_render_shows_no_seams_and_styles_about_as_far_as_the_whole_one() {
         whole_losses(&whole_params, &inputs, &a),
         whole_losses(&whole_params, &inputs, &b),
     );
-    let start = render(&whole_params, &inputs, 0).losses().expect("losses");
+    let start = whole_losses(&whole_params, &inputs, &inputs.content);
     eprintln!(
         "per-tile measure of the tiled render: {:?}",
         tiled.losses().expect("losses")
@@ -138,28 +140,34 @@ fn a_tiled_render_shows_no_seams_and_styles_about_as_far_as_the_whole_one() {
 #[test]
 fn a_render_stopped_inside_a_tiled_scale_resumes_bit_identical() {
     let inputs = inputs(96, 72);
-    // A whole first scale, then a tiled one (4 + 1 tiles of 64 px at 96 x 72); and a
-    // render tiled from its first scale.
+    // A whole first scale, then a tiled one (4 + 1 tiles of 64 px at 96 x 72), stopped
+    // inside a tile; a render tiled from its first scale (5 iterations a tile), stopped
+    // where a tile ends and inside one; two tiled scales, stopped where the first ends.
+    let two_scales = RenderParams {
+        size: 96,
+        scales: vec![64, 96],
+        scale_iterations: 8,
+        tile: 64,
+        ..small_params(10)
+    };
+    let one_scale = RenderParams {
+        size: 96,
+        scales: vec![96],
+        tile: 64,
+        ..small_params(10)
+    };
+    let both_tiled = RenderParams {
+        size: 128,
+        scales: vec![96, 128],
+        scale_iterations: 6,
+        tile: 64,
+        ..small_params(8)
+    };
     let cases = [
-        (
-            RenderParams {
-                size: 96,
-                scales: vec![64, 96],
-                scale_iterations: 8,
-                tile: 64,
-                ..small_params(10)
-            },
-            15,
-        ),
-        (
-            RenderParams {
-                size: 96,
-                scales: vec![96],
-                tile: 64,
-                ..small_params(12)
-            },
-            5,
-        ),
+        (two_scales, 15),
+        (one_scale.clone(), 2),
+        (one_scale, 5),
+        (both_tiled, 8),
     ];
     for (params, stop_at) in cases {
         let straight = render(&params, &inputs, u32::MAX);
@@ -182,6 +190,53 @@ fn a_render_stopped_inside_a_tiled_scale_resumes_bit_identical() {
         );
         assert_eq!(straight.history(), resumed.history());
         assert_eq!(straight.runs().len(), resumed.runs().len());
-        assert!(resumed.runs().last().expect("runs").tiles == 5);
+        assert!(resumed.runs().last().expect("runs").tiles >= 5);
     }
+}
+
+#[test]
+fn a_checkpoint_that_does_not_match_its_tiles_is_refused() {
+    let inputs = inputs(96, 72);
+    let params = RenderParams {
+        size: 96,
+        scales: vec![96],
+        tile: 64,
+        ..small_params(10)
+    };
+    let bytes = render(&params, &inputs, 5)
+        .checkpoint()
+        .expect("checkpoint");
+    let refused = |b: &[u8]| match Render::resume(&real_weights(), &params, &inputs, Device::Cpu, b)
+    {
+        Err(EngineError::Checkpoint { reason }) => reason,
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a checkpoint that does not match its tiles was accepted"),
+    };
+    // Without the whole image, or with one of another size.
+    let no_canvas = tampered(&bytes, |raw, _| {
+        raw.remove("canvas");
+    });
+    assert!(refused(&no_canvas).contains("tiles"));
+    let small = tampered(&bytes, |raw, _| {
+        let (shape, data) = raw.get_mut("canvas").expect("canvas");
+        *shape = vec![1, 3, 64, 64];
+        data.truncate(3 * 64 * 64 * 4);
+    });
+    assert!(refused(&small).contains("tiles"));
+    // Tile iterations that do not match the iteration, or more than the scale has.
+    for edit in [
+        |m: &mut serde_json::Value| m["tile_iterations"] = 24.into(),
+        |m: &mut serde_json::Value| m["tile_iterations"] = 9999.into(),
+        |m: &mut serde_json::Value| m["iteration"] = 9.into(),
+    ] {
+        let b = tampered(&bytes, |_, meta| edit(meta));
+        assert!(refused(&b).contains("tile iterations"), "{}", refused(&b));
+    }
+    // Made for other iterations at this tiled scale (an extended job).
+    let b = tampered(&bytes, |_, meta| meta["runs"][0]["iterations"] = 20.into());
+    assert!(
+        refused(&b).contains("iterations at scale 1"),
+        "{}",
+        refused(&b)
+    );
 }

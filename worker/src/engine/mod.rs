@@ -365,11 +365,34 @@ impl Render {
                     scale + 1
                 )));
             }
-            if !meta.runs.is_empty() {
-                let run = &meta.runs[scale];
-                let want = [1, 3, i64::from(run.height), i64::from(run.width)];
-                if canvas.as_ref().is_some_and(|c| c.size() != want) {
-                    return Err(bad(format!("its image is not {want:?}")));
+            // The image's size at this scale, from the job, not from the checkpoint.
+            let (w, h) = match scale {
+                0 => (render.runs[0].width, render.runs[0].height),
+                k => render.output_size_at(k),
+            };
+            let whole_shape = [1, 3, i64::from(h), i64::from(w)];
+            let tiled = tiles::is_tiled(w, h, render.params.tile);
+            match (&canvas, tiled) {
+                (Some(c), true) if c.size() == whole_shape => {}
+                (None, false) if meta.tile_iterations == 0 => {}
+                _ => {
+                    return Err(bad(format!(
+                        "its image does not match this job's tiles at scale {}",
+                        scale + 1
+                    )))
+                }
+            }
+            if let Some(run) = meta.runs.get(scale) {
+                if (run.width, run.height) != (w, h)
+                    || (tiled && run.iterations != render.schedule[scale].iterations)
+                {
+                    return Err(bad(format!(
+                        "it was made for {} x {} px and {} iterations at scale {}",
+                        run.width,
+                        run.height,
+                        run.iterations,
+                        scale + 1
+                    )));
                 }
             }
             let whole = canvas.unwrap_or_else(|| image.shallow_clone());
@@ -381,17 +404,21 @@ impl Render {
             if !meta.runs.is_empty() {
                 render.runs = meta.runs;
             }
-            if render.runs[scale].tile != render.tiling.as_ref().map_or(0, |t| t.tile) {
-                return Err(bad("it was made with other tiles at this scale".into()));
-            }
             let weights = render.weights();
+            let iterations = render.schedule[scale].iterations;
+            let first = render.runs[scale].first_iteration;
             let want = match render.tiling.as_mut() {
                 Some(t) => {
-                    if meta.tile_iterations > t.total() {
+                    if meta.tile_iterations > t.total()
+                        || meta.iteration
+                            != first
+                                + Tiling::progress_at(meta.tile_iterations, t.total(), iterations)
+                    {
                         return Err(bad(format!(
-                            "it claims {} tile iterations of {}",
+                            "it claims {} tile iterations of {} at iteration {}",
                             meta.tile_iterations,
-                            t.total()
+                            t.total(),
+                            meta.iteration
                         )));
                     }
                     t.done = meta.tile_iterations;
@@ -402,10 +429,7 @@ impl Render {
                     let r = t.regions[i.min(t.regions.len() - 1)];
                     [1, 3, i64::from(r.height), i64::from(r.width)]
                 }
-                None => {
-                    let run = &render.runs[scale];
-                    [1, 3, i64::from(run.height), i64::from(run.width)]
-                }
+                None => whole_shape,
             };
             if image.size() != want {
                 return Err(bad(format!(
@@ -680,6 +704,7 @@ impl Render {
     /// optimizer converged); a finished tile is blended in and the next one begun.
     fn tile_step(&mut self, converged: bool) {
         let weights = self.weights();
+        let end = self.scale_end();
         let Some(t) = self.tiling.as_mut() else {
             return;
         };
@@ -689,6 +714,11 @@ impl Render {
         } else {
             t.done + 1
         };
+        if i >= t.regions.len() {
+            // Every tile is done (a resumed state can say so): the scale is over.
+            self.iteration = end;
+            return;
+        }
         if t.current() > i {
             t.finish(i, &self.x);
             if t.current() < t.regions.len() {
@@ -699,8 +729,8 @@ impl Render {
                 self.pending = None;
             }
         }
-        let run = &self.runs[self.runs.len() - 1];
-        self.iteration = run.first_iteration + t.progress(run.iterations);
+        let k = self.runs.len() - 1;
+        self.iteration = self.runs[k].first_iteration + t.progress(self.schedule[k].iterations);
     }
 
     /// The losses and their gradient with respect to the pixels, at the current image

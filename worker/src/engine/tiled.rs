@@ -138,7 +138,12 @@ impl Tiling {
     /// How many of the scale's `iterations` the tile iterations done stand for: every
     /// pixel is optimized about `iterations` times over the passes, as in a whole image.
     pub fn progress(&self, iterations: u32) -> u32 {
-        (u64::from(self.done) * u64::from(iterations) / u64::from(self.total().max(1))) as u32
+        Self::progress_at(self.done, self.total(), iterations)
+    }
+
+    /// What `done` of `total` tile iterations stand for in a scale of `iterations`.
+    pub fn progress_at(done: u32, total: u32, iterations: u32) -> u32 {
+        (u64::from(done) * u64::from(iterations) / u64::from(total.max(1))) as u32
     }
 
     /// The objective of tile `i` and its starting pixels (its crop of the image).
@@ -220,10 +225,17 @@ impl Tiling {
         }
     }
 
-    /// `[1, 1, h, w]`: how much of tile `r` replaces the image under it.
-    fn mask(&self, r: &Region) -> Tensor {
+    /// `[1, 1, h, w]`: how much of tile `i` replaces the image under it.
+    fn mask(&self, i: usize) -> Tensor {
+        let r = &self.regions[i];
         let size = self.canvas.size();
-        let m = tiles::feather(r, size[3] as u32, size[2] as u32, self.tile);
+        let m = tiles::feather(
+            r,
+            size[3] as u32,
+            size[2] as u32,
+            self.tile,
+            i >= self.first_pass,
+        );
         Tensor::from_slice(&m)
             .view([1, 1, i64::from(r.height), i64::from(r.width)])
             .to_device(self.canvas.device())
@@ -231,9 +243,8 @@ impl Tiling {
 
     /// The image with tile `i`'s pixels `x` blended in.
     fn blended(&self, canvas: &Tensor, i: usize, x: &Tensor) -> Tensor {
-        let r = &self.regions[i];
-        let m = self.mask(r);
-        let under = crop(canvas, r);
+        let m = self.mask(i);
+        let under = crop(canvas, &self.regions[i]);
         tch::no_grad(|| &under * (1.0 - &m) + x.detach() * &m)
     }
 

@@ -3,6 +3,7 @@
 //! Python and the PyTorch reference ([`reference`]).
 
 pub mod camera;
+pub mod checkpoint;
 pub mod reference;
 pub mod sheet;
 
@@ -70,4 +71,5 @@ pub fn small_params(iterations: u32) -> RenderParams {
     }
 }
 
+pub use checkpoint::tampered;
 pub use stylefarm_testkit::farm::wire_spec;
