@@ -48,6 +48,26 @@ pub fn overlap(tile: u32) -> u32 {
     tile / 4
 }
 
+/// How much of the image around a tile the network sees beyond each of its edges (where
+/// there is image): an eighth of a tile. Without it the network sees zero padding
+/// there, and a tile optimized against that matches the style's statistics only as a
+/// tile sees them (measured: 2.8 times the whole image's style loss of a whole render).
+pub fn margin(tile: u32) -> u32 {
+    tile / 8
+}
+
+/// `r` grown by [`margin`] on every side, within a `width` x `height` image.
+pub fn with_margin(r: &Region, width: u32, height: u32, tile: u32) -> Region {
+    let m = margin(tile);
+    let (x, y) = (r.x.saturating_sub(m), r.y.saturating_sub(m));
+    Region {
+        x,
+        y,
+        width: (r.x + r.width + m).min(width) - x,
+        height: (r.y + r.height + m).min(height) - y,
+    }
+}
+
 /// True when an image of this size is optimized in tiles of `tile` (0: never).
 pub fn is_tiled(width: u32, height: u32, tile: u32) -> bool {
     tile > 0 && width.max(height) > tile
@@ -97,6 +117,39 @@ pub fn grid(width: u32, height: u32, tile: u32) -> Vec<Vec<Region>> {
                     })
                 })
                 .collect()
+        })
+        .collect()
+}
+
+/// Each first-pass tile's share of the image: the first pass's tiles cut at the middle
+/// of each overlap, so that the shares cover every pixel once (in the order of
+/// [`grid`]'s first pass).
+pub fn cells(width: u32, height: u32, tile: u32) -> Vec<Region> {
+    let first = &grid(width, height, tile)[0];
+    let cuts = |starts: Vec<u32>, size: u32, len: u32| -> Vec<(u32, u32)> {
+        let mut b = vec![0];
+        for k in 1..starts.len() {
+            b.push((starts[k] + starts[k - 1] + size) / 2);
+        }
+        b.push(len);
+        b.windows(2).map(|w| (w[0], w[1] - w[0])).collect()
+    };
+    let mut xs: Vec<u32> = first.iter().map(|r| r.x).collect();
+    xs.sort_unstable();
+    xs.dedup();
+    let mut ys: Vec<u32> = first.iter().map(|r| r.y).collect();
+    ys.sort_unstable();
+    ys.dedup();
+    let (tw, th) = (first[0].width, first[0].height);
+    let (cx, cy) = (cuts(xs, tw, width), cuts(ys, th, height));
+    cy.iter()
+        .flat_map(|&(y, height)| {
+            cx.iter().map(move |&(x, width)| Region {
+                x,
+                y,
+                width,
+                height,
+            })
         })
         .collect()
 }
@@ -223,6 +276,23 @@ mod tests {
             let seam = (first[k + 1] + first[k] + 512) / 2;
             let centre = x + 256;
             assert!(seam.abs_diff(centre) <= 1, "{first:?} {second:?}");
+        }
+    }
+
+    #[test]
+    fn the_cells_cover_the_image_once_each_within_its_tile() {
+        for (w, h, t) in [(2048, 1536, 512), (300, 200, 128), (256, 192, 128)] {
+            let first = &grid(w, h, t)[0];
+            let cells = cells(w, h, t);
+            assert_eq!(cells.len(), first.len());
+            assert!(covered(w, h, &cells).iter().all(|&c| c == 1));
+            for (c, r) in cells.iter().zip(first) {
+                assert!(c.x >= r.x && c.x + c.width <= r.x + r.width, "{c:?} {r:?}");
+                assert!(
+                    c.y >= r.y && c.y + c.height <= r.y + r.height,
+                    "{c:?} {r:?}"
+                );
+            }
         }
     }
 

@@ -210,10 +210,12 @@ pub fn estimate(
         .map(|d| d.fit_long_side(style_side))
         .collect();
     let image = |d: Dims| d.pixels() * 3 * F32;
-    // What one optimization step works on: the whole image, or one tile of it.
+    // What one optimization step works on: the whole image, or one tile of it seen
+    // with its margin.
     let tiled = tiles::is_tiled(out.width, out.height, params.tile);
+    let seen = params.tile + 2 * tiles::margin(params.tile);
     let work = if tiled {
-        Dims::new(out.width.min(params.tile), out.height.min(params.tile))
+        Dims::new(out.width.min(seen), out.height.min(seen))
     } else {
         out
     };

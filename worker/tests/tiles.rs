@@ -1,8 +1,10 @@
 //! Tiled scales on real weights: a render optimized in tiles shows no seams (the
 //! issue's measure: the gradient on the tile boundaries against elsewhere, within 1.10
 //! of the same ratio for the whole render) and, measured by the whole image's
-//! objective, keeps its style and content losses within a quarter of the whole
-//! render's; a render stopped inside a tiled scale resumes bit-identical.
+//! objective, takes the style loss below a tenth of where it started and within half
+//! again of the whole render's, keeping the content loss within a quarter of it; a
+//! render stopped inside a tiled scale resumes bit-identical, and a checkpoint that
+//! does not match its tiles is refused.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -129,7 +131,7 @@ fn a_tiled_render_shows_no_seams_and_styles_about_as_far_as_the_whole_one() {
     assert!(seam <= 1.10, "tile seams show: {seam:.3}");
     // The tiles took the style about as far as the whole render did.
     assert!(lt.style < 0.1 * start.style, "{lt:?} from {start:?}");
-    assert!(lt.style < 1.25 * lw.style, "{lt:?} vs {lw:?}");
+    assert!(lt.style < 1.5 * lw.style, "{lt:?} vs {lw:?}");
     assert!(lt.content < 1.25 * lw.content, "{lt:?} vs {lw:?}");
     // The measure sees a seam where there is one: tiles whose exposures differ by 10%.
     let broken = metrics::boundary_gradient_ratio(&seamed(&a, 128), 128) / baseline;

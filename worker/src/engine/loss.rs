@@ -27,7 +27,7 @@ pub use stylefarm_core::Losses;
 pub fn gram(f: &Tensor) -> Tensor {
     let size = f.size();
     let (c, hw) = (size[1], size[2] * size[3]);
-    let f = f.view([c, hw]);
+    let f = f.reshape([c, hw]);
     f.matmul(&f.tr()) / ((c * hw) as f64)
 }
 
@@ -80,6 +80,42 @@ pub struct Objective {
     /// `tv(content)`, at least [`TV_FLOOR`].
     tv_size: Tensor,
     temporal: Option<Temporal>,
+    /// A tile's surroundings, when the objective is a tile's.
+    context: Option<Context>,
+}
+
+/// A tile's place in its context: top, left, height and width in pixels.
+pub type Window = (i64, i64, i64, i64);
+
+/// The image around a tile, zero where the tile goes, and where that is.
+struct Context {
+    around: Tensor,
+    at: Window,
+}
+
+/// `[1, 1, H, W]`: 0 inside `at`, 1 around it.
+fn hole(around: &Tensor, (t, l, h, w): Window) -> Tensor {
+    let s = around.size();
+    let inner = Tensor::ones([1, 1, h, w], (Kind::Float, around.device()));
+    (inner.constant_pad_nd([l, s[3] - l - w, t, s[2] - t - h]) - 1.0).abs()
+}
+
+/// The part of features `f` (of the network's input `input`) that lies inside `at`:
+/// each pooling halves the window, rounded to whole cells.
+fn inside(f: &Tensor, input: &Tensor, at: Option<Window>) -> Tensor {
+    let Some((t, l, h, w)) = at else {
+        return f.shallow_clone();
+    };
+    let (fs, is) = (f.size(), input.size());
+    let cut = |start: i64, len: i64, axis: usize| {
+        let scale = is[axis] as f64 / fs[axis] as f64;
+        let a = ((start as f64 / scale).round() as i64).clamp(0, fs[axis] - 1);
+        let n = ((len as f64 / scale).round() as i64).clamp(1, fs[axis] - a);
+        (a, n)
+    };
+    let (y, hh) = cut(t, h, 2);
+    let (x, ww) = cut(l, w, 3);
+    f.narrow(2, y, hh).narrow(3, x, ww)
 }
 
 /// The temporal term's target: the previous frame's result warped to this one, where
@@ -162,12 +198,15 @@ impl StyleTargets {
         Self { taps, terms }
     }
 
-    /// The Gram matrices of `x` (`[1, 3, H, W]` in [0, 1]) at the style layers,
-    /// without gradients.
-    pub fn grams_of(&self, net: &Vgg, x: &Tensor) -> Vec<Tensor> {
+    /// The Gram matrices of `x` (`[1, 3, H, W]` in [0, 1]) at the style layers, of
+    /// the features inside `at` when given, without gradients.
+    pub fn grams_of(&self, net: &Vgg, x: &Tensor, at: Option<Window>) -> Vec<Tensor> {
         tch::no_grad(|| {
             let feats = net.forward(x, &self.taps);
-            self.terms.iter().map(|t| gram(&feats[t.slot])).collect()
+            self.terms
+                .iter()
+                .map(|t| gram(&inside(&feats[t.slot], x, at)))
+                .collect()
         })
     }
 
@@ -222,8 +261,8 @@ impl Objective {
         Self::with_style(net, content_layers, &style, content, weights)
     }
 
-    /// Builds the objective of `content` (a whole image, or one tile of it) against
-    /// style targets computed before.
+    /// Builds the objective of `content` (a whole image) against style targets
+    /// computed before.
     pub fn with_style(
         net: Rc<Vgg>,
         content_layers: &[Tap],
@@ -231,16 +270,61 @@ impl Objective {
         content: &Tensor,
         weights: Weights,
     ) -> Self {
+        Self::build(net, content_layers, style, content, None, weights)
+    }
+
+    /// Builds the objective of one tile seen in its context: `content_around` is the
+    /// content photo around the tile and `around` the image around it (the pixels the
+    /// network sees beyond the tile's edges instead of zero padding), the tile at
+    /// `at`. Every term is measured on the features inside the tile.
+    pub fn in_context(
+        net: Rc<Vgg>,
+        content_layers: &[Tap],
+        style: &StyleTargets,
+        content_around: &Tensor,
+        around: &Tensor,
+        at: Window,
+        weights: Weights,
+    ) -> Self {
+        let context = Context {
+            around: tch::no_grad(|| around * hole(around, at)),
+            at,
+        };
+        Self::build(
+            net,
+            content_layers,
+            style,
+            content_around,
+            Some(context),
+            weights,
+        )
+    }
+
+    fn build(
+        net: Rc<Vgg>,
+        content_layers: &[Tap],
+        style: &StyleTargets,
+        content: &Tensor,
+        context: Option<Context>,
+        weights: Weights,
+    ) -> Self {
         let taps = style.taps.clone();
         let slot = |i: usize| taps.iter().position(|&t| t == i).unwrap_or(0);
+        let at = context.as_ref().map(|c| c.at);
         let content_terms = tch::no_grad(|| {
             let feats = net.forward(content, &taps);
             content_layers
                 .iter()
-                .map(|&(i, weight)| Term::new(slot(i), weight, feats[slot(i)].shallow_clone()))
+                .map(|&(i, weight)| {
+                    Term::new(slot(i), weight, inside(&feats[slot(i)], content, at))
+                })
                 .collect::<Vec<_>>()
         });
-        let tv_size = tch::no_grad(|| total_variation(content).clamp_min(TV_FLOOR));
+        let own = match at {
+            Some((t, l, h, w)) => content.narrow(2, t, h).narrow(3, l, w),
+            None => content.shallow_clone(),
+        };
+        let tv_size = tch::no_grad(|| total_variation(&own).clamp_min(TV_FLOOR));
         Self {
             net,
             taps,
@@ -251,7 +335,42 @@ impl Objective {
             tv_weight: weights.tv,
             tv_size,
             temporal: None,
+            context,
         }
+    }
+
+    /// The network's input for pixels `x` (the tile put into its context).
+    fn input(&self, x: &Tensor) -> Tensor {
+        match &self.context {
+            None => x.shallow_clone(),
+            Some(c) => {
+                let s = c.around.size();
+                let (t, l, h, w) = c.at;
+                x.constant_pad_nd([l, s[3] - l - w, t, s[2] - t - h]) + &c.around
+            }
+        }
+    }
+
+    /// The Gram matrices of `x` at the style layers (inside the tile, in context),
+    /// without gradients.
+    pub fn grams(&self, x: &Tensor) -> Vec<Tensor> {
+        tch::no_grad(|| {
+            let input = self.input(x);
+            let feats = self.net.forward(&input, &self.taps);
+            let at = self.context.as_ref().map(|c| c.at);
+            self.style
+                .iter()
+                .map(|t| gram(&inside(&feats[t.slot], &input, at)))
+                .collect()
+        })
+    }
+
+    /// The same objective with other style targets (in the same units).
+    pub fn retarget_style(mut self, targets: Vec<Tensor>) -> Self {
+        for (t, target) in self.style.iter_mut().zip(targets) {
+            t.target = target.detach();
+        }
+        self
     }
 
     /// What the content and TV terms are divided by: each content layer's
@@ -292,7 +411,14 @@ impl Objective {
     /// The total loss as a graph (for backward) and the values of each term.
     #[allow(clippy::assign_op_pattern)]
     pub fn evaluate(&self, x: &Tensor) -> (Tensor, Losses) {
-        let feats = self.net.forward(x, &self.taps);
+        let input = self.input(x);
+        let at = self.context.as_ref().map(|c| c.at);
+        let feats: Vec<Tensor> = self
+            .net
+            .forward(&input, &self.taps)
+            .iter()
+            .map(|f| inside(f, &input, at))
+            .collect();
         let zero = || Tensor::zeros([], (Kind::Float, x.device()));
         let mut content = zero();
         for t in &self.content {

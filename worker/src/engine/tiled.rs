@@ -26,7 +26,7 @@ use stylefarm_core::tiles::{self, Region, PASSES};
 use tch::Tensor;
 
 use super::loss::{
-    total_variation, Norms, Objective, StyleTargets, Tap, Temporal, Weights, TV_FLOOR,
+    total_variation, Norms, Objective, StyleTargets, Tap, Temporal, Weights, Window, TV_FLOOR,
 };
 use super::vgg::Vgg;
 
@@ -45,6 +45,8 @@ pub(super) struct Tiling {
     pub regions: Vec<Region>,
     /// Tiles in the first pass (which covers the whole image).
     first_pass: usize,
+    /// Each first-pass tile's share of the image ([`tiles::cells`]).
+    cells: Vec<Region>,
     /// The tile size.
     pub tile: u32,
     /// Iterations each tile gets.
@@ -55,6 +57,20 @@ pub(super) struct Tiling {
     grams: RefCell<Vec<Option<Vec<Tensor>>>>,
     /// What the canvas's pixels are divided by for the network (0-255 to [0, 1]).
     scale: f64,
+}
+
+/// The region of `image` a tile `r` is seen in (it and its margin) and where the tile
+/// lies in it.
+fn context(r: &Region, image: &Tensor, tile: u32) -> (Region, Window) {
+    let s = image.size();
+    let e = tiles::with_margin(r, s[3] as u32, s[2] as u32, tile);
+    let at = (
+        i64::from(r.y - e.y),
+        i64::from(r.x - e.x),
+        i64::from(r.height),
+        i64::from(r.width),
+    );
+    (e, at)
 }
 
 /// `t[..., r]`: a view of a region of a `[1, C, H, W]` tensor.
@@ -85,11 +101,15 @@ impl Tiling {
         let mut sums: Vec<Tensor> = Vec::new();
         for r in &passes[0] {
             let area = f64::from(r.width) * f64::from(r.height) / (size[2] * size[3]) as f64;
-            let n = Objective::with_style(
+            let (e, at) = context(r, &canvas, tile);
+            let around = crop(&content, &e);
+            let n = Objective::in_context(
                 Rc::clone(net),
                 content_taps,
                 &style,
-                &crop(&content, r),
+                &around,
+                &around,
+                at,
                 weights,
             )
             .norms();
@@ -117,6 +137,7 @@ impl Tiling {
             temporal,
             regions: passes.into_iter().flatten().collect(),
             first_pass,
+            cells: tiles::cells(size[3] as u32, size[2] as u32, tile),
             tile,
             per_tile: iterations.div_ceil(PASSES as u32).max(1),
             done: 0,
@@ -156,28 +177,33 @@ impl Tiling {
     ) -> (Objective, Tensor) {
         let r = &self.regions[i];
         let start = crop(&self.canvas, r).copy();
-        let own = self.style.grams_of(net, &(&start / self.scale));
+        let objective = self.objective(r, &self.canvas, net, content_taps, weights);
+        let own = objective.grams(&(&start / self.scale));
         let targets = own
             .iter()
             .zip(self.style.targets())
             .zip(self.whole_grams(&self.canvas, net, true))
             .map(|((g, a), whole)| g + a - whole)
             .collect();
-        let style = self.style.retargeted(targets);
-        (self.objective(r, &style, net, content_taps, weights), start)
+        (objective.retarget_style(targets), start)
     }
 
-    /// The Gram matrices of `image` (a whole image, 0-255): its first-pass tiles',
-    /// averaged by area. For the canvas (`cached`), each tile's are kept until a
-    /// finished tile changes its pixels.
+    /// The Gram matrices of `image` (a whole image, 0-255): those of each first-pass
+    /// tile's share of it (seen in context), averaged by area, which is the whole
+    /// image's Gram matrix but for the features a margin does not reach. For the canvas
+    /// (`cached`), each share's are kept until a finished tile changes its pixels.
     fn whole_grams(&self, image: &Tensor, net: &Rc<Vgg>, cached: bool) -> Vec<Tensor> {
         let mut sums: Vec<Tensor> = Vec::new();
         let mut area = 0.0;
         let mut cache = self.grams.borrow_mut();
         cache.resize_with(self.first_pass, || None);
-        for (r, kept) in self.regions[..self.first_pass].iter().zip(cache.iter_mut()) {
+        for (r, kept) in self.cells.iter().zip(cache.iter_mut()) {
             let a = f64::from(r.width) * f64::from(r.height);
-            let measure = || self.style.grams_of(net, &(crop(image, r) / self.scale));
+            let measure = || {
+                let (e, at) = context(r, image, self.tile);
+                self.style
+                    .grams_of(net, &(crop(image, &e) / self.scale), Some(at))
+            };
             let grams = match (cached, kept.as_ref()) {
                 (true, Some(g)) => g.iter().map(Tensor::shallow_clone).collect(),
                 (true, None) => {
@@ -199,19 +225,24 @@ impl Tiling {
         sums.iter().map(|s| s / area).collect()
     }
 
+    /// Tile `r`'s objective against the scale's style targets, seen in the context of
+    /// `image` (0-255) around it.
     fn objective(
         &self,
         r: &Region,
-        style: &StyleTargets,
+        image: &Tensor,
         net: &Rc<Vgg>,
         content_taps: &[Tap],
         weights: Weights,
     ) -> Objective {
-        let objective = Objective::with_style(
+        let (e, at) = context(r, image, self.tile);
+        let objective = Objective::in_context(
             Rc::clone(net),
             content_taps,
-            style,
-            &crop(&self.content, r),
+            &self.style,
+            &crop(&self.content, &e),
+            &(crop(image, &e) / self.scale),
+            at,
             weights,
         )
         .normalised_by(&self.norms);
@@ -245,7 +276,10 @@ impl Tiling {
     fn blended(&self, canvas: &Tensor, i: usize, x: &Tensor) -> Tensor {
         let m = self.mask(i);
         let under = crop(canvas, &self.regions[i]);
-        tch::no_grad(|| &under * (1.0 - &m) + x.detach() * &m)
+        // A tile's pixels are held to the image's range as they are blended in (as the
+        // image is between scales): the next tiles start from them and see them around,
+        // and the output clips them anyway.
+        tch::no_grad(|| &under * (1.0 - &m) + x.detach().clamp(0.0, self.scale) * &m)
     }
 
     /// Blends the finished tile `i` into the image.
@@ -259,8 +293,9 @@ impl Tiling {
                 && r.y < done.y + done.height
                 && done.y < r.y + r.height
         };
-        for (r, kept) in self.regions.iter().zip(self.grams.borrow_mut().iter_mut()) {
-            if meets(r) {
+        let (w, h) = (self.canvas.size()[3] as u32, self.canvas.size()[2] as u32);
+        for (r, kept) in self.cells.iter().zip(self.grams.borrow_mut().iter_mut()) {
+            if meets(&tiles::with_margin(r, w, h, self.tile)) {
                 *kept = None;
             }
         }
@@ -301,7 +336,7 @@ impl Tiling {
         let mut sum = super::Losses::default();
         let mut area = 0.0;
         for r in &self.regions[..self.first_pass] {
-            let objective = self.objective(r, &self.style, net, content_taps, weights);
+            let objective = self.objective(r, image, net, content_taps, weights);
             let (_, l) = tch::no_grad(|| objective.evaluate(&(crop(image, r) / self.scale)));
             let a = f64::from(r.width) * f64::from(r.height);
             sum.content += l.content * a;
