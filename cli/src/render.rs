@@ -57,8 +57,8 @@ pub struct RenderArgs {
     /// Iterations at each scale after the first [default: half of --iterations].
     #[arg(long, value_name = "N")]
     pub scale_iterations: Option<u32>,
-    /// Optimize scales larger than PX in overlapping PX x PX tiles [default: whole,
-    /// unless --max-job-memory needs tiles; then the largest that fit].
+    /// Optimize scales larger than PX in overlapping PX x PX tiles; without it, only
+    /// when --max-job-memory needs tiles, then the largest that fit [default: whole].
     #[arg(long, value_name = "PX")]
     pub tile: Option<u32>,
     /// Optimizer.

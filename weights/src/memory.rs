@@ -354,6 +354,12 @@ pub fn estimate(
     })
 }
 
+/// The smallest tile [`fit`] tries for a render of `size`: the smallest allowed
+/// ([`tiles::smallest_tile`]) rounded up to a multiple of [`MIN_TILE`].
+pub fn smallest_tile(size: u32) -> u32 {
+    tiles::smallest_tile(size).next_multiple_of(MIN_TILE)
+}
+
 /// How a job fits a memory budget.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fit {
@@ -386,8 +392,7 @@ pub fn fit(
     }
     let mut smallest = whole;
     let mut tile = (params.size - 1) / MIN_TILE * MIN_TILE;
-    let floor = tiles::smallest_tile(params.size).next_multiple_of(MIN_TILE);
-    while tile >= floor {
+    while tile >= smallest_tile(params.size) {
         let p = RenderParams {
             tile,
             ..params.clone()

@@ -261,7 +261,7 @@ fn check_memory(
         memory::Fit::Tiled(tile, e) => (e, tile),
         memory::Fit::Never(e) => {
             let tiles = if params.tile == 0 {
-                format!(" even in {} px tiles", memory::MIN_TILE)
+                format!(" even in {} px tiles", memory::smallest_tile(params.size))
             } else {
                 format!(" in {} px tiles", params.tile)
             };

@@ -229,7 +229,7 @@ fn runs_somewhere(spec: &JobSpec, largest: Largest) -> Result<(), InvalidField> 
             Fit::Never(e) => e,
         };
         let tiles = if p.tile == 0 {
-            format!(" even in {} px tiles", memory::MIN_TILE)
+            format!(" even in {} px tiles", memory::smallest_tile(p.size))
         } else {
             String::new()
         };
