@@ -18,9 +18,11 @@
 //!
 //! Images go to `target/bench-quality/`. Environment: `STYLEFARM_BENCH_PARTS`
 //! (`speed,calibration,tiles`), `STYLEFARM_BENCH_TILED_SIZE` (2048), `STYLEFARM_BENCH_TILE`
-//! (512), `STYLEFARM_BENCH_TILED_SCALES` (`512,1024,2048`),
-//! `STYLEFARM_BENCH_TILED_FIRST_ITERATIONS` (100), `STYLEFARM_BENCH_TILED_SCALE_ITERATIONS`
-//! (40), `STYLEFARM_BENCH_DEVICE` (`cpu`, `cuda`), `STYLEFARM_BENCH_SIZE`
+//! (512), `STYLEFARM_BENCH_TILED_SCALES` (`1024,2048`; on 2 CPU cores the whole render's
+//! ten iterations at 2048 px alone take over 20 minutes, and the tiled one about twice
+//! that: `STYLEFARM_BENCH_TILED_SIZE=1024 STYLEFARM_BENCH_TILE=256` has the same layout
+//! of tiles in a quarter of the work), `STYLEFARM_BENCH_TILED_FIRST_ITERATIONS` (30),
+//! `STYLEFARM_BENCH_TILED_SCALE_ITERATIONS` (10), `STYLEFARM_BENCH_DEVICE` (`cpu`, `cuda`), `STYLEFARM_BENCH_SIZE`
 //! (512), `STYLEFARM_BENCH_REFERENCE_ITERATIONS` (500), `STYLEFARM_BENCH_SCALES`
 //! (`256,362,512`), `STYLEFARM_BENCH_CALIBRATION_SIZE` (256) and
 //! `STYLEFARM_BENCH_CALIBRATION_ITERATIONS` (the default iterations), and for sweeps
@@ -299,12 +301,12 @@ fn main() {
 fn tiled_params(tiled: bool) -> RenderParams {
     let size: u32 = env_or("STYLEFARM_BENCH_TILED_SIZE", 2048);
     let scales = std::env::var("STYLEFARM_BENCH_TILED_SCALES")
-        .unwrap_or_else(|_| format!("{},{},{size}", size / 4, size / 2));
+        .unwrap_or_else(|_| format!("{},{size}", size / 2));
     RenderParams {
         size,
         scales: parse_scales(&scales).expect("STYLEFARM_BENCH_TILED_SCALES"),
-        iterations: env_or("STYLEFARM_BENCH_TILED_FIRST_ITERATIONS", 100),
-        scale_iterations: env_or("STYLEFARM_BENCH_TILED_SCALE_ITERATIONS", 40),
+        iterations: env_or("STYLEFARM_BENCH_TILED_FIRST_ITERATIONS", 30),
+        scale_iterations: env_or("STYLEFARM_BENCH_TILED_SCALE_ITERATIONS", 10),
         tile: if tiled {
             env_or("STYLEFARM_BENCH_TILE", 512)
         } else {
@@ -355,9 +357,13 @@ fn tiles(weights: &WeightsInfo, device: Device) -> String {
         describe_schedule(&whole_p.schedule())
     );
     let file_bytes = std::fs::metadata(&weights.path).map_or(0, |m| m.len());
+    let dims = |rel: &str| {
+        let img = load(rel);
+        memory::Dims::new(img.width(), img.height())
+    };
     let images = memory::JobImages {
-        content: memory::Dims::new(1024, 768),
-        styles: vec![memory::Dims::new(1024, 640)],
+        content: dims("content/tubingen.jpg"),
+        styles: vec![dims("styles/starry_night.jpg")],
         init: None,
         previous: None,
     };
@@ -392,7 +398,7 @@ fn tiles(weights: &WeightsInfo, device: Device) -> String {
         let (seconds, rss, style, content, scales) = (next(), next(), next(), next(), next());
         let rss: u64 = rss.parse().unwrap_or(0);
         println!(
-            "  {which}: {:.0} s, peak RSS {} (estimate {}), style {:.4}, content {:.4} {scales}",
+            "  {which}: {:.0} s, peak RSS {} (estimate {}), style {:.4}, content {:.4} (by the whole image's objective; tiled: share by share) {scales}",
             seconds.parse::<f64>().unwrap_or(f64::NAN),
             memory::gib(rss),
             memory::gib(estimate.peak()),
