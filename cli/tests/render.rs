@@ -589,7 +589,10 @@ fn a_render_over_its_memory_budget_runs_in_the_largest_tiles_that_fit_and_within
         serde_json::from_slice(&std::fs::read(dir.path().join("tiled.png.json")).expect("sidecar"))
             .expect("json");
     let tile = sidecar["params"]["tile"].as_u64().expect("params.tile");
-    assert!((128..1024).contains(&tile) && tile.is_multiple_of(64), "{tile}");
+    assert!(
+        (128..1024).contains(&tile) && tile.is_multiple_of(64),
+        "{tile}"
+    );
     assert!(
         stderr.contains(&format!("tiles: scales above {tile} px")),
         "{stderr}"
